@@ -1,0 +1,267 @@
+//! The command line: every subcommand and option, their help text and PGTMP_* fallbacks.
+
+use clap::error::ErrorKind;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Idle timeout used when neither -w nor PGTMP_TIMEOUT is given.
+pub const DEFAULT_TIMEOUT: u64 = 60;
+
+const LONG_ABOUT: &str = "\
+Start a private, throwaway PostgreSQL cluster and print its connection URL.
+
+pgtmp takes a pre-initialized data directory from a pool, starts postgres on a Unix socket in a \
+private 0700 directory (or on a free loopback TCP port with -t), prints one URL on stdout and \
+exits at once. A detached watchdog stops the cluster and deletes its directory once no client \
+has been connected for the idle timeout (-w).";
+
+const AFTER_HELP: &str = "\
+Examples:
+  url=$(pgtmp) && psql \"$url\" -c 'select 1'
+  url=$(pgtmp -t -w 300)        # TCP on 127.0.0.1 with a password, for JDBC
+  pgtmp stop \"$url\"             # stop it now instead of waiting for the timeout
+
+Environment:
+  PGTMP_DIR       where pools and clusters live [default: ${TMPDIR:-/tmp}/pgtmp-<uid>]
+  PGTMP_POOL_SIZE prepared data directories kept ready per installation [default: 2]
+
+Exit status: 0 success, 1 failure, 2 invalid command line.";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pgtmp",
+    version,
+    about = "Private, throwaway PostgreSQL clusters in milliseconds",
+    long_about = LONG_ABOUT,
+    after_help = AFTER_HELP,
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Options for the default command, `start`, written before it as pg_tmp accepts them.
+    #[command(flatten)]
+    pub start: StartArgs,
+
+    #[command(flatten)]
+    pub global: GlobalArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start a throwaway cluster and print its URL (the default command)
+    Start(StartArgs),
+    /// Stop a cluster now and remove its directory (unless it was started with -k)
+    Stop(StopArgs),
+    /// Prepare a data directory without starting it and print its path
+    Initdb(InitdbArgs),
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct GlobalArgs {
+    /// Directory holding initdb and postgres; skips the search for an installation
+    #[arg(long, global = true, env = "PGTMP_BINDIR", value_name = "DIR")]
+    pub bindir: Option<PathBuf>,
+
+    /// Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]
+    #[arg(long, global = true, env = "PGTMP_RUN_AS", value_name = "USER")]
+    pub run_as: Option<String>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct StartArgs {
+    /// Listen on a free TCP port on 127.0.0.1 (password required) instead of only a Unix socket
+    #[arg(short = 't', long = "tcp", env = "PGTMP_TCP")]
+    pub tcp: bool,
+
+    /// Listen on this TCP port on 127.0.0.1 (implies -t)
+    #[arg(short = 'p', long = "port", env = "PGTMP_PORT", value_name = "PORT",
+          allow_hyphen_values = true, value_parser = parse_port)]
+    pub port: Option<u16>,
+
+    /// Stop the cluster after this many seconds without a connected client; 0 = never [default: 60]
+    #[arg(short = 'w', long = "timeout", env = "PGTMP_TIMEOUT", value_name = "SECONDS",
+          allow_hyphen_values = true, value_parser = parse_timeout)]
+    pub timeout: Option<u64>,
+
+    /// Keep the cluster's directory when it stops, so `pgtmp start -d DIR` can start it again
+    #[arg(short = 'k', long = "keep", env = "PGTMP_KEEP")]
+    pub keep: bool,
+
+    /// Extra options for postgres, e.g. -o '-c log_statement=all'; applied last, so they win
+    #[arg(
+        short = 'o',
+        long = "options",
+        env = "PGTMP_OPTIONS",
+        value_name = "OPTIONS",
+        allow_hyphen_values = true
+    )]
+    pub options: Vec<String>,
+
+    /// Use this directory instead of one from the pool; it is initialized if empty or missing
+    #[arg(short = 'd', long = "dir", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct StopArgs {
+    /// The URL pgtmp printed for the cluster
+    #[arg(value_name = "URL", conflicts_with = "dir")]
+    pub url: Option<String>,
+
+    /// The cluster's directory instead of its URL
+    #[arg(short = 'd', long = "dir", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct InitdbArgs {
+    /// Prepare this directory (empty or missing) instead of a new one under PGTMP_DIR
+    #[arg(short = 'd', long = "dir", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+impl StartArgs {
+    /// Combines options given before a subcommand (pg_tmp style) with those after it; the
+    /// later ones win.
+    pub fn merged_with(self, later: StartArgs) -> StartArgs {
+        let mut options = self.options;
+        options.extend(later.options);
+        StartArgs {
+            tcp: self.tcp || later.tcp,
+            port: later.port.or(self.port),
+            timeout: later.timeout.or(self.timeout),
+            keep: self.keep || later.keep,
+            options,
+            dir: later.dir.or(self.dir),
+        }
+    }
+
+    /// TCP is on with -t, or implied by -p.
+    pub fn wants_tcp(&self) -> bool {
+        self.tcp || self.port.is_some()
+    }
+
+    pub fn idle_timeout(&self) -> u64 {
+        self.timeout.unwrap_or(DEFAULT_TIMEOUT)
+    }
+}
+
+fn parse_port(text: &str) -> Result<u16, String> {
+    match text.parse::<i64>() {
+        Ok(port) if (1..=65535).contains(&port) => Ok(port as u16),
+        Ok(_) => Err("a TCP port must be between 1 and 65535; omit -p to get a free one".into()),
+        Err(_) => Err("expected a TCP port number (1-65535), e.g. -p 5433".into()),
+    }
+}
+
+fn parse_timeout(text: &str) -> Result<u64, String> {
+    match text.parse::<i64>() {
+        Ok(seconds) if seconds >= 0 => Ok(seconds as u64),
+        Ok(_) => Err("the idle timeout cannot be negative; use 0 to never stop".into()),
+        Err(_) => {
+            Err("expected the idle timeout in whole seconds, e.g. -w 60 (0 = never stop)".into())
+        }
+    }
+}
+
+/// Parses the process arguments; on failure prints help, the version, or a one-line error
+/// and returns the exit code to use.
+pub fn parse() -> Result<Cli, ExitCode> {
+    parse_from(std::env::args_os())
+}
+
+pub fn parse_from<I, T>(args: I) -> Result<Cli, ExitCode>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    Cli::try_parse_from(args).map_err(|err| match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            // Printing help to a closed pipe is not worth an error of its own.
+            let _ = err.print();
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("pgtmp: error: {}", one_line(&err));
+            ExitCode::from(crate::exit::USAGE)
+        }
+    })
+}
+
+/// clap's rendering spans several lines (usage, tips); keep the sentence naming the problem
+/// and point at the help for the fix.
+fn one_line(err: &clap::Error) -> String {
+    let text = err.render().to_string();
+    let first = text
+        .lines()
+        .find(|line| !line.trim().is_empty())
+        .unwrap_or("invalid command line");
+    let first = first.trim().trim_start_matches("error: ");
+    match err.kind() {
+        ErrorKind::ValueValidation => first.to_string(),
+        _ => format!("{first}; see 'pgtmp --help'"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse_ok(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("pgtmp").chain(args.iter().copied()))
+            .expect("arguments should parse")
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults() {
+        let cli = parse_ok(&[]);
+        assert!(cli.command.is_none());
+        assert!(!cli.start.wants_tcp());
+        assert_eq!(cli.start.idle_timeout(), 60);
+    }
+
+    #[test]
+    fn port_implies_tcp() {
+        assert!(parse_ok(&["-p", "5599"]).start.wants_tcp());
+    }
+
+    #[test]
+    fn pg_tmp_style_options_before_subcommand_merge() {
+        let cli = parse_ok(&["-k", "-w", "5", "start", "-t", "-o", "-c work_mem=8MB"]);
+        let Some(Command::Start(later)) = cli.command else {
+            panic!("expected start")
+        };
+        let merged = cli.start.merged_with(later);
+        assert!(merged.keep && merged.tcp);
+        assert_eq!(merged.timeout, Some(5));
+        assert_eq!(merged.options, vec!["-c work_mem=8MB".to_string()]);
+    }
+
+    #[test]
+    fn values_are_validated() {
+        assert!(parse_timeout("abc").is_err());
+        assert!(parse_timeout("-5").is_err());
+        assert_eq!(parse_timeout("0"), Ok(0));
+        assert!(parse_port("0").is_err());
+        assert!(parse_port("70000").is_err());
+        assert_eq!(parse_port("65535"), Ok(65535));
+    }
+
+    #[test]
+    fn errors_render_on_one_line() {
+        let err = Cli::try_parse_from(["pgtmp", "-w", "-5"]).unwrap_err();
+        let line = one_line(&err);
+        assert!(!line.contains('\n'));
+        assert!(line.contains("negative"), "{line}");
+        let err = Cli::try_parse_from(["pgtmp", "--frobnicate"]).unwrap_err();
+        assert!(one_line(&err).contains("--frobnicate"));
+    }
+}

@@ -1,0 +1,57 @@
+//! The watchdog's own database session: counts clients and sets the password.
+//!
+//! It connects once, to database `postgres`, and stays connected: it never appears as a session
+//! in `test` (so `CREATE DATABASE x TEMPLATE test` and `DROP DATABASE test` are never blocked)
+//! and, with one connection for the cluster's whole life, adds no log line per poll even when
+//! log_connections is on.
+
+use crate::initdb::quote_ident;
+use anyhow::{Context, Result};
+use std::path::Path;
+use std::time::Duration;
+
+/// Client sessions other than this one. Background workers, autovacuum and the like have other
+/// backend types; walsenders serve replication clients such as pg_basebackup.
+const COUNT_CLIENTS: &str = "SELECT count(*) FROM pg_stat_activity \
+     WHERE backend_type IN ('client backend', 'walsender') AND pid <> pg_backend_pid()";
+
+pub struct Session {
+    client: postgres::Client,
+    count: postgres::Statement,
+}
+
+impl Session {
+    pub fn connect(socket_dir: &Path, port: u16, user: &str) -> Result<Session> {
+        let mut client = postgres::Config::new()
+            .host_path(socket_dir)
+            .port(port)
+            .user(user)
+            .dbname("postgres")
+            .application_name("pgtmp watchdog")
+            .connect_timeout(Duration::from_secs(10))
+            .connect(postgres::NoTls)
+            .with_context(|| format!("cannot connect to the server in {}", socket_dir.display()))?;
+        let count = client
+            .prepare(COUNT_CLIENTS)
+            .context("cannot prepare the client count query")?;
+        Ok(Session { client, count })
+    }
+
+    /// Number of connected clients, idle ones included.
+    pub fn clients(&mut self) -> Result<i64> {
+        let row = self
+            .client
+            .query_one(&self.count, &[])
+            .context("cannot count the server's clients")?;
+        Ok(row.get(0))
+    }
+
+    /// Gives `user` a password by sending only its SCRAM verifier.
+    pub fn set_password(&mut self, user: &str, verifier: &str) -> Result<()> {
+        // The verifier holds only base64 letters, digits, '$', ':', '+', '/' and '=': no quotes.
+        let sql = format!("ALTER ROLE {} PASSWORD '{verifier}'", quote_ident(user));
+        self.client
+            .batch_execute(&sql)
+            .context("cannot set the password for TCP connections")
+    }
+}

@@ -1,0 +1,266 @@
+//! The postgres server process: its command line, start, readiness, and deliberate shutdown.
+
+use crate::discover::Installation;
+use crate::instance::Instance;
+use crate::process;
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::Signal;
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// Settings for test clusters. Durability is pointless for a throwaway directory, and the
+/// server should be small. Given first so that `-o` can override each of them.
+const TEST_SETTINGS: &[&str] = &[
+    "fsync=off",
+    "synchronous_commit=off",
+    "full_page_writes=off",
+    "shared_buffers=12MB",
+    "logging_collector=off",
+    "log_destination=stderr",
+];
+
+/// What a server is started with.
+pub struct ServerSpec<'a> {
+    pub install: &'a Installation,
+    pub instance: &'a Instance,
+    /// TCP port with `tcp`; otherwise only the number in the socket file's name.
+    pub port: u16,
+    pub tcp: bool,
+    /// Extra postgres arguments from `-o`, already split into words.
+    pub options: &'a [String],
+}
+
+/// Splits `-o` values into postgres arguments with shell quoting rules.
+pub fn split_options(values: &[String]) -> Result<Vec<String>> {
+    let mut words = Vec::new();
+    for value in values {
+        let split = shlex::split(value).with_context(|| {
+            format!("-o '{value}' has an unbalanced quote; quote each setting, e.g. -o \"-c search_path='a,b'\"")
+        })?;
+        words.extend(split);
+    }
+    Ok(words)
+}
+
+impl ServerSpec<'_> {
+    pub fn args(&self) -> Vec<String> {
+        let name = self
+            .instance
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let socket_dir = self.instance.dir.to_string_lossy().replace('"', "\"\"");
+        let mut args = vec![
+            "-D".to_string(),
+            self.instance.data().to_string_lossy().into_owned(),
+            "-p".to_string(),
+            self.port.to_string(),
+            "-c".to_string(),
+            // Quoted: the setting is a comma-separated list, and paths may hold commas.
+            format!("unix_socket_directories=\"{socket_dir}\""),
+            "-c".to_string(),
+            // Never '*': with -t only loopback, otherwise no TCP listener at all.
+            format!(
+                "listen_addresses={}",
+                if self.tcp { "127.0.0.1" } else { "" }
+            ),
+            "-c".to_string(),
+            format!("cluster_name=pgtmp-{name}"),
+        ];
+        for setting in TEST_SETTINGS {
+            args.push("-c".to_string());
+            args.push((*setting).to_string());
+        }
+        args.extend(self.options.iter().cloned());
+        args
+    }
+
+    /// Starts postgres with its output appended to `log`. On Linux the server gets SIGQUIT
+    /// (immediate shutdown) if the process that started it dies, so a killed watchdog never
+    /// leaves a server behind.
+    pub fn spawn(&self, log: &File) -> Result<Child> {
+        let mut cmd = process::pg_command(&self.install.postgres());
+        cmd.args(self.args())
+            .current_dir(&self.instance.dir)
+            .stdout(log.try_clone().context("cannot share the log file")?)
+            .stderr(log.try_clone().context("cannot share the log file")?)
+            .stdin(Stdio::null());
+        #[cfg(target_os = "linux")]
+        {
+            let parent = std::process::id() as i32;
+            // SAFETY: between fork and exec this only makes async-signal-safe syscalls.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sys::prctl::set_pdeathsig(Signal::SIGQUIT)?;
+                    // The parent may have died before the line above took effect.
+                    if nix::unistd::getppid().as_raw() != parent {
+                        return Err(std::io::Error::other("parent exited"));
+                    }
+                    Ok(())
+                });
+            }
+        }
+        cmd.spawn()
+            .with_context(|| format!("cannot start {}", self.install.postgres().display()))
+    }
+}
+
+pub enum Startup {
+    Ready,
+    Exited,
+    TimedOut,
+}
+
+/// Waits until the server reports itself ready in postmaster.pid, the way `pg_ctl -w` does:
+/// PostgreSQL writes "ready" on the file's status line once it accepts connections
+/// (https://www.postgresql.org/docs/current/storage-file-layout.html). Checked every
+/// millisecond, so no time is lost to a fixed sleep.
+pub fn wait_ready(child: &mut Child, instance: &Instance, limit: Duration) -> Result<Startup> {
+    let pid_file = instance.data().join("postmaster.pid");
+    let pid = child.id().to_string();
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&pid_file) {
+            let mut lines = text.lines();
+            // The pid line guards against a stale file left by an earlier run.
+            if lines.next() == Some(pid.as_str())
+                && lines.nth(6).is_some_and(|s| s.trim() == "ready")
+            {
+                return Ok(Startup::Ready);
+            }
+        }
+        if child
+            .try_wait()
+            .context("cannot check on postgres")?
+            .is_some()
+        {
+            return Ok(Startup::Exited);
+        }
+        if Instant::now() >= deadline {
+            return Ok(Startup::TimedOut);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Stops a server on purpose, escalating if it does not go:
+/// SIGINT (fast shutdown: disconnect clients, checkpoint, exit), then SIGQUIT (immediate
+/// shutdown: no checkpoint, recovery on a later start), then SIGKILL.
+/// See https://www.postgresql.org/docs/current/server-shutdown.html.
+/// `gone` reports whether the process has exited (and, for a child, reaps it).
+pub fn shutdown(pid: i32, mut gone: impl FnMut() -> bool) -> Result<()> {
+    let steps = [
+        (Signal::SIGINT, Duration::from_secs(10)),
+        (Signal::SIGQUIT, Duration::from_secs(5)),
+        (Signal::SIGKILL, Duration::from_secs(5)),
+    ];
+    for (sig, grace) in steps {
+        if gone() {
+            return Ok(());
+        }
+        process::signal(pid, sig)?;
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if gone() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    if gone() {
+        Ok(())
+    } else {
+        bail!("postgres (pid {pid}) survived SIGKILL")
+    }
+}
+
+/// True when the log says the TCP port could not be bound (someone took it first).
+pub fn lost_port_race(log: &str) -> bool {
+    log.contains("could not bind IPv4 address")
+        || log.contains("could not create any TCP/IP sockets")
+}
+
+/// The lines of a failed start that say why: FATAL, ERROR, PANIC and their DETAIL/HINT, and
+/// anything postgres printed without a log prefix (e.g. invalid command-line options).
+pub fn failure_lines(log: &str) -> String {
+    let wanted = ["FATAL:", "ERROR:", "PANIC:", "DETAIL:", "HINT:"];
+    // "2026-01-01 10:00:00.000 UTC [42] FATAL:  ..." -> "FATAL:  ...": the prefix says nothing.
+    let without_prefix = |line: &str| -> String {
+        wanted
+            .iter()
+            .filter_map(|w| line.find(w))
+            .min()
+            .map_or(line, |at| &line[at..])
+            .to_string()
+    };
+    let lines: Vec<String> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .filter(|l| wanted.iter().any(|w| l.contains(w)) || l.starts_with("postgres:"))
+        .filter(|l| !l.contains("database system is shut down"))
+        .map(without_prefix)
+        .collect();
+    if lines.is_empty() {
+        process::tail(log, 3)
+    } else {
+        lines[lines.len().saturating_sub(4)..].join(" | ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn options_come_last_and_socket_only_means_no_listener() {
+        let install = Installation {
+            bindir: PathBuf::from("/pg/bin"),
+        };
+        let instance = Instance::new("/tmp/pgtmp-1/abcd1234");
+        let options = split_options(&["-c fsync=on -c 'work_mem=8MB'".to_string()]).unwrap();
+        let spec = ServerSpec {
+            install: &install,
+            instance: &instance,
+            port: 5432,
+            tcp: false,
+            options: &options,
+        };
+        let args = spec.args();
+        assert!(args.contains(&"listen_addresses=".to_string()));
+        assert!(args.contains(&"unix_socket_directories=\"/tmp/pgtmp-1/abcd1234\"".to_string()));
+        assert_eq!(
+            &args[args.len() - 4..],
+            ["-c", "fsync=on", "-c", "work_mem=8MB"]
+        );
+        let spec = ServerSpec { tcp: true, ..spec };
+        assert!(
+            spec.args()
+                .contains(&"listen_addresses=127.0.0.1".to_string())
+        );
+        assert!(!spec.args().iter().any(|a| a.contains('*')));
+    }
+
+    #[test]
+    fn unbalanced_options_are_rejected() {
+        assert!(split_options(&["-c 'oops".to_string()]).is_err());
+    }
+
+    #[test]
+    fn failure_lines_pick_the_reason() {
+        let log = "2026-01-01 LOG:  starting\n\
+                   2026-01-01 FATAL:  unrecognized configuration parameter \"nope\"\n\
+                   2026-01-01 LOG:  database system is shut down\n";
+        assert_eq!(
+            failure_lines(log),
+            "FATAL:  unrecognized configuration parameter \"nope\""
+        );
+        assert!(lost_port_race(
+            "LOG:  could not bind IPv4 address \"127.0.0.1\": Address already in use"
+        ));
+    }
+}

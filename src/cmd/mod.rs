@@ -1,0 +1,157 @@
+//! The commands, and what they share: who runs what, where the state lives, and preparing a
+//! directory named with `-d`.
+
+mod initdb;
+mod start;
+mod stop;
+
+use crate::account::{self, Account};
+use crate::cli::{Cli, Command, GlobalArgs};
+use crate::discover::Installation;
+use crate::instance::{Found, Instance};
+use crate::statedir::{self, StateDir};
+use crate::watchdog::OnFailure;
+use anyhow::{Context, Result, bail};
+use nix::unistd::chown;
+use std::fs::DirBuilder;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+pub fn dispatch(cli: Cli) -> Result<()> {
+    let global = cli.global;
+    match cli.command {
+        None => start::run(cli.start, &global),
+        Some(Command::Start(later)) => start::run(cli.start.merged_with(later), &global),
+        Some(Command::Stop(args)) => stop::run(args.url, args.dir.or(cli.start.dir), &global),
+        Some(Command::Initdb(args)) => initdb::run(args.dir.or(cli.start.dir), &global),
+    }
+}
+
+/// Who is involved in this run and where its state lives. Establishing it switches a root
+/// process to the server account for good.
+pub struct Session {
+    pub invoker: Account,
+    pub server: Account,
+    pub state: StateDir,
+}
+
+impl Session {
+    /// `dir` is a `-d` directory that root hands over to the server account if it is empty.
+    pub fn establish(global: &GlobalArgs, dir: Option<&Path>) -> Result<Session> {
+        let invoker = Account::current()?;
+        let server = account::server_account(&invoker, global.run_as.as_deref())?;
+        let path = statedir::location(
+            std::env::var("PGTMP_DIR").ok().as_deref(),
+            std::env::var("TMPDIR").ok().as_deref(),
+            invoker.uid.as_raw(),
+        )?;
+        let state = StateDir::establish(path, &invoker, &server)?;
+        if let Some(dir) = dir.filter(|_| invoker.uid != server.uid) {
+            hand_over(dir, &server)?;
+        }
+        account::become_account(&server)?;
+        state.check_usable(&server)?;
+        Ok(Session {
+            invoker,
+            server,
+            state,
+        })
+    }
+
+    /// The database superuser: the invoking account's login name.
+    pub fn user(&self) -> &str {
+        &self.invoker.name
+    }
+}
+
+/// Gives an existing empty `-d` directory to the server account, as root, before dropping
+/// privileges. A missing one is created later by the server account itself, so that it can
+/// also remove it again.
+fn hand_over(dir: &Path, server: &Account) -> Result<()> {
+    if let Ok(Found::Empty) = Instance::inspect(dir) {
+        let meta =
+            std::fs::metadata(dir).with_context(|| format!("cannot inspect {}", dir.display()))?;
+        if meta.uid() != server.uid.as_raw() {
+            chown(dir, Some(server.uid), Some(server.gid)).with_context(|| {
+                format!("cannot hand {} to account {}", dir.display(), server.name)
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes a `-d` path absolute and checks that a socket inside it fits the kernel's limit.
+pub fn absolute_dir(dir: &Path) -> Result<PathBuf> {
+    let dir =
+        std::path::absolute(dir).with_context(|| format!("cannot resolve {}", dir.display()))?;
+    if statedir::socket_path_len(&dir) > statedir::SOCKET_PATH_MAX {
+        bail!(
+            "-d {}: the path is too long for the server's Unix socket (at most {} bytes); use a shorter one",
+            dir.display(),
+            statedir::SOCKET_PATH_MAX - "/.s.PGSQL.65535".len()
+        );
+    }
+    Ok(dir)
+}
+
+/// Turns a missing or empty `-d` directory into a prepared cluster directory, leaving it as it
+/// was if that fails. Returns what to do with it should the later start fail.
+pub fn prepare_dir(
+    install: &Installation,
+    dir: &Path,
+    found: Found,
+    session: &Session,
+) -> Result<OnFailure> {
+    let instance = Instance::new(dir);
+    let on_failure = match found {
+        Found::Missing => {
+            DirBuilder::new().recursive(true).mode(0o700).create(dir).with_context(|| {
+                format!(
+                    "cannot create {} as account {}; create it and make {} its owner, or choose another directory",
+                    dir.display(),
+                    session.server.name,
+                    session.server.name
+                )
+            })?;
+            OnFailure::Remove
+        }
+        Found::Empty => OnFailure::EmptyOut,
+        Found::Cluster => return Ok(OnFailure::Leave),
+        Found::Foreign(reason) => bail!(
+            "-d {} {reason}; give an empty or missing directory, or one made by `pgtmp initdb -d`",
+            dir.display()
+        ),
+    };
+    if let Err(err) = crate::initdb::prepare(install, &instance, session.user()) {
+        let _ = match on_failure {
+            OnFailure::Remove => instance.remove(),
+            _ => instance.empty_out(),
+        };
+        return Err(err);
+    }
+    Ok(on_failure)
+}
+
+/// Checks that `-d DIR` names a cluster that pgtmp can start: made by the same major version
+/// and not running already.
+pub fn check_startable(install: &Installation, instance: &Instance) -> Result<()> {
+    let dir = instance.dir.display();
+    if let Some(state) = instance.read_state()? {
+        if crate::process::alive(state.watchdog_pid) {
+            bail!(
+                "a cluster is already running in {dir}; stop it first with `pgtmp stop -d {dir}`"
+            );
+        }
+        // The watchdog that wrote it is gone.
+        instance.remove_state();
+    }
+    let have = instance.data_version()?;
+    let need = install.major_version()?;
+    if have != need {
+        bail!(
+            "{dir} holds a PostgreSQL {have} cluster, but {} is PostgreSQL {need}; pass --bindir of a PostgreSQL {have} installation",
+            install.bindir.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! `pgtmp [start]`: a running cluster and its URL on stdout.
+
+use super::Session;
+use crate::cli::{GlobalArgs, StartArgs};
+use crate::cluster;
+use crate::discover;
+use crate::instance::{Found, Instance};
+use crate::pool::{self, Pool};
+use crate::secret;
+use crate::url;
+use crate::watchdog::{self, OnFailure, Plan};
+use anyhow::{Context, Result, bail};
+use std::io::Write;
+use std::net::{Ipv4Addr, TcpListener};
+
+/// The port number of the socket file when there is no TCP listener: libpq's default, or the
+/// caller's $PGPORT, so that the port-less URL works even with PGPORT exported.
+fn socket_port() -> u16 {
+    std::env::var("PGPORT")
+        .ok()
+        .and_then(|p| p.parse::<u16>().ok())
+        .filter(|&p| p > 0)
+        .unwrap_or(5432)
+}
+
+pub fn run(args: StartArgs, global: &GlobalArgs) -> Result<()> {
+    // Everything that can be refused without touching anything is checked first.
+    let options = cluster::split_options(&args.options)?;
+    let install = discover::find(global.bindir.as_deref())?;
+    let dir = args.dir.as_deref().map(super::absolute_dir).transpose()?;
+    let found = dir.as_deref().map(Instance::inspect).transpose()?;
+    if let (Some(dir), Some(Found::Foreign(reason))) = (&dir, &found) {
+        bail!(
+            "-d {} {reason}; give an empty or missing directory, or one made by `pgtmp initdb -d`",
+            dir.display()
+        );
+    }
+    let tcp = args.wants_tcp();
+    if let Some(port) = args.port {
+        TcpListener::bind((Ipv4Addr::LOCALHOST, port)).with_context(|| {
+            format!("port {port} is already in use on 127.0.0.1; choose another with -p, or leave -p out to get a free one")
+        })?;
+    }
+
+    let session = Session::establish(global, dir.as_deref())?;
+    let user = session.user().to_string();
+    let (instance, on_failure, pool) = match (dir, found) {
+        (Some(dir), Some(found)) => {
+            let on_failure = super::prepare_dir(&install, &dir, found, &session)?;
+            let instance = Instance::new(dir);
+            if on_failure == OnFailure::Leave {
+                super::check_startable(&install, &instance)?;
+                instance.make_private()?;
+            }
+            (instance, on_failure, None)
+        }
+        _ => {
+            let pool = Pool::open(&session.state, &install, &user)?;
+            let instance = pool.take(
+                &session.state.instance_path(&pool::new_name()?),
+                &install,
+                &user,
+            )?;
+            (instance, OnFailure::Remove, Some(pool))
+        }
+    };
+
+    let port = match (tcp, args.port) {
+        (_, Some(port)) => port,
+        (true, None) => match portpicker::pick_unused_port() {
+            Some(port) => port,
+            None => {
+                let _ = if on_failure == OnFailure::Remove {
+                    instance.remove()
+                } else {
+                    Ok(())
+                };
+                bail!("no free TCP port on 127.0.0.1; free one, or use the Unix socket (drop -t)");
+            }
+        },
+        (false, None) => socket_port(),
+    };
+    let password = if tcp { Some(secret::password()?) } else { None };
+    let plan = Plan {
+        install: install.clone(),
+        instance: instance.clone(),
+        user: user.clone(),
+        owner_uid: session.invoker.uid.as_raw(),
+        tcp,
+        port,
+        port_fixed: args.port.is_some(),
+        password: password.clone(),
+        timeout: args.idle_timeout(),
+        keep: args.keep,
+        options,
+        on_failure,
+    };
+    let started = watchdog::launch(plan)?;
+    let url = match &password {
+        Some(password) => url::tcp_url(&user, password, started.port),
+        None => url::socket_url(&user, &instance.dir),
+    };
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{url}")
+        .and_then(|()| stdout.flush())
+        .context(
+            "cannot print the URL (stdout closed?); the cluster stops after its idle timeout",
+        )?;
+    drop(stdout);
+    if let Some(pool) = pool {
+        pool.refill_in_background(&install, &user);
+    }
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! `pgtmp stop URL | -d DIR`: stop one of the invoker's clusters now.
+
+use super::Session;
+use crate::cli::GlobalArgs;
+use crate::cluster;
+use crate::exit;
+use crate::instance::Instance;
+use crate::process;
+use crate::url::{self, Target};
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::Signal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Longest a watchdog may take to stop its server (fast, then immediate shutdown, then kill).
+const STOP_LIMIT: Duration = Duration::from_secs(30);
+
+pub fn run(url: Option<String>, dir: Option<PathBuf>, global: &GlobalArgs) -> Result<()> {
+    let session = Session::establish(global, None)?;
+    let instance = match (url, dir) {
+        (Some(url), _) => find_by_url(&session, &url)?,
+        (None, Some(dir)) => Instance::new(
+            std::path::absolute(&dir)
+                .with_context(|| format!("cannot resolve {}", dir.display()))?,
+        ),
+        (None, None) => {
+            return Err(exit::usage(
+                "say which cluster to stop: `pgtmp stop URL` or `pgtmp stop -d DIR`",
+            ));
+        }
+    };
+    let dir = instance.dir.display().to_string();
+    if !instance.is_cluster() {
+        bail!(
+            "{dir} is not a pgtmp cluster directory (or not one you can read); pass the URL pgtmp printed"
+        );
+    }
+    let Some(state) = instance.read_state()? else {
+        bail!("no cluster is running in {dir}; it has stopped already");
+    };
+    if state.owner_uid != session.invoker.uid.as_raw() {
+        bail!(
+            "the cluster in {dir} belongs to another account (uid {}); only its owner can stop it",
+            state.owner_uid
+        );
+    }
+    if process::alive(state.watchdog_pid) {
+        // The watchdog stops the server and removes the directory, exactly as at its timeout.
+        process::signal(state.watchdog_pid, Signal::SIGTERM)?;
+        let deadline = Instant::now() + STOP_LIMIT;
+        while process::alive(state.watchdog_pid) {
+            if Instant::now() >= deadline {
+                bail!(
+                    "the watchdog (pid {}) of {dir} did not stop within {} s",
+                    state.watchdog_pid,
+                    STOP_LIMIT.as_secs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        return Ok(());
+    }
+    // No watchdog: do its work.
+    cluster::shutdown(state.postmaster_pid, || {
+        !process::alive(state.postmaster_pid)
+    })?;
+    if state.keep {
+        instance.remove_state();
+        Ok(())
+    } else {
+        instance.remove()
+    }
+}
+
+fn find_by_url(session: &Session, text: &str) -> Result<Instance> {
+    match url::parse(text)? {
+        Target::Socket(dir) => Ok(Instance::new(dir)),
+        Target::Tcp { host, port } => {
+            if !matches!(host.as_str(), "127.0.0.1" | "localhost") {
+                bail!(
+                    "{host} is not this machine's loopback address; pgtmp clusters listen on 127.0.0.1 only"
+                );
+            }
+            let entries = std::fs::read_dir(&session.state.path)
+                .with_context(|| format!("cannot read {}", session.state.path.display()))?;
+            for entry in entries.flatten() {
+                let instance = Instance::new(entry.path());
+                if let Ok(Some(state)) = instance.read_state()
+                    && state.tcp
+                    && state.port == port
+                {
+                    return Ok(instance);
+                }
+            }
+            bail!(
+                "no cluster of yours listens on 127.0.0.1:{port} (looked in {})",
+                session.state.path.display()
+            )
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! An instance directory: the layout of one cluster's private directory and its state file.
+//!
+//! ```text
+//! DIR/              mode 0700; also the server's Unix socket directory
+//!   data/           the PostgreSQL data directory
+//!   postgres.log    everything the server prints
+//!   PGTMP           marker: a complete directory pgtmp prepared (proof of ownership)
+//!   pgtmp.state     present while a watchdog looks after a running server
+//! ```
+
+use anyhow::{Context, Result, bail};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+const MARKER: &str = "PGTMP";
+const STATE: &str = "pgtmp.state";
+
+/// Letters of instance and pool entry names: short, so socket paths stay short.
+pub const NAME_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub dir: PathBuf,
+}
+
+/// What is at a path given with `-d`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Found {
+    Missing,
+    Empty,
+    Cluster,
+    /// Something pgtmp must not touch, with the reason.
+    Foreign(String),
+}
+
+/// What a watchdog records about the cluster it looks after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    pub watchdog_pid: i32,
+    pub postmaster_pid: i32,
+    pub port: u16,
+    pub tcp: bool,
+    pub keep: bool,
+    /// The uid that invoked pgtmp (root stays 0 although files belong to the server account).
+    pub owner_uid: u32,
+    pub user: String,
+    pub timeout: u64,
+}
+
+impl Instance {
+    pub fn new(dir: impl Into<PathBuf>) -> Instance {
+        Instance { dir: dir.into() }
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("postgres.log")
+    }
+
+    fn marker(&self) -> PathBuf {
+        self.dir.join(MARKER)
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.dir.join(STATE)
+    }
+
+    /// A complete cluster directory made by pgtmp.
+    pub fn is_cluster(&self) -> bool {
+        self.marker().is_file() && self.data().join("PG_VERSION").is_file()
+    }
+
+    pub fn write_marker(&self) -> Result<()> {
+        fs::write(
+            self.marker(),
+            "pgtmp instance directory; removed when its cluster stops\n",
+        )
+        .with_context(|| format!("cannot write {}", self.marker().display()))
+    }
+
+    /// The major version the data directory was made by.
+    pub fn data_version(&self) -> Result<u32> {
+        let path = self.data().join("PG_VERSION");
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        crate::discover::parse_major(&text)
+            .with_context(|| format!("{} is malformed", path.display()))
+    }
+
+    /// Classifies what is at `dir` for `-d`.
+    pub fn inspect(dir: &Path) -> Result<Found> {
+        let meta = match fs::metadata(dir) {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Found::Missing),
+            other => other.with_context(|| format!("cannot inspect {}", dir.display()))?,
+        };
+        if !meta.is_dir() {
+            return Ok(Found::Foreign("is not a directory".into()));
+        }
+        let mut entries =
+            fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+        if entries.next().is_none() {
+            return Ok(Found::Empty);
+        }
+        let instance = Instance::new(dir);
+        if instance.is_cluster() {
+            return Ok(Found::Cluster);
+        }
+        if dir.join("PG_VERSION").is_file() {
+            return Ok(Found::Foreign(
+                "is a bare PostgreSQL data directory, not one made by pgtmp".into(),
+            ));
+        }
+        Ok(Found::Foreign(
+            "is not empty and holds no pgtmp cluster".into(),
+        ))
+    }
+
+    /// Makes the directory private again (the socket lives in it and is trust-authenticated).
+    pub fn make_private(&self) -> Result<()> {
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot set mode 0700 on {}", self.dir.display()))
+    }
+
+    pub fn write_state(&self, state: &State) -> Result<()> {
+        let text = format!(
+            "watchdog_pid={}\npostmaster_pid={}\nport={}\ntcp={}\nkeep={}\nowner_uid={}\nuser={}\ntimeout={}\n",
+            state.watchdog_pid,
+            state.postmaster_pid,
+            state.port,
+            state.tcp as u8,
+            state.keep as u8,
+            state.owner_uid,
+            state.user,
+            state.timeout
+        );
+        // Written beside and renamed over, so readers never see half a file.
+        let tmp = self.dir.join(format!("{STATE}.tmp"));
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        file.write_all(text.as_bytes())
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        fs::rename(&tmp, self.state_path())
+            .with_context(|| format!("cannot write {}", self.state_path().display()))
+    }
+
+    /// The state of a running cluster, or None when no watchdog has recorded one.
+    pub fn read_state(&self) -> Result<Option<State>> {
+        let text = match fs::read_to_string(self.state_path()) {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            other => {
+                other.with_context(|| format!("cannot read {}", self.state_path().display()))?
+            }
+        };
+        parse_state(&text)
+            .map(Some)
+            .with_context(|| format!("{} is malformed", self.state_path().display()))
+    }
+
+    pub fn remove_state(&self) {
+        let _ = fs::remove_file(self.state_path());
+    }
+
+    /// Deletes the whole directory. `remove_dir_all` does not follow symlinks inside it.
+    pub fn remove(&self) -> Result<()> {
+        match fs::remove_dir_all(&self.dir) {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other.with_context(|| format!("cannot remove {}", self.dir.display())),
+        }
+    }
+
+    /// Deletes everything inside the directory but the directory itself (for a `-d DIR` that
+    /// existed, empty, before pgtmp filled it).
+    pub fn empty_out(&self) -> Result<()> {
+        for entry in fs::read_dir(&self.dir)
+            .with_context(|| format!("cannot read {}", self.dir.display()))?
+        {
+            let path = entry?.path();
+            let result = if path.is_dir() && !path.is_symlink() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            result.with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+fn parse_state(text: &str) -> Result<State> {
+    let get = |key: &str| -> Result<&str> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+            .with_context(|| format!("no {key}"))
+    };
+    let num = |key: &str| -> Result<i64> {
+        get(key)?
+            .parse::<i64>()
+            .with_context(|| format!("{key} is not a number"))
+    };
+    let state = State {
+        watchdog_pid: num("watchdog_pid")? as i32,
+        postmaster_pid: num("postmaster_pid")? as i32,
+        port: u16::try_from(num("port")?).context("port out of range")?,
+        tcp: num("tcp")? != 0,
+        keep: num("keep")? != 0,
+        owner_uid: u32::try_from(num("owner_uid")?).context("owner_uid out of range")?,
+        user: get("user")?.to_string(),
+        timeout: num("timeout")? as u64,
+    };
+    if state.watchdog_pid <= 0 || state.postmaster_pid <= 0 {
+        bail!("process ids must be positive");
+    }
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> State {
+        State {
+            watchdog_pid: 10,
+            postmaster_pid: 11,
+            port: 5432,
+            tcp: true,
+            keep: false,
+            owner_uid: 0,
+            user: "root".into(),
+            timeout: 60,
+        }
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let instance = Instance::new(dir.path());
+        assert_eq!(instance.read_state().unwrap(), None);
+        instance.write_state(&sample()).unwrap();
+        assert_eq!(instance.read_state().unwrap(), Some(sample()));
+    }
+
+    #[test]
+    fn inspect_tells_what_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            Instance::inspect(&dir.path().join("nope")).unwrap(),
+            Found::Missing
+        );
+        assert_eq!(Instance::inspect(dir.path()).unwrap(), Found::Empty);
+        fs::write(dir.path().join("file"), "x").unwrap();
+        assert!(matches!(
+            Instance::inspect(dir.path()).unwrap(),
+            Found::Foreign(_)
+        ));
+        assert!(matches!(
+            Instance::inspect(&dir.path().join("file")).unwrap(),
+            Found::Foreign(reason) if reason.contains("not a directory")
+        ));
+    }
+}

@@ -1,0 +1,37 @@
+//! pgtmp: private, throwaway PostgreSQL clusters in milliseconds.
+//!
+//! The crate is organised by what each module owns; `run` is the only entry point the binary uses.
+
+pub mod account;
+pub mod cli;
+pub mod client;
+pub mod cluster;
+pub mod cmd;
+pub mod detach;
+pub mod discover;
+pub mod exit;
+pub mod initdb;
+pub mod instance;
+pub mod pool;
+pub mod process;
+pub mod secret;
+pub mod statedir;
+pub mod url;
+pub mod watchdog;
+
+use std::process::ExitCode;
+
+/// Parses the command line, runs the command, prints any error once and returns the exit code.
+pub fn run() -> ExitCode {
+    let cli = match cli::parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    match cmd::dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("pgtmp: error: {err:#}");
+            ExitCode::from(exit::code_for(&err))
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Subprocesses and signals: a clean environment for PostgreSQL programs, errors that carry
+//! the program's own words, and liveness checks.
+
+use anyhow::{Result, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+/// A command for a PostgreSQL program, with the caller's PG* variables removed (PGPORT,
+/// PGDATA, PGHOST, PGUSER... would otherwise change what initdb and postgres do) and a fixed
+/// C locale so that their messages can be read back.
+pub fn pg_command(program: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("PG") && !key.starts_with("PGTMP_") {
+            cmd.env_remove(&*key);
+        }
+    }
+    cmd.env("LC_ALL", "C")
+        .env_remove("LANG")
+        .env_remove("LANGUAGE");
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// Runs a command to completion; on failure the error names `what` and ends with the tail of
+/// what the command printed.
+pub fn run_checked(cmd: &mut Command, what: &str) -> Result<Output> {
+    let out = match cmd.output() {
+        Ok(out) => out,
+        Err(err) => bail!(
+            "cannot run {what} ({}): {err}",
+            cmd.get_program().to_string_lossy()
+        ),
+    };
+    if !out.status.success() {
+        let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stdout));
+        bail!("{what} failed ({}): {}", out.status, tail(&text, 5));
+    }
+    Ok(out)
+}
+
+/// The last `n` non-empty lines of `text`, joined into one line.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+/// True while a process with this pid exists (a zombie counts).
+pub fn alive(pid: i32) -> bool {
+    pid > 0
+        && !matches!(
+            kill(Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        )
+}
+
+/// Sends a signal, treating "already gone" as success.
+pub fn signal(pid: i32, sig: Signal) -> Result<()> {
+    match kill(Pid::from_raw(pid), sig) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(err) => bail!("cannot send {sig} to process {pid}: {err}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_last_lines_on_one_line() {
+        assert_eq!(tail("a\n\nb\nc\n", 2), "b | c");
+        assert_eq!(tail("", 3), "");
+    }
+
+    #[test]
+    fn failures_carry_output() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo boom >&2; exit 3"]);
+        let err = run_checked(&mut cmd, "the test program").unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("the test program failed") && text.contains("boom"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn pg_variables_are_removed() {
+        // SAFETY: this test's process has no other threads touching the environment at this
+        // point that could race, and the variable is unique to this test.
+        unsafe { std::env::set_var("PGPORT_PGTMP_TEST_ONLY", "1") };
+        let cmd = pg_command(Path::new("/bin/true"));
+        let removed = cmd
+            .get_envs()
+            .any(|(k, v)| k == "PGPORT_PGTMP_TEST_ONLY" && v.is_none());
+        assert!(removed);
+    }
+}

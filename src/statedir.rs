@@ -1,0 +1,203 @@
+//! PGTMP_DIR: the one directory holding pgtmp's pools and running clusters for an account.
+
+use crate::account::Account;
+use anyhow::{Context, Result, bail};
+use nix::unistd::{AccessFlags, access, chown};
+use std::fs::{self, DirBuilder};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// Length of an instance directory's name under PGTMP_DIR.
+pub const INSTANCE_NAME_LEN: usize = 8;
+
+/// Longest Unix socket path the kernel accepts, without the terminating NUL
+/// (sun_path is 108 bytes on Linux, 104 on the BSDs and macOS).
+pub const SOCKET_PATH_MAX: usize = if cfg!(target_os = "linux") { 107 } else { 103 };
+
+/// "/.s.PGSQL.65535": the socket file postgres creates in its socket directory.
+const SOCKET_FILE_LEN: usize = "/.s.PGSQL.65535".len();
+
+/// Length of the socket path postgres will create for an instance in `socket_dir`.
+pub fn socket_path_len(socket_dir: &Path) -> usize {
+    socket_dir.as_os_str().len() + SOCKET_FILE_LEN
+}
+
+/// Length of the socket path of an instance directory directly under `state_dir`.
+fn instance_socket_len(state_dir: &Path) -> usize {
+    state_dir.as_os_str().len() + 1 + INSTANCE_NAME_LEN + SOCKET_FILE_LEN
+}
+
+/// Where the state lives: `PGTMP_DIR` when set, else `${TMPDIR:-/tmp}/pgtmp-<uid>`, falling back
+/// to `/tmp` when TMPDIR is so deep that socket paths would not fit.
+pub fn location(pgtmp_dir: Option<&str>, tmpdir: Option<&str>, uid: u32) -> Result<PathBuf> {
+    if let Some(dir) = pgtmp_dir.filter(|d| !d.is_empty()) {
+        let dir = absolute(Path::new(dir))?;
+        if instance_socket_len(&dir) > SOCKET_PATH_MAX {
+            bail!(
+                "PGTMP_DIR {} is too long: its sockets would exceed the {SOCKET_PATH_MAX}-byte \
+                 Unix socket path limit; use a path of at most {} bytes",
+                dir.display(),
+                SOCKET_PATH_MAX - (1 + INSTANCE_NAME_LEN + SOCKET_FILE_LEN)
+            );
+        }
+        return Ok(dir);
+    }
+    let name = format!("pgtmp-{uid}");
+    let base = tmpdir.filter(|t| t.starts_with('/')).unwrap_or("/tmp");
+    let preferred = Path::new(base).join(&name);
+    if instance_socket_len(&preferred) <= SOCKET_PATH_MAX {
+        Ok(preferred)
+    } else {
+        Ok(Path::new("/tmp").join(name))
+    }
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))
+}
+
+/// The state directory of this run, created if needed and checked to belong to the account
+/// the server runs as.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    pub path: PathBuf,
+}
+
+impl StateDir {
+    /// Creates or checks the directory. Called before root drops its privileges, so that root
+    /// can hand a fresh (or empty) directory to the server account.
+    pub fn establish(path: PathBuf, invoker: &Account, server: &Account) -> Result<StateDir> {
+        match fs::metadata(&path) {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&path)
+                    .with_context(|| {
+                        format!(
+                            "cannot create PGTMP_DIR {}; set PGTMP_DIR to a directory you can write",
+                            path.display()
+                        )
+                    })?;
+                if invoker.uid != server.uid {
+                    chown(&path, Some(server.uid), Some(server.gid)).with_context(|| {
+                        format!(
+                            "cannot hand PGTMP_DIR {} to account {}",
+                            path.display(),
+                            server.name
+                        )
+                    })?;
+                }
+            }
+            Err(err) => {
+                return Err(err)
+                    .with_context(|| format!("cannot inspect PGTMP_DIR {}", path.display()));
+            }
+            Ok(meta) if !meta.is_dir() => bail!(
+                "PGTMP_DIR {} is not a directory; remove it or set PGTMP_DIR elsewhere",
+                path.display()
+            ),
+            Ok(meta) if meta.uid() != server.uid.as_raw() => {
+                let empty = fs::read_dir(&path)
+                    .map(|mut d| d.next().is_none())
+                    .unwrap_or(false);
+                if invoker.is_root() && empty {
+                    chown(&path, Some(server.uid), Some(server.gid)).with_context(|| {
+                        format!(
+                            "cannot hand PGTMP_DIR {} to account {}",
+                            path.display(),
+                            server.name
+                        )
+                    })?;
+                } else {
+                    bail!(
+                        "PGTMP_DIR {} belongs to uid {}, not to {} who runs the server; remove it \
+                         or set PGTMP_DIR to a directory of {}'s own",
+                        path.display(),
+                        meta.uid(),
+                        server.name,
+                        server.name
+                    );
+                }
+            }
+            Ok(_) => {}
+        }
+        Ok(StateDir { path })
+    }
+
+    /// Checks, as the account that runs the server, that the directory can be used.
+    pub fn check_usable(&self, server: &Account) -> Result<()> {
+        access(&self.path, AccessFlags::W_OK | AccessFlags::X_OK).with_context(|| {
+            format!(
+                "PGTMP_DIR {} is not writable by {}; set PGTMP_DIR to a directory {} can write{}",
+                self.path.display(),
+                server.name,
+                server.name,
+                if server.uid.is_root() {
+                    ""
+                } else {
+                    " (e.g. under /tmp)"
+                }
+            )
+        })
+    }
+
+    pub fn instance_path(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    pub fn pools(&self) -> PathBuf {
+        self.path.join("pool")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_location_uses_tmpdir_and_uid() {
+        assert_eq!(
+            location(None, None, 1000).unwrap(),
+            Path::new("/tmp/pgtmp-1000")
+        );
+        assert_eq!(
+            location(None, Some("/var/tmp"), 0).unwrap(),
+            Path::new("/var/tmp/pgtmp-0")
+        );
+        assert_eq!(
+            location(None, Some("relative"), 7).unwrap(),
+            Path::new("/tmp/pgtmp-7")
+        );
+        assert_eq!(
+            location(Some(""), None, 7).unwrap(),
+            Path::new("/tmp/pgtmp-7")
+        );
+    }
+
+    #[test]
+    fn deep_tmpdir_falls_back_to_tmp() {
+        let deep = format!("/{}", "d".repeat(120));
+        assert_eq!(
+            location(None, Some(&deep), 5).unwrap(),
+            Path::new("/tmp/pgtmp-5")
+        );
+    }
+
+    #[test]
+    fn explicit_dir_wins_but_must_fit() {
+        assert_eq!(
+            location(Some("/srv/p"), Some("/x"), 5).unwrap(),
+            Path::new("/srv/p")
+        );
+        let deep = format!("/{}", "d".repeat(120));
+        let err = location(Some(&deep), None, 5).unwrap_err();
+        assert!(format!("{err:#}").contains("socket path limit"));
+    }
+
+    #[test]
+    fn socket_paths_fit_for_defaults() {
+        let dir = location(None, None, u32::MAX).unwrap();
+        assert!(instance_socket_len(&dir) <= SOCKET_PATH_MAX);
+    }
+}

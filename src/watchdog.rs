@@ -1,0 +1,423 @@
+//! The watchdog: a detached process that starts the server, reports readiness to the waiting
+//! `pgtmp`, then stops the server and removes its directory once it has been idle too long,
+//! when asked to (`pgtmp stop`), or when the server dies by itself.
+//!
+//! The watchdog is the server's parent, so it learns of the server's death at once (SIGCHLD),
+//! and on Linux the server dies with it (parent-death signal).
+
+use crate::client::Session;
+use crate::cluster::{self, ServerSpec, Startup};
+use crate::detach::{self, Forked};
+use crate::discover::Installation;
+use crate::instance::{Instance, State};
+use crate::secret;
+use anyhow::{Context, Result, anyhow, bail};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::process::Child;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+/// How often the watchdog looks at the server: it acts within this long of the deadline.
+const TICK: Duration = Duration::from_millis(200);
+/// How long a server may take to become ready (crash recovery of a kept cluster included).
+const STARTUP_LIMIT: Duration = Duration::from_secs(120);
+/// Attempts at an automatically chosen TCP port that someone else took first.
+const PORT_ATTEMPTS: usize = 5;
+
+/// What to do with the directory when the start fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// pgtmp made the directory for this start: delete it.
+    Remove,
+    /// The directory existed empty (`-d`): delete what pgtmp put in it.
+    EmptyOut,
+    /// An existing cluster (`-d` of a kept directory): leave it as it was.
+    Leave,
+}
+
+/// Everything the watchdog needs to start and look after one cluster.
+pub struct Plan {
+    pub install: Installation,
+    pub instance: Instance,
+    pub user: String,
+    pub owner_uid: u32,
+    pub tcp: bool,
+    pub port: u16,
+    /// True when the user chose the port (-p): then a taken port is an error, not a retry.
+    pub port_fixed: bool,
+    pub password: Option<String>,
+    pub timeout: u64,
+    pub keep: bool,
+    pub options: Vec<String>,
+    pub on_failure: OnFailure,
+}
+
+/// What the waiting `pgtmp` learns.
+pub struct Started {
+    pub port: u16,
+}
+
+/// Forks the watchdog and waits for its report. Returns once the server accepts connections,
+/// or with the reason it could not start (by then everything has been cleaned up).
+pub fn launch(plan: Plan) -> Result<Started> {
+    let (mut reader, writer) = std::io::pipe().context("cannot create a pipe to the watchdog")?;
+    match detach::fork_detached()? {
+        Forked::Parent(pid) => {
+            drop(writer);
+            let mut report = String::new();
+            reader
+                .read_to_string(&mut report)
+                .context("cannot read the watchdog's report")?;
+            match report.split_once(' ') {
+                Some(("ready", port)) => Ok(Started {
+                    port: port
+                        .trim()
+                        .parse()
+                        .context("the watchdog reported a malformed port")?,
+                }),
+                other => {
+                    // The watchdog has cleaned up and exited; reap it so nothing is left.
+                    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+                    match other {
+                        Some(("error", message)) => bail!("{}", message.trim_end()),
+                        _ => bail!("the watchdog exited before the server was ready"),
+                    }
+                }
+            }
+        }
+        Forked::Child => {
+            drop(reader);
+            let code = match Watchdog::start(plan, writer) {
+                Ok(mut watchdog) => watchdog.supervise(),
+                Err(()) => 1,
+            };
+            std::process::exit(code);
+        }
+    }
+}
+
+struct Watchdog {
+    plan: Plan,
+    server: Child,
+    port: u16,
+    session: Option<Session>,
+    signals: SignalPipe,
+}
+
+impl Watchdog {
+    /// Starts the server and reports to the waiting pgtmp. On failure the directory is
+    /// disposed of before the error is reported, so the caller returns to a clean slate.
+    fn start(plan: Plan, mut report: std::io::PipeWriter) -> std::result::Result<Watchdog, ()> {
+        let signals = match SignalPipe::install() {
+            Ok(s) => s,
+            Err(err) => {
+                let _ = writeln!(report, "error {err:#}");
+                return Err(());
+            }
+        };
+        let result = Self::start_server(&plan).and_then(|(server, port)| {
+            let mut watchdog = Watchdog {
+                plan,
+                server,
+                port,
+                session: None,
+                signals,
+            };
+            watchdog.handshake()?;
+            Ok(watchdog)
+        });
+        match result {
+            Ok(watchdog) => {
+                let _ = writeln!(report, "ready {}", watchdog.port);
+                Ok(watchdog)
+            }
+            Err(failure) => {
+                let _ = writeln!(report, "error {failure:#}");
+                Err(())
+            }
+        }
+    }
+
+    /// Spawns postgres and waits for it, retrying with another port when an automatically
+    /// chosen one was taken between choosing and binding.
+    fn start_server(plan: &Plan) -> Result<(Child, u16)> {
+        let cleanup = |server: Option<&mut Child>| {
+            if let Some(server) = server {
+                let pid = server.id() as i32;
+                let _ = cluster::shutdown(pid, || server.try_wait().map_or(true, |s| s.is_some()));
+            }
+            dispose_after_failure(plan);
+        };
+        let mut log = match open_log(&plan.instance) {
+            Ok(log) => log,
+            Err(err) => {
+                cleanup(None);
+                return Err(err);
+            }
+        };
+        let mut port = plan.port;
+        for attempt in 1..=PORT_ATTEMPTS {
+            let log_start = log.seek(SeekFrom::End(0)).unwrap_or(0);
+            let spec = ServerSpec {
+                install: &plan.install,
+                instance: &plan.instance,
+                port,
+                tcp: plan.tcp,
+                options: &plan.options,
+            };
+            let mut server = match spec.spawn(&log) {
+                Ok(server) => server,
+                Err(err) => {
+                    cleanup(None);
+                    return Err(err);
+                }
+            };
+            match cluster::wait_ready(&mut server, &plan.instance, STARTUP_LIMIT) {
+                Ok(Startup::Ready) => return Ok((server, port)),
+                Ok(Startup::Exited) => {
+                    let text = read_from(&mut log, log_start);
+                    let retry = plan.tcp && !plan.port_fixed && attempt < PORT_ATTEMPTS;
+                    if retry
+                        && cluster::lost_port_race(&text)
+                        && let Some(next) = portpicker::pick_unused_port()
+                    {
+                        port = next;
+                        continue;
+                    }
+                    cleanup(None);
+                    if plan.tcp && cluster::lost_port_race(&text) {
+                        bail!(
+                            "port {port} is already in use on 127.0.0.1; choose another with -p, \
+                             or leave -p out to get a free one"
+                        );
+                    }
+                    bail!(
+                        "postgres did not start{}: {}",
+                        if plan.options.is_empty() {
+                            ""
+                        } else {
+                            " (check the -o options)"
+                        },
+                        cluster::failure_lines(&text)
+                    );
+                }
+                Ok(Startup::TimedOut) => {
+                    cleanup(Some(&mut server));
+                    bail!(
+                        "postgres was not ready after {} s; see {}",
+                        STARTUP_LIMIT.as_secs(),
+                        plan.instance.log().display()
+                    );
+                }
+                Err(err) => {
+                    cleanup(Some(&mut server));
+                    return Err(err);
+                }
+            }
+        }
+        cleanup(None);
+        bail!("no free TCP port found after {PORT_ATTEMPTS} attempts")
+    }
+
+    /// Connects the watchdog's session, sets the TCP password and records the state. The
+    /// server is stopped and the directory disposed of if any of it fails.
+    fn handshake(&mut self) -> Result<()> {
+        let result = (|| -> Result<()> {
+            let mut session =
+                Session::connect(&self.plan.instance.dir, self.port, &self.plan.user)?;
+            if let Some(password) = &self.plan.password {
+                session.set_password(&self.plan.user, &secret::scram_verifier(password))?;
+            }
+            self.session = Some(session);
+            self.plan.instance.write_state(&State {
+                watchdog_pid: std::process::id() as i32,
+                postmaster_pid: self.server.id() as i32,
+                port: self.port,
+                tcp: self.plan.tcp,
+                keep: self.plan.keep,
+                owner_uid: self.plan.owner_uid,
+                user: self.plan.user.clone(),
+                timeout: self.plan.timeout,
+            })
+        })();
+        if result.is_err() {
+            self.session = None;
+            self.stop_server();
+            dispose_after_failure(&self.plan);
+        }
+        result
+    }
+
+    /// Looks after the running server until it is time to stop; returns the exit code.
+    fn supervise(&mut self) -> i32 {
+        let timeout = Duration::from_secs(self.plan.timeout);
+        let mut last_busy = Instant::now();
+        loop {
+            let stop_requested = self.signals.wait(TICK);
+            if self.server.try_wait().map_or(true, |s| s.is_some()) {
+                // The server died by itself: nothing to stop, only to clean up.
+                self.session = None;
+                return self.finish();
+            }
+            if stop_requested {
+                break;
+            }
+            if self.plan.timeout == 0 {
+                continue;
+            }
+            if self.busy() {
+                last_busy = Instant::now();
+            } else if last_busy.elapsed() >= timeout {
+                break;
+            }
+        }
+        self.session = None;
+        self.stop_server();
+        self.finish()
+    }
+
+    /// True when a client is connected, or when that cannot be told (never stop a server in
+    /// use because of a failed probe).
+    fn busy(&mut self) -> bool {
+        if self.session.is_none() {
+            // The session was terminated (e.g. pg_terminate_backend by a test): reconnect.
+            self.session =
+                Session::connect(&self.plan.instance.dir, self.port, &self.plan.user).ok();
+        }
+        match self.session.as_mut().map(Session::clients) {
+            Some(Ok(clients)) => clients > 0,
+            Some(Err(_)) => {
+                self.session = None;
+                true
+            }
+            None => true,
+        }
+    }
+
+    fn stop_server(&mut self) {
+        let server = &mut self.server;
+        let pid = server.id() as i32;
+        let _ = cluster::shutdown(pid, || server.try_wait().map_or(true, |s| s.is_some()));
+    }
+
+    /// Removes the directory, or with -k only the state file; returns the exit code.
+    fn finish(&mut self) -> i32 {
+        if self.plan.keep {
+            self.plan.instance.remove_state();
+            0
+        } else {
+            match self.plan.instance.remove() {
+                Ok(()) => 0,
+                Err(_) => 1,
+            }
+        }
+    }
+}
+
+fn dispose_after_failure(plan: &Plan) {
+    let _ = match plan.on_failure {
+        OnFailure::Remove => plan.instance.remove(),
+        OnFailure::EmptyOut => plan.instance.empty_out(),
+        OnFailure::Leave => Ok(()),
+    };
+}
+
+fn open_log(instance: &Instance) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .mode(0o600)
+        .open(instance.log())
+        .with_context(|| format!("cannot open {}", instance.log().display()))
+}
+
+fn read_from(log: &mut File, offset: u64) -> String {
+    let mut text = String::new();
+    if log.seek(SeekFrom::Start(offset)).is_ok() {
+        let _ = log.read_to_string(&mut text);
+    }
+    text
+}
+
+/// Write end of the signal pipe, for the handler (a plain fd: handlers can touch nothing else).
+static SIGNAL_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(signal: nix::libc::c_int) {
+    let fd = SIGNAL_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let byte = signal as u8;
+        // SAFETY: write(2) is async-signal-safe; the fd is non-blocking, so a full pipe just
+        // drops the byte (one pending wake-up is enough).
+        unsafe { nix::libc::write(fd, (&byte as *const u8).cast(), 1) };
+    }
+}
+
+/// Signals turned into bytes on a pipe (the self-pipe trick), so the watchdog sleeps in
+/// poll(2) and wakes at once for SIGCHLD (server died) or SIGTERM/SIGINT (stop now).
+struct SignalPipe {
+    read: OwnedFd,
+    _write: OwnedFd,
+}
+
+impl SignalPipe {
+    fn install() -> Result<SignalPipe> {
+        let (read, write) = nix::unistd::pipe().context("cannot create the signal pipe")?;
+        for fd in [&read, &write] {
+            nix::fcntl::fcntl(
+                fd.as_fd(),
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            )
+            .context("cannot make the signal pipe non-blocking")?;
+            nix::fcntl::fcntl(
+                fd.as_fd(),
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .context("cannot mark the signal pipe close-on-exec")?;
+        }
+        SIGNAL_FD.store(write.as_raw_fd(), Ordering::Relaxed);
+        let action = SigAction::new(
+            SigHandler::Handler(on_signal),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGCHLD] {
+            // SAFETY: the handler only calls write(2).
+            unsafe { sigaction(sig, &action) }.map_err(|e| anyhow!("cannot handle {sig}: {e}"))?;
+        }
+        // A hang-up means nothing to a process that has no terminal.
+        let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+        // SAFETY: ignoring a signal installs no code.
+        unsafe { sigaction(Signal::SIGHUP, &ignore) }
+            .map_err(|e| anyhow!("cannot ignore SIGHUP: {e}"))?;
+        Ok(SignalPipe {
+            read,
+            _write: write,
+        })
+    }
+
+    /// Sleeps up to `limit` or until a signal arrives; true if a stop was requested.
+    fn wait(&self, limit: Duration) -> bool {
+        let timeout = PollTimeout::try_from(limit).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(self.read.as_fd(), PollFlags::POLLIN)];
+        if !matches!(poll(&mut fds, timeout), Ok(n) if n > 0) {
+            return false;
+        }
+        let mut stop = false;
+        let mut buf = [0u8; 64];
+        while let Ok(n) = nix::unistd::read(&self.read, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            stop |= buf[..n]
+                .iter()
+                .any(|&b| b as i32 == Signal::SIGTERM as i32 || b as i32 == Signal::SIGINT as i32);
+        }
+        stop
+    }
+}
