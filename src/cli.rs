@@ -16,17 +16,45 @@ private 0700 directory (or on a free loopback TCP port with -t), prints one URL 
 exits at once. A detached watchdog stops the cluster and deletes its directory once no client \
 has been connected for the idle timeout (-w).";
 
-const AFTER_HELP: &str = "\
-Examples:
-  url=$(pgtmp) && psql \"$url\" -c 'select 1'
-  url=$(pgtmp -t -w 300)        # TCP on 127.0.0.1 with a password, for JDBC
-  pgtmp stop \"$url\"             # stop it now instead of waiting for the timeout
+/// Sections shown after the options in `--help` and as sections of the man page.
+pub const EXTRA_SECTIONS: &[(&str, &str)] = &[
+    (
+        "Examples",
+        "\
+url=$(pgtmp) && psql \"$url\" -c 'select 1'
+url=$(pgtmp -t -w 300)        # TCP on 127.0.0.1 with a password, e.g. for JDBC
+pgtmp -k -d ./pgdata          # a cluster in ./pgdata that survives its stop
+pgtmp stop \"$url\"             # stop now instead of at the idle timeout",
+    ),
+    (
+        "Environment",
+        "\
+PGTMP_DIR        where pools and clusters live [default: ${TMPDIR:-/tmp}/pgtmp-<uid>]
+PGTMP_POOL_SIZE  prepared data directories kept per installation [default: 2]
+PG*              the caller's libpq variables are ignored by pgtmp and its servers",
+    ),
+    (
+        "Files",
+        "\
+$PGTMP_DIR/<name>/              one cluster: socket directory (0700), data/, postgres.log
+$PGTMP_DIR/pool/<key>/ready.*   prepared data directories waiting to be claimed",
+    ),
+    (
+        "Exit status",
+        "0 success, 1 failure, 2 invalid command line.",
+    ),
+];
 
-Environment:
-  PGTMP_DIR       where pools and clusters live [default: ${TMPDIR:-/tmp}/pgtmp-<uid>]
-  PGTMP_POOL_SIZE prepared data directories kept ready per installation [default: 2]
-
-Exit status: 0 success, 1 failure, 2 invalid command line.";
+fn after_help() -> String {
+    EXTRA_SECTIONS
+        .iter()
+        .map(|(title, body)| {
+            let body: Vec<String> = body.lines().map(|line| format!("  {line}")).collect();
+            format!("{title}:\n{}", body.join("\n"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -34,7 +62,8 @@ Exit status: 0 success, 1 failure, 2 invalid command line.";
     version,
     about = "Private, throwaway PostgreSQL clusters in milliseconds",
     long_about = LONG_ABOUT,
-    after_help = AFTER_HELP,
+    after_help = after_help(),
+    disable_help_subcommand = true,
 )]
 pub struct Cli {
     #[command(subcommand)]

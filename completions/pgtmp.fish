@@ -1,0 +1,56 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_pgtmp_global_optspecs
+    string join \n t/tcp p/port= w/timeout= k/keep o/options= d/dir= bindir= run-as= h/help V/version
+end
+
+function __fish_pgtmp_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_pgtmp_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_pgtmp_using_subcommand
+    set -l cmd (__fish_pgtmp_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -s p -l port -d 'Listen on this TCP port on 127.0.0.1 (implies -t)' -r
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -s w -l timeout -d 'Stop the cluster after this many seconds without a connected client; 0 = never [default: 60]' -r
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -s o -l options -d 'Extra options for postgres, e.g. -o \'-c log_statement=all\'; applied last, so they win' -r
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -s d -l dir -d 'Use this directory instead of one from the pool; it is initialized if empty or missing' -r -F
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]' -r
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -s t -l tcp -d 'Listen on a free TCP port on 127.0.0.1 (password required) instead of only a Unix socket'
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -s k -l keep -d 'Keep the cluster\'s directory when it stops, so `pgtmp start -d DIR` can start it again'
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -s V -l version -d 'Print version'
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "start" -d 'Start a throwaway cluster and print its URL (the default command)'
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "stop" -d 'Stop a cluster now and remove its directory (unless it was started with -k)'
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "initdb" -d 'Prepare a data directory without starting it and print its path'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s p -l port -d 'Listen on this TCP port on 127.0.0.1 (implies -t)' -r
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s w -l timeout -d 'Stop the cluster after this many seconds without a connected client; 0 = never [default: 60]' -r
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s o -l options -d 'Extra options for postgres, e.g. -o \'-c log_statement=all\'; applied last, so they win' -r
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s d -l dir -d 'Use this directory instead of one from the pool; it is initialized if empty or missing' -r -F
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]' -r
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s t -l tcp -d 'Listen on a free TCP port on 127.0.0.1 (password required) instead of only a Unix socket'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s k -l keep -d 'Keep the cluster\'s directory when it stops, so `pgtmp start -d DIR` can start it again'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s h -l help -d 'Print help'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -s d -l dir -d 'The cluster\'s directory instead of its URL' -r -F
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]' -r
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -s h -l help -d 'Print help'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand initdb" -s d -l dir -d 'Prepare this directory (empty or missing) instead of a new one under PGTMP_DIR' -r -F
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand initdb" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand initdb" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]' -r
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand initdb" -s h -l help -d 'Print help'
