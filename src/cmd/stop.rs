@@ -30,6 +30,9 @@ pub fn run(url: Option<String>, dir: Option<PathBuf>, global: &GlobalArgs) -> Re
         }
     };
     let dir = instance.dir.display().to_string();
+    if !instance.dir.exists() {
+        bail!("no cluster in {dir}: it has stopped already, or never existed");
+    }
     if !instance.is_cluster() {
         bail!(
             "{dir} is not a pgtmp cluster directory (or not one you can read); pass the URL pgtmp printed"
