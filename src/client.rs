@@ -15,6 +15,10 @@ use std::time::Duration;
 const COUNT_CLIENTS: &str = "SELECT count(*) FROM pg_stat_activity \
      WHERE backend_type IN ('client backend', 'walsender') AND pid <> pg_backend_pid()";
 
+/// Settings of the watchdog's own session (PostgreSQL 13 and later know all of them).
+const SESSION_OPTIONS: &str = "-c log_statement=none -c log_duration=off \
+     -c log_min_duration_statement=-1 -c statement_timeout=0 -c lock_timeout=0";
+
 pub struct Session {
     client: postgres::Client,
     count: postgres::Statement,
@@ -28,9 +32,15 @@ impl Session {
             .user(user)
             .dbname("postgres")
             .application_name("pgtmp watchdog")
+            // In the startup packet, so they hold before the first statement: whatever -o
+            // sets (log_statement=all, a statement_timeout), the polls are never logged and
+            // never cancelled.
+            .options(SESSION_OPTIONS)
             .connect_timeout(Duration::from_secs(10))
             .connect(postgres::NoTls)
             .with_context(|| format!("cannot connect to the server in {}", socket_dir.display()))?;
+        // PostgreSQL 14+ only; an older server rejects the name, which is fine.
+        let _ = client.batch_execute("SET idle_session_timeout = 0");
         let count = client
             .prepare(COUNT_CLIENTS)
             .context("cannot prepare the client count query")?;
