@@ -1,0 +1,1025 @@
+//! Shared harness of the black-box integration tests: they run the real `pgtmp` binary against
+//! the real PostgreSQL server and check the result with the real `psql`.
+//!
+//! - [`Invoker`]: who runs pgtmp. Tests run as the current account and, when that is root, also
+//!   as an ordinary account (`$PGTMP_TEST_USER`, else `pgtmp-test`, else `nobody`); the
+//!   [`both_invokers!`] macro makes an `as_self` and an `as_user` test of one scenario.
+//! - [`Sandbox`]: one private temporary directory per test holding its PGTMP_DIR (and any `-d`
+//!   directories). Dropping it stops every cluster and refill still running under it, then
+//!   removes it, so test servers never outlive the test.
+//! - [`run`]: every program is run with a deadline, and its stdout/stderr must be closed when it
+//!   exits (a detached child holding them would hang `url=$(pgtmp)` in a shell).
+//! - Conditions are polled with [`wait_until`] / [`time_until`], never slept for.
+
+#![allow(dead_code)]
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{Pid, Uid, User};
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsStr;
+use std::fmt;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Added to every time bound of the specification: the machine may be busy with other tests.
+pub const SLACK: Duration = Duration::from_millis(1500);
+/// Longest a pgtmp command may take (a cold start on a loaded two-core machine is a few seconds).
+pub const PGTMP_LIMIT: Duration = Duration::from_secs(90);
+/// Longest a psql command may take.
+pub const PSQL_LIMIT: Duration = Duration::from_secs(30);
+
+/// Makes the test `$name::as_self` (current account) and `$name::as_user` (the ordinary
+/// account; reported as skipped when the suite does not run as root) from `fn $name(&Invoker)`.
+#[macro_export]
+macro_rules! both_invokers {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn as_self() {
+                super::$name(&$crate::common::Invoker::current());
+            }
+
+            #[test]
+            fn as_user() {
+                match $crate::common::Invoker::ordinary() {
+                    Some(invoker) => super::$name(&invoker),
+                    None => $crate::common::skip("not root, so there is no other account to run as"),
+                }
+            }
+        }
+    )*};
+}
+
+/// Reports a test that cannot run here; it then passes without checking anything.
+pub fn skip(reason: &str) {
+    eprintln!("SKIPPED: {reason}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Invokers
+
+/// An account that runs pgtmp and psql.
+#[derive(Debug, Clone)]
+pub struct Invoker {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+    /// True for the ordinary account: commands switch to it (the suite runs as root then).
+    pub switched: bool,
+}
+
+impl Invoker {
+    /// The account running the test suite.
+    pub fn current() -> Invoker {
+        let uid = Uid::current();
+        let user = User::from_uid(uid).ok().flatten().unwrap_or_else(|| {
+            panic!("uid {uid} has no passwd entry; run the tests as a real account")
+        });
+        Invoker::from_user(user, false)
+    }
+
+    /// The ordinary account, when the suite runs as root; None otherwise.
+    pub fn ordinary() -> Option<Invoker> {
+        if !Uid::current().is_root() {
+            return None;
+        }
+        let wanted = std::env::var("PGTMP_TEST_USER")
+            .ok()
+            .filter(|n| !n.is_empty());
+        let user = match &wanted {
+            Some(name) => User::from_name(name)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| panic!("PGTMP_TEST_USER={name}: no such account")),
+            None => ["pgtmp-test", "nobody"]
+                .iter()
+                .find_map(|name| User::from_name(name).ok().flatten())
+                .expect("neither a 'pgtmp-test' nor a 'nobody' account exists to test as"),
+        };
+        assert!(
+            !user.uid.is_root(),
+            "the ordinary test account {} must not be root",
+            user.name
+        );
+        Some(Invoker::from_user(user, true))
+    }
+
+    fn from_user(user: User, switched: bool) -> Invoker {
+        Invoker {
+            name: user.name,
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            home: user.dir,
+            switched,
+        }
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.uid == 0
+    }
+
+    /// The pgtmp binary this account can execute.
+    pub fn bin(&self) -> PathBuf {
+        if self.switched {
+            shared_binary().to_path_buf()
+        } else {
+            PathBuf::from(env!("CARGO_BIN_EXE_pgtmp"))
+        }
+    }
+
+    /// The account the server runs as for this invoker: root hands it to `postgres` (else
+    /// `nobody`), everyone else runs it themselves.
+    pub fn server_account(&self) -> (String, u32) {
+        if !self.is_root() {
+            return (self.name.clone(), self.uid);
+        }
+        ["postgres", "nobody"]
+            .iter()
+            .find_map(|name| User::from_name(name).ok().flatten())
+            .map(|u| (u.name, u.uid.as_raw()))
+            .expect("neither 'postgres' nor 'nobody' exists to run the server as")
+    }
+
+    /// A command run as this account, with the caller's PG* variables removed and `/` as its
+    /// working directory.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("PG") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.current_dir("/");
+        if self.switched {
+            cmd.uid(self.uid)
+                .gid(self.gid)
+                .env("HOME", &self.home)
+                .env("USER", &self.name)
+                .env("LOGNAME", &self.name)
+                .env_remove("TMPDIR");
+        }
+        cmd
+    }
+}
+
+impl fmt::Display for Invoker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (uid {})", self.name, self.uid)
+    }
+}
+
+/// Both invokers that apply here: the current account, and the ordinary one when root.
+pub fn invokers() -> Vec<Invoker> {
+    std::iter::once(Invoker::current())
+        .chain(Invoker::ordinary())
+        .collect()
+}
+
+fn shared_binary_dir(pid: u32) -> PathBuf {
+    PathBuf::from(format!("/tmp/pgtmp-test-bin-{pid}"))
+}
+
+extern "C" fn remove_shared_binary() {
+    let _ = fs::remove_dir_all(shared_binary_dir(std::process::id()));
+}
+
+/// A copy of the binary that any account can run (target/ may be private to the builder),
+/// made once per test process and removed when it exits.
+fn shared_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // Copies left by test processes that were killed.
+        if let Ok(entries) = fs::read_dir("/tmp") {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = name.strip_prefix("pgtmp-test-bin-")
+                    && let Ok(pid) = pid.parse::<u32>()
+                    && !Path::new(&format!("/proc/{pid}")).exists()
+                {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        let dir = shared_binary_dir(std::process::id());
+        fs::create_dir_all(&dir).expect("cannot create the shared binary directory");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = dir.join("pgtmp");
+        fs::copy(env!("CARGO_BIN_EXE_pgtmp"), &bin).expect("cannot copy the pgtmp binary");
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+        // SAFETY: registers a plain function that only removes a directory at exit.
+        unsafe { nix::libc::atexit(remove_shared_binary) };
+        bin
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running programs
+
+/// What a finished program did.
+pub struct Outcome {
+    pub what: String,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    /// From spawning until it exited and both its pipes were closed.
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    /// The non-empty lines on stderr.
+    pub fn stderr_lines(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect()
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = match (self.status.code(), self.status.signal()) {
+            (Some(code), _) => format!("exit {code}"),
+            (None, Some(sig)) => format!("killed by signal {sig}"),
+            _ => "unknown status".to_string(),
+        };
+        write!(
+            f,
+            "{}\n  -> {status} after {:.2?}\n  stdout: {:?}\n  stderr: {:?}",
+            self.what, self.elapsed, self.stdout, self.stderr
+        )
+    }
+}
+
+fn describe(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs a program to completion with stdin from /dev/null, capturing its output. Panics if it
+/// runs longer than `limit`, or if its stdout or stderr are still open after it exited (some
+/// process it left behind holds them).
+pub fn run(cmd: &mut Command, limit: Duration) -> Outcome {
+    let what = describe(cmd);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot run {what}: {err}"));
+    let (tx, rx) = mpsc::channel::<(usize, Vec<u8>)>();
+    let pipes: [Box<dyn Read + Send>; 2] = [
+        Box::new(child.stdout.take().unwrap()),
+        Box::new(child.stderr.take().unwrap()),
+    ];
+    for (index, mut pipe) in pipes.into_iter().enumerate() {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            let _ = tx.send((index, bytes));
+        });
+    }
+    drop(tx);
+    let deadline = started + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("cannot wait for a child") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let exited = Instant::now();
+    let mut output = [Vec::new(), Vec::new()];
+    for _ in 0..2 {
+        let wait = Duration::from_secs(5).saturating_sub(exited.elapsed());
+        match rx.recv_timeout(wait) {
+            Ok((index, bytes)) => output[index] = bytes,
+            Err(_) => panic!(
+                "{what} exited ({status}) but its stdout/stderr stayed open for 5 s: a process \
+                 it left behind still holds them, so `url=$(...)` in a shell would hang"
+            ),
+        }
+    }
+    let [stdout, stderr] = output.map(|b| String::from_utf8_lossy(&b).into_owned());
+    Outcome {
+        what,
+        status,
+        stdout,
+        stderr,
+        elapsed: started.elapsed(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Polling
+
+/// Polls `condition` until it holds (true) or `limit` has passed (false).
+pub fn wait_until(limit: Duration, condition: impl FnMut() -> bool) -> bool {
+    time_until(limit, condition).is_some()
+}
+
+/// Polls `condition` until it holds and returns how long that took, or None after `limit`.
+pub fn time_until(limit: Duration, mut condition: impl FnMut() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    loop {
+        if condition() {
+            return Some(started.elapsed());
+        }
+        if started.elapsed() >= limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+/// A process found in /proc.
+#[derive(Debug, Clone)]
+pub struct Proc {
+    pub pid: i32,
+    pub uid: u32,
+    pub cmdline: String,
+}
+
+impl fmt::Display for Proc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pid {} uid {}: {}", self.pid, self.uid, self.cmdline)
+    }
+}
+
+fn mentions(text: &str, path: &str) -> bool {
+    text.match_indices(path).any(|(at, _)| {
+        matches!(
+            text[at + path.len()..].chars().next(),
+            None | Some('/' | '"' | '\'' | ' ' | '\0' | '\n')
+        )
+    })
+}
+
+/// Live processes (zombies excluded, this test process excluded) whose command line, working
+/// directory, environment or open files mention `path`.
+pub fn procs_referencing(path: &Path) -> Vec<Proc> {
+    let needle = path.to_string_lossy().into_owned();
+    let me = std::process::id() as i32;
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == me || !alive(pid) {
+            continue;
+        }
+        let dir = entry.path();
+        let cmdline = fs::read(dir.join("cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        let referenced = mentions(&cmdline, &needle)
+            || fs::read_link(dir.join("cwd"))
+                .is_ok_and(|cwd| mentions(&cwd.to_string_lossy(), &needle))
+            || fs::read(dir.join("environ"))
+                .is_ok_and(|env| mentions(&String::from_utf8_lossy(&env), &needle))
+            || fs::read_dir(dir.join("fd")).is_ok_and(|fds| {
+                fds.flatten().any(|fd| {
+                    fs::read_link(fd.path())
+                        .is_ok_and(|target| mentions(&target.to_string_lossy(), &needle))
+                })
+            });
+        if referenced {
+            let uid = fs::metadata(&dir).map(|m| m.uid()).unwrap_or(u32::MAX);
+            found.push(Proc {
+                pid,
+                uid,
+                cmdline: cmdline.trim().to_string(),
+            });
+        }
+    }
+    found
+}
+
+/// True while the process exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // "pid (comm) S ...": the state follows the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// The real uid a process runs as.
+pub fn proc_uid(pid: i32) -> u32 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|err| panic!("cannot read /proc/{pid}/status: {err}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+        .unwrap_or_else(|| panic!("no Uid line in /proc/{pid}/status"))
+}
+
+pub fn signal(pid: i32, sig: Signal) {
+    let _ = kill(Pid::from_raw(pid), sig);
+}
+
+/// The TCP sockets a process listens on, as "127.0.0.1:5432" (IPv4) or "[hex]:5432" (IPv6).
+pub fn tcp_listeners(pid: i32) -> Vec<String> {
+    let inodes: HashSet<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|err| panic!("cannot list the files of process {pid}: {err}"))
+        .flatten()
+        .filter_map(|fd| fs::read_link(fd.path()).ok())
+        .filter_map(|t| {
+            let t = t.to_string_lossy().into_owned();
+            Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let mut found = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            if fields.len() < 10 || fields[3] != "0A" || !inodes.contains(fields[9]) {
+                continue;
+            }
+            let (addr, port) = fields[1].split_once(':').unwrap();
+            let port = u16::from_str_radix(port, 16).unwrap();
+            if addr.len() == 8 {
+                let ip = u32::from_str_radix(addr, 16).unwrap().to_le_bytes();
+                found.push(format!("{}.{}.{}.{}:{port}", ip[0], ip[1], ip[2], ip[3]));
+            } else {
+                found.push(format!("[{addr}]:{port}"));
+            }
+        }
+    }
+    found
+}
+
+// ---------------------------------------------------------------------------------------------
+// URLs and cluster directories
+
+/// Decodes %XX escapes.
+pub fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).expect("percent-decoded text is not UTF-8")
+}
+
+/// Encodes everything but RFC 3986 unreserved characters.
+pub fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A socket URL `postgresql://USER@/test?host=ENCODED_DIR`, taken apart.
+#[derive(Debug)]
+pub struct SocketUrl {
+    pub user: String,
+    pub dir: PathBuf,
+    /// The host parameter as printed (still percent-encoded).
+    pub encoded_host: String,
+}
+
+pub fn parse_socket_url(url: &str) -> SocketUrl {
+    let parse = || -> Option<SocketUrl> {
+        let rest = url.strip_prefix("postgresql://")?;
+        let (user, rest) = rest.split_once('@')?;
+        let encoded_host = rest.strip_prefix("/test?host=")?;
+        let dir = PathBuf::from(percent_decode(encoded_host));
+        let valid = !user.is_empty() && !encoded_host.contains(['&', '?', '/']);
+        (valid && dir.is_absolute()).then(|| SocketUrl {
+            user: percent_decode(user),
+            dir,
+            encoded_host: encoded_host.to_string(),
+        })
+    };
+    parse().unwrap_or_else(|| {
+        panic!("not a socket URL of the form postgresql://USER@/test?host=DIR: {url:?}")
+    })
+}
+
+/// A TCP URL `postgresql://USER:PASSWORD@127.0.0.1:PORT/test`, taken apart.
+#[derive(Debug)]
+pub struct TcpUrl {
+    pub user: String,
+    pub password: String,
+    pub port: u16,
+}
+
+pub fn parse_tcp_url(url: &str) -> TcpUrl {
+    let parse = || -> Option<TcpUrl> {
+        let rest = url.strip_prefix("postgresql://")?;
+        let (userinfo, rest) = rest.rsplit_once('@')?;
+        let (user, password) = userinfo.split_once(':')?;
+        let port = rest.strip_prefix("127.0.0.1:")?.strip_suffix("/test")?;
+        Some(TcpUrl {
+            user: percent_decode(user),
+            password: password.to_string(),
+            port: port.parse().ok()?,
+        })
+    };
+    parse().unwrap_or_else(|| {
+        panic!("not a TCP URL of the form postgresql://USER:PASSWORD@127.0.0.1:PORT/test: {url:?}")
+    })
+}
+
+/// The same cluster's URL for database `postgres` instead of `test`.
+pub fn postgres_db_url(url: &str) -> String {
+    assert!(url.contains("/test"), "{url}");
+    url.replacen("/test", "/postgres", 1)
+}
+
+/// A cluster's pid of the postmaster, from its data directory.
+pub fn postmaster_pid(dir: &Path) -> Option<i32> {
+    let text = fs::read_to_string(dir.join("data/postmaster.pid")).ok()?;
+    text.lines().next()?.trim().parse().ok()
+}
+
+/// The key=value lines of a cluster's `pgtmp.state`, if it has one.
+pub fn read_state(dir: &Path) -> Option<BTreeMap<String, String>> {
+    let text = fs::read_to_string(dir.join("pgtmp.state")).ok()?;
+    Some(
+        text.lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+/// The watchdog pid recorded in a cluster's `pgtmp.state`.
+pub fn watchdog_pid(dir: &Path) -> Option<i32> {
+    read_state(dir)?.get("watchdog_pid")?.parse().ok()
+}
+
+/// Every file and directory under `root` (itself included) whose owner is not `uid`.
+pub fn not_owned_by(root: &Path, uid: u32) -> Vec<(PathBuf, u32)> {
+    let mut wrong = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.uid() != uid {
+            wrong.push((path.clone(), meta.uid()));
+        }
+        if meta.is_dir()
+            && let Ok(entries) = fs::read_dir(&path)
+        {
+            stack.extend(entries.flatten().map(|e| e.path()));
+        }
+    }
+    wrong
+}
+
+/// A free TCP port on 127.0.0.1 at the time of the call.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("cannot find a free port")
+        .port()
+}
+
+/// True if nobody holds the lock file (`flock`), i.e. no refill works on that pool.
+pub fn lock_is_free(lock: &Path) -> bool {
+    let Ok(file) = fs::File::open(lock) else {
+        return true;
+    };
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sandbox: one test's private PGTMP_DIR, cleaned up on drop
+
+/// A private temporary directory for one test and one invoker. PGTMP_DIR is `ROOT/p` (made by
+/// pgtmp); `-d` directories and other files go beside it. Dropping it stops what still runs.
+pub struct Sandbox {
+    pub invoker: Invoker,
+    pub root: PathBuf,
+    pub pgtmp_dir: PathBuf,
+    pub pool_size: usize,
+}
+
+impl Sandbox {
+    /// A sandbox whose pgtmp keeps no pool: every start prepares its directory in the
+    /// foreground and nothing writes into PGTMP_DIR in the background.
+    pub fn new(invoker: &Invoker) -> Sandbox {
+        Sandbox::with_pool(invoker, 0)
+    }
+
+    pub fn with_pool(invoker: &Invoker, pool_size: usize) -> Sandbox {
+        require_client();
+        let root = tempfile::Builder::new()
+            .prefix("pgtmp-it-")
+            .tempdir_in("/tmp")
+            .expect("cannot create a temporary directory")
+            .keep();
+        // Like /tmp: any account (root's server account too) can make its directories here.
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o1777)).unwrap();
+        if invoker.switched {
+            std::os::unix::fs::chown(&root, Some(invoker.uid), Some(invoker.gid))
+                .expect("cannot give the sandbox to the test account");
+        }
+        let pgtmp_dir = root.join("p");
+        Sandbox {
+            invoker: invoker.clone(),
+            root,
+            pgtmp_dir,
+            pool_size,
+        }
+    }
+
+    /// A path inside the sandbox (not created).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// Marks a command as belonging to this sandbox, so leftovers are found and stopped.
+    fn mark(&self, cmd: &mut Command) {
+        cmd.env("PGTMP_TEST_SANDBOX", &self.root);
+    }
+
+    /// pgtmp's environment for this sandbox: its PGTMP_DIR and pool size.
+    pub fn pgtmp_env(&self, cmd: &mut Command) {
+        self.mark(cmd);
+        cmd.env("PGTMP_DIR", &self.pgtmp_dir)
+            .env("PGTMP_POOL_SIZE", self.pool_size.to_string());
+    }
+
+    /// `pgtmp` as the invoker, with this sandbox's PGTMP_DIR and pool size.
+    pub fn pgtmp(&self) -> Command {
+        let mut cmd = self.invoker.command(self.invoker.bin());
+        self.pgtmp_env(&mut cmd);
+        cmd
+    }
+
+    /// Any program as the invoker with pgtmp's environment; `$PGTMP` names the binary.
+    pub fn tool(&self, program: &str) -> Command {
+        let mut cmd = self.invoker.command(program);
+        self.pgtmp_env(&mut cmd);
+        cmd.env("PGTMP", self.invoker.bin());
+        cmd
+    }
+
+    /// `sh -c SCRIPT` as the invoker with pgtmp's environment; `$PGTMP` is the binary.
+    pub fn shell(&self, script: &str) -> Command {
+        let mut sh = self.tool("sh");
+        sh.arg("-c").arg(script);
+        sh
+    }
+
+    /// Like `shell`, but the shell leads a new session and process group of its own, as a
+    /// terminal's shell does (so `kill 0` in it reaches only that group).
+    pub fn shell_in_new_session(&self, script: &str) -> Command {
+        let mut sh = self.shell(script);
+        // SAFETY: setsid(2) is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            sh.pre_exec(|| {
+                if nix::libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        sh
+    }
+
+    /// Runs pgtmp with `args`.
+    pub fn run(&self, args: &[&str]) -> Outcome {
+        run(self.pgtmp().args(args), PGTMP_LIMIT)
+    }
+
+    /// Runs pgtmp with `args` and checks the start contract: exit 0, exactly one line on
+    /// stdout, nothing on stderr. Returns the URL.
+    pub fn start(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        check_started(&out, &self.invoker)
+    }
+
+    /// psql as the invoker: `psql -X -At -v ON_ERROR_STOP=1 URL`.
+    pub fn psql_command(&self, url: &str) -> Command {
+        let mut cmd = self.invoker.command("psql");
+        self.mark(&mut cmd);
+        cmd.args(["-X", "-At", "-v", "ON_ERROR_STOP=1", url]);
+        cmd
+    }
+
+    pub fn try_psql(&self, url: &str, sql: &str) -> Outcome {
+        run(self.psql_command(url).args(["-c", sql]), PSQL_LIMIT)
+    }
+
+    /// Runs SQL and returns its output without the final newline; panics if psql fails.
+    pub fn psql(&self, url: &str, sql: &str) -> String {
+        let out = self.try_psql(url, sql);
+        assert!(out.success(), "psql as {} failed:\n{out}", self.invoker);
+        out.stdout.trim_end_matches('\n').to_string()
+    }
+
+    /// A psql process that stays connected until `close` (its stdin is kept open).
+    pub fn psql_session(&self, url: &str) -> PsqlSession {
+        let mut child = self
+            .psql_command(url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cannot start psql");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        PsqlSession {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Instance directories under PGTMP_DIR (everything but the `pool/` cache).
+    pub fn instance_dirs(&self) -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir(&self.pgtmp_dir) else {
+            return Vec::new();
+        };
+        let mut dirs: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|e| e.file_name() != "pool")
+            .map(|e| e.path())
+            .collect();
+        dirs.sort();
+        dirs
+    }
+
+    /// The one instance directory under PGTMP_DIR.
+    pub fn only_instance(&self) -> PathBuf {
+        let dirs = self.instance_dirs();
+        assert_eq!(dirs.len(), 1, "expected one instance directory: {dirs:?}");
+        dirs[0].clone()
+    }
+
+    /// Processes still referring to the sandbox (servers, watchdogs, refills, clients).
+    pub fn procs(&self) -> Vec<Proc> {
+        procs_referencing(&self.root)
+    }
+
+    /// Waits (briefly) until no process refers to `path`; panics listing them otherwise.
+    pub fn assert_no_process(&self, path: &Path, context: &str) {
+        let mut left = Vec::new();
+        let gone = wait_until(Duration::from_secs(5), || {
+            left = procs_referencing(path);
+            left.is_empty()
+        });
+        assert!(
+            gone,
+            "{context}: processes still refer to {} after 5 s:\n{}",
+            path.display(),
+            left.iter().map(|p| format!("  {p}\n")).collect::<String>()
+        );
+    }
+
+    /// Checks that a failed command left nothing: no instance directory under PGTMP_DIR and
+    /// no process referring to the sandbox.
+    pub fn assert_nothing_left(&self, context: &str) {
+        let dirs = self.instance_dirs();
+        assert!(
+            dirs.is_empty(),
+            "{context}: left instance directories under PGTMP_DIR: {dirs:?}"
+        );
+        self.assert_no_process(&self.root, context);
+    }
+
+    /// True while a refill holds the lock of one of the pools.
+    pub fn refill_running(&self) -> bool {
+        fs::read_dir(self.pgtmp_dir.join("pool"))
+            .map(|pools| {
+                pools
+                    .flatten()
+                    .any(|pool| !lock_is_free(&pool.path().join("lock")))
+            })
+            .unwrap_or(false)
+    }
+
+    /// Number of ready entries in the pools.
+    pub fn ready_entries(&self) -> usize {
+        fs::read_dir(self.pgtmp_dir.join("pool"))
+            .map(|pools| {
+                pools
+                    .flatten()
+                    .filter_map(|pool| fs::read_dir(pool.path()).ok())
+                    .flat_map(|entries| entries.flatten())
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("ready."))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Stops every cluster and background process of this sandbox; returns what had to be
+    /// killed because it did not end by itself.
+    fn stop_everything(&self) -> Vec<Proc> {
+        for state in find_named(&self.root, "pgtmp.state", 4) {
+            if let Some(pid) = state.parent().and_then(watchdog_pid) {
+                signal(pid, Signal::SIGTERM);
+            }
+        }
+        // Watchdogs stop their servers; a refill is let finish (it holds pool/*/lock).
+        let mut left = Vec::new();
+        if wait_until(Duration::from_secs(60), || {
+            left = self.procs();
+            left.is_empty() && !self.refill_running()
+        }) {
+            return Vec::new();
+        }
+        for p in &left {
+            signal(p.pid, Signal::SIGKILL);
+        }
+        wait_until(Duration::from_secs(10), || self.procs().is_empty());
+        left
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let killed = self.stop_everything();
+        for p in &killed {
+            eprintln!("sandbox {}: killed leftover {p}", self.root.display());
+        }
+        if fs::remove_dir_all(&self.root).is_err() {
+            make_writable(&self.root);
+            if let Err(err) = fs::remove_dir_all(&self.root) {
+                eprintln!("cannot remove {}: {err}", self.root.display());
+            }
+        }
+    }
+}
+
+/// Checks the start contract and returns the URL.
+pub fn check_started(out: &Outcome, invoker: &Invoker) -> String {
+    assert!(
+        out.success() && out.stderr.is_empty(),
+        "pgtmp as {invoker} should exit 0 with nothing on stderr:\n{out}"
+    );
+    assert!(
+        out.stdout.ends_with('\n') && out.stdout.lines().count() == 1,
+        "pgtmp as {invoker} should print exactly one line:\n{out}"
+    );
+    out.stdout.trim_end_matches('\n').to_string()
+}
+
+/// Checks a failure: `code`, nothing on stdout, and one line on stderr that starts with
+/// `pgtmp: error:`. Returns that line.
+pub fn check_failed(out: &Outcome, code: i32) -> String {
+    assert_eq!(out.code(), Some(code), "expected exit {code}:\n{out}");
+    assert!(out.stdout.is_empty(), "expected nothing on stdout:\n{out}");
+    let lines = out.stderr_lines();
+    assert!(
+        lines.len() == 1 && lines[0].starts_with("pgtmp: error: "),
+        "expected exactly one line on stderr starting with 'pgtmp: error: ', got {} lines:\n{out}",
+        lines.len()
+    );
+    lines[0].to_string()
+}
+
+/// Files named `name` at most `depth` levels below `root`.
+fn find_named(root: &Path, name: &str, depth: usize) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut level = vec![root.to_path_buf()];
+    for _ in 0..=depth {
+        let mut next = Vec::new();
+        for dir in level {
+            for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if entry.file_name() == name {
+                    found.push(path);
+                } else if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    next.push(path);
+                }
+            }
+        }
+        level = next;
+    }
+    found
+}
+
+fn make_writable(root: &Path) {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700));
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            }
+        }
+    }
+}
+
+/// The tests need the real psql; they fail, never skip, without it.
+fn require_client() {
+    static CHECKED: OnceLock<()> = OnceLock::new();
+    CHECKED.get_or_init(|| {
+        let ok = Command::new("psql")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "psql is not on PATH: these tests need the PostgreSQL client and server \
+             (Debian/Ubuntu: apt-get install postgresql postgresql-client)"
+        );
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// A psql that stays connected
+
+pub struct PsqlSession {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl PsqlSession {
+    /// Runs one statement that prints one line and returns that line.
+    pub fn query_line(&mut self, sql: &str) -> String {
+        let stdin = self.stdin.as_mut().expect("the session is closed");
+        writeln!(stdin, "{sql}")
+            .and_then(|()| stdin.flush())
+            .expect("psql went away");
+        let mut line = String::new();
+        let n = self
+            .stdout
+            .read_line(&mut line)
+            .expect("cannot read from psql");
+        assert!(
+            n > 0,
+            "psql ended instead of answering {sql:?} (see stderr above)"
+        );
+        line.trim_end_matches('\n').to_string()
+    }
+
+    /// Closes stdin, so psql disconnects and exits; waits for that.
+    pub fn close(mut self) -> ExitStatus {
+        self.stdin = None;
+        let status = self.child.wait().expect("cannot wait for psql");
+        assert!(status.success(), "psql exited with {status}");
+        status
+    }
+}
+
+impl Drop for PsqlSession {
+    fn drop(&mut self) {
+        self.stdin = None;
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,121 @@
+//! `pgtmp -t` and `-p PORT`: loopback-only TCP with a fresh password per cluster, while the
+//! Unix socket stays trust-authenticated.
+
+#[macro_use]
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+
+both_invokers!(tcp_url_contract, fixed_port_implies_tcp);
+
+/// The instance directory whose socket file carries `port`.
+fn dir_listening_on(sandbox: &Sandbox, port: u16) -> PathBuf {
+    let dirs = sandbox.instance_dirs();
+    dirs.iter()
+        .find(|dir| dir.join(format!(".s.PGSQL.{port}")).exists())
+        .unwrap_or_else(|| panic!("no instance directory with a socket for port {port}: {dirs:?}"))
+        .clone()
+}
+
+fn url_safe(password: &str) -> bool {
+    password
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c))
+}
+
+fn socket_url_for(user: &str, dir: &Path, port: u16) -> String {
+    format!(
+        "postgresql://{}@/test?host={}&port={port}",
+        percent_encode(user),
+        percent_encode(&dir.to_string_lossy())
+    )
+}
+
+/// `-t`: postgresql://USER:PASSWORD@127.0.0.1:PORT/test, a long URL-safe password different
+/// for each cluster and required, a listener on 127.0.0.1 only, and a socket that still works.
+fn tcp_url_contract(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let first = sandbox.start(&["-t", "-w", "20"]);
+    let second = sandbox.start(&["-t", "-w", "20"]);
+    let (a, b) = (parse_tcp_url(&first), parse_tcp_url(&second));
+    assert_eq!(a.user, invoker.name, "{first}");
+    for parsed in [&a, &b] {
+        assert!(
+            parsed.password.len() >= 20 && url_safe(&parsed.password),
+            "the password must be at least 20 URL-safe characters: {:?}",
+            parsed.password
+        );
+    }
+    assert_ne!(
+        a.password, b.password,
+        "every cluster gets its own password"
+    );
+    assert_ne!(a.port, b.port);
+
+    assert_eq!(
+        sandbox.psql(&first, "select current_user, current_database()"),
+        format!("{}|test", invoker.name)
+    );
+    assert_eq!(sandbox.psql(&first, "show listen_addresses"), "127.0.0.1");
+    let dir = dir_listening_on(&sandbox, a.port);
+    let postmaster = postmaster_pid(&dir).expect("no postmaster.pid");
+    assert_eq!(
+        tcp_listeners(postmaster),
+        vec![format!("127.0.0.1:{}", a.port)],
+        "the server listens on loopback only"
+    );
+
+    let refused = |url: &str, why: &str| {
+        let out = run(
+            sandbox
+                .psql_command(url)
+                .env("PGPASSFILE", "/nonexistent")
+                .args(["-w", "-c", "select 1"]),
+            PSQL_LIMIT,
+        );
+        assert!(
+            !out.success() && out.stderr.contains("password"),
+            "{why}: the connection must be refused for want of the password:\n{out}"
+        );
+    };
+    let user = percent_encode(&a.user);
+    refused(
+        &format!("postgresql://{user}@127.0.0.1:{}/test", a.port),
+        "no password",
+    );
+    refused(
+        &format!(
+            "postgresql://{user}:{}@127.0.0.1:{}/test",
+            b.password, a.port
+        ),
+        "another cluster's password",
+    );
+
+    let socket = socket_url_for(&invoker.name, &dir, a.port);
+    assert_eq!(
+        sandbox.psql(&socket, "select current_user"),
+        invoker.name,
+        "the socket stays trust-authenticated"
+    );
+}
+
+/// `-p PORT` listens on exactly that port, over TCP with a password.
+fn fixed_port_implies_tcp(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let port = free_port();
+    let url = sandbox.start(&["-p", &port.to_string(), "-w", "20"]);
+    let parsed = parse_tcp_url(&url);
+    assert_eq!(parsed.port, port, "{url}");
+    assert!(parsed.password.len() >= 20 && url_safe(&parsed.password));
+    assert_eq!(
+        sandbox.psql(
+            &url,
+            "select current_setting('port'), current_setting('listen_addresses')"
+        ),
+        format!("{port}|127.0.0.1")
+    );
+    let dir = dir_listening_on(&sandbox, port);
+    let postmaster = postmaster_pid(&dir).expect("no postmaster.pid");
+    assert_eq!(tcp_listeners(postmaster), vec![format!("127.0.0.1:{port}")]);
+}
