@@ -53,13 +53,32 @@ pub fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
-/// True while a process with this pid exists (a zombie counts).
+/// True while a process with this pid exists and has not exited. A zombie (exited, not yet
+/// reaped) counts as gone: an orphan is reaped by init, which may take a while.
 pub fn alive(pid: i32) -> bool {
     pid > 0
         && !matches!(
             kill(Pid::from_raw(pid), None),
             Err(nix::errno::Errno::ESRCH)
         )
+        && !is_zombie(pid)
+}
+
+#[cfg(target_os = "linux")]
+fn is_zombie(pid: i32) -> bool {
+    // /proc/PID/stat: "PID (COMM) STATE ..."; COMM may hold spaces and parentheses.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn is_zombie(_pid: i32) -> bool {
+    false
 }
 
 /// Sends a signal, treating "already gone" as success.
@@ -78,6 +97,20 @@ mod tests {
     fn tail_keeps_last_lines_on_one_line() {
         assert_eq!(tail("a\n\nb\nc\n", 2), "b | c");
         assert_eq!(tail("", 3), "");
+    }
+
+    #[test]
+    fn exited_children_are_not_alive() {
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        assert!(alive(std::process::id() as i32));
+        // Not reaped until wait() below: a zombie, which must not count as alive.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while alive(pid) && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert!(!alive(pid));
+        child.wait().unwrap();
     }
 
     #[test]
