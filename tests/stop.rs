@@ -1,0 +1,143 @@
+//! `pgtmp stop URL | -d DIR`: stop a cluster now and remove it (keep it with -k); only the
+//! invoking account's clusters.
+
+#[macro_use]
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+both_invokers!(
+    stop_by_socket_url,
+    stop_by_tcp_url,
+    stop_by_directory,
+    stop_keeps_a_kept_directory,
+);
+
+/// `pgtmp stop` stops at once: well before any idle timeout of these tests.
+const AT_ONCE: Duration = Duration::from_secs(5);
+
+/// Runs `pgtmp stop ARGS` and checks it succeeded quietly and promptly, and that the server
+/// is gone when it returns.
+fn stop(sandbox: &Sandbox, args: &[&str], dir: &Path) {
+    let postmaster = postmaster_pid(dir).expect("no postmaster.pid");
+    let mut full = vec!["stop"];
+    full.extend_from_slice(args);
+    let out = sandbox.run(&full);
+    assert!(
+        out.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "pgtmp stop should succeed quietly:\n{out}"
+    );
+    assert!(out.elapsed < AT_ONCE, "pgtmp stop took {:?}", out.elapsed);
+    assert!(!alive(postmaster), "the server still runs after pgtmp stop");
+    sandbox.assert_no_process(dir, "after pgtmp stop");
+}
+
+fn stop_by_socket_url(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let url = sandbox.start(&["-w", "60"]);
+    let dir = parse_socket_url(&url).dir;
+    stop(&sandbox, &[&url], &dir);
+    assert!(!dir.exists(), "pgtmp stop URL left {}", dir.display());
+}
+
+fn stop_by_tcp_url(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let url = sandbox.start(&["-t", "-w", "60"]);
+    let dir = sandbox.only_instance();
+    stop(&sandbox, &[&url], &dir);
+    assert!(!dir.exists(), "pgtmp stop TCP-URL left {}", dir.display());
+}
+
+fn stop_by_directory(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let url = sandbox.start(&["-w", "60"]);
+    let dir = parse_socket_url(&url).dir;
+    stop(&sandbox, &["-d", dir.to_str().unwrap()], &dir);
+    assert!(!dir.exists(), "pgtmp stop -d left {}", dir.display());
+}
+
+fn stop_keeps_a_kept_directory(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let url = sandbox.start(&["-k", "-w", "60"]);
+    let dir = parse_socket_url(&url).dir;
+    stop(&sandbox, &[&url], &dir);
+    assert!(
+        dir.join("data/PG_VERSION").is_file(),
+        "pgtmp stop removed the -k cluster's directory {}",
+        dir.display()
+    );
+}
+
+/// Root's clusters cannot be stopped by the ordinary account, and the ordinary account's
+/// clusters not by root: pgtmp stop fails cleanly and the cluster keeps running.
+#[test]
+fn only_the_owner_can_stop_a_cluster() {
+    let root = Invoker::current();
+    let Some(user) = Invoker::ordinary() else {
+        return skip("needs root to run clusters of two accounts");
+    };
+    let root_box = Sandbox::new(&root);
+    let user_box = Sandbox::new(&user);
+    let root_socket = root_box.start(&["-w", "60"]);
+    let root_tcp = root_box.start(&["-t", "-w", "60"]);
+    let user_socket = user_box.start(&["-w", "60"]);
+    let user_tcp = user_box.start(&["-t", "-w", "60"]);
+    let dir_of = |url: &str| -> PathBuf { parse_socket_url(url).dir };
+
+    let attempts: [(&Sandbox, Vec<String>, &Sandbox, &str); 6] = [
+        (
+            &user_box,
+            vec![root_socket.clone()],
+            &root_box,
+            &root_socket,
+        ),
+        (&user_box, vec![root_tcp.clone()], &root_box, &root_tcp),
+        (
+            &user_box,
+            vec!["-d".into(), dir_of(&root_socket).display().to_string()],
+            &root_box,
+            &root_socket,
+        ),
+        (
+            &root_box,
+            vec![user_socket.clone()],
+            &user_box,
+            &user_socket,
+        ),
+        (&root_box, vec![user_tcp.clone()], &user_box, &user_tcp),
+        (
+            &root_box,
+            vec!["-d".into(), dir_of(&user_socket).display().to_string()],
+            &user_box,
+            &user_socket,
+        ),
+    ];
+    let mut misleading = Vec::new();
+    for (stopper, args, owner, url) in attempts {
+        let mut full = vec!["stop"];
+        full.extend(args.iter().map(String::as_str));
+        let out = stopper.run(&full);
+        let line = check_failed(&out, 1);
+        assert_eq!(
+            owner.psql(url, "select 1"),
+            "1",
+            "{}'s cluster after {} tried pgtmp {full:?}",
+            owner.invoker,
+            stopper.invoker
+        );
+        // It runs, so the error must not send the user away saying it has stopped.
+        if line.contains("stopped already") || line.contains("never existed") {
+            misleading.push(format!(
+                "{} ran pgtmp {full:?} on {}'s running cluster: {line}",
+                stopper.invoker, owner.invoker
+            ));
+        }
+    }
+    assert!(
+        misleading.is_empty(),
+        "refused, but the error misstates why:\n{}",
+        misleading.join("\n")
+    );
+}
