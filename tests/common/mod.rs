@@ -849,6 +849,19 @@ impl Sandbox {
             .unwrap_or(false)
     }
 
+    /// Inode numbers of the ready entries in the pools.
+    pub fn ready_entry_inodes(&self) -> HashSet<u64> {
+        fs::read_dir(self.pgtmp_dir.join("pool"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|pool| fs::read_dir(pool.path()).ok())
+            .flat_map(|entries| entries.flatten())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("ready."))
+            .filter_map(|e| e.metadata().ok().map(|m| m.ino()))
+            .collect()
+    }
+
     /// Number of ready entries in the pools.
     pub fn ready_entries(&self) -> usize {
         fs::read_dir(self.pgtmp_dir.join("pool"))

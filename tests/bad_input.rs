@@ -1,0 +1,221 @@
+//! Bad input: one line on stderr starting with `pgtmp: error:`, exit 2 for usage errors and 1
+//! for runtime failures, and nothing left behind (no instance directory, no process).
+
+#[macro_use]
+mod common;
+
+use common::*;
+use std::fs;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+both_invokers!(
+    usage_errors,
+    port_in_use,
+    option_rejected_by_postgres,
+    dir_naming_a_file,
+    dir_naming_a_foreign_directory,
+    unwritable_pgtmp_dir,
+    missing_bindir,
+    no_postgresql_found,
+);
+
+fn give_to(path: &Path, invoker: &Invoker) {
+    std::os::unix::fs::chown(path, Some(invoker.uid), Some(invoker.gid)).unwrap();
+}
+
+/// Malformed command lines: exit 2, and the line names what was wrong.
+fn usage_errors(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let cases: [(&[&str], &str); 6] = [
+        (&["-w", "abc"], "abc"),
+        (&["-w", "-5"], "-5"),
+        (&["-p", "0"], "0"),
+        (&["-p", "70000"], "70000"),
+        (&["--frobnicate"], "--frobnicate"),
+        (&["stop"], "stop"),
+    ];
+    for (args, named) in cases {
+        let out = sandbox.run(args);
+        let line = check_failed(&out, 2);
+        assert!(
+            line.contains(named),
+            "pgtmp {args:?}: the error should name {named:?}: {line}"
+        );
+        sandbox.assert_nothing_left(&format!("pgtmp {args:?}"));
+    }
+}
+
+/// `-p PORT` on a port someone else listens on.
+fn port_in_use(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port().to_string();
+    let out = sandbox.run(&["-p", &port, "-w", "20"]);
+    let line = check_failed(&out, 1);
+    assert!(
+        line.contains(&port) && line.contains("in use"),
+        "the error should say port {port} is in use: {line}"
+    );
+    sandbox.assert_nothing_left("pgtmp -p on a taken port");
+}
+
+/// `-o` with a setting postgres rejects: the error shows postgres' FATAL line.
+fn option_rejected_by_postgres(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let out = sandbox.run(&["-o", "-c nonsense=1", "-w", "20"]);
+    let line = check_failed(&out, 1);
+    assert!(
+        line.contains("FATAL") && line.contains("nonsense"),
+        "the error should quote postgres' FATAL line about 'nonsense': {line}"
+    );
+    sandbox.assert_nothing_left("pgtmp -o '-c nonsense=1'");
+}
+
+/// `-d` naming a regular file, which stays untouched.
+fn dir_naming_a_file(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let file = sandbox.path("a-file");
+    fs::write(&file, "precious\n").unwrap();
+    give_to(&file, invoker);
+    let out = sandbox.run(&["-d", file.to_str().unwrap(), "-w", "20"]);
+    let line = check_failed(&out, 1);
+    assert!(
+        line.contains(file.to_str().unwrap()),
+        "name the path: {line}"
+    );
+    assert_eq!(fs::read_to_string(&file).unwrap(), "precious\n");
+    sandbox.assert_nothing_left("pgtmp -d FILE");
+}
+
+/// `-d` naming a non-empty directory that is no cluster, which stays untouched.
+fn dir_naming_a_foreign_directory(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let dir = sandbox.path("photos");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("holiday.jpg"), "precious\n").unwrap();
+    give_to(&dir, invoker);
+    give_to(&dir.join("holiday.jpg"), invoker);
+    let mode = fs::metadata(&dir).unwrap().permissions().mode();
+    let out = sandbox.run(&["-d", dir.to_str().unwrap(), "-w", "20"]);
+    let line = check_failed(&out, 1);
+    assert!(
+        line.contains(dir.to_str().unwrap()),
+        "name the path: {line}"
+    );
+    let entries: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(entries, ["holiday.jpg"], "pgtmp changed {}", dir.display());
+    assert_eq!(fs::metadata(&dir).unwrap().permissions().mode(), mode);
+    sandbox.assert_nothing_left("pgtmp -d NON-EMPTY-DIR");
+}
+
+/// A PGTMP_DIR its (server) account cannot write.
+fn unwritable_pgtmp_dir(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let (server, server_uid) = invoker.server_account();
+    let read_only = sandbox.path("read-only");
+    fs::create_dir(&read_only).unwrap();
+    std::os::unix::fs::chown(&read_only, Some(server_uid), None).unwrap();
+    fs::set_permissions(&read_only, fs::Permissions::from_mode(0o555)).unwrap();
+    let out = run(
+        sandbox
+            .pgtmp()
+            .env("PGTMP_DIR", &read_only)
+            .args(["-w", "20"]),
+        PGTMP_LIMIT,
+    );
+    let line = check_failed(&out, 1);
+    assert!(
+        line.contains("PGTMP_DIR") && line.contains(read_only.to_str().unwrap()),
+        "the error should name PGTMP_DIR {} (not writable by {server}): {line}",
+        read_only.display()
+    );
+    assert_eq!(fs::read_dir(&read_only).unwrap().count(), 0);
+    sandbox.assert_nothing_left("pgtmp with an unwritable PGTMP_DIR");
+}
+
+/// `--bindir` (and PGTMP_BINDIR) naming a directory that does not exist.
+fn missing_bindir(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let out = sandbox.run(&["--bindir", "/nonexistent/pg/bin", "-w", "20"]);
+    let line = check_failed(&out, 1);
+    assert!(
+        line.contains("/nonexistent/pg/bin"),
+        "name the path: {line}"
+    );
+    let out = run(
+        sandbox
+            .pgtmp()
+            .env("PGTMP_BINDIR", "/nonexistent/pg/bin")
+            .args(["-w", "20"]),
+        PGTMP_LIMIT,
+    );
+    let line = check_failed(&out, 1);
+    assert!(
+        line.contains("/nonexistent/pg/bin"),
+        "name the path: {line}"
+    );
+    sandbox.assert_nothing_left("pgtmp --bindir /nonexistent/pg/bin");
+}
+
+/// Hides every PostgreSQL installation in a private mount namespace (which needs root), then
+/// runs pgtmp as the invoker there. PATH keeps out /usr/local/bin, whose initdb links into
+/// /usr/lib/postgresql; /usr/bin/pg_config still names the now empty /usr/lib/postgresql/N/bin.
+const HIDE_POSTGRESQL: &str = r#"
+for d in /usr/lib/postgresql /usr/pgsql-* /usr/local/pgsql /opt/homebrew/opt /usr/local/opt \
+         /Applications/Postgres.app; do
+    if [ -d "$d" ]; then mount -t tmpfs -o mode=0755 tmpfs "$d" || exit 97; fi
+done
+if command -v initdb >/dev/null 2>&1; then
+    echo "test setup: initdb is still on PATH at $(command -v initdb)" >&2
+    exit 98
+fi
+exec "$@"
+"#;
+
+/// No PostgreSQL installation anywhere: exit 1, and the error says where pgtmp looked and how
+/// to install PostgreSQL.
+fn no_postgresql_found(invoker: &Invoker) {
+    if !nix::unistd::Uid::current().is_root() {
+        return skip("hiding the PostgreSQL installations needs a private mount namespace (root)");
+    }
+    let sandbox = Sandbox::new(invoker);
+    let mut cmd = Invoker::current().command("unshare");
+    sandbox.pgtmp_env(&mut cmd);
+    cmd.env("PATH", "/usr/bin:/bin").args([
+        "--mount",
+        "sh",
+        "-c",
+        HIDE_POSTGRESQL,
+        "hide-postgresql",
+    ]);
+    if invoker.switched {
+        cmd.arg("setpriv")
+            .arg(format!("--reuid={}", invoker.uid))
+            .arg(format!("--regid={}", invoker.gid))
+            .arg("--clear-groups")
+            .env("HOME", &invoker.home)
+            .env("USER", &invoker.name)
+            .env("LOGNAME", &invoker.name);
+    }
+    cmd.arg(invoker.bin()).args(["-w", "20"]);
+    let out = run(&mut cmd, PGTMP_LIMIT);
+    assert!(
+        !matches!(out.code(), Some(97 | 98)),
+        "could not hide the PostgreSQL installations:\n{out}"
+    );
+    assert_eq!(out.code(), Some(1), "{out}");
+    for wanted in ["/usr/lib/postgresql", "apt", "dnf", "brew"] {
+        assert!(
+            out.stderr.contains(wanted),
+            "the error should say where pgtmp looked and how to install PostgreSQL \
+             (missing {wanted:?}):\n{out}"
+        );
+    }
+    check_failed(&out, 1);
+    sandbox.assert_nothing_left("pgtmp without PostgreSQL");
+}
