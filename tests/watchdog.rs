@@ -32,14 +32,16 @@ const TOO_EARLY: Duration = Duration::from_millis(1500);
 /// Waits for the server to exit and its directory to vanish; returns how long that took.
 fn time_until_gone(dir: &Path, postmaster: i32, what: &str) -> Duration {
     let limit = stop_bound() + Duration::from_secs(10);
-    time_until(limit, || !alive(postmaster) && !dir.exists()).unwrap_or_else(|| {
+    let took = time_until(limit, || !alive(postmaster) && !dir.exists()).unwrap_or_else(|| {
         panic!(
             "{what}: after {limit:?} the server is {} and {} {}",
             if alive(postmaster) { "running" } else { "gone" },
             dir.display(),
             if dir.exists() { "exists" } else { "is gone" }
         )
-    })
+    });
+    eprintln!("{what}: server and directory gone after {took:?}");
+    took
 }
 
 /// No client at all: the server stops and the directory is deleted within 3 s of the start,

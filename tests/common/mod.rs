@@ -57,9 +57,11 @@ macro_rules! both_invokers {
     )*};
 }
 
-/// Reports a test that cannot run here; it then passes without checking anything.
+/// Reports a test that cannot run here; it then passes without checking anything. Written to
+/// the stderr handle itself, which the test harness does not capture, so it always shows.
 pub fn skip(reason: &str) {
-    eprintln!("SKIPPED: {reason}");
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
 }
 
 // ---------------------------------------------------------------------------------------------
