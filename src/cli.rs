@@ -1,7 +1,8 @@
 //! The command line: every subcommand and option, their help text and PGTMP_* fallbacks.
 
 use clap::error::ErrorKind;
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -151,19 +152,68 @@ pub struct InitdbArgs {
     pub dir: Option<PathBuf>,
 }
 
+/// Which start options were written on the command line rather than taken from PGTMP_*.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    pub tcp: bool,
+    pub port: bool,
+    pub timeout: bool,
+    pub keep: bool,
+    pub options: bool,
+    pub dir: bool,
+}
+
+impl Written {
+    fn of(matches: &ArgMatches) -> Written {
+        let written = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+        Written {
+            tcp: written("tcp"),
+            port: written("port"),
+            timeout: written("timeout"),
+            keep: written("keep"),
+            options: written("options"),
+            dir: written("dir"),
+        }
+    }
+}
+
+/// One of two copies of an option: the later one, unless only the earlier was written on the
+/// command line (the later then holds the PGTMP_* value, which a written option beats).
+fn pick<T>(earlier: T, earlier_written: bool, later: T, later_written: bool) -> T {
+    if earlier_written && !later_written {
+        earlier
+    } else {
+        later
+    }
+}
+
 impl StartArgs {
-    /// Combines options given before a subcommand (pg_tmp style) with those after it; the
-    /// later ones win.
-    pub fn merged_with(self, later: StartArgs) -> StartArgs {
-        let mut options = self.options;
-        options.extend(later.options);
+    /// Combines options given before `start` (pg_tmp style) with those after it. Both copies
+    /// fall back to the same PGTMP_* variables; anything written on the command line beats
+    /// them, and between two written values the later wins (`-o` values add up).
+    pub fn merged_with(
+        self,
+        written: Written,
+        later: StartArgs,
+        later_written: Written,
+    ) -> StartArgs {
+        let options = match (written.options, later_written.options) {
+            (true, true) => [self.options, later.options].concat(),
+            (a, b) => pick(self.options, a, later.options, b),
+        };
         StartArgs {
-            tcp: self.tcp || later.tcp,
-            port: later.port.or(self.port),
-            timeout: later.timeout.or(self.timeout),
-            keep: self.keep || later.keep,
+            // A flag written anywhere is on; otherwise both copies hold the PGTMP_* value.
+            tcp: written.tcp || later.tcp,
+            port: pick(self.port, written.port, later.port, later_written.port),
+            timeout: pick(
+                self.timeout,
+                written.timeout,
+                later.timeout,
+                later_written.timeout,
+            ),
+            keep: written.keep || later.keep,
             options,
-            dir: later.dir.or(self.dir),
+            dir: pick(self.dir, written.dir, later.dir, later_written.dir),
         }
     }
 
@@ -206,17 +256,39 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    Cli::try_parse_from(args).map_err(|err| match err.kind() {
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-            // Printing help to a closed pipe is not worth an error of its own.
-            let _ = err.print();
-            ExitCode::SUCCESS
-        }
-        _ => {
-            eprintln!("pgtmp: error: {}", one_line(&err));
-            ExitCode::from(crate::exit::USAGE)
-        }
-    })
+    let parsed = Cli::command()
+        .try_get_matches_from(args)
+        .and_then(|matches| Ok((Cli::from_arg_matches(&matches)?, matches)));
+    match parsed {
+        Ok((cli, matches)) => Ok(resolve(cli, &matches)),
+        Err(err) => Err(match err.kind() {
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                // Printing help to a closed pipe is not worth an error of its own.
+                let _ = err.print();
+                ExitCode::SUCCESS
+            }
+            _ => {
+                eprintln!("pgtmp: error: {}", one_line(&err));
+                ExitCode::from(crate::exit::USAGE)
+            }
+        }),
+    }
+}
+
+/// Folds the options written before `start` into the `start` subcommand's own.
+fn resolve(mut cli: Cli, matches: &ArgMatches) -> Cli {
+    if let (Some(Command::Start(later)), Some(sub)) =
+        (&mut cli.command, matches.subcommand_matches("start"))
+    {
+        let merged = cli.start.clone().merged_with(
+            Written::of(matches),
+            std::mem::take(later),
+            Written::of(sub),
+        );
+        *later = merged.clone();
+        cli.start = merged;
+    }
+    cli
 }
 
 /// clap's rendering spans several lines (usage, tips); keep the sentence naming the problem
@@ -240,8 +312,10 @@ mod tests {
     use clap::CommandFactory;
 
     fn parse_ok(args: &[&str]) -> Cli {
-        Cli::try_parse_from(std::iter::once("pgtmp").chain(args.iter().copied()))
-            .expect("arguments should parse")
+        match parse_from(std::iter::once("pgtmp").chain(args.iter().copied())) {
+            Ok(cli) => cli,
+            Err(code) => panic!("arguments {args:?} should parse, got {code:?}"),
+        }
     }
 
     #[test]
@@ -265,13 +339,46 @@ mod tests {
     #[test]
     fn pg_tmp_style_options_before_subcommand_merge() {
         let cli = parse_ok(&["-k", "-w", "5", "start", "-t", "-o", "-c work_mem=8MB"]);
-        let Some(Command::Start(later)) = cli.command else {
+        let Some(Command::Start(merged)) = cli.command else {
             panic!("expected start")
         };
-        let merged = cli.start.merged_with(later);
         assert!(merged.keep && merged.tcp);
         assert_eq!(merged.timeout, Some(5));
         assert_eq!(merged.options, vec!["-c work_mem=8MB".to_string()]);
+        let cli = parse_ok(&[
+            "-w", "5", "-o", "-c a=1", "start", "-w", "7", "-o", "-c b=2",
+        ]);
+        let Some(Command::Start(merged)) = cli.command else {
+            panic!("expected start")
+        };
+        assert_eq!(merged.timeout, Some(7));
+        assert_eq!(merged.options, ["-c a=1", "-c b=2"]);
+    }
+
+    #[test]
+    fn written_options_beat_the_environment_copy() {
+        let env_copy = StartArgs {
+            timeout: Some(300),
+            options: vec!["-c env=1".into()],
+            ..Default::default()
+        };
+        let written = StartArgs {
+            timeout: Some(2),
+            port: Some(5433),
+            ..Default::default()
+        };
+        let merged = written.merged_with(
+            Written {
+                timeout: true,
+                port: true,
+                ..Default::default()
+            },
+            env_copy,
+            Written::default(),
+        );
+        assert_eq!(merged.timeout, Some(2));
+        assert_eq!(merged.port, Some(5433));
+        assert_eq!(merged.options, ["-c env=1"]);
     }
 
     #[test]

@@ -119,12 +119,10 @@ pub fn find(explicit: Option<&Path>) -> Result<Installation> {
         looked.push((*pattern).to_string());
     }
     bail!(
-        "no PostgreSQL server installation (initdb and postgres) found\n\
-         looked at: {}\n\
-         install one:  Debian/Ubuntu: sudo apt-get install postgresql\n\
-         \x20             Fedora/RHEL:   sudo dnf install postgresql-server\n\
-         \x20             macOS:         brew install postgresql@17\n\
-         or point pgtmp at one with --bindir DIR or PGTMP_BINDIR",
+        "no PostgreSQL server installation (initdb and postgres) found; looked at: {}; \
+         install one (Debian/Ubuntu: apt-get install postgresql; Fedora/RHEL: dnf install \
+         postgresql-server; macOS: brew install postgresql@17) or point pgtmp at one with \
+         --bindir DIR or PGTMP_BINDIR",
         looked.join(", ")
     )
 }

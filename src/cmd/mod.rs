@@ -21,7 +21,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
     let global = cli.global;
     match cli.command {
         None => start::run(cli.start, &global),
-        Some(Command::Start(later)) => start::run(cli.start.merged_with(later), &global),
+        Some(Command::Start(args)) => start::run(args, &global),
         Some(Command::Stop(args)) => stop::run(args.url, args.dir.or(cli.start.dir), &global),
         Some(Command::Initdb(args)) => initdb::run(args.dir.or(cli.start.dir), &global),
     }

@@ -30,8 +30,14 @@ pub fn run(url: Option<String>, dir: Option<PathBuf>, global: &GlobalArgs) -> Re
         }
     };
     let dir = instance.dir.display().to_string();
-    if !instance.dir.exists() {
-        bail!("no cluster in {dir}: it has stopped already, or never existed");
+    match std::fs::metadata(&instance.dir) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            bail!("no cluster in {dir}: it has stopped already, or never existed")
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+            "cannot read {dir}: the cluster belongs to another account; only its owner can stop it"
+        ),
+        _ => {}
     }
     if !instance.is_cluster() {
         bail!(
