@@ -27,7 +27,7 @@ end
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s p -l port -d 'Listen on this TCP port on 127.0.0.1 (implies -t)' -r
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s w -l timeout -d 'Stop the cluster after this many seconds without a connected client; 0 = never [default: 60]' -r
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s o -l options -d 'Extra options for postgres, e.g. -o \'-c log_statement=all\'; applied last, so they win' -r
-complete -c pgtmp -n "__fish_pgtmp_needs_command" -s d -l dir -d 'Use this directory instead of one from the pool; it is initialized if empty or missing' -r -F
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -s d -l dir -d 'Use this directory instead of one from the pool; it is initialized if empty or missing, and deleted when the cluster stops unless -k is given' -r -F
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]' -r
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s t -l tcp -d 'Listen on a free TCP port on 127.0.0.1 (password required) instead of only a Unix socket'
@@ -40,7 +40,7 @@ complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "initdb" -d 'Prepare a d
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s p -l port -d 'Listen on this TCP port on 127.0.0.1 (implies -t)' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s w -l timeout -d 'Stop the cluster after this many seconds without a connected client; 0 = never [default: 60]' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s o -l options -d 'Extra options for postgres, e.g. -o \'-c log_statement=all\'; applied last, so they win' -r
-complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s d -l dir -d 'Use this directory instead of one from the pool; it is initialized if empty or missing' -r -F
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s d -l dir -d 'Use this directory instead of one from the pool; it is initialized if empty or missing, and deleted when the cluster stops unless -k is given' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s t -l tcp -d 'Listen on a free TCP port on 127.0.0.1 (password required) instead of only a Unix socket'

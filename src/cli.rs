@@ -129,7 +129,8 @@ pub struct StartArgs {
     )]
     pub options: Vec<String>,
 
-    /// Use this directory instead of one from the pool; it is initialized if empty or missing
+    /// Use this directory instead of one from the pool; it is initialized if empty or missing,
+    /// and deleted when the cluster stops unless -k is given
     #[arg(short = 'd', long = "dir", value_name = "DIR")]
     pub dir: Option<PathBuf>,
 }

@@ -177,16 +177,23 @@ pub fn shutdown(pid: i32, mut gone: impl FnMut() -> bool) -> Result<()> {
     }
 }
 
-/// True when the log says the TCP port could not be bound (someone took it first).
+/// True when the log says the TCP port was taken (by someone who got there first).
 pub fn lost_port_race(log: &str) -> bool {
-    log.contains("could not bind IPv4 address")
-        || log.contains("could not create any TCP/IP sockets")
+    log.contains("could not bind IPv4 address") && log.contains("Address already in use")
 }
 
 /// The lines of a failed start that say why: FATAL, ERROR, PANIC and their DETAIL/HINT, and
 /// anything postgres printed without a log prefix (e.g. invalid command-line options).
 pub fn failure_lines(log: &str) -> String {
-    let wanted = ["FATAL:", "ERROR:", "PANIC:", "DETAIL:", "HINT:"];
+    // "could not bind" is logged at LOG level but says why a TCP start failed.
+    let wanted = [
+        "FATAL:",
+        "ERROR:",
+        "PANIC:",
+        "DETAIL:",
+        "HINT:",
+        "could not bind",
+    ];
     // "2026-01-01 10:00:00.000 UTC [42] FATAL:  ..." -> "FATAL:  ...": the prefix says nothing.
     let without_prefix = |line: &str| -> String {
         wanted

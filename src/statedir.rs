@@ -149,7 +149,39 @@ impl StateDir {
     pub fn pools(&self) -> PathBuf {
         self.path.join("pool")
     }
+
+    /// Where a running cluster outside PGTMP_DIR (`-d DIR`) is registered, so that it can be
+    /// found by its TCP URL: a file holding the cluster's path. None for a cluster directly
+    /// under PGTMP_DIR, which is found anyway.
+    pub fn registration_for(&self, dir: &Path, name: &str) -> Option<PathBuf> {
+        (dir.parent() != Some(self.path.as_path()))
+            .then(|| self.path.join(format!("{REGISTERED}{name}")))
+    }
+
+    /// The directories of this account's clusters: those under PGTMP_DIR and the registered
+    /// ones elsewhere. Running or not; callers read each one's state.
+    pub fn clusters(&self) -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir(&self.path) else {
+            return Vec::new();
+        };
+        let mut dirs = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if name.starts_with(REGISTERED) {
+                if let Ok(text) = fs::read_to_string(&path) {
+                    dirs.push(PathBuf::from(text.trim_end_matches('\n')));
+                }
+            } else if name.len() == INSTANCE_NAME_LEN && path.is_dir() {
+                dirs.push(path);
+            }
+        }
+        dirs
+    }
 }
+
+/// Prefix of the files registering clusters that live outside PGTMP_DIR.
+const REGISTERED: &str = "elsewhere.";
 
 #[cfg(test)]
 mod tests {
@@ -193,6 +225,28 @@ mod tests {
         let deep = format!("/{}", "d".repeat(120));
         let err = location(Some(&deep), None, 5).unwrap_err();
         assert!(format!("{err:#}").contains("socket path limit"));
+    }
+
+    #[test]
+    fn clusters_elsewhere_are_registered_and_listed() {
+        let root = tempfile::tempdir().unwrap();
+        let state = StateDir {
+            path: root.path().to_path_buf(),
+        };
+        fs::create_dir(root.path().join("abcd1234")).unwrap();
+        fs::create_dir(root.path().join("pool")).unwrap();
+        assert_eq!(
+            state.registration_for(&root.path().join("abcd1234"), "abcd1234"),
+            None
+        );
+        let elsewhere = Path::new("/srv/my cluster");
+        let registration = state.registration_for(elsewhere, "zzzz9999").unwrap();
+        fs::write(&registration, format!("{}\n", elsewhere.display())).unwrap();
+        let mut found = state.clusters();
+        found.sort();
+        let mut expected = [root.path().join("abcd1234"), elsewhere.to_path_buf()];
+        expected.sort();
+        assert_eq!(found, expected);
     }
 
     #[test]

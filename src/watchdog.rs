@@ -18,6 +18,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
 use std::process::Child;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
@@ -55,6 +56,8 @@ pub struct Plan {
     pub keep: bool,
     pub options: Vec<String>,
     pub on_failure: OnFailure,
+    /// A file in PGTMP_DIR pointing at a cluster that lives elsewhere, kept while it runs.
+    pub registration: Option<PathBuf>,
 }
 
 /// What the waiting `pgtmp` learns.
@@ -243,9 +246,18 @@ impl Watchdog {
                 owner_uid: self.plan.owner_uid,
                 user: self.plan.user.clone(),
                 timeout: self.plan.timeout,
-            })
+            })?;
+            if let Some(registration) = &self.plan.registration {
+                let path = format!("{}\n", self.plan.instance.dir.display());
+                std::fs::write(registration, path)
+                    .with_context(|| format!("cannot write {}", registration.display()))?;
+            }
+            Ok(())
         })();
         if result.is_err() {
+            if let Some(registration) = &self.plan.registration {
+                let _ = std::fs::remove_file(registration);
+            }
             self.session = None;
             self.stop_server();
             dispose_after_failure(&self.plan);
@@ -307,6 +319,9 @@ impl Watchdog {
 
     /// Removes the directory, or with -k only the state file; returns the exit code.
     fn finish(&mut self) -> i32 {
+        if let Some(registration) = &self.plan.registration {
+            let _ = std::fs::remove_file(registration);
+        }
         if self.plan.keep {
             self.plan.instance.remove_state();
             0

@@ -13,6 +13,7 @@ both_invokers!(
     stop_by_tcp_url,
     stop_by_directory,
     stop_keeps_a_kept_directory,
+    stop_by_tcp_url_of_a_cluster_elsewhere,
 );
 
 /// `pgtmp stop` stops at once: well before any idle timeout of these tests.
@@ -67,6 +68,26 @@ fn stop_keeps_a_kept_directory(invoker: &Invoker) {
         dir.join("data/PG_VERSION").is_file(),
         "pgtmp stop removed the -k cluster's directory {}",
         dir.display()
+    );
+}
+
+/// A TCP URL names no directory; a cluster started with -d outside PGTMP_DIR is still found
+/// by it, and its registration in PGTMP_DIR goes with it.
+fn stop_by_tcp_url_of_a_cluster_elsewhere(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let dir = sandbox.path("elsewhere");
+    let url = sandbox.start(&["-t", "-w", "60", "-d", dir.to_str().unwrap()]);
+    assert!(
+        dir.join("data/PG_VERSION").is_file(),
+        "-d did not use {}",
+        dir.display()
+    );
+    stop(&sandbox, &[&url], &dir);
+    assert!(!dir.exists(), "pgtmp stop TCP-URL left {}", dir.display());
+    assert!(
+        sandbox.instance_dirs().is_empty(),
+        "left in PGTMP_DIR: {:?}",
+        sandbox.instance_dirs()
     );
 }
 

@@ -36,10 +36,16 @@ pub fn run(args: StartArgs, global: &GlobalArgs) -> Result<()> {
         );
     }
     let tcp = args.wants_tcp();
-    if let Some(port) = args.port {
-        TcpListener::bind((Ipv4Addr::LOCALHOST, port)).with_context(|| {
-            format!("port {port} is already in use on 127.0.0.1; choose another with -p, or leave -p out to get a free one")
-        })?;
+    if let Some(port) = args.port
+        && let Err(err) = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+    {
+        let reason = match err.kind() {
+            std::io::ErrorKind::AddrInUse => "is already in use".to_string(),
+            _ => format!("cannot be used ({err})"),
+        };
+        bail!(
+            "port {port} on 127.0.0.1 {reason}; choose another with -p, or leave -p out to get a free one"
+        );
     }
 
     let session = Session::establish(global, dir.as_deref())?;
@@ -94,6 +100,9 @@ pub fn run(args: StartArgs, global: &GlobalArgs) -> Result<()> {
         keep: args.keep,
         options,
         on_failure,
+        registration: session
+            .state
+            .registration_for(&instance.dir, &pool::new_name()?),
     };
     let started = watchdog::launch(plan)?;
     let url = match &password {

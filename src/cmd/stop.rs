@@ -90,10 +90,8 @@ fn find_by_url(session: &Session, text: &str) -> Result<Instance> {
                     "{host} is not this machine's loopback address; pgtmp clusters listen on 127.0.0.1 only"
                 );
             }
-            let entries = std::fs::read_dir(&session.state.path)
-                .with_context(|| format!("cannot read {}", session.state.path.display()))?;
-            for entry in entries.flatten() {
-                let instance = Instance::new(entry.path());
+            for dir in session.state.clusters() {
+                let instance = Instance::new(dir);
                 if let Ok(Some(state)) = instance.read_state()
                     && state.tcp
                     && state.port == port
