@@ -88,7 +88,15 @@ pub fn launch(plan: Plan) -> Result<Started> {
                     let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
                     match other {
                         Some(("error", message)) => bail!("{}", message.trim_end()),
-                        _ => bail!("the watchdog exited before the server was ready"),
+                        _ => {
+                            // It died without a word (killed, or could not detach), so it
+                            // cleaned up nothing; a server it started dies with it (Linux).
+                            dispose_after_failure(&plan);
+                            bail!(
+                                "the watchdog exited before the server was ready; see {}",
+                                plan.instance.log().display()
+                            )
+                        }
                     }
                 }
             }
@@ -119,6 +127,7 @@ impl Watchdog {
         let signals = match SignalPipe::install() {
             Ok(s) => s,
             Err(err) => {
+                dispose_after_failure(&plan);
                 let _ = writeln!(report, "error {err:#}");
                 return Err(());
             }
