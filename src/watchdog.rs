@@ -93,8 +93,7 @@ pub fn launch(plan: Plan) -> Result<Started> {
                             // cleaned up nothing; a server it started dies with it (Linux).
                             dispose_after_failure(&plan);
                             bail!(
-                                "the watchdog exited before the server was ready; see {}",
-                                plan.instance.log().display()
+                                "the watchdog exited before the server was ready (was it killed?); try again"
                             )
                         }
                     }
