@@ -11,7 +11,7 @@
 use anyhow::{Context, Result, bail};
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 const MARKER: &str = "PGTMP";
@@ -138,19 +138,16 @@ impl Instance {
             state.user,
             state.timeout
         );
-        // Written beside and renamed over, so readers never see half a file.
-        let tmp = self.dir.join(format!("{STATE}.tmp"));
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        // Written beside and renamed over, so readers never see half a file (tempfile creates
+        // it with mode 0600).
+        let path = self.state_path();
+        let mut file = tempfile::NamedTempFile::new_in(&self.dir)
+            .with_context(|| format!("cannot create a file in {}", self.dir.display()))?;
         file.write_all(text.as_bytes())
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        fs::rename(&tmp, self.state_path())
-            .with_context(|| format!("cannot write {}", self.state_path().display()))
+            .with_context(|| format!("cannot write {}", file.path().display()))?;
+        file.persist(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(())
     }
 
     /// The state of a running cluster, or None when no watchdog has recorded one.
