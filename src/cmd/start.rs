@@ -48,6 +48,17 @@ pub fn run(args: StartArgs, global: &GlobalArgs) -> Result<()> {
         );
     }
 
+    // Chosen before a directory is claimed, so that nothing can fail between claiming it and
+    // handing it to the watchdog, which disposes of it if the start fails.
+    let port = match (tcp, args.port) {
+        (_, Some(port)) => port,
+        (true, None) => portpicker::pick_unused_port()
+            .context("no free TCP port on 127.0.0.1; free one, or use the Unix socket (drop -t)")?,
+        (false, None) => socket_port(),
+    };
+    let password = if tcp { Some(secret::password()?) } else { None };
+    let name = pool::new_name()?;
+
     let session = Session::establish(global, dir.as_deref())?;
     let user = session.user().to_string();
     let (instance, on_failure, pool) = match (dir, found) {
@@ -62,31 +73,11 @@ pub fn run(args: StartArgs, global: &GlobalArgs) -> Result<()> {
         }
         _ => {
             let pool = Pool::open(&session.state, &install, &user)?;
-            let instance = pool.take(
-                &session.state.instance_path(&pool::new_name()?),
-                &install,
-                &user,
-            )?;
+            let instance = pool.take(&session.state.instance_path(&name), &install, &user)?;
             (instance, OnFailure::Remove, Some(pool))
         }
     };
 
-    let port = match (tcp, args.port) {
-        (_, Some(port)) => port,
-        (true, None) => match portpicker::pick_unused_port() {
-            Some(port) => port,
-            None => {
-                let _ = if on_failure == OnFailure::Remove {
-                    instance.remove()
-                } else {
-                    Ok(())
-                };
-                bail!("no free TCP port on 127.0.0.1; free one, or use the Unix socket (drop -t)");
-            }
-        },
-        (false, None) => socket_port(),
-    };
-    let password = if tcp { Some(secret::password()?) } else { None };
     let plan = Plan {
         install: install.clone(),
         instance: instance.clone(),
@@ -100,9 +91,7 @@ pub fn run(args: StartArgs, global: &GlobalArgs) -> Result<()> {
         keep: args.keep,
         options,
         on_failure,
-        registration: session
-            .state
-            .registration_for(&instance.dir, &pool::new_name()?),
+        registration: session.state.registration_for(&instance.dir, &name),
     };
     let started = watchdog::launch(plan)?;
     let url = match &password {
