@@ -146,6 +146,18 @@ pub fn wait_ready(child: &mut Child, instance: &Instance, limit: Duration) -> Re
     }
 }
 
+/// True once a server this process started has exited (it is reaped then), or when that
+/// cannot be told.
+pub fn exited(server: &mut Child) -> bool {
+    server.try_wait().map_or(true, |status| status.is_some())
+}
+
+/// Stops a server this process started, as `shutdown` does.
+pub fn stop_child(server: &mut Child) {
+    let pid = server.id() as i32;
+    let _ = shutdown(pid, || exited(server));
+}
+
 /// Stops a server on purpose, escalating if it does not go:
 /// SIGINT (fast shutdown: disconnect clients, checkpoint, exit), then SIGQUIT (immediate
 /// shutdown: no checkpoint, recovery on a later start), then SIGKILL.

@@ -159,8 +159,7 @@ impl Watchdog {
     fn start_server(plan: &Plan) -> Result<(Child, u16)> {
         let cleanup = |server: Option<&mut Child>| {
             if let Some(server) = server {
-                let pid = server.id() as i32;
-                let _ = cluster::shutdown(pid, || server.try_wait().map_or(true, |s| s.is_some()));
+                cluster::stop_child(server);
             }
             dispose_after_failure(plan);
         };
@@ -263,11 +262,9 @@ impl Watchdog {
             Ok(())
         })();
         if result.is_err() {
-            if let Some(registration) = &self.plan.registration {
-                let _ = std::fs::remove_file(registration);
-            }
+            unregister(&self.plan);
             self.session = None;
-            self.stop_server();
+            cluster::stop_child(&mut self.server);
             dispose_after_failure(&self.plan);
         }
         result
@@ -279,7 +276,7 @@ impl Watchdog {
         let mut last_busy = Instant::now();
         loop {
             let stop_requested = self.signals.wait(TICK);
-            if self.server.try_wait().map_or(true, |s| s.is_some()) {
+            if cluster::exited(&mut self.server) {
                 // The server died by itself: nothing to stop, only to clean up.
                 self.session = None;
                 return self.finish();
@@ -297,7 +294,7 @@ impl Watchdog {
             }
         }
         self.session = None;
-        self.stop_server();
+        cluster::stop_child(&mut self.server);
         self.finish()
     }
 
@@ -319,17 +316,9 @@ impl Watchdog {
         }
     }
 
-    fn stop_server(&mut self) {
-        let server = &mut self.server;
-        let pid = server.id() as i32;
-        let _ = cluster::shutdown(pid, || server.try_wait().map_or(true, |s| s.is_some()));
-    }
-
     /// Removes the directory, or with -k only the state file; returns the exit code.
     fn finish(&mut self) -> i32 {
-        if let Some(registration) = &self.plan.registration {
-            let _ = std::fs::remove_file(registration);
-        }
+        unregister(&self.plan);
         if self.plan.keep {
             self.plan.instance.remove_state();
             0
@@ -339,6 +328,12 @@ impl Watchdog {
                 Err(_) => 1,
             }
         }
+    }
+}
+
+fn unregister(plan: &Plan) {
+    if let Some(registration) = &plan.registration {
+        let _ = std::fs::remove_file(registration);
     }
 }
 

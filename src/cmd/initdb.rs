@@ -3,7 +3,6 @@
 use super::Session;
 use crate::cli::GlobalArgs;
 use crate::discover;
-use crate::instance::Instance;
 use crate::pool::{self, Pool};
 use anyhow::Result;
 use std::path::PathBuf;
@@ -13,7 +12,7 @@ pub fn run(dir: Option<PathBuf>, global: &GlobalArgs) -> Result<()> {
     let path = match dir {
         Some(dir) => {
             let dir = super::absolute_dir(&dir)?;
-            let found = Instance::inspect(&dir)?;
+            let found = super::inspect_dir(&dir)?;
             let session = Session::establish(global, Some(&dir))?;
             super::prepare_dir(&install, &dir, found, &session)?;
             dir

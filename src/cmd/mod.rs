@@ -94,6 +94,21 @@ pub fn absolute_dir(dir: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// What is at a `-d` path; something pgtmp must not touch is refused before anything is made.
+pub fn inspect_dir(dir: &Path) -> Result<Found> {
+    match Instance::inspect(dir)? {
+        Found::Foreign(reason) => Err(foreign(dir, &reason)),
+        found => Ok(found),
+    }
+}
+
+fn foreign(dir: &Path, reason: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "-d {} {reason}; give an empty or missing directory, or one made by `pgtmp initdb -d`",
+        dir.display()
+    )
+}
+
 /// Turns a missing or empty `-d` directory into a prepared cluster directory, leaving it as it
 /// was if that fails. Returns what to do with it should the later start fail.
 pub fn prepare_dir(
@@ -117,10 +132,7 @@ pub fn prepare_dir(
         }
         Found::Empty => OnFailure::EmptyOut,
         Found::Cluster => return Ok(OnFailure::Leave),
-        Found::Foreign(reason) => bail!(
-            "-d {} {reason}; give an empty or missing directory, or one made by `pgtmp initdb -d`",
-            dir.display()
-        ),
+        Found::Foreign(reason) => return Err(foreign(dir, &reason)),
     };
     if let Err(err) = crate::initdb::prepare(install, &instance, session.user()) {
         let _ = match on_failure {

@@ -4,7 +4,7 @@ use super::Session;
 use crate::cli::{GlobalArgs, StartArgs};
 use crate::cluster;
 use crate::discover;
-use crate::instance::{Found, Instance};
+use crate::instance::Instance;
 use crate::pool::{self, Pool};
 use crate::secret;
 use crate::url;
@@ -28,13 +28,7 @@ pub fn run(args: StartArgs, global: &GlobalArgs) -> Result<()> {
     let options = cluster::split_options(&args.options)?;
     let install = discover::find(global.bindir.as_deref())?;
     let dir = args.dir.as_deref().map(super::absolute_dir).transpose()?;
-    let found = dir.as_deref().map(Instance::inspect).transpose()?;
-    if let (Some(dir), Some(Found::Foreign(reason))) = (&dir, &found) {
-        bail!(
-            "-d {} {reason}; give an empty or missing directory, or one made by `pgtmp initdb -d`",
-            dir.display()
-        );
-    }
+    let found = dir.as_deref().map(super::inspect_dir).transpose()?;
     let tcp = args.wants_tcp();
     if let Some(port) = args.port
         && let Err(err) = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
