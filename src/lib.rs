@@ -7,6 +7,7 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod cmd;
+pub mod copytree;
 pub mod detach;
 pub mod discover;
 pub mod exit;
