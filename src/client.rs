@@ -56,6 +56,13 @@ impl Session {
         Ok(row.get(0))
     }
 
+    /// Runs one statement that returns no rows.
+    pub fn execute(&mut self, sql: &str) -> Result<()> {
+        self.client
+            .batch_execute(sql)
+            .with_context(|| format!("cannot run {sql}"))
+    }
+
     /// Gives `user` a password by sending only its SCRAM verifier.
     pub fn set_password(&mut self, user: &str, verifier: &str) -> Result<()> {
         // The verifier holds only base64 letters, digits, '$', ':', '+', '/' and '=': no quotes.

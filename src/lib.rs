@@ -14,9 +14,11 @@ pub mod exit;
 pub mod initdb;
 pub mod instance;
 pub mod pool;
+pub mod prestart;
 pub mod process;
 pub mod secret;
 pub mod statedir;
+pub mod trace;
 pub mod url;
 pub mod watchdog;
 
@@ -24,6 +26,7 @@ use std::process::ExitCode;
 
 /// Parses the command line, runs the command, prints any error once and returns the exit code.
 pub fn run() -> ExitCode {
+    trace::begin();
     let cli = match cli::parse() {
         Ok(cli) => cli,
         Err(code) => return code,

@@ -1,14 +1,22 @@
 //! The pool: prepared data directories per installation, claimed atomically by rename and
-//! refilled by a detached, low-priority process.
+//! refilled by a detached, low-priority process that copies a per-installation template.
 //!
 //! ```text
 //! PGTMP_DIR/pool/<key>/     key: hash of the installation and the superuser name
 //!   lock                    held by the one refiller at work
-//!   new.<name>/             being prepared; never handed out
+//!   install                 the installation's bin directory, to notice when it goes away
+//!   template/               made once by initdb; never started, only copied
+//!   template.new.<name>/    the template being made
+//!   new.<name>/             a copy being made; never handed out
 //!   ready.<name>/           complete; a start renames it to PGTMP_DIR/<name>
 //!   refill.error            why the last refill failed, if it did
 //! ```
+//!
+//! initdb runs in the foreground only on the very first start for an installation; every
+//! later directory is a copy of the template, made in the background if the pool has time and
+//! in the foreground if a burst of starts has emptied it.
 
+use crate::copytree;
 use crate::detach::{self, Forked};
 use crate::discover::Installation;
 use crate::exit;
@@ -25,10 +33,25 @@ use std::path::{Path, PathBuf};
 /// Ready entries kept per installation unless PGTMP_POOL_SIZE says otherwise.
 pub const DEFAULT_SIZE: usize = 2;
 /// Bumped whenever what a prepared entry contains changes, so old entries are not reused.
-const ENTRY_FORMAT: &str = "1";
+const ENTRY_FORMAT: &str = "2";
 
 const READY: &str = "ready.";
 const BUILDING: &str = "new.";
+const TEMPLATE: &str = "template";
+const TEMPLATE_BUILDING: &str = "template.new.";
+const INSTALL: &str = "install";
+
+/// How a directory handed out by [`Pool::take`] was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// A ready entry, claimed.
+    Claimed,
+    /// Copied from the template in the foreground: the pool was empty.
+    Copied,
+    /// Made by initdb in the foreground, without database `test`, which the start must create:
+    /// nothing was prepared for this installation yet.
+    Initialized,
+}
 
 pub struct Pool {
     pub dir: PathBuf,
@@ -55,6 +78,55 @@ pub fn configured_size(value: Option<&str>) -> Result<usize> {
     }
 }
 
+/// The name of the pool of `install` for superuser `user`: it changes when the installation's
+/// binaries change (an upgrade), so entries made by other binaries are never handed out.
+fn key(install: &Installation, user: &str) -> Result<String> {
+    let hash = fnv1a(&format!(
+        "{}\0{user}\0{ENTRY_FORMAT}",
+        install.fingerprint()?
+    ));
+    Ok(format!("{hash:016x}"))
+}
+
+/// Removes the pools of installations that are gone or whose binaries changed (an upgrade
+/// gives the same bin directory another key): nothing would ever claim their entries. Pools
+/// being refilled, or with pre-started servers waiting, are left for a later pass.
+pub fn remove_vanished(pools: &Path) {
+    let Ok(dirs) = fs::read_dir(pools) else {
+        return;
+    };
+    for dir in dirs.filter_map(|e| e.ok()).map(|e| e.path()) {
+        let Ok(text) = fs::read_to_string(dir.join(INSTALL)) else {
+            continue; // being created, or not a pool: leave it
+        };
+        let mut lines = text.lines();
+        let (Some(bindir), Some(user)) = (lines.next(), lines.next()) else {
+            continue;
+        };
+        let install = Installation {
+            bindir: PathBuf::from(bindir),
+        };
+        let current = key(&install, user).ok();
+        if current.as_deref() == dir.file_name().and_then(|n| n.to_str()) {
+            continue;
+        }
+        let Ok(lock) = fs::File::open(dir.join("lock")) else {
+            continue;
+        };
+        let Ok(_held) = Flock::lock(lock, FlockArg::LockExclusiveNonblock) else {
+            continue;
+        };
+        let waiting = fs::read_dir(&dir).map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .any(|e| crate::prestart::is_token(&e.path()))
+        });
+        if let Ok(false) = waiting {
+            let _ = fs::remove_dir_all(&dir);
+        }
+    }
+}
+
 /// A fresh random name for an instance directory or pool entry.
 pub fn new_name() -> Result<String> {
     secret::random_string(NAME_ALPHABET, INSTANCE_NAME_LEN)
@@ -63,17 +135,28 @@ pub fn new_name() -> Result<String> {
 impl Pool {
     pub fn open(state: &StateDir, install: &Installation, user: &str) -> Result<Pool> {
         let size = configured_size(std::env::var("PGTMP_POOL_SIZE").ok().as_deref())?;
-        let key = fnv1a(&format!(
-            "{}\0{user}\0{ENTRY_FORMAT}",
-            install.fingerprint()?
-        ));
-        let dir = state.pools().join(format!("{key:016x}"));
+        let dir = state.pools().join(key(install, user)?);
         DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&dir)
             .with_context(|| format!("cannot create pool directory {}", dir.display()))?;
+        let install_file = dir.join(INSTALL);
+        if !install_file.exists() {
+            let text = format!("{}\n{user}\n", install.bindir.display());
+            fs::write(&install_file, text)
+                .with_context(|| format!("cannot write {}", install_file.display()))?;
+        }
         Ok(Pool { dir, size })
+    }
+
+    fn template(&self) -> PathBuf {
+        self.dir.join(TEMPLATE)
+    }
+
+    /// The template is published by rename only once complete, so being there is enough.
+    pub fn has_template(&self) -> bool {
+        Instance::new(self.template()).is_cluster()
     }
 
     fn entries(&self, prefix: &str) -> Vec<PathBuf> {
@@ -119,22 +202,61 @@ impl Pool {
         Ok(None)
     }
 
-    /// A prepared directory at `dest`: a ready entry if there is one, else one prepared now in
-    /// the foreground (the first call on a machine, or a pool drained by a burst of calls).
-    pub fn take(&self, dest: &Path, install: &Installation, user: &str) -> Result<Instance> {
+    /// A prepared directory at `dest`: a ready entry if there is one, else a copy of the
+    /// template made now (a burst of calls drained the pool), else a directory made by initdb
+    /// now (the first call for this installation).
+    pub fn take(
+        &self,
+        dest: &Path,
+        install: &Installation,
+        user: &str,
+    ) -> Result<(Instance, Taken)> {
         if let Some(instance) = self.claim(dest)? {
-            return Ok(instance);
+            return Ok((instance, Taken::Claimed));
         }
+        let instance = self.make_at(dest, |instance| {
+            if self.has_template() {
+                copytree::copy_contents(&self.template(), &instance.dir).map(|()| Taken::Copied)
+            } else {
+                initdb::prepare_without_test(install, instance, user).map(|()| Taken::Initialized)
+            }
+        })?;
+        Ok(instance)
+    }
+
+    /// A ready entry or a copy of the template at `dest`; None when there is neither (nothing
+    /// was prepared for this installation yet).
+    pub fn take_prepared(&self, dest: &Path) -> Result<Option<Instance>> {
+        if let Some(instance) = self.claim(dest)? {
+            return Ok(Some(instance));
+        }
+        if !self.has_template() {
+            return Ok(None);
+        }
+        let (instance, ()) = self.make_at(dest, |instance| {
+            copytree::copy_contents(&self.template(), &instance.dir)
+        })?;
+        Ok(Some(instance))
+    }
+
+    /// Creates `dest` and fills it with `make`; removes it again if that fails.
+    fn make_at<T>(
+        &self,
+        dest: &Path,
+        make: impl FnOnce(&Instance) -> Result<T>,
+    ) -> Result<(Instance, T)> {
         DirBuilder::new()
             .mode(0o700)
             .create(dest)
             .with_context(|| format!("cannot create {}", dest.display()))?;
         let instance = Instance::new(dest);
-        if let Err(err) = initdb::prepare(install, &instance, user) {
-            let _ = instance.remove();
-            return Err(err);
+        match make(&instance) {
+            Ok(made) => Ok((instance, made)),
+            Err(err) => {
+                let _ = instance.remove();
+                Err(err)
+            }
         }
-        Ok(instance)
     }
 
     /// Prepares entries until `size` are ready. Refillers take turns on the lock; each counts
@@ -147,29 +269,69 @@ impl Pool {
             .map_err(|(_, errno)| errno)
             .with_context(|| format!("cannot lock {}", lock_path.display()))?;
         // Holding the lock, any entry still being built was left by a refiller that died.
-        for stale in self.entries(BUILDING) {
+        for stale in self
+            .entries(BUILDING)
+            .into_iter()
+            .chain(self.entries(TEMPLATE_BUILDING))
+        {
             let _ = fs::remove_dir_all(stale);
         }
+        if let Some(pools) = self.dir.parent() {
+            remove_vanished(pools);
+        }
+        if self.size > 0 {
+            self.build_template(install, user)?;
+        }
         while self.ready_count() < self.size {
-            self.build_one(install, user)?;
+            self.build_one()?;
         }
         let _ = fs::remove_file(self.dir.join("refill.error"));
         Ok(())
     }
 
-    fn build_one(&self, install: &Installation, user: &str) -> Result<()> {
+    /// Makes the template unless it exists: initdb and database `test`, never started.
+    fn build_template(&self, install: &Installation, user: &str) -> Result<()> {
+        if self.has_template() {
+            return Ok(());
+        }
+        let building = self.dir.join(format!("{TEMPLATE_BUILDING}{}", new_name()?));
+        self.build(&building, &self.template(), |dir| {
+            initdb::prepare(install, &Instance::new(dir), user)
+        })
+    }
+
+    /// Adds one ready entry, a copy of the template.
+    fn build_one(&self) -> Result<()> {
         let name = new_name()?;
         let building = self.dir.join(format!("{BUILDING}{name}"));
+        let ready = self.dir.join(format!("{READY}{name}"));
+        let template = self.template();
+        self.build(&building, &ready, |dir| {
+            copytree::copy_contents(&template, dir)
+        })
+    }
+
+    /// Makes a directory at `building` with `make` and publishes it as `done` by rename, so
+    /// nobody ever sees it half-made; on failure nothing is left.
+    fn build(
+        &self,
+        building: &Path,
+        done: &Path,
+        make: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<()> {
         DirBuilder::new()
             .mode(0o700)
-            .create(&building)
+            .create(building)
             .with_context(|| format!("cannot create {}", building.display()))?;
-        if let Err(err) = initdb::prepare(install, &Instance::new(&building), user) {
-            let _ = fs::remove_dir_all(&building);
+        if let Err(err) = make(building) {
+            let _ = fs::remove_dir_all(building);
             return Err(err);
         }
-        let ready = self.dir.join(format!("{READY}{name}"));
-        fs::rename(&building, &ready).with_context(|| format!("cannot publish {}", ready.display()))
+        let published = fs::rename(building, done);
+        if published.is_err() {
+            let _ = fs::remove_dir_all(building);
+        }
+        published.with_context(|| format!("cannot publish {}", done.display()))
     }
 
     /// Starts a detached, low-priority refill unless the pool is already full. A failure is

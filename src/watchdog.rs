@@ -9,8 +9,11 @@ use crate::client::Session;
 use crate::cluster::{self, ServerSpec, Startup};
 use crate::detach::{self, Forked};
 use crate::discover::Installation;
+use crate::initdb;
 use crate::instance::{Instance, State};
+use crate::prestart::{Claim, Waiting};
 use crate::secret;
+use crate::trace;
 use anyhow::{Context, Result, anyhow, bail};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
@@ -56,9 +59,18 @@ pub struct Plan {
     pub keep: bool,
     pub options: Vec<String>,
     pub on_failure: OnFailure,
+    /// The directory has no database `test` yet (made by initdb just now): create it before
+    /// reporting ready.
+    pub create_test: bool,
     /// A file in PGTMP_DIR pointing at a cluster that lives elsewhere, kept while it runs.
     pub registration: Option<PathBuf>,
+    /// A pre-started server: it waits in the pool for a start to claim it (whose -w and -k
+    /// then apply) and stops after `ttl` seconds if none does.
+    pub waiting: Option<Waiting>,
 }
+
+/// How long a claimed server waits for the claim's details before it assumes the defaults.
+const CLAIM_LIMIT: Duration = Duration::from_secs(10);
 
 /// What the waiting `pgtmp` learns.
 pub struct Started {
@@ -77,12 +89,15 @@ pub fn launch(plan: Plan) -> Result<Started> {
                 .read_to_string(&mut report)
                 .context("cannot read the watchdog's report")?;
             match report.split_once(' ') {
-                Some(("ready", port)) => Ok(Started {
-                    port: port
-                        .trim()
-                        .parse()
-                        .context("the watchdog reported a malformed port")?,
-                }),
+                Some(("ready", rest)) => {
+                    let mut words = rest.split_whitespace();
+                    let port = words
+                        .next()
+                        .and_then(|p| p.parse().ok())
+                        .context("the watchdog reported a malformed port")?;
+                    trace::replay(words.next().unwrap_or(""));
+                    Ok(Started { port })
+                }
                 other => {
                     // The watchdog has cleaned up and exited; reap it so nothing is left.
                     let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
@@ -102,7 +117,9 @@ pub fn launch(plan: Plan) -> Result<Started> {
         }
         Forked::Child => {
             drop(reader);
-            let code = match Watchdog::start(plan, writer) {
+            let mut clock = trace::Clock::start();
+            clock.phase("fork");
+            let code = match Watchdog::start(plan, writer, clock) {
                 Ok(mut watchdog) => watchdog.supervise(),
                 Err(()) => 1,
             };
@@ -122,7 +139,11 @@ struct Watchdog {
 impl Watchdog {
     /// Starts the server and reports to the waiting pgtmp. On failure the directory is
     /// disposed of before the error is reported, so the caller returns to a clean slate.
-    fn start(plan: Plan, mut report: std::io::PipeWriter) -> std::result::Result<Watchdog, ()> {
+    fn start(
+        plan: Plan,
+        mut report: std::io::PipeWriter,
+        mut clock: trace::Clock,
+    ) -> std::result::Result<Watchdog, ()> {
         let signals = match SignalPipe::install() {
             Ok(s) => s,
             Err(err) => {
@@ -131,7 +152,7 @@ impl Watchdog {
                 return Err(());
             }
         };
-        let result = Self::start_server(&plan).and_then(|(server, port)| {
+        let result = Self::start_server(&plan, &mut clock).and_then(|(server, port)| {
             let mut watchdog = Watchdog {
                 plan,
                 server,
@@ -140,11 +161,12 @@ impl Watchdog {
                 signals,
             };
             watchdog.handshake()?;
+            clock.phase("handshake");
             Ok(watchdog)
         });
         match result {
             Ok(watchdog) => {
-                let _ = writeln!(report, "ready {}", watchdog.port);
+                let _ = writeln!(report, "ready {} {}", watchdog.port, clock.encode());
                 Ok(watchdog)
             }
             Err(failure) => {
@@ -156,7 +178,7 @@ impl Watchdog {
 
     /// Spawns postgres and waits for it, retrying with another port when an automatically
     /// chosen one was taken between choosing and binding.
-    fn start_server(plan: &Plan) -> Result<(Child, u16)> {
+    fn start_server(plan: &Plan, clock: &mut trace::Clock) -> Result<(Child, u16)> {
         let cleanup = |server: Option<&mut Child>| {
             if let Some(server) = server {
                 cluster::stop_child(server);
@@ -181,14 +203,20 @@ impl Watchdog {
                 options: &plan.options,
             };
             let mut server = match spec.spawn(&log) {
-                Ok(server) => server,
+                Ok(server) => {
+                    clock.phase("spawn");
+                    server
+                }
                 Err(err) => {
                     cleanup(None);
                     return Err(err);
                 }
             };
             match cluster::wait_ready(&mut server, &plan.instance, STARTUP_LIMIT) {
-                Ok(Startup::Ready) => return Ok((server, port)),
+                Ok(Startup::Ready) => {
+                    clock.phase("ready");
+                    return Ok((server, port));
+                }
                 Ok(Startup::Exited) => {
                     let text = read_from(&mut log, log_start);
                     let retry = plan.tcp && !plan.port_fixed && attempt < PORT_ATTEMPTS;
@@ -234,16 +262,25 @@ impl Watchdog {
         bail!("no free TCP port found after {PORT_ATTEMPTS} attempts")
     }
 
-    /// Connects the watchdog's session, sets the TCP password and records the state. The
-    /// server is stopped and the directory disposed of if any of it fails.
+    /// Creates database `test` if it is missing, sets the TCP password and records the state.
+    /// The server is stopped and the directory disposed of if any of it fails.
+    ///
+    /// Without either of the first two, the watchdog's session is left to the first tick of
+    /// [`Watchdog::supervise`]: connecting costs a backend start, which the caller need not
+    /// wait for.
     fn handshake(&mut self) -> Result<()> {
         let result = (|| -> Result<()> {
-            let mut session =
-                Session::connect(&self.plan.instance.dir, self.port, &self.plan.user)?;
-            if let Some(password) = &self.plan.password {
-                session.set_password(&self.plan.user, &secret::scram_verifier(password))?;
+            if self.plan.create_test || self.plan.password.is_some() {
+                let mut session =
+                    Session::connect(&self.plan.instance.dir, self.port, &self.plan.user)?;
+                if self.plan.create_test {
+                    session.execute(&initdb::create_test_sql(&self.plan.user))?;
+                }
+                if let Some(password) = &self.plan.password {
+                    session.set_password(&self.plan.user, &secret::scram_verifier(password))?;
+                }
+                self.session = Some(session);
             }
-            self.session = Some(session);
             self.plan.instance.write_state(&State {
                 watchdog_pid: std::process::id() as i32,
                 postmaster_pid: self.server.id() as i32,
@@ -259,10 +296,16 @@ impl Watchdog {
                 std::fs::write(registration, path)
                     .with_context(|| format!("cannot write {}", registration.display()))?;
             }
+            if let Some(waiting) = &self.plan.waiting {
+                waiting.publish(&self.plan.instance, self.plan.password.as_deref())?;
+            }
             Ok(())
         })();
         if result.is_err() {
             unregister(&self.plan);
+            if let Some(waiting) = &self.plan.waiting {
+                waiting.retract(&self.plan.instance);
+            }
             self.session = None;
             cluster::stop_child(&mut self.server);
             dispose_after_failure(&self.plan);
@@ -272,8 +315,8 @@ impl Watchdog {
 
     /// Looks after the running server until it is time to stop; returns the exit code.
     fn supervise(&mut self) -> i32 {
-        let timeout = Duration::from_secs(self.plan.timeout);
         let mut last_busy = Instant::now();
+        let mut claimed_at = None;
         loop {
             let stop_requested = self.signals.wait(TICK);
             if cluster::exited(&mut self.server) {
@@ -281,12 +324,42 @@ impl Watchdog {
                 self.session = None;
                 return self.finish();
             }
+            if let Some(waiting) = self.plan.waiting.clone() {
+                match waiting.take_claim(&self.plan.instance) {
+                    Some(claim) => {
+                        self.accept(claim);
+                        last_busy = Instant::now();
+                    }
+                    None if waiting.token.exists() => {
+                        // Unclaimed: stop when asked or when nobody wanted it in time.
+                        if (stop_requested || last_busy.elapsed().as_secs() >= waiting.ttl)
+                            && waiting.withdraw()
+                        {
+                            break;
+                        }
+                        continue;
+                    }
+                    None => {
+                        // Claimed, and the claim's details are on their way.
+                        let since = *claimed_at.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= CLAIM_LIMIT {
+                            self.accept(Claim {
+                                timeout: crate::cli::DEFAULT_TIMEOUT,
+                                keep: false,
+                            });
+                            last_busy = Instant::now();
+                        }
+                        continue;
+                    }
+                }
+            }
             if stop_requested {
                 break;
             }
             if self.plan.timeout == 0 {
                 continue;
             }
+            let timeout = Duration::from_secs(self.plan.timeout);
             if self.busy() {
                 last_busy = Instant::now();
             } else if last_busy.elapsed() >= timeout {
@@ -296,6 +369,18 @@ impl Watchdog {
         self.session = None;
         cluster::stop_child(&mut self.server);
         self.finish()
+    }
+
+    /// Takes on a claiming start's -w and -k; the server is an ordinary one from now on.
+    fn accept(&mut self, claim: Claim) {
+        self.plan.timeout = claim.timeout;
+        self.plan.keep = claim.keep;
+        self.plan.waiting = None;
+        if let Ok(Some(mut state)) = self.plan.instance.read_state() {
+            state.timeout = claim.timeout;
+            state.keep = claim.keep;
+            let _ = self.plan.instance.write_state(&state);
+        }
     }
 
     /// True when a client is connected, or when that cannot be told (never stop a server in
@@ -319,6 +404,9 @@ impl Watchdog {
     /// Removes the directory, or with -k only the state file; returns the exit code.
     fn finish(&mut self) -> i32 {
         unregister(&self.plan);
+        if let Some(waiting) = &self.plan.waiting {
+            waiting.retract(&self.plan.instance);
+        }
         if self.plan.keep {
             self.plan.instance.remove_state();
             0
@@ -404,7 +492,13 @@ impl SignalPipe {
             SaFlags::SA_RESTART,
             SigSet::empty(),
         );
-        for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGCHLD] {
+        // SIGUSR1 only wakes the watchdog: a start has claimed its pre-started server.
+        for sig in [
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGCHLD,
+            Signal::SIGUSR1,
+        ] {
             // SAFETY: the handler only calls write(2).
             unsafe { sigaction(sig, &action) }.map_err(|e| anyhow!("cannot handle {sig}: {e}"))?;
         }

@@ -3,7 +3,8 @@
 use super::Session;
 use crate::cli::GlobalArgs;
 use crate::discover;
-use crate::pool::{self, Pool};
+use crate::initdb;
+use crate::pool::{self, Pool, Taken};
 use anyhow::Result;
 use std::path::PathBuf;
 
@@ -21,11 +22,17 @@ pub fn run(dir: Option<PathBuf>, global: &GlobalArgs) -> Result<()> {
             let session = Session::establish(global, None)?;
             let user = session.user().to_string();
             let pool = Pool::open(&session.state, &install, &user)?;
-            let instance = pool.take(
+            let (instance, taken) = pool.take(
                 &session.state.instance_path(&pool::new_name()?),
                 &install,
                 &user,
             )?;
+            if taken == Taken::Initialized
+                && let Err(err) = initdb::create_test_database(&install, &instance, &user)
+            {
+                let _ = instance.remove();
+                return Err(err);
+            }
             pool.refill_in_background(&install, &user);
             instance.dir
         }

@@ -5,8 +5,10 @@ use crate::cli::{GlobalArgs, StartArgs};
 use crate::cluster;
 use crate::discover;
 use crate::instance::Instance;
-use crate::pool::{self, Pool};
+use crate::pool::{self, Pool, Taken};
+use crate::prestart::{self, Claim};
 use crate::secret;
+use crate::trace;
 use crate::url;
 use crate::watchdog::{self, OnFailure, Plan};
 use anyhow::{Context, Result, bail};
@@ -26,10 +28,12 @@ fn socket_port() -> u16 {
 pub fn run(args: StartArgs, global: &GlobalArgs) -> Result<()> {
     // Everything that can be refused without touching anything is checked first.
     let options = cluster::split_options(&args.options)?;
+    let prestart = prestart::Settings::from_env()?;
     let install = discover::find(global.bindir.as_deref())?;
     let dir = args.dir.as_deref().map(super::absolute_dir).transpose()?;
     let found = dir.as_deref().map(super::inspect_dir).transpose()?;
     let tcp = args.wants_tcp();
+    trace::phase("discover");
     if let Some(port) = args.port
         && let Err(err) = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
     {
@@ -55,7 +59,8 @@ pub fn run(args: StartArgs, global: &GlobalArgs) -> Result<()> {
 
     let session = Session::establish(global, dir.as_deref())?;
     let user = session.user().to_string();
-    let (instance, on_failure, pool) = match (dir, found) {
+    trace::phase("session");
+    let (instance, on_failure, pool, taken) = match (dir, found) {
         (Some(dir), Some(found)) => {
             let on_failure = super::prepare_dir(&install, &dir, found, &session)?;
             let instance = Instance::new(dir);
@@ -63,15 +68,40 @@ pub fn run(args: StartArgs, global: &GlobalArgs) -> Result<()> {
                 super::check_startable(&install, &instance)?;
                 instance.make_private()?;
             }
-            (instance, on_failure, None)
+            (instance, on_failure, None, Taken::Claimed)
         }
         _ => {
             let pool = Pool::open(&session.state, &install, &user)?;
-            let instance = pool.take(&session.state.instance_path(&name), &install, &user)?;
-            (instance, OnFailure::Remove, Some(pool))
+            // Only starts with the settings every pre-started server has can use one.
+            let claim = Claim {
+                timeout: args.idle_timeout(),
+                keep: args.keep,
+            };
+            if args.port.is_none()
+                && options.is_empty()
+                && let Some(claimed) = prestart::claim(&pool, &session.state, tcp, port, claim)?
+            {
+                trace::phase("claim-running");
+                let url = match &claimed.password {
+                    Some(password) => url::tcp_url(&user, password, claimed.state.port),
+                    None => url::socket_url(&user, &claimed.instance.dir),
+                };
+                print_url(&url)?;
+                top_up(&pool, &session, &install, tcp, port, &prestart);
+                return Ok(());
+            }
+            let (instance, taken) =
+                pool.take(&session.state.instance_path(&name), &install, &user)?;
+            (instance, OnFailure::Remove, Some(pool), taken)
         }
     };
 
+    trace::phase(match (&pool, taken) {
+        (None, _) => "prepare -d",
+        (Some(_), Taken::Claimed) => "claim",
+        (Some(_), Taken::Copied) => "copy",
+        (Some(_), Taken::Initialized) => "initdb",
+    });
     let plan = Plan {
         install: install.clone(),
         instance: instance.clone(),
@@ -85,22 +115,51 @@ pub fn run(args: StartArgs, global: &GlobalArgs) -> Result<()> {
         keep: args.keep,
         options,
         on_failure,
+        create_test: taken == Taken::Initialized,
         registration: session.state.registration_for(&instance.dir, &name),
+        waiting: None,
     };
     let started = watchdog::launch(plan)?;
     let url = match &password {
         Some(password) => url::tcp_url(&user, password, started.port),
         None => url::socket_url(&user, &instance.dir),
     };
+    print_url(&url)?;
+    if let Some(pool) = pool {
+        top_up(&pool, &session, &install, tcp, port, &prestart);
+    }
+    Ok(())
+}
+
+fn print_url(url: &str) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{url}")
         .and_then(|()| stdout.flush())
         .context(
             "cannot print the URL (stdout closed?); the cluster stops after its idle timeout",
         )?;
-    drop(stdout);
-    if let Some(pool) = pool {
-        pool.refill_in_background(&install, &user);
-    }
+    trace::phase("print");
     Ok(())
+}
+
+/// After a start from the pool: pre-starts servers if asked to (at the caller's priority),
+/// then refills the pool (at the lowest).
+fn top_up(
+    pool: &Pool,
+    session: &Session,
+    install: &discover::Installation,
+    tcp: bool,
+    port: u16,
+    prestart: &prestart::Settings,
+) {
+    let owner = prestart::Owner {
+        install,
+        user: session.user(),
+        owner_uid: session.invoker.uid.as_raw(),
+        state_dir: &session.state,
+        socket_port: port,
+    };
+    prestart::replenish_in_background(pool, &owner, tcp, prestart);
+    pool.refill_in_background(install, session.user());
+    trace::phase("background");
 }

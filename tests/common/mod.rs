@@ -881,14 +881,18 @@ impl Sandbox {
     /// Stops every cluster and background process of this sandbox; returns what had to be
     /// killed because it did not end by itself.
     fn stop_everything(&self) -> Vec<Proc> {
-        for state in find_named(&self.root, "pgtmp.state", 4) {
-            if let Some(pid) = state.parent().and_then(watchdog_pid) {
-                signal(pid, Signal::SIGTERM);
+        let stop_watchdogs = || {
+            for state in find_named(&self.root, "pgtmp.state", 4) {
+                if let Some(pid) = state.parent().and_then(watchdog_pid) {
+                    signal(pid, Signal::SIGTERM);
+                }
             }
-        }
-        // Watchdogs stop their servers; a refill is let finish (it holds pool/*/lock).
+        };
+        // Watchdogs stop their servers; a refill is let finish (it holds pool/*/lock). Asked
+        // again while waiting: a background process may still be pre-starting a server.
         let mut left = Vec::new();
         if wait_until(Duration::from_secs(60), || {
+            stop_watchdogs();
             left = self.procs();
             left.is_empty() && !self.refill_running()
         }) {

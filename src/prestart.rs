@@ -1,0 +1,387 @@
+//! Pre-started servers (PGTMP_PRESTART=N): clusters already running and waiting in the pool,
+//! so that a start only has to claim one; unclaimed ones stop by themselves after a while.
+//!
+//! ```text
+//! PGTMP_DIR/pool/<key>/
+//!   prestart.lock             held by the one process pre-starting servers
+//!   waiting.<mode>.<name>     PGTMP_DIR/<name> runs unclaimed (mode: socket or tcp)
+//!   claimed.<name>            a start took it; its watchdog reads the claim and removes this
+//! PGTMP_DIR/<name>/
+//!   claim                     the claiming start's -w and -k, for the watchdog
+//!   password                  a waiting TCP cluster's password (0600), removed by the claim
+//! ```
+//!
+//! Claiming renames `waiting.*` away and the watchdog of an unclaimed server that gives up
+//! unlinks it: exactly one of the two succeeds, so a server is never handed out while it
+//! stops. Only starts without -d, -p and -o are served this way.
+
+use crate::detach::{self, Forked};
+use crate::discover::Installation;
+use crate::exit;
+use crate::instance::{Instance, State};
+use crate::pool::{self, Pool};
+use crate::process;
+use crate::secret;
+use crate::statedir::StateDir;
+use crate::watchdog::{self, OnFailure, Plan};
+use anyhow::{Context, Result};
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::Signal;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Longest an unclaimed pre-started server runs, unless PGTMP_PRESTART_TIMEOUT says otherwise.
+pub const DEFAULT_TTL: u64 = 600;
+/// Most pre-started servers per pool and mode.
+const MAX: usize = 16;
+
+const WAITING: &str = "waiting.";
+const CLAIMED: &str = "claimed.";
+const CLAIM_FILE: &str = "claim";
+const PASSWORD_FILE: &str = "password";
+
+/// PGTMP_PRESTART, validated: how many servers to keep waiting (0, the default, is off).
+pub fn configured_count(value: Option<&str>) -> Result<usize> {
+    match value {
+        None | Some("") => Ok(0),
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if n <= MAX => Ok(n),
+            _ => Err(exit::usage(format!(
+                "PGTMP_PRESTART={text} is not a number of servers from 0 to {MAX}; unset it to pre-start none"
+            ))),
+        },
+    }
+}
+
+/// PGTMP_PRESTART_TIMEOUT, validated: seconds an unclaimed server waits before it stops.
+pub fn configured_ttl(value: Option<&str>) -> Result<u64> {
+    match value {
+        None | Some("") => Ok(DEFAULT_TTL),
+        Some(text) => match text.parse::<u64>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(exit::usage(format!(
+                "PGTMP_PRESTART_TIMEOUT={text} is not a number of seconds above 0; unset it for the default ({DEFAULT_TTL})"
+            ))),
+        },
+    }
+}
+
+/// The settings from the environment.
+pub struct Settings {
+    pub count: usize,
+    pub ttl: u64,
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Settings> {
+        Ok(Settings {
+            count: configured_count(std::env::var("PGTMP_PRESTART").ok().as_deref())?,
+            ttl: configured_ttl(std::env::var("PGTMP_PRESTART_TIMEOUT").ok().as_deref())?,
+        })
+    }
+}
+
+fn mode(tcp: bool) -> &'static str {
+    if tcp { "tcp" } else { "socket" }
+}
+
+/// What a start asks of the server it claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub timeout: u64,
+    pub keep: bool,
+}
+
+impl Claim {
+    fn render(&self) -> String {
+        format!("timeout={}\nkeep={}\n", self.timeout, self.keep as u8)
+    }
+
+    fn parse(text: &str) -> Option<Claim> {
+        let get = |key: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+        };
+        Some(Claim {
+            timeout: get("timeout")?.parse().ok()?,
+            keep: get("keep")? == "1",
+        })
+    }
+
+    /// The claim a start left for the watchdog of `instance`, if there is one.
+    pub fn read(instance: &Instance) -> Option<Claim> {
+        fs::read_to_string(instance.dir.join(CLAIM_FILE))
+            .ok()
+            .and_then(|text| Claim::parse(&text))
+    }
+
+    fn write(&self, instance: &Instance) -> Result<()> {
+        let mut file = tempfile::NamedTempFile::new_in(&instance.dir)
+            .with_context(|| format!("cannot create a file in {}", instance.dir.display()))?;
+        file.write_all(self.render().as_bytes())
+            .context("cannot write the claim")?;
+        file.persist(instance.dir.join(CLAIM_FILE))
+            .context("cannot write the claim")?;
+        Ok(())
+    }
+}
+
+/// Where the watchdog of a waiting server finds out whether it was claimed.
+#[derive(Debug, Clone)]
+pub struct Waiting {
+    /// `waiting.<mode>.<name>`: present while unclaimed.
+    pub token: PathBuf,
+    /// `claimed.<name>`: what a claim renames the token to.
+    pub claimed: PathBuf,
+    /// Seconds to wait for a claim before stopping.
+    pub ttl: u64,
+}
+
+impl Waiting {
+    /// Announces the server as ready to be claimed; `password` is a TCP cluster's.
+    pub fn publish(&self, instance: &Instance, password: Option<&str>) -> Result<()> {
+        if let Some(password) = password {
+            let path = instance.dir.join(PASSWORD_FILE);
+            let mut file = tempfile::NamedTempFile::new_in(&instance.dir)
+                .with_context(|| format!("cannot create a file in {}", instance.dir.display()))?;
+            file.write_all(password.as_bytes())
+                .and_then(|()| file.persist(&path).map(|_| ()).map_err(|e| e.error))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        fs::File::create_new(&self.token)
+            .with_context(|| format!("cannot create {}", self.token.display()))?;
+        Ok(())
+    }
+
+    /// Gives up waiting: true if the server is now the watchdog's to stop, false if a start
+    /// claimed it first.
+    pub fn withdraw(&self) -> bool {
+        match fs::remove_file(&self.token) {
+            Ok(()) => true,
+            Err(err) => err.kind() != std::io::ErrorKind::NotFound,
+        }
+    }
+
+    /// The claim, once a start has made it; removes its traces.
+    pub fn take_claim(&self, instance: &Instance) -> Option<Claim> {
+        if self.token.exists() {
+            return None;
+        }
+        let claim = Claim::read(instance)?;
+        let _ = fs::remove_file(instance.dir.join(CLAIM_FILE));
+        let _ = fs::remove_file(&self.claimed);
+        Some(claim)
+    }
+
+    /// Removes whatever is left of the announcement (the server stops).
+    pub fn retract(&self, instance: &Instance) {
+        let _ = fs::remove_file(&self.token);
+        let _ = fs::remove_file(&self.claimed);
+        let _ = fs::remove_file(instance.dir.join(PASSWORD_FILE));
+    }
+}
+
+/// A pre-started server that a start has just claimed.
+pub struct Claimed {
+    pub instance: Instance,
+    pub state: State,
+    pub password: Option<String>,
+}
+
+fn tokens(pool: &Pool, tcp: bool) -> Vec<(PathBuf, String)> {
+    let prefix = format!("{WAITING}{}.", mode(tcp));
+    let Ok(dir) = fs::read_dir(&pool.dir) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let file_name = e.file_name().to_string_lossy().into_owned();
+            let name = file_name.strip_prefix(&prefix)?.to_string();
+            Some((e.path(), name))
+        })
+        .collect()
+}
+
+/// Number of servers waiting for a claim.
+pub fn waiting_count(pool: &Pool, tcp: bool) -> usize {
+    tokens(pool, tcp).len()
+}
+
+/// Claims a waiting server of the right mode, if there is one, and tells its watchdog about
+/// `claim`. A socket-only server must use `socket_port` (the caller's $PGPORT or 5432) in its
+/// socket file's name, since the URL names no port. Servers whose watchdog has died are passed
+/// over and their tokens removed.
+pub fn claim(
+    pool: &Pool,
+    state_dir: &StateDir,
+    tcp: bool,
+    socket_port: u16,
+    claim: Claim,
+) -> Result<Option<Claimed>> {
+    for (token, name) in tokens(pool, tcp) {
+        let instance = Instance::new(state_dir.instance_path(&name));
+        let state = match instance.read_state() {
+            Ok(Some(state)) if tcp || state.port == socket_port => state,
+            _ => continue,
+        };
+        let claimed = pool.dir.join(format!("{CLAIMED}{name}"));
+        if fs::rename(&token, &claimed).is_err() {
+            continue; // someone else was faster, or it just gave up
+        }
+        if !process::alive(state.watchdog_pid) {
+            let _ = fs::remove_file(&claimed);
+            continue;
+        }
+        let password = if tcp {
+            let path = instance.dir.join(PASSWORD_FILE);
+            let password = fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let _ = fs::remove_file(&path);
+            Some(password)
+        } else {
+            None
+        };
+        claim.write(&instance)?;
+        // A wake-up only: the watchdog also looks for the claim on every tick.
+        let _ = process::signal(state.watchdog_pid, Signal::SIGUSR1);
+        return Ok(Some(Claimed {
+            instance,
+            state,
+            password,
+        }));
+    }
+    Ok(None)
+}
+
+/// Who the pre-started servers are for.
+pub struct Owner<'a> {
+    pub install: &'a Installation,
+    pub user: &'a str,
+    pub owner_uid: u32,
+    pub state_dir: &'a StateDir,
+    /// The number in a socket-only server's socket file name.
+    pub socket_port: u16,
+}
+
+/// Tops up the waiting servers of one mode to `settings.count`, in a detached process that
+/// keeps the caller's priority (the servers it starts are the ones tests will use). Starts
+/// nothing while the pool has no template yet: the first start for an installation is busy
+/// enough.
+pub fn replenish_in_background(pool: &Pool, owner: &Owner, tcp: bool, settings: &Settings) {
+    if settings.count == 0 || waiting_count(pool, tcp) >= settings.count || !pool.has_template() {
+        return;
+    }
+    if let Ok(Forked::Child) = detach::fork_detached() {
+        let _ = replenish(pool, owner, tcp, settings);
+        std::process::exit(0);
+    }
+}
+
+fn replenish(pool: &Pool, owner: &Owner, tcp: bool, settings: &Settings) -> Result<()> {
+    let lock_path = pool.dir.join("prestart.lock");
+    let file = fs::File::create(&lock_path)
+        .with_context(|| format!("cannot create {}", lock_path.display()))?;
+    // Another process already tops up: it counts after this start's claim, too.
+    let Ok(_lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+        return Ok(());
+    };
+    while waiting_count(pool, tcp) < settings.count {
+        start_one(pool, owner, tcp, settings)?;
+    }
+    Ok(())
+}
+
+fn start_one(pool: &Pool, owner: &Owner, tcp: bool, settings: &Settings) -> Result<()> {
+    let name = pool::new_name()?;
+    let Some(instance) = pool.take_prepared(&owner.state_dir.instance_path(&name))? else {
+        return Ok(());
+    };
+    let port = if tcp {
+        portpicker::pick_unused_port().context("no free TCP port on 127.0.0.1")?
+    } else {
+        owner.socket_port
+    };
+    let plan = Plan {
+        install: owner.install.clone(),
+        instance,
+        user: owner.user.to_string(),
+        owner_uid: owner.owner_uid,
+        tcp,
+        port,
+        port_fixed: false,
+        password: if tcp { Some(secret::password()?) } else { None },
+        timeout: settings.ttl,
+        keep: false,
+        options: Vec::new(),
+        on_failure: OnFailure::Remove,
+        create_test: false,
+        registration: None,
+        waiting: Some(Waiting {
+            token: pool.dir.join(format!("{WAITING}{}.{name}", mode(tcp))),
+            claimed: pool.dir.join(format!("{CLAIMED}{name}")),
+            ttl: settings.ttl,
+        }),
+    };
+    watchdog::launch(plan).map(|_| ())
+}
+
+/// True for a token path of a waiting or claimed server (for sweeping dead ones).
+pub fn is_token(path: &Path) -> bool {
+    path.file_name()
+        .map(|n| n.to_string_lossy())
+        .is_some_and(|n| n.starts_with(WAITING) || n.starts_with(CLAIMED))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_validated() {
+        assert_eq!(configured_count(None).unwrap(), 0);
+        assert_eq!(configured_count(Some("4")).unwrap(), 4);
+        assert!(configured_count(Some("-1")).is_err());
+        assert!(configured_count(Some("100")).is_err());
+        assert_eq!(configured_ttl(None).unwrap(), DEFAULT_TTL);
+        assert!(configured_ttl(Some("0")).is_err());
+        assert!(configured_ttl(Some("soon")).is_err());
+    }
+
+    #[test]
+    fn claims_round_trip() {
+        let claim = Claim {
+            timeout: 7,
+            keep: true,
+        };
+        assert_eq!(Claim::parse(&claim.render()), Some(claim));
+        assert_eq!(Claim::parse("timeout=x\nkeep=0\n"), None);
+    }
+
+    #[test]
+    fn only_one_of_claim_and_withdraw_wins() {
+        let root = tempfile::tempdir().unwrap();
+        let instance = Instance::new(root.path().join("inst"));
+        fs::create_dir(&instance.dir).unwrap();
+        let waiting = Waiting {
+            token: root.path().join("waiting.socket.inst"),
+            claimed: root.path().join("claimed.inst"),
+            ttl: 1,
+        };
+        waiting.publish(&instance, None).unwrap();
+        assert_eq!(waiting.take_claim(&instance), None, "unclaimed");
+        fs::rename(&waiting.token, &waiting.claimed).unwrap();
+        assert!(
+            !waiting.withdraw(),
+            "a claimed server is not the watchdog's to stop"
+        );
+        assert_eq!(waiting.take_claim(&instance), None, "claim not written yet");
+        let claim = Claim {
+            timeout: 3,
+            keep: false,
+        };
+        claim.write(&instance).unwrap();
+        assert_eq!(waiting.take_claim(&instance), Some(claim));
+        assert!(!waiting.claimed.exists());
+    }
+}

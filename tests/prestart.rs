@@ -1,0 +1,205 @@
+//! Pre-started servers (PGTMP_PRESTART): a start claims one that is already running and gives
+//! it its own -w and -k; TCP ones hand out their password once; unclaimed ones stop by
+//! themselves and leave nothing; bad settings are refused.
+
+#[macro_use]
+mod common;
+
+use common::*;
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+both_invokers!(
+    a_start_claims_a_waiting_server_with_its_own_timeout,
+    a_claimed_server_honours_keep,
+    tcp_waiting_servers_hand_out_their_password_once,
+    unclaimed_servers_stop_after_their_timeout,
+    prestart_settings_are_validated,
+);
+
+/// Pool entries kept in these tests.
+const POOL: usize = 1;
+
+fn prestart_cmd(sandbox: &Sandbox, count: usize, ttl: u64) -> Command {
+    let mut cmd = sandbox.pgtmp();
+    cmd.env("PGTMP_PRESTART", count.to_string())
+        .env("PGTMP_PRESTART_TIMEOUT", ttl.to_string());
+    cmd
+}
+
+/// Names of the waiting servers of `mode` (socket or tcp).
+fn waiting(sandbox: &Sandbox, mode: &str) -> Vec<String> {
+    let prefix = format!("waiting.{mode}.");
+    fs::read_dir(sandbox.pgtmp_dir.join("pool"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|pool| fs::read_dir(pool.path()).ok())
+        .flat_map(|entries| entries.flatten())
+        .filter_map(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .strip_prefix(&prefix)
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// Starts once to make the template, then once more so that `count` servers get pre-started;
+/// returns the URLs of both starts and the names of the waiting servers.
+fn prepare(sandbox: &Sandbox, count: usize, ttl: u64, args: &[&str]) -> Vec<String> {
+    let first = check_started(
+        &run(prestart_cmd(sandbox, count, ttl).args(args), PGTMP_LIMIT),
+        &sandbox.invoker,
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            sandbox.ready_entries() >= POOL && !sandbox.refill_running()
+        }),
+        "the pool did not fill up"
+    );
+    let second = check_started(
+        &run(prestart_cmd(sandbox, count, ttl).args(args), PGTMP_LIMIT),
+        &sandbox.invoker,
+    );
+    let mode = if args.contains(&"-t") {
+        "tcp"
+    } else {
+        "socket"
+    };
+    let mut names = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            names = waiting(sandbox, mode);
+            names.len() >= count
+        }),
+        "{count} {mode} servers were not pre-started: {names:?}"
+    );
+    for url in [&first, &second] {
+        sandbox.run(&["stop", url]);
+    }
+    names
+}
+
+/// A traced start; returns the URL and whether it claimed a running server.
+fn claim(sandbox: &Sandbox, args: &[&str]) -> (String, bool) {
+    let out = run(
+        prestart_cmd(sandbox, 1, 600)
+            .env("PGTMP_TRACE", "1")
+            .args(args),
+        PGTMP_LIMIT,
+    );
+    assert!(out.success(), "start failed:\n{out}");
+    let claimed = out.stderr.contains("pgtmp: trace: claim-running");
+    (out.stdout.trim_end().to_string(), claimed)
+}
+
+fn a_start_claims_a_waiting_server_with_its_own_timeout(invoker: &Invoker) {
+    let sandbox = Sandbox::with_pool(invoker, POOL);
+    let names = prepare(&sandbox, 1, 600, &["-w", "60"]);
+    let (url, claimed) = claim(&sandbox, &["-w", "2"]);
+    assert!(claimed, "the start did not claim the waiting server");
+    let dir = parse_socket_url(&url).dir;
+    assert_eq!(
+        dir.file_name().unwrap().to_string_lossy(),
+        names[0],
+        "the URL is not the waiting server's"
+    );
+    assert_eq!(sandbox.psql(&url, "select current_database()"), "test");
+    assert_eq!(
+        read_state(&dir).unwrap()["timeout"],
+        "2",
+        "the claim's -w is recorded"
+    );
+    // Its own -w 2 applies: gone soon after the last client left.
+    let gone = time_until(Duration::from_secs(2) + SLACK * 2, || !dir.exists());
+    assert!(gone.is_some(), "the claimed server did not stop after -w 2");
+    sandbox.assert_no_process(&dir, "after the claimed server's timeout");
+}
+
+fn a_claimed_server_honours_keep(invoker: &Invoker) {
+    let sandbox = Sandbox::with_pool(invoker, POOL);
+    prepare(&sandbox, 1, 600, &[]);
+    let (url, claimed) = claim(&sandbox, &["-k", "-w", "60"]);
+    assert!(claimed, "the start did not claim the waiting server");
+    sandbox.psql(
+        &url,
+        "create table kept (x int); insert into kept values (42)",
+    );
+    let dir = parse_socket_url(&url).dir;
+    let out = sandbox.run(&["stop", &url]);
+    assert!(out.success(), "{out}");
+    assert!(
+        dir.join("data/PG_VERSION").is_file(),
+        "-k did not keep the directory"
+    );
+    assert!(!dir.join("claim").exists() && !dir.join("password").exists());
+    let again = sandbox.start(&["-d", dir.to_str().unwrap(), "-w", "30"]);
+    assert_eq!(sandbox.psql(&again, "select x from kept"), "42");
+    sandbox.run(&["stop", &again]);
+}
+
+fn tcp_waiting_servers_hand_out_their_password_once(invoker: &Invoker) {
+    let sandbox = Sandbox::with_pool(invoker, POOL);
+    let names = prepare(&sandbox, 1, 600, &["-t"]);
+    let dir: PathBuf = sandbox.pgtmp_dir.join(&names[0]);
+    assert!(
+        dir.join("password").is_file(),
+        "a waiting TCP server keeps its password"
+    );
+    let (url, claimed) = claim(&sandbox, &["-t", "-w", "30"]);
+    assert!(claimed, "the start did not claim the waiting TCP server");
+    assert!(
+        !dir.join("password").exists(),
+        "the password file outlived the claim"
+    );
+    let tcp = parse_tcp_url(&url);
+    assert!(tcp.password.len() >= 20, "{url}");
+    assert_eq!(sandbox.psql(&url, "select 1"), "1");
+    let without = format!("postgresql://{}@127.0.0.1:{}/test", tcp.user, tcp.port);
+    let out = run(
+        sandbox
+            .psql_command(&without)
+            .env("PGCONNECT_TIMEOUT", "5")
+            .arg("-w")
+            .args(["-c", "select 1"]),
+        PSQL_LIMIT,
+    );
+    assert!(!out.success(), "connected without the password:\n{out}");
+    // A socket start never gets a TCP server.
+    let (socket_url, claimed) = claim(&sandbox, &["-w", "30"]);
+    assert!(!claimed && socket_url.contains("host=%2F"), "{socket_url}");
+}
+
+fn unclaimed_servers_stop_after_their_timeout(invoker: &Invoker) {
+    let sandbox = Sandbox::with_pool(invoker, POOL);
+    let names = prepare(&sandbox, 2, 5, &["-w", "30"]);
+    let dirs: Vec<PathBuf> = names.iter().map(|n| sandbox.pgtmp_dir.join(n)).collect();
+    assert!(
+        wait_until(Duration::from_secs(5) + SLACK * 4, || {
+            waiting(&sandbox, "socket").is_empty() && dirs.iter().all(|d| !d.exists())
+        }),
+        "unclaimed servers outlived PGTMP_PRESTART_TIMEOUT=5: {:?}",
+        sandbox.instance_dirs()
+    );
+    for dir in &dirs {
+        sandbox.assert_no_process(dir, "after the pre-start timeout");
+    }
+}
+
+fn prestart_settings_are_validated(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    for (var, value) in [
+        ("PGTMP_PRESTART", "lots"),
+        ("PGTMP_PRESTART", "100"),
+        ("PGTMP_PRESTART_TIMEOUT", "0"),
+        ("PGTMP_PRESTART_TIMEOUT", "soon"),
+    ] {
+        let out = run(sandbox.pgtmp().env(var, value), PGTMP_LIMIT);
+        let line = check_failed(&out, 2);
+        assert!(line.contains(var), "{line}");
+        sandbox.assert_nothing_left(&format!("{var}={value}"));
+    }
+}
