@@ -30,9 +30,13 @@ pgtmp stop \"$url\"             # stop now instead of at the idle timeout",
     (
         "Environment",
         "\
-PGTMP_DIR        where pools and clusters live [default: ${TMPDIR:-/tmp}/pgtmp-<uid>]
-PGTMP_POOL_SIZE  prepared data directories kept per installation [default: 2]
-PG*              the caller's libpq variables are ignored by pgtmp and its servers",
+PGTMP_DIR               where pools and clusters live [default: ${TMPDIR:-/tmp}/pgtmp-<uid>]
+PGTMP_POOL_SIZE         prepared data directories kept per installation [default: 2]
+PGTMP_PRESTART          servers kept running, waiting to be claimed by a start (per mode:
+                        socket or TCP) [default: 0]
+PGTMP_PRESTART_TIMEOUT  seconds a pre-started server waits for a claim [default: 600]
+PGTMP_TRACE             1 = print how long each phase of a start took, on stderr
+PG*                     the caller's libpq variables are ignored by pgtmp and its servers",
     ),
     (
         "Files",
