@@ -1,5 +1,6 @@
 //! The command line: every subcommand and option, their help text and PGTMP_* fallbacks.
 
+use crate::format::Format;
 use clap::error::ErrorKind;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -86,6 +87,14 @@ pub enum Command {
     Stop(StopArgs),
     /// Prepare a data directory without starting it and print its path
     Initdb(InitdbArgs),
+    /// Start a cluster, run CMD with PGHOST, PGPORT, PGUSER, PGDATABASE and DATABASE_URL set,
+    /// then stop the cluster and exit with CMD's status
+    Run(RunArgs),
+    /// List this account's running clusters
+    #[command(visible_alias = "ls")]
+    List(ListArgs),
+    /// Check the installation, accounts, state directory and pool; say how to fix what is wrong
+    Doctor,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -133,6 +142,35 @@ pub struct StartArgs {
     /// and deleted when the cluster stops unless -k is given
     #[arg(short = 'd', long = "dir", value_name = "DIR")]
     pub dir: Option<PathBuf>,
+
+    /// How to print the cluster: a URI, a libpq DSN, a JDBC URL (needs -t), `export` lines for
+    /// eval or a dotenv file, or JSON with every detail [default: uri]
+    #[arg(
+        short = 'f',
+        long = "format",
+        env = "PGTMP_FORMAT",
+        value_name = "FORMAT",
+        value_enum,
+        hide_possible_values = true
+    )]
+    pub format: Option<Format>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub start: StartArgs,
+
+    /// The command to run, and its arguments (write `--` before it if it starts with `-`)
+    #[arg(value_name = "CMD", required = true, trailing_var_arg = true, num_args = 1..)]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct ListArgs {
+    /// Print a JSON array instead of a table
+    #[arg(long = "json")]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -144,6 +182,10 @@ pub struct StopArgs {
     /// The cluster's directory instead of its URL
     #[arg(short = 'd', long = "dir", value_name = "DIR")]
     pub dir: Option<PathBuf>,
+
+    /// Stop every running cluster of this account
+    #[arg(long = "all", conflicts_with_all = ["url", "dir"])]
+    pub all: bool,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -162,6 +204,7 @@ pub struct Written {
     pub keep: bool,
     pub options: bool,
     pub dir: bool,
+    pub format: bool,
 }
 
 impl Written {
@@ -174,6 +217,7 @@ impl Written {
             keep: written("keep"),
             options: written("options"),
             dir: written("dir"),
+            format: written("format"),
         }
     }
 }
@@ -215,6 +259,12 @@ impl StartArgs {
             keep: written.keep || later.keep,
             options,
             dir: pick(self.dir, written.dir, later.dir, later_written.dir),
+            format: pick(
+                self.format,
+                written.format,
+                later.format,
+                later_written.format,
+            ),
         }
     }
 
@@ -276,11 +326,14 @@ where
     }
 }
 
-/// Folds the options written before `start` into the `start` subcommand's own.
+/// Folds the options written before `start` (or `run`) into the subcommand's own.
 fn resolve(mut cli: Cli, matches: &ArgMatches) -> Cli {
-    if let (Some(Command::Start(later)), Some(sub)) =
-        (&mut cli.command, matches.subcommand_matches("start"))
-    {
+    let later = match &mut cli.command {
+        Some(Command::Start(later)) => Some((later, matches.subcommand_matches("start"))),
+        Some(Command::Run(run)) => Some((&mut run.start, matches.subcommand_matches("run"))),
+        _ => None,
+    };
+    if let Some((later, Some(sub))) = later {
         let merged = cli.start.clone().merged_with(
             Written::of(matches),
             std::mem::take(later),
@@ -300,9 +353,20 @@ fn one_line(err: &clap::Error) -> String {
         .lines()
         .find(|line| !line.trim().is_empty())
         .unwrap_or("invalid command line");
-    let first = first.trim().trim_start_matches("error: ");
+    let mut first = first.trim().trim_start_matches("error: ").to_string();
+    if first.ends_with(':') {
+        // "the following required arguments were not provided:" names them on the next line.
+        let named: Vec<&str> = text
+            .lines()
+            .skip_while(|line| !line.trim().ends_with(':'))
+            .skip(1)
+            .take_while(|line| line.starts_with("  "))
+            .map(str::trim)
+            .collect();
+        first = format!("{} {}", first, named.join(" "));
+    }
     match err.kind() {
-        ErrorKind::ValueValidation => first.to_string(),
+        ErrorKind::ValueValidation => first,
         _ => format!("{first}; see 'pgtmp --help'"),
     }
 }

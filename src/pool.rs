@@ -130,7 +130,10 @@ impl Pool {
             .create(dest)
             .with_context(|| format!("cannot create {}", dest.display()))?;
         let instance = Instance::new(dest);
-        if let Err(err) = initdb::prepare(install, &instance, user) {
+        let step = crate::progress::step("initializing a data directory (nothing prepared yet)");
+        let prepared = initdb::prepare(install, &instance, user);
+        drop(step);
+        if let Err(err) = prepared {
             let _ = instance.remove();
             return Err(err);
         }

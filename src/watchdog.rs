@@ -10,6 +10,7 @@ use crate::cluster::{self, ServerSpec, Startup};
 use crate::detach::{self, Forked};
 use crate::discover::Installation;
 use crate::instance::{Instance, State};
+use crate::lifeline::{self, Pull};
 use crate::secret;
 use anyhow::{Context, Result, anyhow, bail};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -58,6 +59,9 @@ pub struct Plan {
     pub on_failure: OnFailure,
     /// A file in PGTMP_DIR pointing at a cluster that lives elsewhere, kept while it runs.
     pub registration: Option<PathBuf>,
+    /// `pgtmp run`'s lifeline: while held, the idle timeout is suspended; once cut, the
+    /// cluster stops.
+    pub lifeline: Option<OwnedFd>,
 }
 
 /// What the waiting `pgtmp` learns.
@@ -274,6 +278,9 @@ impl Watchdog {
     fn supervise(&mut self) -> i32 {
         let timeout = Duration::from_secs(self.plan.timeout);
         let mut last_busy = Instant::now();
+        let mut lifeline = self.plan.lifeline.take().map(lifeline::Line::new);
+        // Not yet looked: the `idle` file for `pgtmp list` is made at the first idle poll.
+        let mut was_busy = true;
         loop {
             let stop_requested = self.signals.wait(TICK);
             if cluster::exited(&mut self.server) {
@@ -284,10 +291,25 @@ impl Watchdog {
             if stop_requested {
                 break;
             }
+            if let Some(line) = &mut lifeline {
+                match line.pull() {
+                    Pull::Held => continue,
+                    Pull::Cut => break,
+                    Pull::Released => {
+                        lifeline = None;
+                        last_busy = Instant::now();
+                    }
+                }
+            }
             if self.plan.timeout == 0 {
                 continue;
             }
-            if self.busy() {
+            let busy = self.busy();
+            if busy != was_busy {
+                self.plan.instance.mark_idle(!busy);
+                was_busy = busy;
+            }
+            if busy {
                 last_busy = Instant::now();
             } else if last_busy.elapsed() >= timeout {
                 break;

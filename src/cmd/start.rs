@@ -1,9 +1,11 @@
-//! `pgtmp [start]`: a running cluster and its URL on stdout.
+//! `pgtmp [start]`: a running cluster and its URL (or `--format`) on stdout; and the start
+//! path `pgtmp run` shares.
 
 use super::Session;
 use crate::cli::{GlobalArgs, StartArgs};
 use crate::cluster;
-use crate::discover;
+use crate::discover::{self, Installation};
+use crate::format::{self, Cluster};
 use crate::instance::Instance;
 use crate::pool::{self, Pool};
 use crate::secret;
@@ -12,6 +14,7 @@ use crate::watchdog::{self, OnFailure, Plan};
 use anyhow::{Context, Result, bail};
 use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener};
+use std::os::fd::OwnedFd;
 
 /// The port number of the socket file when there is no TCP listener: libpq's default, or the
 /// caller's $PGPORT, so that the port-less URL works even with PGPORT exported.
@@ -24,7 +27,48 @@ fn socket_port() -> u16 {
 }
 
 pub fn run(args: StartArgs, global: &GlobalArgs) -> Result<()> {
+    let format = args.format.unwrap_or_default();
+    let launched = launch(&args, global, None)?;
+    let text = launched
+        .cluster
+        .render(format, || launched.install.version().ok());
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{text}")
+        .and_then(|()| stdout.flush())
+        .context(
+            "cannot print the URL (stdout closed?); the cluster stops after its idle timeout",
+        )?;
+    drop(stdout);
+    launched.refill_pool();
+    Ok(())
+}
+
+/// A started cluster, and what is needed to refill the pool once it has been reported.
+pub struct Launched {
+    pub cluster: Cluster,
+    pub install: Installation,
+    pool: Option<Pool>,
+}
+
+impl Launched {
+    /// Refills the pool in a detached background process, if a ready entry was used.
+    pub fn refill_pool(self) {
+        if let Some(pool) = self.pool {
+            pool.refill_in_background(&self.install, &self.cluster.user);
+        }
+    }
+}
+
+/// Starts a cluster as `pgtmp start` does: the one start path, shared with `pgtmp run`.
+/// Drops root privileges for good (see `Session::establish`). With a `lifeline` the watchdog
+/// stops the cluster when the lifeline is cut and never for being idle while it is held.
+pub fn launch(
+    args: &StartArgs,
+    global: &GlobalArgs,
+    lifeline: Option<OwnedFd>,
+) -> Result<Launched> {
     // Everything that can be refused without touching anything is checked first.
+    format::check(args.format.unwrap_or_default(), args.wants_tcp())?;
     let options = cluster::split_options(&args.options)?;
     let install = discover::find(global.bindir.as_deref())?;
     let dir = args.dir.as_deref().map(super::absolute_dir).transpose()?;
@@ -86,21 +130,37 @@ pub fn run(args: StartArgs, global: &GlobalArgs) -> Result<()> {
         options,
         on_failure,
         registration: session.state.registration_for(&instance.dir, &name),
+        lifeline,
     };
     let started = watchdog::launch(plan)?;
     let url = match &password {
         Some(password) => url::tcp_url(&user, password, started.port),
         None => url::socket_url(&user, &instance.dir),
     };
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{url}")
-        .and_then(|()| stdout.flush())
-        .context(
-            "cannot print the URL (stdout closed?); the cluster stops after its idle timeout",
-        )?;
-    drop(stdout);
-    if let Some(pool) = pool {
-        pool.refill_in_background(&install, &user);
-    }
-    Ok(())
+    // The watchdog records its state before it reports the server ready.
+    let state = instance.read_state()?.with_context(|| {
+        format!(
+            "the watchdog of {} recorded no state",
+            instance.dir.display()
+        )
+    })?;
+    let cluster = Cluster {
+        url,
+        socket_dir: instance.dir.clone(),
+        data_dir: instance.data(),
+        port: started.port,
+        tcp,
+        user,
+        password,
+        server_pid: state.postmaster_pid,
+        watchdog_pid: state.watchdog_pid,
+        bindir: install.bindir.clone(),
+        timeout: args.idle_timeout(),
+        keep: args.keep,
+    };
+    Ok(Launched {
+        cluster,
+        install,
+        pool,
+    })
 }
