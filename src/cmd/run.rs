@@ -63,8 +63,7 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> Result<()> {
     check_runnable(&program)?;
 
     let signals = Signals::install()?;
-    let (holder, line) = lifeline::pair()?;
-    let (cluster, interrupted) = start_in_child(&args.start, global, line, &signals)?;
+    let (cluster, holder, interrupted) = start_in_child(&args.start, global, &signals)?;
     let keep = cluster.keep;
     if let Some(signal) = interrupted {
         finish(&cluster, holder, false)?;
@@ -140,14 +139,14 @@ fn check_runnable(program: &OsString) -> Result<()> {
 }
 
 /// Forks a child that starts the cluster exactly as `pgtmp start` does (dropping root for
-/// good) and reports it. Returns the cluster and the signal that arrived meanwhile, if any.
-/// A child that failed has printed its own error; its exit status is passed on.
+/// good) and reports it. Returns the cluster, its lifeline, and the signal that arrived
+/// meanwhile, if any. A child that failed has printed its own error; its status is passed on.
 fn start_in_child(
     args: &crate::cli::StartArgs,
     global: &GlobalArgs,
-    line: OwnedFd,
     signals: &Signals,
-) -> Result<(Cluster, Option<i32>)> {
+) -> Result<(Cluster, Holder, Option<i32>)> {
+    let (holder, line) = lifeline::pair()?;
     let (mut reader, writer) = std::io::pipe().context("cannot create a pipe to the starter")?;
     {
         use std::io::Write;
@@ -158,6 +157,9 @@ fn start_in_child(
         fork::Fork::Child => {
             // Interrupted like any `pgtmp start`; the watchdog sees the lifeline cut then.
             Signals::restore_defaults();
+            // Only `pgtmp run` itself may hold the lifeline: the watchdog forked from here
+            // would otherwise keep it from ever being cut.
+            drop(holder);
             drop(reader);
             let code = match start::launch(args, global, Some(line)) {
                 Ok(launched) => {
@@ -221,7 +223,7 @@ fn start_in_child(
     }
     let cluster = serde_json::from_slice(&report)
         .map_err(|err| anyhow!("the starter reported no cluster ({err}); try again"))?;
-    Ok((cluster, interrupted))
+    Ok((cluster, holder, interrupted))
 }
 
 /// Waits for CMD, passing on the signals pgtmp receives. A signal from the terminal (Ctrl-C,
