@@ -82,7 +82,7 @@ complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -l bindir -d 'Directory
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s t -l tcp -d 'Listen on a free TCP port on 127.0.0.1 (password required) instead of only a Unix socket'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s k -l keep -d 'Keep the cluster\'s directory when it stops, so `pgtmp start -d DIR` can start it again'
-complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s h -l help -d 'Print help'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand list" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand list" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand list" -l json -d 'Print a JSON array instead of a table'

@@ -26,13 +26,22 @@ pub const EXTRA_SECTIONS: &[(&str, &str)] = &[
 url=$(pgtmp) && psql \"$url\" -c 'select 1'
 url=$(pgtmp -t -w 300)        # TCP on 127.0.0.1 with a password, e.g. for JDBC
 pgtmp -k -d ./pgdata          # a cluster in ./pgdata that survives its stop
-pgtmp stop \"$url\"             # stop now instead of at the idle timeout",
+pgtmp stop \"$url\"             # stop now instead of at the idle timeout
+pgtmp run -- make test        # a cluster just for this command (PGHOST... set)
+eval \"$(pgtmp -f env)\"        # PGHOST, PGPORT, PGUSER, PGDATABASE, DATABASE_URL
+pgtmp -t -f jdbc              # jdbc:postgresql://127.0.0.1:PORT/test?user=..&password=..
+pgtmp list                    # what runs; pgtmp stop --all stops it all
+pgtmp doctor                  # what pgtmp would use, and what to fix",
     ),
     (
         "Environment",
         "\
 PGTMP_DIR        where pools and clusters live [default: ${TMPDIR:-/tmp}/pgtmp-<uid>]
 PGTMP_POOL_SIZE  prepared data directories kept per installation [default: 2]
+PGTMP_TCP, PGTMP_PORT, PGTMP_TIMEOUT, PGTMP_KEEP, PGTMP_OPTIONS, PGTMP_FORMAT,
+PGTMP_BINDIR, PGTMP_RUN_AS
+                 fallbacks for -t, -p, -w, -k, -o, -f, --bindir, --run-as; an option
+                 written on the command line wins
 PG*              the caller's libpq variables are ignored by pgtmp and its servers",
     ),
     (
@@ -43,7 +52,8 @@ $PGTMP_DIR/pool/<key>/ready.*   prepared data directories waiting to be claimed"
     ),
     (
         "Exit status",
-        "0 success, 1 failure, 2 invalid command line.",
+        "0 success, 1 failure, 2 invalid command line. pgtmp run exits with CMD's status \
+(128+N if CMD died of signal N), 127 if CMD is not found, 126 if it cannot be executed.",
     ),
 ];
 
@@ -89,6 +99,15 @@ pub enum Command {
     Initdb(InitdbArgs),
     /// Start a cluster, run CMD with PGHOST, PGPORT, PGUSER, PGDATABASE and DATABASE_URL set,
     /// then stop the cluster and exit with CMD's status
+    ///
+    /// CMD gets DATABASE_URL, PGHOST, PGPORT, PGUSER, PGDATABASE and, with -t, PGPASSWORD, so
+    /// a bare `psql` connects; libpq variables that would point elsewhere (PGHOSTADDR,
+    /// PGSERVICE, PGSSLMODE...) are removed. CMD runs as the invoking account, root included;
+    /// only the server runs as an unprivileged account. The cluster is stopped and removed when
+    /// CMD exits, whatever the reason: SIGINT, SIGTERM and SIGHUP sent to pgtmp are passed on
+    /// to CMD (a terminal's Ctrl-C reaches it directly) and pgtmp waits for it; should pgtmp
+    /// itself be killed, the cluster stops at once anyway. The idle timeout applies only after
+    /// CMD, with -k, which keeps the cluster running and says on stderr where it is.
     Run(RunArgs),
     /// List this account's running clusters
     #[command(visible_alias = "ls")]
