@@ -31,7 +31,7 @@ complete -c pgtmp -n "__fish_pgtmp_needs_command" -s d -l dir -d 'Use this direc
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s f -l format -d 'How to print the cluster: a URI, a libpq DSN, a JDBC URL (needs -t), `export` lines for eval or a dotenv file, or JSON with every detail [default: uri]' -r -f -a "uri\t'postgresql:// URL (libpq, psql, most drivers)'
 dsn\t'libpq key=value connection string'
 jdbc\t'jdbc:postgresql:// URL; needs -t (JDBC cannot use Unix sockets)'
-env\t'`export PG...=...` lines for `eval "$(pgtmp --format env)"` or a dotenv file'
+env\t'`export PG...=...` lines for `eval "$(pgtmp --format env)"` or a dotenv file (with -t also PGPASSWORD and JDBC_DATABASE_URL)'
 json\t'one JSON object with every detail'"
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]' -r
@@ -53,7 +53,7 @@ complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s d -l dir -d 'Use t
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s f -l format -d 'How to print the cluster: a URI, a libpq DSN, a JDBC URL (needs -t), `export` lines for eval or a dotenv file, or JSON with every detail [default: uri]' -r -f -a "uri\t'postgresql:// URL (libpq, psql, most drivers)'
 dsn\t'libpq key=value connection string'
 jdbc\t'jdbc:postgresql:// URL; needs -t (JDBC cannot use Unix sockets)'
-env\t'`export PG...=...` lines for `eval "$(pgtmp --format env)"` or a dotenv file'
+env\t'`export PG...=...` lines for `eval "$(pgtmp --format env)"` or a dotenv file (with -t also PGPASSWORD and JDBC_DATABASE_URL)'
 json\t'one JSON object with every detail'"
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]' -r
@@ -76,7 +76,7 @@ complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s d -l dir -d 'Use thi
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s f -l format -d 'How to print the cluster: a URI, a libpq DSN, a JDBC URL (needs -t), `export` lines for eval or a dotenv file, or JSON with every detail [default: uri]' -r -f -a "uri\t'postgresql:// URL (libpq, psql, most drivers)'
 dsn\t'libpq key=value connection string'
 jdbc\t'jdbc:postgresql:// URL; needs -t (JDBC cannot use Unix sockets)'
-env\t'`export PG...=...` lines for `eval "$(pgtmp --format env)"` or a dotenv file'
+env\t'`export PG...=...` lines for `eval "$(pgtmp --format env)"` or a dotenv file (with -t also PGPASSWORD and JDBC_DATABASE_URL)'
 json\t'one JSON object with every detail'"
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]' -r

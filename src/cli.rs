@@ -100,8 +100,8 @@ pub enum Command {
     /// Start a cluster, run CMD with PGHOST, PGPORT, PGUSER, PGDATABASE and DATABASE_URL set,
     /// then stop the cluster and exit with CMD's status
     ///
-    /// CMD gets DATABASE_URL, PGHOST, PGPORT, PGUSER, PGDATABASE and, with -t, PGPASSWORD, so
-    /// a bare `psql` connects; libpq variables that would point elsewhere (PGHOSTADDR,
+    /// CMD gets DATABASE_URL, PGHOST, PGPORT, PGUSER, PGDATABASE and, with -t, PGPASSWORD and
+    /// JDBC_DATABASE_URL, so a bare `psql` connects; libpq variables that would point elsewhere (PGHOSTADDR,
     /// PGSERVICE, PGSSLMODE...) are removed. CMD runs as the invoking account, root included;
     /// only the server runs as an unprivileged account. The cluster is stopped and removed when
     /// CMD exits, whatever the reason: SIGINT, SIGTERM and SIGHUP sent to pgtmp are passed on

@@ -16,7 +16,8 @@ pub enum Format {
     Dsn,
     /// jdbc:postgresql:// URL; needs -t (JDBC cannot use Unix sockets)
     Jdbc,
-    /// `export PG...=...` lines for `eval "$(pgtmp --format env)"` or a dotenv file
+    /// `export PG...=...` lines for `eval "$(pgtmp --format env)"` or a dotenv file (with -t
+    /// also PGPASSWORD and JDBC_DATABASE_URL)
     Env,
     /// one JSON object with every detail
     Json,
@@ -96,6 +97,10 @@ impl Cluster {
         ];
         if let Some(password) = &self.password {
             vars.push(("PGPASSWORD", password.clone()));
+        }
+        // The name Heroku's Java buildpack made common: JDBC code reads it as it is.
+        if let Some(jdbc) = self.jdbc() {
+            vars.push(("JDBC_DATABASE_URL", jdbc));
         }
         vars
     }
@@ -279,6 +284,10 @@ mod tests {
         let tcp = cluster(true, "/tmp/x", "alice").render(Format::Env, || None);
         assert_eq!(shell_reads(&tcp, "PGPASSWORD"), "pw");
         assert_eq!(shell_reads(&tcp, "PGHOST"), "127.0.0.1");
+        assert_eq!(
+            shell_reads(&tcp, "JDBC_DATABASE_URL"),
+            "jdbc:postgresql://127.0.0.1:5555/test?user=alice&password=pw"
+        );
     }
 
     #[test]

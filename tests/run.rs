@@ -70,7 +70,7 @@ printf '%s|%s|%s|%s|%s|%s|%s\n' "$PGHOST" "$PGPORT" "$PGUSER" "$PGDATABASE" "$DA
 fn tcp_cmd_gets_a_password(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
     let script = r#"psql -XAt -h 127.0.0.1 -c "select inet_server_port()"
-printf '%s %s %s\n' "$PGHOST" "$PGPORT" "$DATABASE_URL"
+printf '%s %s %s %s\n' "$PGHOST" "$PGPORT" "$DATABASE_URL" "$JDBC_DATABASE_URL"
 psql -XAt "$DATABASE_URL" -c "select 'url ok'""#;
     let mut cmd = sandbox.pgtmp();
     cmd.env("PGPASSWORD", "wrong")
@@ -84,6 +84,14 @@ psql -XAt "$DATABASE_URL" -c "select 'url ok'""#;
     assert_eq!(lines[0], fields[1], "psql reached the port in PGPORT");
     assert_eq!(parse_tcp_url(fields[2]).port.to_string(), fields[1]);
     assert_eq!(lines[2], "url ok");
+    assert!(
+        fields[3].starts_with(&format!(
+            "jdbc:postgresql://127.0.0.1:{}/test?user=",
+            fields[1]
+        )),
+        "JDBC_DATABASE_URL {}",
+        fields[3]
+    );
     assert_cleaned_up(&sandbox, "after pgtmp run -t");
 }
 
