@@ -258,6 +258,20 @@ fn keep_leaves_the_cluster_running(invoker: &Invoker) {
         dir.join("data/PG_VERSION").is_file(),
         "-k kept no directory"
     );
+    // The note uses --format where it fits on one line.
+    let out = sandbox.run(&["run", "-k", "-t", "-f", "jdbc", "--", "true"]);
+    assert!(out.success(), "{out}");
+    let line = out.stderr_lines()[0].to_string();
+    let jdbc = line
+        .split_whitespace()
+        .find(|w| w.starts_with("jdbc:postgresql://127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no JDBC URL in {line:?}"));
+    assert!(
+        jdbc.contains("/test?user=") && jdbc.contains("&password="),
+        "{jdbc}"
+    );
+    let out = sandbox.run(&["stop", "--all"]);
+    assert!(out.success(), "{out}");
 }
 
 /// The idle timeout does not stop the cluster under a CMD that has not connected yet.

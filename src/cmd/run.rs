@@ -15,8 +15,9 @@
 
 use super::start;
 use crate::cli::{GlobalArgs, RunArgs};
+use crate::discover::Installation;
 use crate::exit::{self, Passed};
-use crate::format::Cluster;
+use crate::format::{Cluster, Format};
 use crate::lifeline::{self, Holder};
 use crate::process;
 use anyhow::{Context, Result, anyhow, bail};
@@ -65,8 +66,9 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> Result<()> {
     let signals = Signals::install()?;
     let (cluster, holder, interrupted) = start_in_child(&args.start, global, &signals)?;
     let keep = cluster.keep;
+    let format = args.start.format.unwrap_or_default();
     if let Some(signal) = interrupted {
-        finish(&cluster, holder, false)?;
+        finish(&cluster, holder, false, format)?;
         return Err(Passed(128 + signal as u8).into());
     }
 
@@ -79,7 +81,7 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> Result<()> {
     let status = match cmd.spawn() {
         Ok(mut child) => wait_forwarding(&mut child, &signals)?,
         Err(err) => {
-            finish(&cluster, holder, false)?;
+            finish(&cluster, holder, false, format)?;
             let code = if err.kind() == ErrorKind::NotFound {
                 127
             } else {
@@ -92,7 +94,7 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> Result<()> {
             return Err(Passed(code).into());
         }
     };
-    finish(&cluster, holder, keep)?;
+    finish(&cluster, holder, keep, format)?;
     match status_code(status) {
         0 => Ok(()),
         code => Err(Passed(code).into()),
@@ -245,17 +247,26 @@ fn wait_forwarding(child: &mut std::process::Child, signals: &Signals) -> Result
 }
 
 /// Stops the cluster and waits until its directory is gone, or with `keep` lets it run on
-/// and says where it is.
-fn finish(cluster: &Cluster, holder: Holder, keep: bool) -> Result<()> {
+/// and says where it is, in `format` where that fits on the line (not `env`).
+fn finish(cluster: &Cluster, holder: Holder, keep: bool, format: Format) -> Result<()> {
     if keep {
         holder.release();
         let until = match cluster.timeout {
             0 => "it runs until `pgtmp stop`".to_string(),
             seconds => format!("it stops after {seconds} s without a client"),
         };
+        let shown = match format {
+            Format::Env => cluster.url.clone(),
+            _ => cluster.render(format, || {
+                Installation {
+                    bindir: cluster.bindir.clone(),
+                }
+                .version()
+                .ok()
+            }),
+        };
         eprintln!(
-            "pgtmp: kept the cluster: {} (directory {}; {until}; its directory is kept when it stops)",
-            cluster.url,
+            "pgtmp: kept the cluster: {shown} (directory {}; {until}; its directory is kept when it stops)",
             cluster.socket_dir.display()
         );
         return Ok(());
