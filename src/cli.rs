@@ -440,6 +440,29 @@ mod tests {
     }
 
     #[test]
+    fn run_takes_start_options_before_and_after_it() {
+        let cli = parse_ok(&[
+            "-f", "dsn", "-w", "5", "run", "-t", "psql", "-c", "select 1",
+        ]);
+        let Some(Command::Run(run)) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(run.start.format, Some(Format::Dsn));
+        assert_eq!(run.start.timeout, Some(5));
+        assert!(run.start.tcp);
+        // Everything from CMD on belongs to CMD, options included.
+        assert_eq!(run.command, ["psql", "-c", "select 1"]);
+        let cli = parse_ok(&["run", "--", "-weird", "-t"]);
+        let Some(Command::Run(run)) = cli.command else {
+            panic!("expected run")
+        };
+        assert!(!run.start.tcp);
+        assert_eq!(run.command, ["-weird", "-t"]);
+        assert!(parse_from(["pgtmp", "run"]).is_err());
+        assert!(parse_from(["pgtmp", "stop", "--all", "-d", "x"]).is_err());
+    }
+
+    #[test]
     fn written_options_beat_the_environment_copy() {
         let env_copy = StartArgs {
             timeout: Some(300),

@@ -127,6 +127,24 @@ fn cmd_that_cannot_run(invoker: &Invoker) {
     let out = sandbox.run(&["run", "-f", "jdbc", "--", "true"]);
     let line = check_failed(&out, 2);
     assert!(line.contains("-t"), "{line}");
+    // A start that fails: its error, exit 1, and CMD never runs.
+    let marker = sandbox.path("ran");
+    let script = format!("touch '{}'", marker.display());
+    let out = sandbox.run(&[
+        "run",
+        "-o",
+        "-c no_such_setting=1",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let line = check_failed(&out, 1);
+    assert!(line.contains("no_such_setting"), "{line}");
+    assert!(
+        !marker.exists(),
+        "CMD ran although the cluster did not start"
+    );
     assert_cleaned_up(&sandbox, "after commands that cannot run");
 }
 
