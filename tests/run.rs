@@ -21,6 +21,7 @@ both_invokers!(
     killed_pgtmp_leaves_nothing,
     keep_leaves_the_cluster_running,
     idle_timeout_waits_for_cmd,
+    ctrl_c_on_a_terminal_reaches_cmd_once,
 );
 
 /// Checks that `pgtmp run` left no cluster: no instance directory, no process.
@@ -300,4 +301,84 @@ fn idle_timeout_waits_for_cmd(invoker: &Invoker) {
     assert!(out.success(), "{out}");
     assert_eq!(out.stdout.trim_end(), "still here");
     assert_cleaned_up(&sandbox, "after pgtmp run -w 1");
+}
+
+/// Counts the SIGINTs it receives and says where each came from (the kernel, for a terminal's
+/// Ctrl-C, or a process); exits with their number. `own-group` first leaves pgtmp's process
+/// group, as a shell with job control does.
+const COUNT_INTERRUPTS: &str = r#"
+import os, signal, sys
+if sys.argv[1:] == ["own-group"]:
+    os.setpgid(0, 0)
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+print("ready", flush=True)
+got = []
+info = signal.sigtimedwait([signal.SIGINT], 30)
+while info is not None:
+    got.append("terminal" if info.si_code == 0x80 else "process")
+    info = signal.sigtimedwait([signal.SIGINT], 1.5)
+print("interrupts:", " ".join(got), flush=True)
+sys.exit(len(got))
+"#;
+
+/// Types Ctrl-C into a pseudo-terminal (made by util-linux `script`) running
+/// `pgtmp run -- python3 COUNT_INTERRUPTS ARGS`; returns what CMD printed and pgtmp's status.
+fn ctrl_c(sandbox: &Sandbox, args: &str) -> (String, Option<i32>) {
+    use std::io::{Read, Write};
+    let probe = sandbox.path("count_interrupts.py");
+    std::fs::write(&probe, COUNT_INTERRUPTS).unwrap();
+    let mut script = sandbox.tool("script");
+    script
+        .arg("-qec")
+        .arg(format!(
+            "\"$PGTMP\" run -- /usr/bin/python3 {} {args}",
+            probe.display()
+        ))
+        .arg("/dev/null")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = script.spawn().expect("cannot run script");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("ready") {
+        let n = stdout.read(&mut buf).expect("cannot read from script");
+        assert!(
+            n > 0,
+            "script ended early: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    stdin
+        .write_all(b"\x03")
+        .and_then(|()| stdin.flush())
+        .unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let status = wait_status(&mut child, "Ctrl-C on a terminal");
+    drop(stdin);
+    (rest, status.code())
+}
+
+/// Ctrl-C on a terminal goes to the whole foreground process group: CMD gets it from the
+/// terminal, and pgtmp must not send a second one. A CMD that left pgtmp's process group does
+/// not get the terminal's, so pgtmp passes it on. (A second SIGINT sent while the first is
+/// still pending merges with it, so a duplicate is caught only when CMD took the first one
+/// in time; the own-group half is exact.)
+fn ctrl_c_on_a_terminal_reaches_cmd_once(invoker: &Invoker) {
+    if !std::path::Path::new("/usr/bin/python3").exists() {
+        return skip("no /usr/bin/python3 to count signals with");
+    }
+    let sandbox = Sandbox::new(invoker);
+    let (said, code) = ctrl_c(&sandbox, "");
+    assert!(said.contains("interrupts: terminal\r"), "CMD saw: {said:?}");
+    assert_eq!(code, Some(1), "pgtmp run passes CMD's status on: {said:?}");
+    assert_cleaned_up(&sandbox, "after Ctrl-C on a terminal");
+    let (said, code) = ctrl_c(&sandbox, "own-group");
+    assert!(said.contains("interrupts: process\r"), "CMD saw: {said:?}");
+    assert_eq!(code, Some(1), "{said:?}");
+    assert_cleaned_up(&sandbox, "after Ctrl-C to a CMD in its own process group");
 }

@@ -228,9 +228,10 @@ fn start_in_child(
     Ok((cluster, holder, interrupted))
 }
 
-/// Waits for CMD, passing on the signals pgtmp receives. A signal from the terminal (Ctrl-C,
-/// a hang-up) went to CMD's process group already, so only signals sent to pgtmp alone are
-/// forwarded; CMD may take as long as it likes to act on them.
+/// Waits for CMD, passing on the signals pgtmp receives; CMD may take as long as it likes to
+/// act on them. A signal from the terminal (Ctrl-C, a hang-up) goes to the whole foreground
+/// process group, so it is passed on only if CMD has left pgtmp's group (as sudo does);
+/// otherwise CMD would get it twice.
 fn wait_forwarding(child: &mut std::process::Child, signals: &Signals) -> Result<ExitStatus> {
     let pid = child.id() as i32;
     loop {
@@ -239,11 +240,17 @@ fn wait_forwarding(child: &mut std::process::Child, signals: &Signals) -> Result
         }
         signals.wait(Duration::from_millis(500));
         for (signal, from_terminal) in signals.take() {
-            if !from_terminal && let Ok(signal) = Signal::try_from(signal) {
+            let reached_cmd = from_terminal && in_my_group(pid);
+            if !reached_cmd && let Ok(signal) = Signal::try_from(signal) {
                 process::signal(pid, signal)?;
             }
         }
     }
+}
+
+fn in_my_group(pid: i32) -> bool {
+    nix::unistd::getpgid(Some(Pid::from_raw(pid)))
+        .is_ok_and(|group| group == nix::unistd::getpgrp())
 }
 
 /// Stops the cluster and waits until its directory is gone, or with `keep` lets it run on
