@@ -1,5 +1,6 @@
 //! The command line: every subcommand and option, their help text and PGTMP_* fallbacks.
 
+use crate::format::Format;
 use clap::error::ErrorKind;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -25,7 +26,12 @@ pub const EXTRA_SECTIONS: &[(&str, &str)] = &[
 url=$(pgtmp) && psql \"$url\" -c 'select 1'
 url=$(pgtmp -t -w 300)        # TCP on 127.0.0.1 with a password, e.g. for JDBC
 pgtmp -k -d ./pgdata          # a cluster in ./pgdata that survives its stop
-pgtmp stop \"$url\"             # stop now instead of at the idle timeout",
+pgtmp stop \"$url\"             # stop now instead of at the idle timeout
+pgtmp run -- make test        # a cluster just for this command (PGHOST... set)
+eval \"$(pgtmp -f env)\"        # PGHOST, PGPORT, PGUSER, PGDATABASE, DATABASE_URL
+pgtmp -t -f jdbc              # jdbc:postgresql://127.0.0.1:PORT/test?user=..&password=..
+pgtmp list                    # what runs; pgtmp stop --all stops it all
+pgtmp doctor                  # what pgtmp would use, and what to fix",
     ),
     (
         "Environment",
@@ -36,6 +42,10 @@ PGTMP_PRESTART          servers kept running, waiting to be claimed by a start (
                         socket or TCP) [default: 0]
 PGTMP_PRESTART_TIMEOUT  seconds a pre-started server waits for a claim [default: 600]
 PGTMP_TRACE             1 = print how long each phase of a start took, on stderr
+PGTMP_TCP, PGTMP_PORT, PGTMP_TIMEOUT, PGTMP_KEEP, PGTMP_OPTIONS, PGTMP_FORMAT,
+PGTMP_BINDIR, PGTMP_RUN_AS
+                        fallbacks for -t, -p, -w, -k, -o, -f, --bindir, --run-as; an
+                        option written on the command line wins
 PG*                     the caller's libpq variables are ignored by pgtmp and its servers",
     ),
     (
@@ -46,7 +56,8 @@ $PGTMP_DIR/pool/<key>/ready.*   prepared data directories waiting to be claimed"
     ),
     (
         "Exit status",
-        "0 success, 1 failure, 2 invalid command line.",
+        "0 success, 1 failure, 2 invalid command line. pgtmp run exits with CMD's status \
+(128+N if CMD died of signal N), 127 if CMD is not found, 126 if it cannot be executed.",
     ),
 ];
 
@@ -90,6 +101,23 @@ pub enum Command {
     Stop(StopArgs),
     /// Prepare a data directory without starting it and print its path
     Initdb(InitdbArgs),
+    /// Start a cluster, run CMD with PGHOST, PGPORT, PGUSER, PGDATABASE and DATABASE_URL set,
+    /// then stop the cluster and exit with CMD's status
+    ///
+    /// CMD gets DATABASE_URL, PGHOST, PGPORT, PGUSER, PGDATABASE and, with -t, PGPASSWORD and
+    /// JDBC_DATABASE_URL, so a bare `psql` connects; libpq variables that would point elsewhere (PGHOSTADDR,
+    /// PGSERVICE, PGSSLMODE...) are removed. CMD runs as the invoking account, root included;
+    /// only the server runs as an unprivileged account. The cluster is stopped and removed when
+    /// CMD exits, whatever the reason: SIGINT, SIGTERM and SIGHUP sent to pgtmp are passed on
+    /// to CMD (a terminal's Ctrl-C reaches it directly) and pgtmp waits for it; should pgtmp
+    /// itself be killed, the cluster stops at once anyway. The idle timeout applies only after
+    /// CMD, with -k, which keeps the cluster running and says on stderr where it is.
+    Run(RunArgs),
+    /// List this account's running clusters
+    #[command(visible_alias = "ls")]
+    List(ListArgs),
+    /// Check the installation, accounts, state directory and pool; say how to fix what is wrong
+    Doctor,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -137,6 +165,35 @@ pub struct StartArgs {
     /// and deleted when the cluster stops unless -k is given
     #[arg(short = 'd', long = "dir", value_name = "DIR")]
     pub dir: Option<PathBuf>,
+
+    /// How to print the cluster: a URI, a libpq DSN, a JDBC URL (needs -t), `export` lines for
+    /// eval or a dotenv file, or JSON with every detail [default: uri]
+    #[arg(
+        short = 'f',
+        long = "format",
+        env = "PGTMP_FORMAT",
+        value_name = "FORMAT",
+        value_enum,
+        hide_possible_values = true
+    )]
+    pub format: Option<Format>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub start: StartArgs,
+
+    /// The command to run, and its arguments (write `--` before it if it starts with `-`)
+    #[arg(value_name = "CMD", required = true, trailing_var_arg = true, num_args = 1..)]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct ListArgs {
+    /// Print a JSON array instead of a table
+    #[arg(long = "json")]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -148,6 +205,10 @@ pub struct StopArgs {
     /// The cluster's directory instead of its URL
     #[arg(short = 'd', long = "dir", value_name = "DIR")]
     pub dir: Option<PathBuf>,
+
+    /// Stop every running cluster of this account
+    #[arg(long = "all", conflicts_with_all = ["url", "dir"])]
+    pub all: bool,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -166,6 +227,7 @@ pub struct Written {
     pub keep: bool,
     pub options: bool,
     pub dir: bool,
+    pub format: bool,
 }
 
 impl Written {
@@ -178,6 +240,7 @@ impl Written {
             keep: written("keep"),
             options: written("options"),
             dir: written("dir"),
+            format: written("format"),
         }
     }
 }
@@ -219,6 +282,12 @@ impl StartArgs {
             keep: written.keep || later.keep,
             options,
             dir: pick(self.dir, written.dir, later.dir, later_written.dir),
+            format: pick(
+                self.format,
+                written.format,
+                later.format,
+                later_written.format,
+            ),
         }
     }
 
@@ -280,11 +349,14 @@ where
     }
 }
 
-/// Folds the options written before `start` into the `start` subcommand's own.
+/// Folds the options written before `start` (or `run`) into the subcommand's own.
 fn resolve(mut cli: Cli, matches: &ArgMatches) -> Cli {
-    if let (Some(Command::Start(later)), Some(sub)) =
-        (&mut cli.command, matches.subcommand_matches("start"))
-    {
+    let later = match &mut cli.command {
+        Some(Command::Start(later)) => Some((later, matches.subcommand_matches("start"))),
+        Some(Command::Run(run)) => Some((&mut run.start, matches.subcommand_matches("run"))),
+        _ => None,
+    };
+    if let Some((later, Some(sub))) = later {
         let merged = cli.start.clone().merged_with(
             Written::of(matches),
             std::mem::take(later),
@@ -304,9 +376,20 @@ fn one_line(err: &clap::Error) -> String {
         .lines()
         .find(|line| !line.trim().is_empty())
         .unwrap_or("invalid command line");
-    let first = first.trim().trim_start_matches("error: ");
+    let mut first = first.trim().trim_start_matches("error: ").to_string();
+    if first.ends_with(':') {
+        // "the following required arguments were not provided:" names them on the next line.
+        let named: Vec<&str> = text
+            .lines()
+            .skip_while(|line| !line.trim().ends_with(':'))
+            .skip(1)
+            .take_while(|line| line.starts_with("  "))
+            .map(str::trim)
+            .collect();
+        first = format!("{} {}", first, named.join(" "));
+    }
     match err.kind() {
-        ErrorKind::ValueValidation => first.to_string(),
+        ErrorKind::ValueValidation => first,
         _ => format!("{first}; see 'pgtmp --help'"),
     }
 }
@@ -358,6 +441,29 @@ mod tests {
         };
         assert_eq!(merged.timeout, Some(7));
         assert_eq!(merged.options, ["-c a=1", "-c b=2"]);
+    }
+
+    #[test]
+    fn run_takes_start_options_before_and_after_it() {
+        let cli = parse_ok(&[
+            "-f", "dsn", "-w", "5", "run", "-t", "psql", "-c", "select 1",
+        ]);
+        let Some(Command::Run(run)) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(run.start.format, Some(Format::Dsn));
+        assert_eq!(run.start.timeout, Some(5));
+        assert!(run.start.tcp);
+        // Everything from CMD on belongs to CMD, options included.
+        assert_eq!(run.command, ["psql", "-c", "select 1"]);
+        let cli = parse_ok(&["run", "--", "-weird", "-t"]);
+        let Some(Command::Run(run)) = cli.command else {
+            panic!("expected run")
+        };
+        assert!(!run.start.tcp);
+        assert_eq!(run.command, ["-weird", "-t"]);
+        assert!(parse_from(["pgtmp", "run"]).is_err());
+        assert!(parse_from(["pgtmp", "stop", "--all", "-d", "x"]).is_err());
     }
 
     #[test]

@@ -10,10 +10,12 @@ use anyhow::{Context, Result};
 use std::path::Path;
 use std::time::Duration;
 
-/// Client sessions other than this one. Background workers, autovacuum and the like have other
-/// backend types; walsenders serve replication clients such as pg_basebackup.
+/// Client sessions other than this one and `pgtmp list`'s look (which must not keep a cluster
+/// alive). Background workers, autovacuum and the like have other backend types; walsenders
+/// serve replication clients such as pg_basebackup.
 const COUNT_CLIENTS: &str = "SELECT count(*) FROM pg_stat_activity \
-     WHERE backend_type IN ('client backend', 'walsender') AND pid <> pg_backend_pid()";
+     WHERE backend_type IN ('client backend', 'walsender') AND pid <> pg_backend_pid() \
+     AND application_name IS DISTINCT FROM 'pgtmp list'";
 
 /// Settings of the watchdog's own session (PostgreSQL 13 and later know all of them).
 const SESSION_OPTIONS: &str = "-c log_statement=none -c log_duration=off \
@@ -71,4 +73,46 @@ impl Session {
             .batch_execute(&sql)
             .context("cannot set the password for TCP connections")
     }
+}
+
+/// What `pgtmp list` shows of a cluster's clients.
+pub struct Activity {
+    pub clients: i64,
+    /// Seconds since the most recent client was last busy; 0 while one is; None without clients.
+    pub idle_seconds: Option<f64>,
+}
+
+/// Clients other than the watchdog, seen through a short session that the watchdog ignores.
+pub fn activity(socket_dir: &Path, port: u16, user: &str) -> Result<Activity> {
+    let mut client = postgres::Config::new()
+        .host_path(socket_dir)
+        .port(port)
+        .user(user)
+        .dbname("postgres")
+        .application_name("pgtmp list")
+        .options(SESSION_OPTIONS)
+        .connect_timeout(Duration::from_secs(2))
+        .connect(postgres::NoTls)
+        .with_context(|| format!("cannot connect to the server in {}", socket_dir.display()))?;
+    let row = client
+        .query_one(
+            "SELECT count(*), coalesce(bool_or(state IS DISTINCT FROM 'idle'), false), \
+             extract(epoch FROM now() - max(state_change))::float8 \
+             FROM pg_stat_activity \
+             WHERE backend_type IN ('client backend', 'walsender') AND pid <> pg_backend_pid() \
+             AND application_name IS DISTINCT FROM 'pgtmp watchdog'",
+            &[],
+        )
+        .context("cannot read the server's activity")?;
+    let clients: i64 = row.get(0);
+    let busy: bool = row.get(1);
+    let idle: Option<f64> = row.get(2);
+    Ok(Activity {
+        clients,
+        idle_seconds: match (clients, busy) {
+            (0, _) => None,
+            (_, true) => Some(0.0),
+            _ => Some(idle.unwrap_or(0.0).max(0.0)),
+        },
+    })
 }

@@ -51,6 +51,17 @@ impl Installation {
         parse_major(&text).with_context(|| format!("cannot read a version from '{}'", text.trim()))
     }
 
+    /// The full version, e.g. "15.18", from `postgres --version`.
+    pub fn version(&self) -> Result<String> {
+        let out = process::run_checked(
+            process::pg_command(&self.postgres()).arg("--version"),
+            "postgres --version",
+        )?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        parse_version(&text)
+            .with_context(|| format!("cannot read a version from '{}'", text.trim()))
+    }
+
     /// Identifies this installation for the pool: its path, and the size and modification time
     /// of its `postgres`, so that entries made by a since-upgraded package are not reused.
     pub fn fingerprint(&self) -> Result<String> {
@@ -77,6 +88,61 @@ pub fn parse_major(version_output: &str) -> Option<u32> {
         .split_whitespace()
         .find(|word| word.starts_with(|c: char| c.is_ascii_digit()))?;
     number.split(['.', 'b', 'r', 'd']).next()?.parse().ok()
+}
+
+/// "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)" -> "15.18".
+pub fn parse_version(version_output: &str) -> Option<String> {
+    version_output
+        .split_whitespace()
+        .find(|word| word.starts_with(|c: char| c.is_ascii_digit()))
+        .map(str::to_string)
+}
+
+/// Where an installation was found, in the order `find` looks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Explicit,
+    Path,
+    PgConfig,
+    WellKnown(&'static str),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Explicit => f.write_str("--bindir/PGTMP_BINDIR"),
+            Source::Path => f.write_str("initdb on PATH"),
+            Source::PgConfig => f.write_str("pg_config --bindir"),
+            Source::WellKnown(pattern) => write!(f, "well-known place {pattern}"),
+        }
+    }
+}
+
+/// Every installation `find` would consider, in the order it considers them, each once; the
+/// first is the one it uses (unless `--bindir` names another).
+pub fn candidates() -> Vec<(Installation, Source)> {
+    let mut found: Vec<(Installation, Source)> = Vec::new();
+    let mut add = |install: Option<Installation>, source: Source| {
+        if let Some(install) = install
+            && !found.iter().any(|(seen, _)| *seen == install)
+        {
+            found.push((install, source));
+        }
+    };
+    if let Ok(initdb) = which::which("initdb") {
+        let real = fs::canonicalize(&initdb).unwrap_or(initdb);
+        add(real.parent().and_then(Installation::at), Source::Path);
+    }
+    add(
+        pg_config_bindir().and_then(|dir| Installation::at(&dir)),
+        Source::PgConfig,
+    );
+    for pattern in WELL_KNOWN {
+        for dir in expand(pattern) {
+            add(Installation::at(&dir), Source::WellKnown(pattern));
+        }
+    }
+    found
 }
 
 /// Finds the installation to use: `--bindir`/`PGTMP_BINDIR`, then `initdb` on PATH, then
@@ -218,6 +284,10 @@ mod tests {
         assert_eq!(parse_major("postgres (PostgreSQL) 18beta1"), Some(18));
         assert_eq!(parse_major("postgres (PostgreSQL) 9.6.24"), Some(9));
         assert_eq!(parse_major("nonsense"), None);
+        assert_eq!(
+            parse_version("postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)").as_deref(),
+            Some("15.18")
+        );
     }
 
     #[test]

@@ -24,8 +24,29 @@ pub fn usage(message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UsageError(message.into()))
 }
 
+/// An exit status to pass on without a message: what a command run by `pgtmp run` returned,
+/// or a failure that has already been reported.
+#[derive(Debug)]
+pub struct Passed(pub u8);
+
+impl fmt::Display for Passed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "exit status {}", self.0)
+    }
+}
+
+impl std::error::Error for Passed {}
+
+/// The status to exit with silently, if `err` is one.
+pub fn passed(err: &anyhow::Error) -> Option<u8> {
+    err.downcast_ref::<Passed>().map(|passed| passed.0)
+}
+
 /// The exit code for an error: usage errors anywhere in the chain win.
 pub fn code_for(err: &anyhow::Error) -> u8 {
+    if let Some(code) = passed(err) {
+        return code;
+    }
     if err.chain().any(|cause| cause.is::<UsageError>()) {
         USAGE
     } else {

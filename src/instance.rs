@@ -6,6 +6,7 @@
 //!   postgres.log    everything the server prints
 //!   PGTMP           marker: a complete directory pgtmp prepared (proof of ownership)
 //!   pgtmp.state     present while a watchdog looks after a running server
+//!   idle            present while the watchdog sees no client; its mtime says since when
 //! ```
 
 use anyhow::{Context, Result, bail};
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 const MARKER: &str = "PGTMP";
 const STATE: &str = "pgtmp.state";
+const IDLE: &str = "idle";
 
 /// Letters of instance and pool entry names: short, so socket paths stay short.
 pub const NAME_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
@@ -165,6 +167,28 @@ impl Instance {
 
     pub fn remove_state(&self) {
         let _ = fs::remove_file(self.state_path());
+        let _ = fs::remove_file(self.dir.join(IDLE));
+    }
+
+    /// When the watchdog recorded the state: when the server became ready.
+    pub fn started_at(&self) -> Option<std::time::SystemTime> {
+        fs::metadata(self.state_path()).ok()?.modified().ok()
+    }
+
+    /// Records whether the watchdog sees clients: the `idle` file exists, made when the last
+    /// one left, while there are none. Best effort: it only informs `pgtmp list`.
+    pub fn mark_idle(&self, idle: bool) {
+        let path = self.dir.join(IDLE);
+        let _ = if idle {
+            fs::write(path, "")
+        } else {
+            fs::remove_file(path)
+        };
+    }
+
+    /// Since when the watchdog has seen no client, if it has looked.
+    pub fn idle_since(&self) -> Option<std::time::SystemTime> {
+        fs::metadata(self.dir.join(IDLE)).ok()?.modified().ok()
     }
 
     /// Deletes the whole directory. `remove_dir_all` does not follow symlinks inside it.

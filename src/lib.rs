@@ -11,11 +11,14 @@ pub mod copytree;
 pub mod detach;
 pub mod discover;
 pub mod exit;
+pub mod format;
 pub mod initdb;
 pub mod instance;
+pub mod lifeline;
 pub mod pool;
 pub mod prestart;
 pub mod process;
+pub mod progress;
 pub mod secret;
 pub mod statedir;
 pub mod trace;
@@ -33,6 +36,7 @@ pub fn run() -> ExitCode {
     };
     match cmd::dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if exit::passed(&err).is_some() => ExitCode::from(exit::code_for(&err)),
         Err(err) => {
             eprintln!("pgtmp: error: {err:#}");
             ExitCode::from(exit::code_for(&err))

@@ -218,6 +218,8 @@ impl Pool {
             if self.has_template() {
                 copytree::copy_contents(&self.template(), &instance.dir).map(|()| Taken::Copied)
             } else {
+                let _step =
+                    crate::progress::step("initializing a data directory (nothing prepared yet)");
                 initdb::prepare_without_test(install, instance, user).map(|()| Taken::Initialized)
             }
         })?;

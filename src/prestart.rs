@@ -7,6 +7,7 @@
 //!   waiting.<mode>.<name>     PGTMP_DIR/<name> runs unclaimed (mode: socket or tcp)
 //!   claimed.<name>            a start took it; its watchdog reads the claim and removes this
 //! PGTMP_DIR/<name>/
+//!   waiting                   present while unclaimed (`pgtmp list` leaves such servers out)
 //!   claim                     the claiming start's -w and -k, for the watchdog
 //!   password                  a waiting TCP cluster's password (0600), removed by the claim
 //! ```
@@ -40,6 +41,12 @@ const WAITING: &str = "waiting.";
 const CLAIMED: &str = "claimed.";
 const CLAIM_FILE: &str = "claim";
 const PASSWORD_FILE: &str = "password";
+const WAITING_MARK: &str = "waiting";
+
+/// True for a pre-started server nobody has claimed yet.
+pub fn is_waiting(instance: &Instance) -> bool {
+    instance.dir.join(WAITING_MARK).exists()
+}
 
 /// PGTMP_PRESTART, validated: how many servers to keep waiting (0, the default, is off).
 pub fn configured_count(value: Option<&str>) -> Result<usize> {
@@ -149,6 +156,8 @@ impl Waiting {
                 .and_then(|()| file.persist(&path).map(|_| ()).map_err(|e| e.error))
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
+        let mark = instance.dir.join(WAITING_MARK);
+        fs::write(&mark, "").with_context(|| format!("cannot write {}", mark.display()))?;
         fs::File::create_new(&self.token)
             .with_context(|| format!("cannot create {}", self.token.display()))?;
         Ok(())
@@ -170,6 +179,7 @@ impl Waiting {
         }
         let claim = Claim::read(instance)?;
         let _ = fs::remove_file(instance.dir.join(CLAIM_FILE));
+        let _ = fs::remove_file(instance.dir.join(WAITING_MARK));
         let _ = fs::remove_file(&self.claimed);
         Some(claim)
     }
@@ -179,6 +189,7 @@ impl Waiting {
         let _ = fs::remove_file(&self.token);
         let _ = fs::remove_file(&self.claimed);
         let _ = fs::remove_file(instance.dir.join(PASSWORD_FILE));
+        let _ = fs::remove_file(instance.dir.join(WAITING_MARK));
     }
 }
 
@@ -317,6 +328,7 @@ fn start_one(pool: &Pool, owner: &Owner, tcp: bool, settings: &Settings) -> Resu
         on_failure: OnFailure::Remove,
         create_test: false,
         registration: None,
+        lifeline: None,
         waiting: Some(Waiting {
             token: pool.dir.join(format!("{WAITING}{}.{name}", mode(tcp))),
             claimed: pool.dir.join(format!("{CLAIMED}{name}")),

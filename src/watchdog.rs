@@ -11,6 +11,7 @@ use crate::detach::{self, Forked};
 use crate::discover::Installation;
 use crate::initdb;
 use crate::instance::{Instance, State};
+use crate::lifeline::{self, Pull};
 use crate::prestart::{Claim, Waiting};
 use crate::secret;
 use crate::trace;
@@ -67,6 +68,9 @@ pub struct Plan {
     /// A pre-started server: it waits in the pool for a start to claim it (whose -w and -k
     /// then apply) and stops after `ttl` seconds if none does.
     pub waiting: Option<Waiting>,
+    /// `pgtmp run`'s lifeline: while held, the idle timeout is suspended; once cut, the
+    /// cluster stops.
+    pub lifeline: Option<OwnedFd>,
 }
 
 /// How long a claimed server waits for the claim's details before it assumes the defaults.
@@ -317,6 +321,9 @@ impl Watchdog {
     fn supervise(&mut self) -> i32 {
         let mut last_busy = Instant::now();
         let mut claimed_at = None;
+        let mut lifeline = self.plan.lifeline.take().map(lifeline::Line::new);
+        // Not yet looked: the `idle` file for `pgtmp list` is made at the first idle poll.
+        let mut was_busy = true;
         loop {
             let stop_requested = self.signals.wait(TICK);
             if cluster::exited(&mut self.server) {
@@ -356,11 +363,26 @@ impl Watchdog {
             if stop_requested {
                 break;
             }
+            if let Some(line) = &mut lifeline {
+                match line.pull() {
+                    Pull::Held => continue,
+                    Pull::Cut => break,
+                    Pull::Released => {
+                        lifeline = None;
+                        last_busy = Instant::now();
+                    }
+                }
+            }
             if self.plan.timeout == 0 {
                 continue;
             }
             let timeout = Duration::from_secs(self.plan.timeout);
-            if self.busy() {
+            let busy = self.busy();
+            if busy != was_busy {
+                self.plan.instance.mark_idle(!busy);
+                was_busy = busy;
+            }
+            if busy {
                 last_busy = Instant::now();
             } else if last_busy.elapsed() >= timeout {
                 break;

@@ -1,7 +1,10 @@
 //! The commands, and what they share: who runs what, where the state lives, and preparing a
 //! directory named with `-d`.
 
+mod doctor;
 mod initdb;
+mod list;
+mod run;
 mod start;
 mod stop;
 
@@ -22,8 +25,12 @@ pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         None => start::run(cli.start, &global),
         Some(Command::Start(args)) => start::run(args, &global),
+        Some(Command::Stop(args)) if args.all => stop::all(&global),
         Some(Command::Stop(args)) => stop::run(args.url, args.dir.or(cli.start.dir), &global),
         Some(Command::Initdb(args)) => initdb::run(args.dir.or(cli.start.dir), &global),
+        Some(Command::Run(args)) => run::run(args, &global),
+        Some(Command::List(args)) => list::run(args.json, &global),
+        Some(Command::Doctor) => doctor::run(&global),
     }
 }
 
@@ -134,7 +141,10 @@ pub fn prepare_dir(
         Found::Cluster => return Ok(OnFailure::Leave),
         Found::Foreign(reason) => return Err(foreign(dir, &reason)),
     };
-    if let Err(err) = crate::initdb::prepare(install, &instance, session.user()) {
+    let step = crate::progress::step(&format!("initializing {}", dir.display()));
+    let prepared = crate::initdb::prepare(install, &instance, session.user());
+    drop(step);
+    if let Err(err) = prepared {
         let _ = match on_failure {
             OnFailure::Remove => instance.remove(),
             _ => instance.empty_out(),

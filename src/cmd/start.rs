@@ -1,9 +1,11 @@
-//! `pgtmp [start]`: a running cluster and its URL on stdout.
+//! `pgtmp [start]`: a running cluster and its URL (or `--format`) on stdout; and the start
+//! path `pgtmp run` shares.
 
 use super::Session;
 use crate::cli::{GlobalArgs, StartArgs};
 use crate::cluster;
-use crate::discover;
+use crate::discover::{self, Installation};
+use crate::format::{self, Cluster};
 use crate::instance::Instance;
 use crate::pool::{self, Pool, Taken};
 use crate::prestart::{self, Claim};
@@ -14,6 +16,7 @@ use crate::watchdog::{self, OnFailure, Plan};
 use anyhow::{Context, Result, bail};
 use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener};
+use std::os::fd::OwnedFd;
 
 /// The port number of the socket file when there is no TCP listener: libpq's default, or the
 /// caller's $PGPORT, so that the port-less URL works even with PGPORT exported.
@@ -26,7 +29,71 @@ fn socket_port() -> u16 {
 }
 
 pub fn run(args: StartArgs, global: &GlobalArgs) -> Result<()> {
+    let format = args.format.unwrap_or_default();
+    let launched = launch(&args, global, None)?;
+    let text = launched
+        .cluster
+        .render(format, || launched.install.version().ok());
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{text}")
+        .and_then(|()| stdout.flush())
+        .context(
+            "cannot print the URL (stdout closed?); the cluster stops after its idle timeout",
+        )?;
+    drop(stdout);
+    trace::phase("print");
+    launched.refill_pool();
+    Ok(())
+}
+
+/// A started cluster, and what is needed to top up the pool once it has been reported.
+pub struct Launched {
+    pub cluster: Cluster,
+    pub install: Installation,
+    /// Set when the cluster came from the pool.
+    top_up: Option<TopUp>,
+}
+
+/// What the background work after a start from the pool needs.
+struct TopUp {
+    pool: Pool,
+    session: Session,
+    socket_port: u16,
+    prestart: prestart::Settings,
+}
+
+impl Launched {
+    /// After a start from the pool: pre-starts servers if asked to (at the caller's priority),
+    /// then refills the pool (at the lowest), both in detached background processes.
+    pub fn refill_pool(self) {
+        let Some(top_up) = self.top_up else {
+            return;
+        };
+        let owner = prestart::Owner {
+            install: &self.install,
+            user: top_up.session.user(),
+            owner_uid: top_up.session.invoker.uid.as_raw(),
+            state_dir: &top_up.session.state,
+            socket_port: top_up.socket_port,
+        };
+        prestart::replenish_in_background(&top_up.pool, &owner, self.cluster.tcp, &top_up.prestart);
+        top_up
+            .pool
+            .refill_in_background(&self.install, top_up.session.user());
+        trace::phase("background");
+    }
+}
+
+/// Starts a cluster as `pgtmp start` does: the one start path, shared with `pgtmp run`.
+/// Drops root privileges for good (see `Session::establish`). With a `lifeline` the watchdog
+/// stops the cluster when the lifeline is cut and never for being idle while it is held.
+pub fn launch(
+    args: &StartArgs,
+    global: &GlobalArgs,
+    lifeline: Option<OwnedFd>,
+) -> Result<Launched> {
     // Everything that can be refused without touching anything is checked first.
+    format::check(args.format.unwrap_or_default(), args.wants_tcp())?;
     let options = cluster::split_options(&args.options)?;
     let prestart = prestart::Settings::from_env()?;
     let install = discover::find(global.bindir.as_deref())?;
@@ -72,13 +139,15 @@ pub fn run(args: StartArgs, global: &GlobalArgs) -> Result<()> {
         }
         _ => {
             let pool = Pool::open(&session.state, &install, &user)?;
-            // Only starts with the settings every pre-started server has can use one.
+            // Only starts with the settings every pre-started server has can use one; `run`
+            // needs a watchdog that holds its lifeline.
             let claim = Claim {
                 timeout: args.idle_timeout(),
                 keep: args.keep,
             };
             if args.port.is_none()
                 && options.is_empty()
+                && lifeline.is_none()
                 && let Some(claimed) = prestart::claim(&pool, &session.state, tcp, port, claim)?
             {
                 trace::phase("claim-running");
@@ -86,16 +155,36 @@ pub fn run(args: StartArgs, global: &GlobalArgs) -> Result<()> {
                     Some(password) => url::tcp_url(&user, password, claimed.state.port),
                     None => url::socket_url(&user, &claimed.instance.dir),
                 };
-                print_url(&url)?;
-                top_up(&pool, &session, &install, tcp, port, &prestart);
-                return Ok(());
+                let cluster = Cluster {
+                    url,
+                    socket_dir: claimed.instance.dir.clone(),
+                    data_dir: claimed.instance.data(),
+                    port: claimed.state.port,
+                    tcp,
+                    user,
+                    password: claimed.password,
+                    server_pid: claimed.state.postmaster_pid,
+                    watchdog_pid: claimed.state.watchdog_pid,
+                    bindir: install.bindir.clone(),
+                    timeout: claim.timeout,
+                    keep: claim.keep,
+                };
+                return Ok(Launched {
+                    cluster,
+                    install,
+                    top_up: Some(TopUp {
+                        pool,
+                        session,
+                        socket_port: port,
+                        prestart,
+                    }),
+                });
             }
             let (instance, taken) =
                 pool.take(&session.state.instance_path(&name), &install, &user)?;
             (instance, OnFailure::Remove, Some(pool), taken)
         }
     };
-
     trace::phase(match (&pool, taken) {
         (None, _) => "prepare -d",
         (Some(_), Taken::Claimed) => "claim",
@@ -118,48 +207,43 @@ pub fn run(args: StartArgs, global: &GlobalArgs) -> Result<()> {
         create_test: taken == Taken::Initialized,
         registration: session.state.registration_for(&instance.dir, &name),
         waiting: None,
+        lifeline,
     };
     let started = watchdog::launch(plan)?;
     let url = match &password {
         Some(password) => url::tcp_url(&user, password, started.port),
         None => url::socket_url(&user, &instance.dir),
     };
-    print_url(&url)?;
-    if let Some(pool) = pool {
-        top_up(&pool, &session, &install, tcp, port, &prestart);
-    }
-    Ok(())
-}
-
-fn print_url(url: &str) -> Result<()> {
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{url}")
-        .and_then(|()| stdout.flush())
-        .context(
-            "cannot print the URL (stdout closed?); the cluster stops after its idle timeout",
-        )?;
-    trace::phase("print");
-    Ok(())
-}
-
-/// After a start from the pool: pre-starts servers if asked to (at the caller's priority),
-/// then refills the pool (at the lowest).
-fn top_up(
-    pool: &Pool,
-    session: &Session,
-    install: &discover::Installation,
-    tcp: bool,
-    port: u16,
-    prestart: &prestart::Settings,
-) {
-    let owner = prestart::Owner {
-        install,
-        user: session.user(),
-        owner_uid: session.invoker.uid.as_raw(),
-        state_dir: &session.state,
-        socket_port: port,
+    // The watchdog records its state before it reports the server ready.
+    let state = instance.read_state()?.with_context(|| {
+        format!(
+            "the watchdog of {} recorded no state",
+            instance.dir.display()
+        )
+    })?;
+    let cluster = Cluster {
+        url,
+        socket_dir: instance.dir.clone(),
+        data_dir: instance.data(),
+        port: started.port,
+        tcp,
+        user,
+        password,
+        server_pid: state.postmaster_pid,
+        watchdog_pid: state.watchdog_pid,
+        bindir: install.bindir.clone(),
+        timeout: args.idle_timeout(),
+        keep: args.keep,
     };
-    prestart::replenish_in_background(pool, &owner, tcp, prestart);
-    pool.refill_in_background(install, session.user());
-    trace::phase("background");
+    let top_up = pool.map(|pool| TopUp {
+        pool,
+        session,
+        socket_port: port,
+        prestart,
+    });
+    Ok(Launched {
+        cluster,
+        install,
+        top_up,
+    })
 }

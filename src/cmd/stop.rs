@@ -1,4 +1,4 @@
-//! `pgtmp stop URL | -d DIR`: stop one of the invoker's clusters now.
+//! `pgtmp stop URL | -d DIR | --all`: stop the invoker's clusters now.
 
 use super::Session;
 use crate::cli::GlobalArgs;
@@ -29,6 +29,42 @@ pub fn run(url: Option<String>, dir: Option<PathBuf>, global: &GlobalArgs) -> Re
             ));
         }
     };
+    stop(&session, &instance)
+}
+
+/// `pgtmp stop --all`: every running cluster of the invoking account. One that stops by
+/// itself meanwhile is not an error.
+pub fn all(global: &GlobalArgs) -> Result<()> {
+    let session = Session::establish(global, None)?;
+    let mut failures = Vec::new();
+    for dir in session.state.clusters() {
+        let instance = Instance::new(dir);
+        let Ok(Some(state)) = instance.read_state() else {
+            // Being prepared, or stopped already.
+            continue;
+        };
+        let running = process::alive(state.watchdog_pid) || process::alive(state.postmaster_pid);
+        if state.owner_uid != session.invoker.uid.as_raw() || !running {
+            continue;
+        }
+        if let Err(err) = stop(&session, &instance)
+            && instance.read_state().ok().flatten().is_some()
+        {
+            failures.push(format!("{err:#}"));
+        }
+    }
+    if !failures.is_empty() {
+        bail!(
+            "{} cluster(s) did not stop: {}",
+            failures.len(),
+            failures.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// Stops one cluster of the invoker's and waits until it is gone.
+fn stop(session: &Session, instance: &Instance) -> Result<()> {
     let dir = instance.dir.display().to_string();
     match std::fs::metadata(&instance.dir) {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {

@@ -1,0 +1,301 @@
+//! `pgtmp doctor`: what pgtmp would use and whether it can work, each check passing or failing
+//! with the fix. Only looks: it starts nothing, creates nothing and changes nothing.
+
+use crate::account::{self, Account};
+use crate::cli::GlobalArgs;
+use crate::discover::{self, Installation};
+use crate::exit::Passed;
+use crate::pool;
+use crate::statedir::{self, SOCKET_PATH_MAX};
+use anyhow::Result;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+/// The report: checks in order; any fatal failure makes the exit status 1.
+#[derive(Default)]
+struct Report {
+    fatal: bool,
+}
+
+impl Report {
+    fn pass(&mut self, what: &str) {
+        println!("pass  {what}");
+    }
+
+    fn info(&mut self, what: &str) {
+        println!("      {what}");
+    }
+
+    /// A failure that does not stop pgtmp from working (exit status stays 0).
+    fn warn(&mut self, what: &str, fix: &str) {
+        println!("warn  {what}\n      fix: {fix}");
+    }
+
+    /// A failure that makes pgtmp unusable.
+    fn fail(&mut self, what: &str, fix: &str) {
+        self.fatal = true;
+        println!("FAIL  {what}\n      fix: {fix}");
+    }
+}
+
+pub fn run(global: &GlobalArgs) -> Result<()> {
+    let mut report = Report::default();
+    let install = installations(&mut report, global);
+    let accounts = accounts(&mut report, global);
+    let state = state_dir(&mut report, accounts.as_ref());
+    if let (Some(state), Some(install)) = (&state, &install) {
+        pools(&mut report, state, install);
+    }
+    match which::which("psql") {
+        Ok(psql) => report.pass(&format!("client: {} (for the examples)", psql.display())),
+        Err(_) => report.warn(
+            "no psql on PATH (pgtmp itself does not need it)",
+            "install the PostgreSQL client (Debian/Ubuntu: apt-get install postgresql-client)",
+        ),
+    }
+    if report.fatal {
+        println!("pgtmp cannot work here until the failures above are fixed");
+        return Err(Passed(crate::exit::FAILURE).into());
+    }
+    println!("pgtmp can work here");
+    Ok(())
+}
+
+/// Every installation found, in discovery order, and the one that would be used.
+fn installations(report: &mut Report, global: &GlobalArgs) -> Option<Installation> {
+    let chosen = discover::find(global.bindir.as_deref());
+    let candidates = discover::candidates();
+    if candidates.is_empty() {
+        report.info("no PostgreSQL installation found in the usual places");
+    } else {
+        report.info("PostgreSQL installations, in the order pgtmp looks:");
+    }
+    for (install, source) in &candidates {
+        let version = install
+            .version()
+            .unwrap_or_else(|err| format!("unusable: {err:#}"));
+        let used = matches!(&chosen, Ok(c) if c == install);
+        report.info(&format!(
+            "  {:<32} {:<8} {source}{}",
+            install.bindir.display(),
+            version,
+            if used { "  <- used" } else { "" }
+        ));
+    }
+    match chosen {
+        Ok(install) => {
+            let why = if global.bindir.is_some() {
+                "named by --bindir/PGTMP_BINDIR".to_string()
+            } else {
+                candidates
+                    .iter()
+                    .find(|(c, _)| *c == install)
+                    .map(|(_, source)| format!("the first found ({source})"))
+                    .unwrap_or_else(|| "the first found".to_string())
+            };
+            match install.version() {
+                Ok(version) => {
+                    report.pass(&format!(
+                        "installation: {} (PostgreSQL {version}), {why}",
+                        install.bindir.display()
+                    ));
+                    Some(install)
+                }
+                Err(err) => {
+                    report.fail(
+                        &format!("{} does not run: {err:#}", install.postgres().display()),
+                        "reinstall PostgreSQL, or point --bindir/PGTMP_BINDIR at a working one",
+                    );
+                    None
+                }
+            }
+        }
+        Err(err) => {
+            let text = format!("{err:#}");
+            let (problem, fix) = match text.split_once("; install") {
+                Some((problem, fix)) => (problem, format!("install{fix}")),
+                None => text
+                    .split_once("; ")
+                    .map(|(p, f)| (p, f.to_string()))
+                    .unwrap_or((text.as_str(), "install PostgreSQL or pass --bindir".into())),
+            };
+            report.fail(problem, &fix);
+            None
+        }
+    }
+}
+
+/// Who runs pgtmp and who would run the server.
+fn accounts(report: &mut Report, global: &GlobalArgs) -> Option<(Account, Account)> {
+    let invoker = match Account::current() {
+        Ok(a) => a,
+        Err(err) => {
+            report.fail(
+                &format!("{err:#}"),
+                "run pgtmp as an account with a passwd entry",
+            );
+            return None;
+        }
+    };
+    match account::server_account(&invoker, global.run_as.as_deref()) {
+        Ok(server) if invoker.is_root() => {
+            report.pass(&format!(
+                "running as root: the server runs as {} (uid {}), commands of `pgtmp run` as root; database user {}",
+                server.name, server.uid, invoker.name
+            ));
+            Some((invoker, server))
+        }
+        Ok(server) => {
+            report.pass(&format!(
+                "running as {} (uid {}): the server runs as the same account; database user {}",
+                invoker.name, invoker.uid, invoker.name
+            ));
+            Some((invoker, server))
+        }
+        Err(err) => {
+            report.fail(
+                &format!("{err:#}"),
+                "create a 'postgres' account (useradd --system postgres) or pass --run-as USER",
+            );
+            None
+        }
+    }
+}
+
+/// PGTMP_DIR: where it is, the socket-path limit, and whether the server account can use it.
+fn state_dir(
+    report: &mut Report,
+    accounts: Option<&(Account, Account)>,
+) -> Option<statedir::StateDir> {
+    let uid = accounts.map_or_else(
+        || nix::unistd::Uid::effective().as_raw(),
+        |(i, _)| i.uid.as_raw(),
+    );
+    let path = match statedir::location(
+        std::env::var("PGTMP_DIR").ok().as_deref(),
+        std::env::var("TMPDIR").ok().as_deref(),
+        uid,
+    ) {
+        Ok(path) => path,
+        Err(err) => {
+            report.fail(
+                &format!("{err:#}"),
+                "set PGTMP_DIR to a shorter path, e.g. /tmp/pgtmp",
+            );
+            return None;
+        }
+    };
+    let longest = statedir::socket_path_len(&path.join("x".repeat(statedir::INSTANCE_NAME_LEN)));
+    report.pass(&format!(
+        "PGTMP_DIR {}: socket paths of {longest} bytes fit the limit of {SOCKET_PATH_MAX}",
+        path.display()
+    ));
+    let (invoker, server) = accounts?;
+    match fs::metadata(&path) {
+        Err(_) => report.pass(&format!(
+            "PGTMP_DIR {} does not exist yet; the first start creates it (mode 0700, owner {})",
+            path.display(),
+            server.name
+        )),
+        Ok(meta) if !meta.is_dir() => report.fail(
+            &format!("PGTMP_DIR {} is not a directory", path.display()),
+            "remove it, or set PGTMP_DIR elsewhere",
+        ),
+        Ok(meta) if meta.uid() != server.uid.as_raw() => {
+            let empty = fs::read_dir(&path).is_ok_and(|mut d| d.next().is_none());
+            if invoker.is_root() && empty {
+                report.pass(&format!(
+                    "PGTMP_DIR {} is empty; the next start hands it to {}",
+                    path.display(),
+                    server.name
+                ));
+            } else {
+                report.fail(
+                    &format!(
+                        "PGTMP_DIR {} belongs to uid {}, not to {} who runs the server",
+                        path.display(),
+                        meta.uid(),
+                        server.name
+                    ),
+                    &format!(
+                        "remove it, or set PGTMP_DIR to a directory of {}'s own",
+                        server.name
+                    ),
+                );
+            }
+        }
+        Ok(meta) if meta.permissions().mode() & 0o300 != 0o300 => report.fail(
+            &format!(
+                "PGTMP_DIR {} is not writable by its owner {}",
+                path.display(),
+                server.name
+            ),
+            &format!("chmod 700 {}", path.display()),
+        ),
+        Ok(_) => report.pass(&format!(
+            "PGTMP_DIR {} belongs to {} and is writable",
+            path.display(),
+            server.name
+        )),
+    }
+    Some(statedir::StateDir { path })
+}
+
+/// The pools: ready entries and the last refill error of each.
+fn pools(report: &mut Report, state: &statedir::StateDir, install: &Installation) {
+    let size = match pool::configured_size(std::env::var("PGTMP_POOL_SIZE").ok().as_deref()) {
+        Ok(size) => size,
+        Err(err) => {
+            report.fail(&format!("{err:#}"), "unset PGTMP_POOL_SIZE or give 0 to 64");
+            return;
+        }
+    };
+    let dirs: Vec<_> = fs::read_dir(state.pools())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    if dirs.is_empty() {
+        report.pass(&format!(
+            "pool: none yet (size {size}); the first start with {} initializes in the foreground",
+            install.bindir.display()
+        ));
+        return;
+    }
+    for dir in dirs {
+        let ready = count_prefixed(&dir, "ready.");
+        let template = if dir.join("template").is_dir() {
+            "template made"
+        } else {
+            "no template yet"
+        };
+        let waiting = count_prefixed(&dir, "waiting.");
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match fs::read_to_string(dir.join("refill.error")) {
+            Ok(error) => report.warn(
+                &format!("pool {name}: {ready} of {size} ready, {template}, {waiting} pre-started; the last refill failed: {}", error.trim()),
+                "fix the cause above; starts meanwhile prepare their directory in the foreground (slower)",
+            ),
+            Err(_) => report.pass(&format!(
+                "pool {name}: {ready} of {size} ready, {template}, {waiting} pre-started"
+            )),
+        }
+    }
+}
+
+fn count_prefixed(dir: &Path, prefix: &str) -> usize {
+    fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+                .count()
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,205 @@
+//! `pgtmp list` (`ls`): this account's running clusters, as a table or JSON.
+
+use crate::account::Account;
+use crate::cli::GlobalArgs;
+use crate::client;
+use crate::instance::Instance;
+use crate::process;
+use crate::statedir::{self, StateDir};
+use crate::url;
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// One running cluster as listed.
+#[derive(Debug, Serialize)]
+struct Entry {
+    /// A URL for `psql` and `pgtmp stop`. TCP clusters are shown without their password,
+    /// which pgtmp does not keep.
+    url: String,
+    dir: PathBuf,
+    server_pid: i32,
+    watchdog_pid: i32,
+    port: u16,
+    tcp: bool,
+    user: String,
+    version: Option<u32>,
+    age_seconds: Option<u64>,
+    /// None when not known: no client now, and the watchdog has not looked (e.g. `-w 0`).
+    idle_seconds: Option<u64>,
+    /// None when the server could not be asked (starting or stopping).
+    connections: Option<i64>,
+    size_bytes: u64,
+    timeout: u64,
+    keep: bool,
+}
+
+pub fn run(json: bool, global: &GlobalArgs) -> Result<()> {
+    // Only reads: nothing is created, and root needs no account switch to read.
+    let _ = global;
+    let invoker = Account::current()?;
+    let path = statedir::location(
+        std::env::var("PGTMP_DIR").ok().as_deref(),
+        std::env::var("TMPDIR").ok().as_deref(),
+        invoker.uid.as_raw(),
+    )?;
+    let state = StateDir { path };
+    let mut entries: Vec<Entry> = state
+        .clusters()
+        .into_iter()
+        .filter_map(|dir| entry(&dir, invoker.uid.as_raw()))
+        .collect();
+    entries.sort_by_key(|e| std::cmp::Reverse(e.age_seconds));
+    let text = if json {
+        serde_json::to_string_pretty(&entries).context("cannot render JSON")? + "\n"
+    } else {
+        table(&entries)
+    };
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .context("cannot print the list (stdout closed?)")
+}
+
+/// A running cluster of `owner`'s, or None for anything else: being prepared, waiting to be
+/// claimed (pre-started), stopping already, gone meanwhile, or another account's.
+fn entry(dir: &Path, owner: u32) -> Option<Entry> {
+    let instance = Instance::new(dir);
+    let state = instance.read_state().ok()??;
+    // A pre-started server is nobody's cluster until a start claims it.
+    if state.owner_uid != owner
+        || !process::alive(state.watchdog_pid)
+        || crate::prestart::is_waiting(&instance)
+    {
+        return None;
+    }
+    let url = if state.tcp {
+        format!(
+            "postgresql://{}@127.0.0.1:{}/{}",
+            url::encode(&state.user),
+            state.port,
+            url::DATABASE
+        )
+    } else {
+        url::socket_url(&state.user, dir)
+    };
+    let now = SystemTime::now();
+    let since = |time: Option<SystemTime>| {
+        time.and_then(|t| now.duration_since(t).ok())
+            .map(|d| d.as_secs())
+    };
+    let activity = client::activity(dir, state.port, &state.user).ok();
+    let idle_seconds = match &activity {
+        Some(a) if a.clients > 0 => a.idle_seconds.map(|s| s as u64),
+        _ => since(instance.idle_since()),
+    };
+    Some(Entry {
+        url,
+        dir: dir.to_path_buf(),
+        server_pid: state.postmaster_pid,
+        watchdog_pid: state.watchdog_pid,
+        port: state.port,
+        tcp: state.tcp,
+        user: state.user,
+        version: instance.data_version().ok(),
+        age_seconds: since(instance.started_at()),
+        idle_seconds,
+        connections: activity.map(|a| a.clients),
+        size_bytes: disk_usage(dir),
+        timeout: state.timeout,
+        keep: state.keep,
+    })
+}
+
+/// Bytes allocated on disk below `dir`, as `du` counts them; symlinks are not followed and
+/// what vanishes meanwhile is skipped.
+fn disk_usage(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        total += meta.blocks() * 512;
+        if meta.is_dir()
+            && let Ok(entries) = std::fs::read_dir(&path)
+        {
+            stack.extend(entries.flatten().map(|e| e.path()));
+        }
+    }
+    total
+}
+
+fn table(entries: &[Entry]) -> String {
+    if entries.is_empty() {
+        return String::new();
+    }
+    let mut rows =
+        vec![["URL", "PID", "VERSION", "AGE", "IDLE", "CONNS", "SIZE"].map(String::from)];
+    for e in entries {
+        let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_string());
+        rows.push([
+            e.url.clone(),
+            e.server_pid.to_string(),
+            or_dash(e.version.map(|v| v.to_string())),
+            or_dash(e.age_seconds.map(duration)),
+            or_dash(e.idle_seconds.map(duration)),
+            or_dash(e.connections.map(|c| c.to_string())),
+            size(e.size_bytes),
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out += cells.join("  ").trim_end();
+        out.push('\n');
+    }
+    out
+}
+
+/// 42s, 3m05s, 2h07m, 3d04h.
+fn duration(seconds: u64) -> String {
+    match seconds {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s if s < 86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        s => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+/// 512K, 38M, 1.2G.
+fn size(bytes: u64) -> String {
+    const K: u64 = 1024;
+    match bytes {
+        b if b < K * K => format!("{}K", b.div_ceil(K)),
+        b if b < K * K * K => format!("{}M", b.div_ceil(K * K)),
+        b => format!("{:.1}G", b as f64 / (K * K * K) as f64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes_read_well() {
+        assert_eq!(duration(42), "42s");
+        assert_eq!(duration(185), "3m05s");
+        assert_eq!(duration(7620), "2h07m");
+        assert_eq!(duration(3 * 86400 + 4 * 3600), "3d04h");
+        assert_eq!(size(4096), "4K");
+        assert_eq!(size(38 * 1024 * 1024), "38M");
+        assert_eq!(size(1288490189), "1.2G");
+    }
+}

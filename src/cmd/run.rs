@@ -1,0 +1,407 @@
+//! `pgtmp run [start options] -- CMD [ARGS...]`: a cluster for the lifetime of one command.
+//!
+//! ```text
+//! pgtmp run (invoking account; root stays root)
+//!   ├─ starter (forked; drops root like `pgtmp start`, starts the cluster, reports, exits)
+//!   │    └─ watchdog (detached, server account) ── postgres
+//!   └─ CMD (the invoking account, with PGHOST... set)
+//! ```
+//!
+//! The cluster is started by a forked child so that this process keeps the invoker's identity
+//! for CMD: a root user running `pgtmp run -- make test` expects make to run as root, while
+//! postgres refuses to. The watchdog holds the read end of a lifeline (see `lifeline`), so the
+//! cluster is stopped when this process goes away however it goes; normally it is stopped
+//! explicitly, and waited for, before pgtmp exits with CMD's status.
+
+use super::start;
+use crate::cli::{GlobalArgs, RunArgs};
+use crate::discover::Installation;
+use crate::exit::{self, Passed};
+use crate::format::{Cluster, Format};
+use crate::lifeline::{self, Holder};
+use crate::process;
+use anyhow::{Context, Result, anyhow, bail};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::Pid;
+use std::ffi::OsString;
+use std::io::{ErrorKind, Read};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, ExitStatus};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Longest the watchdog may take to stop the server and remove its directory.
+const STOP_LIMIT: Duration = Duration::from_secs(60);
+
+/// Signals that end `pgtmp run`: passed on to CMD, then the cluster is stopped.
+const FORWARDED: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
+
+/// libpq variables of the caller that would point CMD's clients somewhere else than the
+/// cluster (or demand SSL, which it does not offer).
+const REDIRECTING: &[&str] = &[
+    "PGHOSTADDR",
+    "PGSERVICE",
+    "PGSERVICEFILE",
+    "PGPASSWORD",
+    "PGSSLMODE",
+    "PGREQUIRESSL",
+    "PGGSSENCMODE",
+    "PGREQUIREAUTH",
+    "PGTARGETSESSIONATTRS",
+    "PGCHANNELBINDING",
+];
+
+pub fn run(args: RunArgs, global: &GlobalArgs) -> Result<()> {
+    let mut words = args.command.into_iter();
+    let program = words
+        .next()
+        .ok_or_else(|| exit::usage("say which command to run: pgtmp run -- CMD [ARGS...]"))?;
+    let arguments: Vec<OsString> = words.collect();
+    check_runnable(&program)?;
+
+    let signals = Signals::install()?;
+    let (cluster, holder, interrupted) = start_in_child(&args.start, global, &signals)?;
+    let keep = cluster.keep;
+    let format = args.start.format.unwrap_or_default();
+    if let Some(signal) = interrupted {
+        finish(&cluster, holder, false, format)?;
+        return Err(Passed(128 + signal as u8).into());
+    }
+
+    let mut cmd = Command::new(&program);
+    cmd.args(&arguments);
+    for name in REDIRECTING {
+        cmd.env_remove(name);
+    }
+    cmd.envs(cluster.environment());
+    let status = match cmd.spawn() {
+        Ok(mut child) => wait_forwarding(&mut child, &signals)?,
+        Err(err) => {
+            finish(&cluster, holder, false, format)?;
+            let code = if err.kind() == ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            eprintln!(
+                "pgtmp: error: cannot run {}: {err}",
+                program.to_string_lossy()
+            );
+            return Err(Passed(code).into());
+        }
+    };
+    finish(&cluster, holder, keep, format)?;
+    match status_code(status) {
+        0 => Ok(()),
+        code => Err(Passed(code).into()),
+    }
+}
+
+/// The shell's convention: the exit code, or 128 + N for death by signal N.
+fn status_code(status: ExitStatus) -> u8 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code as u8,
+        (None, Some(signal)) => 128u8.wrapping_add(signal as u8),
+        _ => exit::FAILURE,
+    }
+}
+
+/// Refuses, before any cluster exists, a command that cannot be run: 127 when it is not found,
+/// 126 when it is not executable, as a shell does.
+fn check_runnable(program: &OsString) -> Result<()> {
+    let name = program.to_string_lossy();
+    let path = Path::new(program);
+    let refuse = |code: u8, why: &str| -> Result<()> {
+        eprintln!("pgtmp: error: {name}: {why}");
+        Err(Passed(code).into())
+    };
+    if name.is_empty() {
+        return Err(exit::usage(
+            "the command to run is empty; pgtmp run -- CMD [ARGS...]",
+        ));
+    }
+    if name.contains('/') {
+        return match std::fs::metadata(path) {
+            Err(_) => refuse(127, "no such file"),
+            Ok(meta) if meta.is_dir() => refuse(126, "is a directory"),
+            Ok(_) => match nix::unistd::access(path, nix::unistd::AccessFlags::X_OK) {
+                Ok(()) => Ok(()),
+                Err(_) => refuse(126, "permission denied (not executable)"),
+            },
+        };
+    }
+    match which::which(program) {
+        Ok(_) => Ok(()),
+        Err(_) => refuse(127, "command not found on PATH"),
+    }
+}
+
+/// Forks a child that starts the cluster exactly as `pgtmp start` does (dropping root for
+/// good) and reports it. Returns the cluster, its lifeline, and the signal that arrived
+/// meanwhile, if any. A child that failed has printed its own error; its status is passed on.
+fn start_in_child(
+    args: &crate::cli::StartArgs,
+    global: &GlobalArgs,
+    signals: &Signals,
+) -> Result<(Cluster, Holder, Option<i32>)> {
+    let (holder, line) = lifeline::pair()?;
+    let (mut reader, writer) = std::io::pipe().context("cannot create a pipe to the starter")?;
+    {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+    }
+    let pid = match fork::fork().context("cannot fork")? {
+        fork::Fork::Child => {
+            // Interrupted like any `pgtmp start`; the watchdog sees the lifeline cut then.
+            Signals::restore_defaults();
+            // Only `pgtmp run` itself may hold the lifeline: the watchdog forked from here
+            // would otherwise keep it from ever being cut.
+            drop(holder);
+            drop(reader);
+            let code = match start::launch(args, global, Some(line)) {
+                Ok(launched) => {
+                    let report = serde_json::to_string(&launched.cluster).unwrap_or_default();
+                    let mut writer = writer;
+                    use std::io::Write;
+                    let written = writeln!(writer, "{report}").is_ok();
+                    drop(writer);
+                    launched.refill_pool();
+                    if written { 0 } else { exit::FAILURE as i32 }
+                }
+                Err(err) => {
+                    if exit::passed(&err).is_none() {
+                        eprintln!("pgtmp: error: {err:#}");
+                    }
+                    exit::code_for(&err) as i32
+                }
+            };
+            std::process::exit(code);
+        }
+        fork::Fork::Parent(pid) => pid,
+    };
+    drop(line);
+    drop(writer);
+    let mut interrupted = None;
+    let status = loop {
+        match waitpid(Pid::from_raw(pid), None) {
+            Ok(status) => break status,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(err) => bail!("cannot wait for the starter process {pid}: {err}"),
+        }
+        for (signal, _) in signals.take() {
+            interrupted = Some(signal);
+        }
+    };
+    for (signal, _) in signals.take() {
+        interrupted = Some(signal);
+    }
+    match status {
+        WaitStatus::Exited(_, 0) => {}
+        WaitStatus::Exited(_, code) => return Err(Passed(code as u8).into()),
+        WaitStatus::Signaled(_, signal, _) => return Err(Passed(128 + signal as u8).into()),
+        other => bail!("the starter process ended oddly: {other:?}"),
+    }
+    // The watchdog inherited the pipe's write end, so read what is there instead of waiting
+    // for end of file: the starter wrote its one line before it exited.
+    nix::fcntl::fcntl(
+        reader.as_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .context("cannot read the starter's report")?;
+    let mut report = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => report.extend_from_slice(&buf[..n]),
+            Err(err) if err.kind() == ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    let cluster = serde_json::from_slice(&report)
+        .map_err(|err| anyhow!("the starter reported no cluster ({err}); try again"))?;
+    Ok((cluster, holder, interrupted))
+}
+
+/// Waits for CMD, passing on the signals pgtmp receives; CMD may take as long as it likes to
+/// act on them. A signal from the terminal (Ctrl-C, a hang-up) goes to the whole foreground
+/// process group, so it is passed on only if CMD has left pgtmp's group (as sudo does);
+/// otherwise CMD would get it twice.
+fn wait_forwarding(child: &mut std::process::Child, signals: &Signals) -> Result<ExitStatus> {
+    let pid = child.id() as i32;
+    loop {
+        if let Some(status) = child.try_wait().context("cannot wait for the command")? {
+            return Ok(status);
+        }
+        signals.wait(Duration::from_millis(500));
+        for (signal, from_terminal) in signals.take() {
+            let reached_cmd = from_terminal && in_my_group(pid);
+            if !reached_cmd && let Ok(signal) = Signal::try_from(signal) {
+                process::signal(pid, signal)?;
+            }
+        }
+    }
+}
+
+fn in_my_group(pid: i32) -> bool {
+    nix::unistd::getpgid(Some(Pid::from_raw(pid)))
+        .is_ok_and(|group| group == nix::unistd::getpgrp())
+}
+
+/// Stops the cluster and waits until its directory is gone, or with `keep` lets it run on
+/// and says where it is, in `format` where that fits on the line (not `env`).
+fn finish(cluster: &Cluster, holder: Holder, keep: bool, format: Format) -> Result<()> {
+    if keep {
+        holder.release();
+        let until = match cluster.timeout {
+            0 => "it runs until `pgtmp stop`".to_string(),
+            seconds => format!("it stops after {seconds} s without a client"),
+        };
+        let shown = match format {
+            Format::Env => cluster.url.clone(),
+            _ => cluster.render(format, || {
+                Installation {
+                    bindir: cluster.bindir.clone(),
+                }
+                .version()
+                .ok()
+            }),
+        };
+        eprintln!(
+            "pgtmp: kept the cluster: {shown} (directory {}; {until}; its directory is kept when it stops)",
+            cluster.socket_dir.display()
+        );
+        return Ok(());
+    }
+    // The watchdog stops the server and removes the directory, as at its timeout.
+    process::signal(cluster.watchdog_pid, Signal::SIGTERM)?;
+    drop(holder);
+    let deadline = Instant::now() + STOP_LIMIT;
+    while process::alive(cluster.watchdog_pid) {
+        if Instant::now() >= deadline {
+            bail!(
+                "the watchdog (pid {}) of {} did not stop within {} s",
+                cluster.watchdog_pid,
+                cluster.socket_dir.display(),
+                STOP_LIMIT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// Write end of the signal pipe, for the handler.
+static SIGNAL_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// si_code of signals the kernel generates itself, e.g. the terminal's Ctrl-C and hang-up.
+const SI_KERNEL: i32 = 0x80;
+
+extern "C" fn on_signal(
+    signal: nix::libc::c_int,
+    info: *mut nix::libc::siginfo_t,
+    _context: *mut nix::libc::c_void,
+) {
+    let fd = SIGNAL_FD.load(Ordering::Relaxed);
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
+    let from_terminal = !info.is_null() && unsafe { (*info).si_code } == SI_KERNEL;
+    let bytes = [signal as u8, from_terminal as u8];
+    // SAFETY: write(2) is async-signal-safe; the fd is non-blocking.
+    unsafe { nix::libc::write(fd, bytes.as_ptr().cast(), 2) };
+}
+
+/// SIGINT, SIGTERM, SIGHUP and SIGCHLD as bytes on a pipe (the self-pipe trick): pgtmp run
+/// waits in poll(2) and wakes for a signal to pass on or a child that exited.
+struct Signals {
+    read: OwnedFd,
+    _write: OwnedFd,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        let (read, write) = nix::unistd::pipe().context("cannot create the signal pipe")?;
+        for fd in [&read, &write] {
+            nix::fcntl::fcntl(
+                fd.as_fd(),
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            )
+            .context("cannot make the signal pipe non-blocking")?;
+            nix::fcntl::fcntl(
+                fd.as_fd(),
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .context("cannot mark the signal pipe close-on-exec")?;
+        }
+        SIGNAL_FD.store(write.as_raw_fd(), Ordering::Relaxed);
+        // No SA_RESTART: waitpid returns EINTR, so a signal during the start is seen at once.
+        let action = SigAction::new(
+            SigHandler::SigAction(on_signal),
+            SaFlags::SA_SIGINFO,
+            SigSet::empty(),
+        );
+        for signal in FORWARDED.into_iter().chain([Signal::SIGCHLD]) {
+            // SAFETY: the handler only calls write(2) on a non-blocking pipe.
+            unsafe { sigaction(signal, &action) }
+                .map_err(|e| anyhow!("cannot handle {signal}: {e}"))?;
+        }
+        Ok(Signals {
+            read,
+            _write: write,
+        })
+    }
+
+    /// In the forked starter: signals act as they do on `pgtmp start`.
+    fn restore_defaults() {
+        SIGNAL_FD.store(-1, Ordering::Relaxed);
+        let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+        for signal in FORWARDED.into_iter().chain([Signal::SIGCHLD]) {
+            // SAFETY: restoring the default action installs no code.
+            let _ = unsafe { sigaction(signal, &default) };
+        }
+    }
+
+    /// Sleeps up to `limit` or until a signal arrives.
+    fn wait(&self, limit: Duration) {
+        let timeout = PollTimeout::try_from(limit).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(self.read.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, timeout);
+    }
+
+    /// The signals that arrived (SIGCHLD left out), each with whether the terminal sent it.
+    fn take(&self) -> Vec<(i32, bool)> {
+        let mut found = Vec::new();
+        let mut buf = [0u8; 64];
+        while let Ok(n) = nix::unistd::read(&self.read, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            for pair in buf[..n].chunks(2) {
+                let signal = i32::from(pair[0]);
+                if signal != Signal::SIGCHLD as i32 {
+                    found.push((signal, pair.get(1) == Some(&1)));
+                }
+            }
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_shell() {
+        assert_eq!(status_code(ExitStatus::from_raw(0)), 0);
+        assert_eq!(status_code(ExitStatus::from_raw(3 << 8)), 3);
+        assert_eq!(status_code(ExitStatus::from_raw(9)), 137);
+    }
+}

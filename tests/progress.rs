@@ -1,0 +1,56 @@
+//! The progress line: shown on a terminal while a start runs initdb in the foreground, erased
+//! when done; never shown when stderr is not a terminal (the start contract stays one line on
+//! stdout and nothing on stderr).
+
+#[macro_use]
+mod common;
+
+use common::*;
+
+both_invokers!(progress_on_a_terminal, no_progress_off_a_terminal);
+
+/// Runs `pgtmp ARGS` on a pseudo-terminal (util-linux `script`) and returns what it showed.
+fn on_terminal(sandbox: &Sandbox, args: &str) -> String {
+    let command = format!("\"$PGTMP\" {args}");
+    let mut cmd = sandbox.tool("script");
+    cmd.args(["-qec", &command, "/dev/null"]);
+    let out = run(&mut cmd, PGTMP_LIMIT);
+    assert!(out.success(), "{out}");
+    out.stdout
+}
+
+fn progress_on_a_terminal(invoker: &Invoker) {
+    // Pool size 0: nothing is prepared, so the start runs initdb in the foreground.
+    let sandbox = Sandbox::new(invoker);
+    let shown = on_terminal(&sandbox, "-w 60");
+    let line = "pgtmp: initializing a data directory (nothing prepared yet)...";
+    let at = shown
+        .find(line)
+        .unwrap_or_else(|| panic!("no progress line on the terminal: {shown:?}"));
+    let rest = &shown[at + line.len()..];
+    // Erased (carriage return, erase to end of line) before the URL is printed.
+    assert!(
+        rest.starts_with("\r\u{1b}[K") && rest[4..].starts_with("postgresql://"),
+        "the progress line was not erased before the URL: {shown:?}"
+    );
+    assert_eq!(rest[4..].lines().count(), 1, "{shown:?}");
+    // -d runs initdb in the foreground too.
+    let dir = sandbox.path("d");
+    let shown = on_terminal(&sandbox, &format!("-w 60 -d {}", dir.display()));
+    assert!(
+        shown.contains(&format!(
+            "pgtmp: initializing {}...\r\u{1b}[K",
+            dir.display()
+        )),
+        "{shown:?}"
+    );
+}
+
+fn no_progress_off_a_terminal(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let out = sandbox.run(&["-w", "60"]);
+    check_started(&out, invoker);
+    let dir = sandbox.path("d");
+    let out = sandbox.run(&["-w", "60", "-d", dir.to_str().unwrap()]);
+    check_started(&out, invoker);
+}
