@@ -16,8 +16,14 @@ _pgtmp() {
             ",$1")
                 cmd="pgtmp"
                 ;;
+            pgtmp,clone)
+                cmd="pgtmp__subcmd__clone"
+                ;;
             pgtmp,initdb)
                 cmd="pgtmp__subcmd__initdb"
+                ;;
+            pgtmp,schema)
+                cmd="pgtmp__subcmd__schema"
                 ;;
             pgtmp,start)
                 cmd="pgtmp__subcmd__start"
@@ -32,7 +38,7 @@ _pgtmp() {
 
     case "${cmd}" in
         pgtmp)
-            opts="-t -p -w -k -o -d -h -V --tcp --port --timeout --keep --options --dir --bindir --run-as --help --version start stop initdb"
+            opts="-t -p -w -k -o -d -f -h -V --tcp --port --timeout --keep --options --dir --schema-file --now --no-cache --bindir --run-as --help --version start stop initdb clone schema"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -70,6 +76,40 @@ _pgtmp() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --schema-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --now)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --bindir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --run-as)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pgtmp__subcmd__clone)
+            opts="-h --drop --bindir --run-as --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --bindir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -115,8 +155,30 @@ _pgtmp() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        pgtmp__subcmd__schema)
+            opts="-h --bindir --run-as --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --bindir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --run-as)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         pgtmp__subcmd__start)
-            opts="-t -p -w -k -o -d -h --tcp --port --timeout --keep --options --dir --bindir --run-as --help"
+            opts="-t -p -w -k -o -d -f -h --tcp --port --timeout --keep --options --dir --schema-file --now --no-cache --bindir --run-as --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -151,6 +213,18 @@ _pgtmp() {
                     return 0
                     ;;
                 -d)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --schema-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --now)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

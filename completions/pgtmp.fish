@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_pgtmp_global_optspecs
-    string join \n t/tcp p/port= w/timeout= k/keep o/options= d/dir= bindir= run-as= h/help V/version
+    string join \n t/tcp p/port= w/timeout= k/keep o/options= d/dir= f/schema-file= now= no-cache bindir= run-as= h/help V/version
 end
 
 function __fish_pgtmp_needs_command
@@ -28,23 +28,31 @@ complete -c pgtmp -n "__fish_pgtmp_needs_command" -s p -l port -d 'Listen on thi
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s w -l timeout -d 'Stop the cluster after this many seconds without a connected client; 0 = never [default: 60]' -r
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s o -l options -d 'Extra options for postgres, e.g. -o \'-c log_statement=all\'; applied last, so they win' -r
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s d -l dir -d 'Use this directory instead of one from the pool; it is initialized if empty or missing, and deleted when the cluster stops unless -k is given' -r -F
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -s f -l schema-file -d 'Load this SQL file into `test` with psql before printing the URL; repeat for more files, loaded in order' -r -F
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -l now -d 'Make now() in `test` and its clones return this timestamp, or follow the clock with `--now clock`' -r
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]' -r
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s t -l tcp -d 'Listen on a free TCP port on 127.0.0.1 (password required) instead of only a Unix socket'
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s k -l keep -d 'Keep the cluster\'s directory when it stops, so `pgtmp start -d DIR` can start it again'
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -l no-cache -d 'Load the -f files even if the schema cache holds their result, and do not cache it'
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s V -l version -d 'Print version'
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "start" -d 'Start a throwaway cluster and print its URL (the default command)'
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "stop" -d 'Stop a cluster now and remove its directory (unless it was started with -k)'
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "initdb" -d 'Prepare a data directory without starting it and print its path'
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "clone" -d 'Print the URL of a fresh database in the cluster of URL: a copy of its loaded state'
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "schema" -d 'Create a fresh schema in URL\'s database and print a URL that puts it first on search_path'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s p -l port -d 'Listen on this TCP port on 127.0.0.1 (implies -t)' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s w -l timeout -d 'Stop the cluster after this many seconds without a connected client; 0 = never [default: 60]' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s o -l options -d 'Extra options for postgres, e.g. -o \'-c log_statement=all\'; applied last, so they win' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s d -l dir -d 'Use this directory instead of one from the pool; it is initialized if empty or missing, and deleted when the cluster stops unless -k is given' -r -F
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s f -l schema-file -d 'Load this SQL file into `test` with psql before printing the URL; repeat for more files, loaded in order' -r -F
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -l now -d 'Make now() in `test` and its clones return this timestamp, or follow the clock with `--now clock`' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s t -l tcp -d 'Listen on a free TCP port on 127.0.0.1 (password required) instead of only a Unix socket'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s k -l keep -d 'Keep the cluster\'s directory when it stops, so `pgtmp start -d DIR` can start it again'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -l no-cache -d 'Load the -f files even if the schema cache holds their result, and do not cache it'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s h -l help -d 'Print help'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -s d -l dir -d 'The cluster\'s directory instead of its URL' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
@@ -54,3 +62,10 @@ complete -c pgtmp -n "__fish_pgtmp_using_subcommand initdb" -s d -l dir -d 'Prep
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand initdb" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand initdb" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand initdb" -s h -l help -d 'Print help'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand clone" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand clone" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]' -r
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand clone" -l drop -d 'Drop the clone named by URL now instead of at the end of the cluster'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand clone" -s h -l help -d 'Print help'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand schema" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand schema" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]' -r
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand schema" -s h -l help -d 'Print help'

@@ -86,6 +86,10 @@ pub enum Command {
     Stop(StopArgs),
     /// Prepare a data directory without starting it and print its path
     Initdb(InitdbArgs),
+    /// Print the URL of a fresh database in the cluster of URL: a copy of its loaded state
+    Clone(CloneArgs),
+    /// Create a fresh schema in URL's database and print a URL that puts it first on search_path
+    Schema(SchemaArgs),
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -133,6 +137,38 @@ pub struct StartArgs {
     /// and deleted when the cluster stops unless -k is given
     #[arg(short = 'd', long = "dir", value_name = "DIR")]
     pub dir: Option<PathBuf>,
+
+    /// Load this SQL file into `test` with psql before printing the URL; repeat for more files,
+    /// loaded in order
+    #[arg(short = 'f', long = "schema-file", value_name = "FILE")]
+    pub schema_files: Vec<PathBuf>,
+
+    /// Make now() in `test` and its clones return this timestamp, or follow the clock with
+    /// `--now clock`
+    #[arg(long = "now", env = "PGTMP_NOW", value_name = "TIMESTAMP")]
+    pub now: Option<String>,
+
+    /// Load the -f files even if the schema cache holds their result, and do not cache it
+    #[arg(long = "no-cache", env = "PGTMP_NO_CACHE")]
+    pub no_cache: bool,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct CloneArgs {
+    /// A URL of the cluster (as pgtmp printed it), or with --drop the clone's URL
+    #[arg(value_name = "URL")]
+    pub url: String,
+
+    /// Drop the clone named by URL now instead of at the end of the cluster
+    #[arg(long = "drop")]
+    pub drop: bool,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct SchemaArgs {
+    /// A URL pgtmp printed (of `test` or of a clone): the schema is made in its database
+    #[arg(value_name = "URL")]
+    pub url: String,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -162,6 +198,9 @@ pub struct Written {
     pub keep: bool,
     pub options: bool,
     pub dir: bool,
+    pub schema_files: bool,
+    pub now: bool,
+    pub no_cache: bool,
 }
 
 impl Written {
@@ -174,6 +213,9 @@ impl Written {
             keep: written("keep"),
             options: written("options"),
             dir: written("dir"),
+            schema_files: written("schema_files"),
+            now: written("now"),
+            no_cache: written("no_cache"),
         }
     }
 }
@@ -215,6 +257,10 @@ impl StartArgs {
             keep: written.keep || later.keep,
             options,
             dir: pick(self.dir, written.dir, later.dir, later_written.dir),
+            // Files written before and after `start` are all loaded, in the order written.
+            schema_files: [self.schema_files, later.schema_files].concat(),
+            now: pick(self.now, written.now, later.now, later_written.now),
+            no_cache: written.no_cache || later.no_cache,
         }
     }
 

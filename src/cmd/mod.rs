@@ -1,7 +1,9 @@
 //! The commands, and what they share: who runs what, where the state lives, and preparing a
 //! directory named with `-d`.
 
+mod clone;
 mod initdb;
+mod schema;
 mod start;
 mod stop;
 
@@ -24,6 +26,8 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Start(args)) => start::run(args, &global),
         Some(Command::Stop(args)) => stop::run(args.url, args.dir.or(cli.start.dir), &global),
         Some(Command::Initdb(args)) => initdb::run(args.dir.or(cli.start.dir), &global),
+        Some(Command::Clone(args)) => clone::run(args, &global),
+        Some(Command::Schema(args)) => schema::run(args, &global),
     }
 }
 

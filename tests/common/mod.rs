@@ -788,14 +788,14 @@ impl Sandbox {
         }
     }
 
-    /// Instance directories under PGTMP_DIR (everything but the `pool/` cache).
+    /// Instance directories under PGTMP_DIR (everything but the `pool/` and `cache/` caches).
     pub fn instance_dirs(&self) -> Vec<PathBuf> {
         let Ok(entries) = fs::read_dir(&self.pgtmp_dir) else {
             return Vec::new();
         };
         let mut dirs: Vec<PathBuf> = entries
             .flatten()
-            .filter(|e| e.file_name() != "pool")
+            .filter(|e| e.file_name() != "pool" && e.file_name() != "cache")
             .map(|e| e.path())
             .collect();
         dirs.sort();
