@@ -41,14 +41,17 @@ pub fn is_clone(name: &str) -> bool {
 /// one), or, with the stock empty, a copy made now.
 pub fn claim(client: &mut postgres::Client, user: &str) -> Result<String> {
     let clone = format!("{CLONE}{}", new_name()?);
+    // The simple protocol: one round trip, where a prepared query takes two.
     let stock = client
-        .query(
-            "SELECT datname::text FROM pg_database WHERE starts_with(datname::text, $1)",
-            &[&STOCK],
-        )
+        .simple_query(&format!(
+            "SELECT datname FROM pg_database WHERE starts_with(datname::text, '{STOCK}')"
+        ))
         .context("cannot list the clone stock")?;
-    for row in stock {
-        let name: String = row.get(0);
+    let names = stock.iter().filter_map(|message| match message {
+        postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+        _ => None,
+    });
+    for name in names {
         let sql = format!(
             "ALTER DATABASE {} RENAME TO {}",
             quote_ident(&name),
