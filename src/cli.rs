@@ -25,20 +25,25 @@ pub const EXTRA_SECTIONS: &[(&str, &str)] = &[
 url=$(pgtmp) && psql \"$url\" -c 'select 1'
 url=$(pgtmp -t -w 300)        # TCP on 127.0.0.1 with a password, e.g. for JDBC
 pgtmp -k -d ./pgdata          # a cluster in ./pgdata that survives its stop
-pgtmp stop \"$url\"             # stop now instead of at the idle timeout",
+pgtmp stop \"$url\"             # stop now instead of at the idle timeout
+url=$(pgtmp -f schema.sql)    # schema loaded (then cached) before the URL is printed
+db=$(pgtmp clone \"$url\")      # a fresh copy of the loaded state, for one test
+pgtmp --now '2024-01-01 12:00:00+00'   # now() frozen in test and its clones",
     ),
     (
         "Environment",
         "\
 PGTMP_DIR        where pools and clusters live [default: ${TMPDIR:-/tmp}/pgtmp-<uid>]
-PGTMP_POOL_SIZE  prepared data directories kept per installation [default: 2]
+PGTMP_POOL_SIZE  prepared data directories kept per installation (and per cached schema)
+                 [default: 2]
 PG*              the caller's libpq variables are ignored by pgtmp and its servers",
     ),
     (
         "Files",
         "\
 $PGTMP_DIR/<name>/              one cluster: socket directory (0700), data/, postgres.log
-$PGTMP_DIR/pool/<key>/ready.*   prepared data directories waiting to be claimed",
+$PGTMP_DIR/pool/<key>/ready.*   prepared data directories waiting to be claimed
+$PGTMP_DIR/cache/<key>/         the schema cache: a loaded cluster (entry/) and ready copies",
     ),
     (
         "Exit status",
