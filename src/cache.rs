@@ -20,6 +20,7 @@ use crate::initdb;
 use crate::instance::Instance;
 use crate::pool;
 use crate::statedir::StateDir;
+use crate::stock;
 use crate::testdata::{Server, TestData};
 use anyhow::{Context, Result, bail};
 use nix::fcntl::{Flock, FlockArg};
@@ -193,12 +194,15 @@ impl Cache {
             options,
         };
         let mut server = spec.spawn(&log)?;
+        let target = Server {
+            socket_dir: &entry.dir,
+            port,
+            user,
+        };
+        // The clone stock is made here too, so that a cached start has it at once instead of
+        // making it while its client starts working.
         let loaded = match cluster::wait_ready(&mut server, &entry, STARTUP_LIMIT) {
-            Ok(Startup::Ready) => data.load(&Server {
-                socket_dir: &entry.dir,
-                port,
-                user,
-            }),
+            Ok(Startup::Ready) => data.load(&target).and_then(|()| stock::refill(&target)),
             Ok(_) => Err(anyhow::anyhow!(
                 "postgres did not start for the schema cache: {}",
                 cluster::failure_lines(&fs::read_to_string(entry.log()).unwrap_or_default())
@@ -213,6 +217,7 @@ impl Cache {
         }
         let _ = fs::remove_file(entry.log());
         let _ = fs::remove_file(entry.data().join("postmaster.opts"));
+        let _ = fs::remove_file(entry.dir.join(stock::LOCK));
         match fs::rename(building, &self.dir) {
             Ok(()) => {
                 self.touch();

@@ -25,6 +25,8 @@ const NEW: &str = "pgtmp_new_";
 /// Clones are `test_` and eight letters or digits.
 pub const CLONE: &str = "test_";
 const NAME_LEN: usize = 8;
+/// The lock refillers take turns on, in the cluster's directory.
+pub const LOCK: &str = "stock.lock";
 
 fn new_name() -> Result<String> {
     secret::random_string(NAME_ALPHABET, NAME_LEN)
@@ -127,7 +129,7 @@ fn create_copy(client: &mut postgres::Client, name: &str, user: &str) -> Result<
 /// Tops the stock up to STOCK_SIZE. Refillers take turns on a lock in the cluster's directory
 /// and count again once they hold it, so no claim goes unnoticed.
 pub fn refill(server: &Server) -> Result<()> {
-    let path = server.socket_dir.join("stock.lock");
+    let path = server.socket_dir.join(LOCK);
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -139,6 +141,10 @@ pub fn refill(server: &Server) -> Result<()> {
         .map_err(|(_, errno)| errno)
         .with_context(|| format!("cannot lock {}", path.display()))?;
     let mut client = testdata::connect(server, "postgres")?;
+    // The copying is done by the server process serving this session: let it yield too.
+    if let Ok(row) = client.query_one("SELECT pg_backend_pid()", &[]) {
+        lower_priority_of(row.get(0));
+    }
     loop {
         let row = client
             .query_one(
@@ -160,6 +166,29 @@ pub fn refill(server: &Server) -> Result<()> {
                 quote_ident(&format!("{STOCK}{name}"))
             ))
             .context("cannot add a copy to the clone stock")?;
+    }
+}
+
+/// Lowest CPU priority and the idle I/O class for another process of this account (a server
+/// process, which ends with its session). Best effort: it only makes the refill politer.
+fn lower_priority_of(pid: i32) {
+    let Ok(pid) = u32::try_from(pid) else {
+        return;
+    };
+    // SAFETY: plain syscalls with integer arguments; failure changes nothing.
+    unsafe {
+        nix::libc::setpriority(nix::libc::PRIO_PROCESS, pid, 19);
+        #[cfg(target_os = "linux")]
+        {
+            const IOPRIO_WHO_PROCESS: nix::libc::c_long = 1;
+            const IOPRIO_CLASS_IDLE: nix::libc::c_long = 3;
+            nix::libc::syscall(
+                nix::libc::SYS_ioprio_set,
+                IOPRIO_WHO_PROCESS,
+                nix::libc::c_long::from(pid),
+                IOPRIO_CLASS_IDLE << 13,
+            );
+        }
     }
 }
 
