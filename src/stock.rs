@@ -8,6 +8,7 @@
 //! test_<name>             a clone handed out; dropped with the cluster, or by clone --drop
 //! ```
 
+use crate::exit;
 use crate::initdb::quote_ident;
 use crate::instance::NAME_ALPHABET;
 use crate::secret;
@@ -195,9 +196,9 @@ fn lower_priority_of(pid: i32) {
 /// Drops a clone at once, disconnecting its sessions.
 pub fn drop_clone(client: &mut postgres::Client, name: &str) -> Result<()> {
     if !is_clone(name) {
-        bail!(
+        return Err(exit::usage(format!(
             "database {name} is not a clone; `pgtmp clone --drop` takes a URL `pgtmp clone` printed"
-        );
+        )));
     }
     match client.batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", quote_ident(name))) {
         Ok(()) => Ok(()),

@@ -12,6 +12,7 @@ use std::time::Duration;
 both_invokers!(
     schema_files_load_in_order,
     pg_dump_file_loads,
+    files_into_a_new_dir_only,
     broken_file_leaves_nothing,
     broken_file_with_keep_stays,
     unreadable_file_is_refused,
@@ -100,6 +101,26 @@ fn pg_dump_file_loads(invoker: &Invoker) {
         sandbox.psql(&copy, "select string_agg(name, ',' order by id) from items"),
         "one,two"
     );
+}
+
+/// With -d the files load into a new directory (uncached); an existing cluster is refused.
+fn files_into_a_new_dir_only(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let schema = sql_file(&sandbox, "schema.sql", SCHEMA);
+    let dir = sandbox.path("kept");
+    let url = sandbox.start(&["-k", "-w", "30", "-d", arg(&dir), "-f", arg(&schema)]);
+    assert_eq!(sandbox.psql(&url, "select count(*) from items"), "2");
+    assert!(
+        !sandbox.pgtmp_dir.join("cache").exists(),
+        "a -d cluster is not cached"
+    );
+    let stop = sandbox.run(&["stop", &url]);
+    assert!(stop.success(), "{stop}");
+    let out = sandbox.run(&["-w", "30", "-d", arg(&dir), "-f", arg(&schema)]);
+    let line = check_failed(&out, 2);
+    assert!(line.contains("existing"), "{line}");
+    let again = sandbox.start(&["-w", "30", "-d", arg(&dir)]);
+    assert_eq!(sandbox.psql(&again, "select count(*) from items"), "2");
 }
 
 /// A failing file: exit 1, one line naming the file, the line and the server's message, and
@@ -291,7 +312,7 @@ fn clone_while_connected(invoker: &Invoker) {
         "0"
     );
     let again = sandbox.run(&["clone", "--drop", &url]);
-    let line = check_failed(&again, 1);
+    let line = check_failed(&again, 2);
     assert!(line.contains("not a clone"), "{line}");
     session.close();
 }
