@@ -52,7 +52,10 @@ impl Now {
 /// One `-f` file, read by the invoking account before anything is started.
 #[derive(Debug, Clone)]
 pub struct SchemaFile {
+    /// As given, for messages.
     pub path: PathBuf,
+    /// The absolute directory it is in: psql runs there, so `\i` finds files beside it.
+    pub dir: PathBuf,
     pub contents: Vec<u8>,
 }
 
@@ -88,8 +91,14 @@ impl TestData {
                     path.display()
                 ))
             })?;
+            // Absolute now: the background cache build runs with `/` as working directory.
+            let dir = std::path::absolute(path)
+                .ok()
+                .and_then(|p| p.parent().map(Path::to_path_buf))
+                .unwrap_or_else(|| PathBuf::from("/"));
             files.push(SchemaFile {
                 path: path.clone(),
+                dir,
                 contents,
             });
         }
@@ -123,11 +132,9 @@ impl TestData {
             .context("cannot write psql's input")?;
         // \i with a relative path reads from the file's directory, as it would from a shell
         // started there.
-        let dir = std::path::absolute(&file.path)
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_path_buf))
-            .filter(|d| nix::unistd::access(d, nix::unistd::AccessFlags::X_OK).is_ok())
-            .unwrap_or_else(|| PathBuf::from("/"));
+        let dir = Some(file.dir.as_path())
+            .filter(|d| nix::unistd::access(*d, nix::unistd::AccessFlags::X_OK).is_ok())
+            .unwrap_or(Path::new("/"));
         let out = process::pg_command(&self.psql)
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(server.socket_dir)
@@ -326,6 +333,7 @@ mod tests {
                 .iter()
                 .map(|p| SchemaFile {
                     path: PathBuf::from("x.sql"),
+                    dir: PathBuf::from("/"),
                     contents: p.as_bytes().to_vec(),
                 })
                 .collect(),

@@ -13,6 +13,7 @@ both_invokers!(
     schema_files_load_in_order,
     pg_dump_file_loads,
     files_into_a_new_dir_only,
+    relative_include_is_cached,
     broken_file_leaves_nothing,
     broken_file_with_keep_stays,
     unreadable_file_is_refused,
@@ -121,6 +122,31 @@ fn files_into_a_new_dir_only(invoker: &Invoker) {
     assert!(line.contains("existing"), "{line}");
     let again = sandbox.start(&["-w", "30", "-d", arg(&dir)]);
     assert_eq!(sandbox.psql(&again, "select count(*) from items"), "2");
+}
+
+/// `\i` in a file given by a relative path reads from the file's directory, in the
+/// foreground load and in the cache's background build alike.
+fn relative_include_is_cached(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    fs::create_dir(sandbox.path("db")).unwrap();
+    let inv = &sandbox.invoker;
+    std::os::unix::fs::chown(sandbox.path("db"), Some(inv.uid), Some(inv.gid)).unwrap();
+    sql_file(&sandbox, "db/main.sql", "\\i part.sql\n");
+    // psql reads included files itself: as the server account when invoked by root.
+    let part = sql_file(&sandbox, "db/part.sql", SCHEMA);
+    fs::set_permissions(&part, fs::Permissions::from_mode(0o644)).unwrap();
+    let start = || {
+        let mut cmd = sandbox.pgtmp();
+        cmd.current_dir(&sandbox.root)
+            .args(["-w", "30", "-f", "db/main.sql"]);
+        check_started(&run(&mut cmd, PGTMP_LIMIT), invoker)
+    };
+    assert_eq!(sandbox.psql(&start(), "select count(*) from items"), "2");
+    assert!(
+        wait_until(Duration::from_secs(60), || cache_entries(&sandbox) == 1),
+        "the cache entry was not built"
+    );
+    assert_eq!(sandbox.psql(&start(), "select count(*) from items"), "2");
 }
 
 /// A failing file: exit 1, one line naming the file, the line and the server's message, and

@@ -185,7 +185,17 @@ fn prepare_in_background(
         let mut failed = stock::refill(server).is_err();
         if let Some(cache) = cache {
             if !hit {
-                failed |= cache.build(install, server.user, options, data).is_err();
+                // Recorded like the pool's refill.error: the next start merely loads again.
+                let error = cache.dir.with_extension("error");
+                match cache.build(install, server.user, options, data) {
+                    Ok(()) => {
+                        let _ = std::fs::remove_file(&error);
+                    }
+                    Err(err) => {
+                        let _ = std::fs::write(&error, format!("{err:#}\n"));
+                        failed = true;
+                    }
+                }
             }
             let size = pool::configured_size(std::env::var("PGTMP_POOL_SIZE").ok().as_deref())
                 .unwrap_or(pool::DEFAULT_SIZE);
