@@ -19,7 +19,7 @@ use crate::discover::Installation;
 use crate::initdb;
 use crate::instance::Instance;
 use crate::pool;
-use crate::statedir::StateDir;
+use crate::statedir::{self, StateDir};
 use crate::stock;
 use crate::testdata::{Server, TestData};
 use anyhow::{Context, Result, bail};
@@ -184,18 +184,36 @@ impl Cache {
             .mode(0o600)
             .open(entry.log())
             .with_context(|| format!("cannot open {}", entry.log().display()))?;
-        // Socket only, in the entry's own private directory: the port is just a number.
+        // Socket only, in the entry's own private directory: the port is just a number. The
+        // entry's path is longer than an instance's; when its socket would not fit, a short
+        // private directory holds it instead (given last, so it wins).
         let port = 5432;
+        let short = if statedir::socket_path_len(&entry.dir) > statedir::SOCKET_PATH_MAX {
+            Some(
+                tempfile::Builder::new()
+                    .prefix("pgtmp-build-")
+                    .tempdir_in("/tmp")
+                    .context("cannot create a socket directory in /tmp")?,
+            )
+        } else {
+            None
+        };
+        let socket_dir = short.as_ref().map_or(entry.dir.as_path(), |d| d.path());
+        let mut options = options.to_vec();
+        if short.is_some() {
+            let quoted = socket_dir.to_string_lossy().replace('"', "\"\"");
+            options.extend(["-c".into(), format!("unix_socket_directories=\"{quoted}\"")]);
+        }
         let spec = ServerSpec {
             install,
             instance: &entry,
             port,
             tcp: false,
-            options,
+            options: &options,
         };
         let mut server = spec.spawn(&log)?;
         let target = Server {
-            socket_dir: &entry.dir,
+            socket_dir,
             port,
             user,
         };
