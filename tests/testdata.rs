@@ -23,6 +23,7 @@ both_invokers!(
     clone_without_files,
     schema_url_search_path,
     cache_hit_and_change_miss,
+    concurrent_first_starts_build_one_entry,
 );
 
 /// Writes an SQL file only the invoker can read (so root's server account cannot).
@@ -441,5 +442,48 @@ fn cache_hit_and_change_miss(invoker: &Invoker) {
     assert!(
         wait_until(Duration::from_secs(60), || cache_entries(&sandbox) == 2),
         "the changed file got no cache entry of its own"
+    );
+}
+
+/// Concurrent first starts with the same new file all load it; exactly one cache entry comes
+/// of it, and the next start uses it.
+fn concurrent_first_starts_build_one_entry(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let file = sql_file(
+        &sandbox,
+        "stamp.sql",
+        "create table stamp as select clock_timestamp()::text as t;\n",
+    );
+    let urls: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| sandbox.start(&["-w", "30", "-f", arg(&file)])))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for url in &urls {
+        assert_eq!(sandbox.psql(url, "select count(*) from stamp"), "1");
+    }
+    assert!(
+        wait_until(Duration::from_secs(90), || {
+            cache_entries(&sandbox) == 1
+                && !sandbox
+                    .procs()
+                    .iter()
+                    .any(|p| p.to_string().contains("build."))
+        }),
+        "no cache entry was built"
+    );
+    let building = fs::read_dir(sandbox.pgtmp_dir.join("cache"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("build."))
+        .count();
+    assert_eq!(building, 0, "an abandoned build was left in the cache");
+    let a = sandbox.start(&["-w", "30", "-f", arg(&file)]);
+    let b = sandbox.start(&["-w", "30", "-f", arg(&file)]);
+    assert_eq!(
+        sandbox.psql(&a, "select t from stamp"),
+        sandbox.psql(&b, "select t from stamp"),
+        "the entry was not used"
     );
 }
