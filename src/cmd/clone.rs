@@ -45,12 +45,20 @@ pub fn running_cluster(session: &Session, url: &str) -> Result<(Instance, State)
     let state = match instance.read_state() {
         Ok(Some(state)) => state,
         Ok(None) => bail!("no cluster is running in {dir}; it has stopped already"),
-        Err(err) if !instance.dir.exists() => {
-            return Err(err.context(format!(
-                "no cluster in {dir}: it has stopped already, or belongs to another account"
-            )));
+        Err(err) => {
+            let denied = err.chain().any(|cause| {
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+            });
+            if denied {
+                bail!("the cluster in {dir} belongs to another account; only its owner can use it");
+            }
+            if !instance.dir.exists() {
+                bail!("no cluster in {dir}: it has stopped already, or never existed");
+            }
+            return Err(err);
         }
-        Err(err) => return Err(err),
     };
     if state.owner_uid != session.invoker.uid.as_raw() {
         bail!(
