@@ -327,6 +327,10 @@ pub fn sweep(state_dir: &Path, max_age: Duration) -> Result<Vec<PathBuf>> {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
         if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            // <key>.lock and <key>.error of an entry that is gone (or was never built).
+            if !path.with_extension("").is_dir() && old(&path) {
+                let _ = fs::remove_file(&path);
+            }
             continue;
         }
         if name.starts_with(TRASH) {
@@ -357,6 +361,7 @@ pub fn sweep(state_dir: &Path, max_age: Duration) -> Result<Vec<PathBuf>> {
             fs::remove_dir_all(&trash)
                 .with_context(|| format!("cannot remove {}", trash.display()))?;
             let _ = fs::remove_file(path.with_extension("lock"));
+            let _ = fs::remove_file(path.with_extension("error"));
             removed.push(path);
         }
     }
@@ -382,9 +387,20 @@ mod tests {
         let day = Duration::from_secs(86_400);
         let old = entry(root.path(), "0123old", 3 * day);
         let fresh = entry(root.path(), "4567new", Duration::from_secs(60));
+        let orphan = root.path().join("cache/89abfail.error");
+        fs::File::create(&orphan)
+            .unwrap()
+            .set_modified(SystemTime::now() - 3 * day)
+            .unwrap();
+        fs::File::create(root.path().join("cache/4567new.lock")).unwrap();
         let removed = sweep(root.path(), day).unwrap();
         assert_eq!(removed, vec![old.clone()]);
         assert!(!old.exists() && fresh.join("entry/data").is_dir());
+        assert!(
+            !orphan.exists(),
+            "the error file of a build that never finished stays"
+        );
+        assert!(root.path().join("cache/4567new.lock").exists());
         assert_eq!(
             fs::read_dir(root.path().join("cache"))
                 .unwrap()
