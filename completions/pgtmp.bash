@@ -16,6 +16,9 @@ _pgtmp() {
             ",$1")
                 cmd="pgtmp"
                 ;;
+            pgtmp,clone)
+                cmd="pgtmp__subcmd__clone"
+                ;;
             pgtmp,doctor)
                 cmd="pgtmp__subcmd__doctor"
                 ;;
@@ -31,6 +34,9 @@ _pgtmp() {
             pgtmp,run)
                 cmd="pgtmp__subcmd__run"
                 ;;
+            pgtmp,schema)
+                cmd="pgtmp__subcmd__schema"
+                ;;
             pgtmp,start)
                 cmd="pgtmp__subcmd__start"
                 ;;
@@ -44,7 +50,7 @@ _pgtmp() {
 
     case "${cmd}" in
         pgtmp)
-            opts="-t -p -w -k -o -d -f -h -V --tcp --port --timeout --keep --options --dir --format --bindir --run-as --help --version start stop initdb run list ls doctor"
+            opts="-t -p -w -k -o -d -F -f -h -V --tcp --port --timeout --keep --options --dir --format --schema-file --now --no-cache --bindir --run-as --help --version start stop initdb run list ls doctor clone schema"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -86,10 +92,44 @@ _pgtmp() {
                     COMPREPLY=($(compgen -W "uri dsn jdbc env json" -- "${cur}"))
                     return 0
                     ;;
-                -f)
+                -F)
                     COMPREPLY=($(compgen -W "uri dsn jdbc env json" -- "${cur}"))
                     return 0
                     ;;
+                --schema-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --now)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --bindir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --run-as)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pgtmp__subcmd__clone)
+            opts="-h --drop --bindir --run-as --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --bindir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -180,7 +220,7 @@ _pgtmp() {
             return 0
             ;;
         pgtmp__subcmd__run)
-            opts="-t -p -w -k -o -d -f -h --tcp --port --timeout --keep --options --dir --format --bindir --run-as --help"
+            opts="-t -p -w -k -o -d -F -f -h --tcp --port --timeout --keep --options --dir --format --schema-file --now --no-cache --bindir --run-as --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -222,7 +262,49 @@ _pgtmp() {
                     COMPREPLY=($(compgen -W "uri dsn jdbc env json" -- "${cur}"))
                     return 0
                     ;;
+                -F)
+                    COMPREPLY=($(compgen -W "uri dsn jdbc env json" -- "${cur}"))
+                    return 0
+                    ;;
+                --schema-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --now)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --bindir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --run-as)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pgtmp__subcmd__schema)
+            opts="-F -h --format --bindir --run-as --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --format)
+                    COMPREPLY=($(compgen -W "uri dsn jdbc env json" -- "${cur}"))
+                    return 0
+                    ;;
+                -F)
                     COMPREPLY=($(compgen -W "uri dsn jdbc env json" -- "${cur}"))
                     return 0
                     ;;
@@ -242,7 +324,7 @@ _pgtmp() {
             return 0
             ;;
         pgtmp__subcmd__start)
-            opts="-t -p -w -k -o -d -f -h --tcp --port --timeout --keep --options --dir --format --bindir --run-as --help"
+            opts="-t -p -w -k -o -d -F -f -h --tcp --port --timeout --keep --options --dir --format --schema-file --now --no-cache --bindir --run-as --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -284,8 +366,20 @@ _pgtmp() {
                     COMPREPLY=($(compgen -W "uri dsn jdbc env json" -- "${cur}"))
                     return 0
                     ;;
-                -f)
+                -F)
                     COMPREPLY=($(compgen -W "uri dsn jdbc env json" -- "${cur}"))
+                    return 0
+                    ;;
+                --schema-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --now)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --bindir)

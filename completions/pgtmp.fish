@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_pgtmp_global_optspecs
-    string join \n t/tcp p/port= w/timeout= k/keep o/options= d/dir= f/format= bindir= run-as= h/help V/version
+    string join \n t/tcp p/port= w/timeout= k/keep o/options= d/dir= F/format= f/schema-file= now= no-cache bindir= run-as= h/help V/version
 end
 
 function __fish_pgtmp_needs_command
@@ -28,15 +28,18 @@ complete -c pgtmp -n "__fish_pgtmp_needs_command" -s p -l port -d 'Listen on thi
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s w -l timeout -d 'Stop the cluster after this many seconds without a connected client; 0 = never [default: 60]' -r
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s o -l options -d 'Extra options for postgres, e.g. -o \'-c log_statement=all\'; applied last, so they win' -r
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s d -l dir -d 'Use this directory instead of one from the pool; it is initialized if empty or missing, and deleted when the cluster stops unless -k is given' -r -F
-complete -c pgtmp -n "__fish_pgtmp_needs_command" -s f -l format -d 'How to print the cluster: a URI, a libpq DSN, a JDBC URL (needs -t), `export` lines for eval or a dotenv file, or JSON with every detail [default: uri]' -r -f -a "uri\t'postgresql:// URL (libpq, psql, most drivers)'
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -s F -l format -d 'How to print the cluster: a URI, a libpq DSN, a JDBC URL (needs -t), `export` lines for eval or a dotenv file, or JSON with every detail [default: uri]' -r -f -a "uri\t'postgresql:// URL (libpq, psql, most drivers)'
 dsn\t'libpq key=value connection string'
 jdbc\t'jdbc:postgresql:// URL; needs -t (JDBC cannot use Unix sockets)'
 env\t'`export PG...=...` lines for `eval "$(pgtmp --format env)"` or a dotenv file (with -t also PGPASSWORD and JDBC_DATABASE_URL)'
 json\t'one JSON object with every detail'"
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -s f -l schema-file -d 'Load this SQL file into `test` with psql before printing the URL; repeat for more files, loaded in order' -r -F
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -l now -d 'Make now() in `test` and its clones return this timestamp, or follow the clock with `--now clock`' -r
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]' -r
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s t -l tcp -d 'Listen on a free TCP port on 127.0.0.1 (password required) instead of only a Unix socket'
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s k -l keep -d 'Keep the cluster\'s directory when it stops, so `pgtmp start -d DIR` can start it again'
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -l no-cache -d 'Load the -f files even if the schema cache holds their result, and do not cache it'
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s V -l version -d 'Print version'
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "start" -d 'Start a throwaway cluster and print its URL (the default command)'
@@ -46,19 +49,24 @@ complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "run" -d 'Start a cluste
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "list" -d 'List this account\'s running clusters'
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "ls" -d 'List this account\'s running clusters'
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "doctor" -d 'Check the installation, accounts, state directory and pool; say how to fix what is wrong'
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "clone" -d 'Print the URL of a fresh database in the cluster of URL: a copy of its loaded state'
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "schema" -d 'Create a fresh schema in URL\'s database and print a URL that puts it first on search_path'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s p -l port -d 'Listen on this TCP port on 127.0.0.1 (implies -t)' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s w -l timeout -d 'Stop the cluster after this many seconds without a connected client; 0 = never [default: 60]' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s o -l options -d 'Extra options for postgres, e.g. -o \'-c log_statement=all\'; applied last, so they win' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s d -l dir -d 'Use this directory instead of one from the pool; it is initialized if empty or missing, and deleted when the cluster stops unless -k is given' -r -F
-complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s f -l format -d 'How to print the cluster: a URI, a libpq DSN, a JDBC URL (needs -t), `export` lines for eval or a dotenv file, or JSON with every detail [default: uri]' -r -f -a "uri\t'postgresql:// URL (libpq, psql, most drivers)'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s F -l format -d 'How to print the cluster: a URI, a libpq DSN, a JDBC URL (needs -t), `export` lines for eval or a dotenv file, or JSON with every detail [default: uri]' -r -f -a "uri\t'postgresql:// URL (libpq, psql, most drivers)'
 dsn\t'libpq key=value connection string'
 jdbc\t'jdbc:postgresql:// URL; needs -t (JDBC cannot use Unix sockets)'
 env\t'`export PG...=...` lines for `eval "$(pgtmp --format env)"` or a dotenv file (with -t also PGPASSWORD and JDBC_DATABASE_URL)'
 json\t'one JSON object with every detail'"
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s f -l schema-file -d 'Load this SQL file into `test` with psql before printing the URL; repeat for more files, loaded in order' -r -F
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -l now -d 'Make now() in `test` and its clones return this timestamp, or follow the clock with `--now clock`' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s t -l tcp -d 'Listen on a free TCP port on 127.0.0.1 (password required) instead of only a Unix socket'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s k -l keep -d 'Keep the cluster\'s directory when it stops, so `pgtmp start -d DIR` can start it again'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -l no-cache -d 'Load the -f files even if the schema cache holds their result, and do not cache it'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s h -l help -d 'Print help'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -s d -l dir -d 'The cluster\'s directory instead of its URL' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
@@ -73,15 +81,18 @@ complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s p -l port -d 'Listen
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s w -l timeout -d 'Stop the cluster after this many seconds without a connected client; 0 = never [default: 60]' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s o -l options -d 'Extra options for postgres, e.g. -o \'-c log_statement=all\'; applied last, so they win' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s d -l dir -d 'Use this directory instead of one from the pool; it is initialized if empty or missing, and deleted when the cluster stops unless -k is given' -r -F
-complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s f -l format -d 'How to print the cluster: a URI, a libpq DSN, a JDBC URL (needs -t), `export` lines for eval or a dotenv file, or JSON with every detail [default: uri]' -r -f -a "uri\t'postgresql:// URL (libpq, psql, most drivers)'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s F -l format -d 'How to print the cluster: a URI, a libpq DSN, a JDBC URL (needs -t), `export` lines for eval or a dotenv file, or JSON with every detail [default: uri]' -r -f -a "uri\t'postgresql:// URL (libpq, psql, most drivers)'
 dsn\t'libpq key=value connection string'
 jdbc\t'jdbc:postgresql:// URL; needs -t (JDBC cannot use Unix sockets)'
 env\t'`export PG...=...` lines for `eval "$(pgtmp --format env)"` or a dotenv file (with -t also PGPASSWORD and JDBC_DATABASE_URL)'
 json\t'one JSON object with every detail'"
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s f -l schema-file -d 'Load this SQL file into `test` with psql before printing the URL; repeat for more files, loaded in order' -r -F
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -l now -d 'Make now() in `test` and its clones return this timestamp, or follow the clock with `--now clock`' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s t -l tcp -d 'Listen on a free TCP port on 127.0.0.1 (password required) instead of only a Unix socket'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s k -l keep -d 'Keep the cluster\'s directory when it stops, so `pgtmp start -d DIR` can start it again'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -l no-cache -d 'Load the -f files even if the schema cache holds their result, and do not cache it'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand list" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand list" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]' -r
@@ -94,3 +105,15 @@ complete -c pgtmp -n "__fish_pgtmp_using_subcommand ls" -s h -l help -d 'Print h
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand doctor" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand doctor" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand doctor" -s h -l help -d 'Print help'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand clone" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand clone" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]' -r
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand clone" -l drop -d 'Drop the clone named by URL now instead of at the end of the cluster'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand clone" -s h -l help -d 'Print help'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand schema" -s F -l format -d 'Print the schema\'s URL as `uri` (libpq `options`) or, for a TCP cluster, as `jdbc` (`currentSchema`) [default: uri]' -r -f -a "uri\t'postgresql:// URL (libpq, psql, most drivers)'
+dsn\t'libpq key=value connection string'
+jdbc\t'jdbc:postgresql:// URL; needs -t (JDBC cannot use Unix sockets)'
+env\t'`export PG...=...` lines for `eval "$(pgtmp --format env)"` or a dotenv file (with -t also PGPASSWORD and JDBC_DATABASE_URL)'
+json\t'one JSON object with every detail'"
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand schema" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand schema" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]' -r
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand schema" -s h -l help -d 'Print help'

@@ -28,31 +28,37 @@ url=$(pgtmp -t -w 300)        # TCP on 127.0.0.1 with a password, e.g. for JDBC
 pgtmp -k -d ./pgdata          # a cluster in ./pgdata that survives its stop
 pgtmp stop \"$url\"             # stop now instead of at the idle timeout
 pgtmp run -- make test        # a cluster just for this command (PGHOST... set)
-eval \"$(pgtmp -f env)\"        # PGHOST, PGPORT, PGUSER, PGDATABASE, DATABASE_URL
-pgtmp -t -f jdbc              # jdbc:postgresql://127.0.0.1:PORT/test?user=..&password=..
+eval \"$(pgtmp -F env)\"        # PGHOST, PGPORT, PGUSER, PGDATABASE, DATABASE_URL
+pgtmp -t -F jdbc              # jdbc:postgresql://127.0.0.1:PORT/test?user=..&password=..
 pgtmp list                    # what runs; pgtmp stop --all stops it all
-pgtmp doctor                  # what pgtmp would use, and what to fix",
+pgtmp doctor                  # what pgtmp would use, and what to fix
+
+url=$(pgtmp -f schema.sql)    # schema loaded (then cached) before the URL is printed
+db=$(pgtmp clone \"$url\")      # a fresh copy of the loaded state, for one test
+pgtmp --now '2024-01-01 12:00:00+00'   # now() frozen in test and its clones",
     ),
     (
         "Environment",
         "\
 PGTMP_DIR               where pools and clusters live [default: ${TMPDIR:-/tmp}/pgtmp-<uid>]
-PGTMP_POOL_SIZE         prepared data directories kept per installation [default: 2]
+PGTMP_POOL_SIZE         prepared data directories kept per installation (and per cached
+                        schema) [default: 2]
 PGTMP_PRESTART          servers kept running, waiting to be claimed by a start (per mode:
                         socket or TCP) [default: 0]
 PGTMP_PRESTART_TIMEOUT  seconds a pre-started server waits for a claim [default: 600]
 PGTMP_TRACE             1 = print how long each phase of a start took, on stderr
 PGTMP_TCP, PGTMP_PORT, PGTMP_TIMEOUT, PGTMP_KEEP, PGTMP_OPTIONS, PGTMP_FORMAT,
-PGTMP_BINDIR, PGTMP_RUN_AS
-                        fallbacks for -t, -p, -w, -k, -o, -f, --bindir, --run-as; an
-                        option written on the command line wins
+PGTMP_NOW, PGTMP_NO_CACHE, PGTMP_BINDIR, PGTMP_RUN_AS
+                        fallbacks for -t, -p, -w, -k, -o, -F, --now, --no-cache, --bindir,
+                        --run-as; an option written on the command line wins
 PG*                     the caller's libpq variables are ignored by pgtmp and its servers",
     ),
     (
         "Files",
         "\
 $PGTMP_DIR/<name>/              one cluster: socket directory (0700), data/, postgres.log
-$PGTMP_DIR/pool/<key>/ready.*   prepared data directories waiting to be claimed",
+$PGTMP_DIR/pool/<key>/ready.*   prepared data directories waiting to be claimed
+$PGTMP_DIR/cache/<key>/         the schema cache: a loaded cluster (entry/) and ready copies",
     ),
     (
         "Exit status",
@@ -118,6 +124,10 @@ pub enum Command {
     List(ListArgs),
     /// Check the installation, accounts, state directory and pool; say how to fix what is wrong
     Doctor,
+    /// Print the URL of a fresh database in the cluster of URL: a copy of its loaded state
+    Clone(CloneArgs),
+    /// Create a fresh schema in URL's database and print a URL that puts it first on search_path
+    Schema(SchemaArgs),
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -169,7 +179,7 @@ pub struct StartArgs {
     /// How to print the cluster: a URI, a libpq DSN, a JDBC URL (needs -t), `export` lines for
     /// eval or a dotenv file, or JSON with every detail [default: uri]
     #[arg(
-        short = 'f',
+        short = 'F',
         long = "format",
         env = "PGTMP_FORMAT",
         value_name = "FORMAT",
@@ -177,6 +187,20 @@ pub struct StartArgs {
         hide_possible_values = true
     )]
     pub format: Option<Format>,
+
+    /// Load this SQL file into `test` with psql before printing the URL; repeat for more files,
+    /// loaded in order
+    #[arg(short = 'f', long = "schema-file", value_name = "FILE")]
+    pub schema_files: Vec<PathBuf>,
+
+    /// Make now() in `test` and its clones return this timestamp, or follow the clock with
+    /// `--now clock`
+    #[arg(long = "now", env = "PGTMP_NOW", value_name = "TIMESTAMP")]
+    pub now: Option<String>,
+
+    /// Load the -f files even if the schema cache holds their result, and do not cache it
+    #[arg(long = "no-cache", env = "PGTMP_NO_CACHE")]
+    pub no_cache: bool,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -194,6 +218,35 @@ pub struct ListArgs {
     /// Print a JSON array instead of a table
     #[arg(long = "json")]
     pub json: bool,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct CloneArgs {
+    /// A URL of the cluster (as pgtmp printed it), or with --drop the clone's URL
+    #[arg(value_name = "URL")]
+    pub url: String,
+
+    /// Drop the clone named by URL now instead of at the end of the cluster
+    #[arg(long = "drop")]
+    pub drop: bool,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct SchemaArgs {
+    /// A URL pgtmp printed (of `test` or of a clone): the schema is made in its database
+    #[arg(value_name = "URL")]
+    pub url: String,
+
+    /// Print the schema's URL as `uri` (libpq `options`) or, for a TCP cluster, as `jdbc`
+    /// (`currentSchema`) [default: uri]
+    #[arg(
+        short = 'F',
+        long = "format",
+        value_name = "FORMAT",
+        value_enum,
+        hide_possible_values = true
+    )]
+    pub format: Option<Format>,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -228,6 +281,9 @@ pub struct Written {
     pub options: bool,
     pub dir: bool,
     pub format: bool,
+    pub schema_files: bool,
+    pub now: bool,
+    pub no_cache: bool,
 }
 
 impl Written {
@@ -241,6 +297,9 @@ impl Written {
             options: written("options"),
             dir: written("dir"),
             format: written("format"),
+            schema_files: written("schema_files"),
+            now: written("now"),
+            no_cache: written("no_cache"),
         }
     }
 }
@@ -288,6 +347,10 @@ impl StartArgs {
                 later.format,
                 later_written.format,
             ),
+            // Files written before and after `start` are all loaded, in the order written.
+            schema_files: [self.schema_files, later.schema_files].concat(),
+            now: pick(self.now, written.now, later.now, later_written.now),
+            no_cache: written.no_cache || later.no_cache,
         }
     }
 
@@ -446,7 +509,7 @@ mod tests {
     #[test]
     fn run_takes_start_options_before_and_after_it() {
         let cli = parse_ok(&[
-            "-f", "dsn", "-w", "5", "run", "-t", "psql", "-c", "select 1",
+            "-F", "dsn", "-w", "5", "run", "-t", "psql", "-c", "select 1",
         ]);
         let Some(Command::Run(run)) = cli.command else {
             panic!("expected run")

@@ -3,11 +3,13 @@
 //! The crate is organised by what each module owns; `run` is the only entry point the binary uses.
 
 pub mod account;
+pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod cmd;
 pub mod copytree;
+pub mod dburl;
 pub mod detach;
 pub mod discover;
 pub mod exit;
@@ -21,6 +23,8 @@ pub mod process;
 pub mod progress;
 pub mod secret;
 pub mod statedir;
+pub mod stock;
+pub mod testdata;
 pub mod trace;
 pub mod url;
 pub mod watchdog;

@@ -32,7 +32,7 @@ fn uri_and_dsn(sandbox: &Sandbox) -> Vec<(String, String)> {
     let mut forms = Vec::new();
     for tcp in [false, true] {
         for format in ["uri", "dsn"] {
-            let mut args = vec!["-w", "60", "-f", format];
+            let mut args = vec!["-w", "60", "-F", format];
             if tcp {
                 args.push("-t");
             }
@@ -145,7 +145,7 @@ fn jdbc_takes_the_jdbc_url(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
     let probe = sandbox.path("Probe.java");
     std::fs::write(&probe, JDBC_PROBE).unwrap();
-    let jdbc = sandbox.start(&["-t", "-w", "60", "-f", "jdbc"]);
+    let jdbc = sandbox.start(&["-t", "-w", "60", "-F", "jdbc"]);
     let mut cmd = invoker.command("java");
     cmd.arg("-cp").arg(&jar).arg(&probe).arg(&jdbc);
     let out = run(&mut cmd, PGTMP_LIMIT);

@@ -19,14 +19,14 @@ both_invokers!(
 
 fn dsn_connects(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let dsn = sandbox.start(&["-f", "dsn"]);
+    let dsn = sandbox.start(&["-F", "dsn"]);
     assert!(
         dsn.starts_with("host=/") && dsn.ends_with("dbname=test"),
         "{dsn}"
     );
     assert!(!dsn.contains("password"), "{dsn}");
     assert_eq!(sandbox.psql(&dsn, "select current_database()"), "test");
-    let dsn = sandbox.start(&["-t", "-f", "dsn"]);
+    let dsn = sandbox.start(&["-t", "-F", "dsn"]);
     assert!(dsn.starts_with("host=127.0.0.1 port="), "{dsn}");
     assert!(dsn.contains(" password="), "{dsn}");
     assert_eq!(sandbox.psql(&dsn, "select inet_server_addr()"), "127.0.0.1");
@@ -36,14 +36,14 @@ fn env_lines_eval_into_a_working_psql(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
     for tcp in [false, true] {
         let script = format!(
-            r#"eval "$("$PGTMP" -f env {})" && psql -XAt -c "select current_user" && psql -XAt "$DATABASE_URL" -c "select 2""#,
+            r#"eval "$("$PGTMP" -F env {})" && psql -XAt -c "select current_user" && psql -XAt "$DATABASE_URL" -c "select 2""#,
             if tcp { "-t" } else { "" }
         );
         let out = run(&mut sandbox.shell(&script), PGTMP_LIMIT);
         assert!(out.success() && out.stderr.is_empty(), "{out}");
         assert_eq!(out.stdout, format!("{}\n2\n", invoker.name));
     }
-    let out = sandbox.run(&["-f", "env"]);
+    let out = sandbox.run(&["-F", "env"]);
     let text = out.stdout.clone();
     assert!(out.success() && out.stderr.is_empty(), "{out}");
     for name in ["DATABASE_URL", "PGHOST", "PGPORT", "PGUSER", "PGDATABASE"] {
@@ -57,7 +57,7 @@ fn env_lines_eval_into_a_working_psql(invoker: &Invoker) {
 
 fn json_describes_the_cluster(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let text = sandbox.start(&["-t", "-w", "77", "-f", "json"]);
+    let text = sandbox.start(&["-t", "-w", "77", "-F", "json"]);
     let json: serde_json::Value = serde_json::from_str(&text).expect("not JSON");
     let dir = Path::new(json["socket_dir"].as_str().unwrap());
     assert_eq!(dir, sandbox.only_instance());
@@ -98,7 +98,7 @@ fn json_describes_the_cluster(invoker: &Invoker) {
     );
     assert_eq!(sandbox.psql(json["dsn"].as_str().unwrap(), "select 1"), "1");
     // Without TCP there is neither a password nor a JDBC URL.
-    let text = sandbox.start(&["-f", "json"]);
+    let text = sandbox.start(&["-F", "json"]);
     let json: serde_json::Value = serde_json::from_str(&text).expect("not JSON");
     assert!(
         json["jdbc"].is_null() && json["password"].is_null(),
@@ -109,11 +109,11 @@ fn json_describes_the_cluster(invoker: &Invoker) {
 
 fn jdbc_needs_tcp(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let out = sandbox.run(&["-f", "jdbc"]);
+    let out = sandbox.run(&["-F", "jdbc"]);
     let line = check_failed(&out, 2);
     assert!(line.contains("-t") && line.contains("JDBC"), "{line}");
     sandbox.assert_nothing_left("after --format jdbc without -t");
-    let jdbc = sandbox.start(&["-t", "-f", "jdbc"]);
+    let jdbc = sandbox.start(&["-t", "-F", "jdbc"]);
     let rest = jdbc
         .strip_prefix("jdbc:postgresql://127.0.0.1:")
         .unwrap_or_else(|| panic!("{jdbc}"));
@@ -137,7 +137,7 @@ fn format_falls_back_to_the_environment(invoker: &Invoker) {
         sandbox
             .pgtmp()
             .env("PGTMP_FORMAT", "dsn")
-            .args(["-f", "uri"]),
+            .args(["-F", "uri"]),
         PGTMP_LIMIT,
     );
     assert!(check_started(&out, invoker).starts_with("postgresql://"));
@@ -151,7 +151,7 @@ fn odd_directory_is_quoted_everywhere(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
     let dir = sandbox.path("it's odd");
     let dir_arg = dir.to_str().unwrap();
-    let dsn = sandbox.start(&["-d", dir_arg, "-f", "dsn"]);
+    let dsn = sandbox.start(&["-d", dir_arg, "-F", "dsn"]);
     assert!(dsn.contains("host='"), "{dsn}");
     assert_eq!(
         sandbox.psql(&dsn, "select current_setting('unix_socket_directories')"),
@@ -160,7 +160,7 @@ fn odd_directory_is_quoted_everywhere(invoker: &Invoker) {
     let out = sandbox.run(&["stop", "-d", dir_arg]);
     assert!(out.success(), "{out}");
     let script = format!(
-        r#"eval "$("$PGTMP" -f env -d "{dir_arg}")" && printf '%s\n' "$PGHOST" && psql -XAt -c "select 3""#
+        r#"eval "$("$PGTMP" -F env -d "{dir_arg}")" && printf '%s\n' "$PGHOST" && psql -XAt -c "select 3""#
     );
     let out = run(&mut sandbox.shell(&script), PGTMP_LIMIT);
     assert!(out.success() && out.stderr.is_empty(), "{out}");

@@ -125,7 +125,7 @@ fn cmd_that_cannot_run(invoker: &Invoker) {
     let line = check_failed(&out, 2);
     assert!(line.contains("CMD"), "{line}");
     // A start option that is refused: the start's own error and code.
-    let out = sandbox.run(&["run", "-f", "jdbc", "--", "true"]);
+    let out = sandbox.run(&["run", "-F", "jdbc", "--", "true"]);
     let line = check_failed(&out, 2);
     assert!(line.contains("-t"), "{line}");
     // A start that fails: its error, exit 1, and CMD never runs.
@@ -278,7 +278,7 @@ fn keep_leaves_the_cluster_running(invoker: &Invoker) {
         "-k kept no directory"
     );
     // The note uses --format where it fits on one line.
-    let out = sandbox.run(&["run", "-k", "-t", "-f", "jdbc", "--", "true"]);
+    let out = sandbox.run(&["run", "-k", "-t", "-F", "jdbc", "--", "true"]);
     assert!(out.success(), "{out}");
     let line = out.stderr_lines()[0].to_string();
     let jdbc = line

@@ -1,10 +1,12 @@
 //! The commands, and what they share: who runs what, where the state lives, and preparing a
 //! directory named with `-d`.
 
+mod clone;
 mod doctor;
 mod initdb;
 mod list;
 mod run;
+mod schema;
 mod start;
 mod stop;
 
@@ -31,6 +33,8 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Run(args)) => run::run(args, &global),
         Some(Command::List(args)) => list::run(args.json, &global),
         Some(Command::Doctor) => doctor::run(&global),
+        Some(Command::Clone(args)) => clone::run(args, &global),
+        Some(Command::Schema(args)) => schema::run(args, &global),
     }
 }
 

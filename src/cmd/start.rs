@@ -2,18 +2,23 @@
 //! path `pgtmp run` shares.
 
 use super::Session;
+use crate::cache::{self, Cache};
 use crate::cli::{GlobalArgs, StartArgs};
 use crate::cluster;
+use crate::detach::{self, Forked};
 use crate::discover::{self, Installation};
+use crate::exit;
 use crate::format::{self, Cluster};
 use crate::instance::Instance;
 use crate::pool::{self, Pool, Taken};
 use crate::prestart::{self, Claim};
 use crate::secret;
+use crate::stock;
+use crate::testdata::{Server, TestData};
 use crate::trace;
 use crate::url;
 use crate::watchdog::{self, OnFailure, Plan};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::fd::OwnedFd;
@@ -52,6 +57,16 @@ pub struct Launched {
     pub install: Installation,
     /// Set when the cluster came from the pool.
     top_up: Option<TopUp>,
+    /// Set when -f or --now prepared the cluster.
+    test_data: Option<FollowUp>,
+}
+
+/// What the background work after a start with test data needs.
+struct FollowUp {
+    data: TestData,
+    cache: Option<Cache>,
+    hit: bool,
+    options: Vec<String>,
 }
 
 /// What the background work after a start from the pool needs.
@@ -63,9 +78,25 @@ struct TopUp {
 }
 
 impl Launched {
-    /// After a start from the pool: pre-starts servers if asked to (at the caller's priority),
-    /// then refills the pool (at the lowest), both in detached background processes.
+    /// After a start: fills the clone stock and the schema cache (with test data); with a
+    /// start from the pool, pre-starts servers if asked to (at the caller's priority) and
+    /// refills the pool (at the lowest). All in detached background processes.
     pub fn refill_pool(self) {
+        if let Some(follow) = &self.test_data {
+            let server = Server {
+                socket_dir: &self.cluster.socket_dir,
+                port: self.cluster.port,
+                user: &self.cluster.user,
+            };
+            prepare_in_background(
+                &server,
+                follow.cache.as_ref(),
+                follow.hit,
+                &self.install,
+                &follow.options,
+                &follow.data,
+            );
+        }
         let Some(top_up) = self.top_up else {
             return;
         };
@@ -99,6 +130,13 @@ pub fn launch(
     let install = discover::find(global.bindir.as_deref())?;
     let dir = args.dir.as_deref().map(super::absolute_dir).transpose()?;
     let found = dir.as_deref().map(super::inspect_dir).transpose()?;
+    // -f files are read now, as the invoking account.
+    let data = TestData::from_args(args, &install)?;
+    if data.is_some() && found == Some(crate::instance::Found::Cluster) {
+        return Err(exit::usage(
+            "-f and --now prepare a new cluster, but -d names an existing one; give an empty or missing directory",
+        ));
+    }
     let tcp = args.wants_tcp();
     trace::phase("discover");
     if let Some(port) = args.port
@@ -127,8 +165,20 @@ pub fn launch(
     let session = Session::establish(global, dir.as_deref())?;
     let user = session.user().to_string();
     trace::phase("session");
-    let (instance, on_failure, pool, taken) = match (dir, found) {
-        (Some(dir), Some(found)) => {
+    let cache = match &data {
+        Some(data) if dir.is_none() && !args.no_cache => Some(Cache::open(
+            &session.state,
+            &cache::key(&install, &user, &options, data)?,
+        )),
+        _ => None,
+    };
+    let cached = match &cache {
+        Some(cache) => cache.take(&session.state.instance_path(&name))?,
+        None => None,
+    };
+    let hit = cached.is_some();
+    let (instance, on_failure, pool, taken) = match (dir, found, cached) {
+        (Some(dir), Some(found), _) => {
             let on_failure = super::prepare_dir(&install, &dir, found, &session)?;
             let instance = Instance::new(dir);
             if on_failure == OnFailure::Leave {
@@ -137,6 +187,7 @@ pub fn launch(
             }
             (instance, on_failure, None, Taken::Claimed)
         }
+        (_, _, Some(instance)) => (instance, OnFailure::Remove, None, Taken::Claimed),
         _ => {
             let pool = Pool::open(&session.state, &install, &user)?;
             // Only starts with the settings every pre-started server has can use one; `run`
@@ -147,6 +198,7 @@ pub fn launch(
             };
             if args.port.is_none()
                 && options.is_empty()
+                && data.is_none()
                 && lifeline.is_none()
                 && let Some(claimed) = prestart::claim(&pool, &session.state, tcp, port, claim)?
             {
@@ -178,6 +230,7 @@ pub fn launch(
                         socket_port: port,
                         prestart,
                     }),
+                    test_data: None,
                 });
             }
             let (instance, taken) =
@@ -186,6 +239,7 @@ pub fn launch(
         }
     };
     trace::phase(match (&pool, taken) {
+        (None, _) if hit => "cached",
         (None, _) => "prepare -d",
         (Some(_), Taken::Claimed) => "claim",
         (Some(_), Taken::Copied) => "copy",
@@ -202,7 +256,7 @@ pub fn launch(
         password: password.clone(),
         timeout: args.idle_timeout(),
         keep: args.keep,
-        options,
+        options: options.clone(),
         on_failure,
         create_test: taken == Taken::Initialized,
         registration: session.state.registration_for(&instance.dir, &name),
@@ -214,6 +268,16 @@ pub fn launch(
         Some(password) => url::tcp_url(&user, password, started.port),
         None => url::socket_url(&user, &instance.dir),
     };
+    let server = Server {
+        socket_dir: &instance.dir,
+        port: started.port,
+        user: &user,
+    };
+    if let Some(data) = data.as_ref().filter(|_| !hit)
+        && let Err(err) = data.load(&server)
+    {
+        return Err(abandon(err, &instance, on_failure, args.keep, &url));
+    }
     // The watchdog records its state before it reports the server ready.
     let state = instance.read_state()?.with_context(|| {
         format!(
@@ -241,9 +305,78 @@ pub fn launch(
         socket_port: port,
         prestart,
     });
+    let test_data = data.map(|data| FollowUp {
+        data,
+        cache,
+        hit,
+        options,
+    });
     Ok(Launched {
         cluster,
         install,
         top_up,
+        test_data,
     })
+}
+
+/// After a failed load: the error, and the cluster stopped and removed; with -k it stays
+/// running for inspection and the error gives its URL. An invalid --now never keeps anything.
+fn abandon(
+    err: anyhow::Error,
+    instance: &Instance,
+    on_failure: OnFailure,
+    keep: bool,
+    url: &str,
+) -> anyhow::Error {
+    if keep && exit::code_for(&err) != exit::USAGE {
+        return anyhow!("{err:#}; the cluster stays for inspection (-k): {url}");
+    }
+    let dir = instance.dir.display().to_string();
+    if let Ok(Some(state)) = instance.read_state()
+        && let Err(stop_err) = super::stop::stop_watchdog(state.watchdog_pid, &dir)
+    {
+        return err.context(format!("{stop_err:#}"));
+    }
+    // With -k the watchdog kept the directory; it was made for this start.
+    let _ = match on_failure {
+        OnFailure::Remove => instance.remove(),
+        OnFailure::EmptyOut => instance.empty_out(),
+        OnFailure::Leave => Ok(()),
+    };
+    err
+}
+
+/// Detached and at low priority: fills the clone stock, then builds the schema cache entry
+/// after a miss and keeps copies of it ready for the next start.
+fn prepare_in_background(
+    server: &Server,
+    cache: Option<&Cache>,
+    hit: bool,
+    install: &Installation,
+    options: &[String],
+    data: &TestData,
+) {
+    if let Ok(Forked::Child) = detach::fork_detached() {
+        detach::lower_priority();
+        let mut failed = stock::refill(server).is_err();
+        if let Some(cache) = cache {
+            if !hit {
+                // Recorded like the pool's refill.error: the next start merely loads again.
+                let error = cache.dir.with_extension("error");
+                match cache.build(install, server.user, options, data) {
+                    Ok(()) => {
+                        let _ = std::fs::remove_file(&error);
+                    }
+                    Err(err) => {
+                        let _ = std::fs::write(&error, format!("{err:#}\n"));
+                        failed = true;
+                    }
+                }
+            }
+            let size = pool::configured_size(std::env::var("PGTMP_POOL_SIZE").ok().as_deref())
+                .unwrap_or(pool::DEFAULT_SIZE);
+            failed |= cache.refill(size).is_err();
+        }
+        std::process::exit(i32::from(failed));
+    }
 }

@@ -90,20 +90,7 @@ fn stop(session: &Session, instance: &Instance) -> Result<()> {
         );
     }
     if process::alive(state.watchdog_pid) {
-        // The watchdog stops the server and removes the directory, exactly as at its timeout.
-        process::signal(state.watchdog_pid, Signal::SIGTERM)?;
-        let deadline = Instant::now() + STOP_LIMIT;
-        while process::alive(state.watchdog_pid) {
-            if Instant::now() >= deadline {
-                bail!(
-                    "the watchdog (pid {}) of {dir} did not stop within {} s",
-                    state.watchdog_pid,
-                    STOP_LIMIT.as_secs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        return Ok(());
+        return stop_watchdog(state.watchdog_pid, &dir);
     }
     // No watchdog: do its work.
     cluster::shutdown(state.postmaster_pid, || {
@@ -117,7 +104,24 @@ fn stop(session: &Session, instance: &Instance) -> Result<()> {
     }
 }
 
-fn find_by_url(session: &Session, text: &str) -> Result<Instance> {
+/// Asks a watchdog to stop its server and dispose of the directory, exactly as at its timeout,
+/// and waits until it has.
+pub fn stop_watchdog(pid: i32, dir: &str) -> Result<()> {
+    process::signal(pid, Signal::SIGTERM)?;
+    let deadline = Instant::now() + STOP_LIMIT;
+    while process::alive(pid) {
+        if Instant::now() >= deadline {
+            bail!(
+                "the watchdog (pid {pid}) of {dir} did not stop within {} s",
+                STOP_LIMIT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+pub fn find_by_url(session: &Session, text: &str) -> Result<Instance> {
     match url::parse(text)? {
         Target::Socket(dir) => Ok(Instance::new(dir)),
         Target::Tcp { host, port } => {

@@ -285,9 +285,20 @@ pub fn run(cmd: &mut Command, limit: Duration) -> Outcome {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let started = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|err| panic!("cannot run {what}: {err}"));
+    // ETXTBSY: the shared binary was being copied while another test thread forked, and that
+    // child holds the write descriptor until its exec; it goes away within moments.
+    let mut child = loop {
+        match cmd.spawn() {
+            Ok(child) => break child,
+            Err(err)
+                if err.raw_os_error() == Some(nix::libc::ETXTBSY)
+                    && started.elapsed() < Duration::from_secs(5) =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(err) => panic!("cannot run {what}: {err}"),
+        }
+    };
     let (tx, rx) = mpsc::channel::<(usize, Vec<u8>)>();
     let pipes: [Box<dyn Read + Send>; 2] = [
         Box::new(child.stdout.take().unwrap()),
@@ -788,14 +799,14 @@ impl Sandbox {
         }
     }
 
-    /// Instance directories under PGTMP_DIR (everything but the `pool/` cache).
+    /// Instance directories under PGTMP_DIR (everything but the `pool/` and `cache/` caches).
     pub fn instance_dirs(&self) -> Vec<PathBuf> {
         let Ok(entries) = fs::read_dir(&self.pgtmp_dir) else {
             return Vec::new();
         };
         let mut dirs: Vec<PathBuf> = entries
             .flatten()
-            .filter(|e| e.file_name() != "pool")
+            .filter(|e| e.file_name() != "pool" && e.file_name() != "cache")
             .map(|e| e.path())
             .collect();
         dirs.sort();

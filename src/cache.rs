@@ -1,0 +1,426 @@
+//! The schema cache: a cluster directory with the `-f` files already loaded, keyed by what
+//! went into it, so the next start with the same files copies it instead of loading anything.
+//!
+//! ```text
+//! PGTMP_DIR/cache/
+//!   <key>/            key: SHA-256 of the installation, user, settings, --now and file contents
+//!     entry/          the loaded cluster directory, cleanly shut down; only ever copied
+//!     used            its modification time is the entry's last use (for `sweep`)
+//!     lock            held by the one process copying ready entries
+//!     new.<name>/     a copy being made
+//!     ready.<name>/   a complete copy; a start renames it to PGTMP_DIR/<name>
+//!   build.<name>/     an entry being built; renamed to <key> once complete
+//!   <key>.lock        held by the one process building <key>
+//! ```
+
+use crate::cluster::{self, ServerSpec, Startup};
+use crate::copytree;
+use crate::discover::Installation;
+use crate::initdb;
+use crate::instance::Instance;
+use crate::pool;
+use crate::statedir::{self, StateDir};
+use crate::stock;
+use crate::testdata::{Server, TestData};
+use anyhow::{Context, Result, bail};
+use nix::fcntl::{Flock, FlockArg};
+use sha2::{Digest, Sha256};
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// Bumped whenever what an entry contains changes, so old entries are never used.
+const ENTRY_FORMAT: &str = "pgtmp-cache-1";
+const READY: &str = "ready.";
+const BUILDING: &str = "new.";
+const BUILD: &str = "build.";
+const TRASH: &str = "trash.";
+/// How long a server being loaded for the cache may take to start.
+const STARTUP_LIMIT: Duration = Duration::from_secs(120);
+
+/// One key's place in the cache (which may not exist yet).
+pub struct Cache {
+    pub dir: PathBuf,
+}
+
+/// The directory holding every entry.
+pub fn root(state: &Path) -> PathBuf {
+    state.join("cache")
+}
+
+/// The key: changes when the installation, the superuser, the server options, `--now` or any
+/// file's contents (or their order) change.
+pub fn key(
+    install: &Installation,
+    user: &str,
+    options: &[String],
+    data: &TestData,
+) -> Result<String> {
+    let mut hash = Sha256::new();
+    hash.update(ENTRY_FORMAT.as_bytes());
+    hash.update(b"\0");
+    hash.update(install.fingerprint()?.as_bytes());
+    hash.update(format!("\0{}\0{user}\0{}", user.len(), options.len()).as_bytes());
+    for option in options {
+        hash.update(format!("{}\0{option}\0", option.len()).as_bytes());
+    }
+    hash.update(data.key_material());
+    let digest = hash.finalize();
+    Ok(digest[..16].iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl Cache {
+    pub fn open(state: &StateDir, key: &str) -> Cache {
+        Cache {
+            dir: root(&state.path).join(key),
+        }
+    }
+
+    fn entry(&self) -> Instance {
+        Instance::new(self.dir.join("entry"))
+    }
+
+    pub fn exists(&self) -> bool {
+        self.entry().is_cluster()
+    }
+
+    fn children(&self, prefix: &str) -> Vec<PathBuf> {
+        children(&self.dir, prefix)
+    }
+
+    /// The cached cluster at `dest` (which must not exist): a ready copy when there is one,
+    /// else a copy made now. None on a miss, or when the entry went away while copying (a
+    /// sweep): the caller then loads the files itself.
+    pub fn take(&self, dest: &Path) -> Result<Option<Instance>> {
+        for ready in self.children(READY) {
+            match fs::rename(&ready, dest) {
+                Ok(()) => {
+                    self.touch();
+                    return Ok(Some(Instance::new(dest)));
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(_) => break,
+            }
+        }
+        if !self.exists() {
+            return Ok(None);
+        }
+        DirBuilder::new()
+            .mode(0o700)
+            .create(dest)
+            .with_context(|| format!("cannot create {}", dest.display()))?;
+        let instance = Instance::new(dest);
+        if copytree::copy_contents(&self.entry().dir, dest).is_err() || !instance.is_cluster() {
+            instance.remove()?;
+            return Ok(None);
+        }
+        instance.make_private()?;
+        self.touch();
+        Ok(Some(instance))
+    }
+
+    /// Records a use now.
+    fn touch(&self) {
+        let used = self.dir.join("used");
+        let _ = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&used)
+            .and_then(|f| f.set_modified(SystemTime::now()));
+    }
+
+    /// Builds the entry: a fresh cluster directory, a private server on it, the files loaded,
+    /// a clean shutdown, then an atomic rename into place. Concurrent builders of one key take
+    /// turns; one that finds the entry made meanwhile does nothing.
+    pub fn build(
+        &self,
+        install: &Installation,
+        user: &str,
+        options: &[String],
+        data: &TestData,
+    ) -> Result<()> {
+        let root = self.dir.parent().context("cache entry without a parent")?;
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .with_context(|| format!("cannot create {}", root.display()))?;
+        let _lock = lock(&self.dir.with_extension("lock"), FlockArg::LockExclusive)?;
+        if self.exists() {
+            return Ok(());
+        }
+        let building = root.join(format!("{BUILD}{}", pool::new_name()?));
+        DirBuilder::new()
+            .mode(0o700)
+            .create(&building)
+            .with_context(|| format!("cannot create {}", building.display()))?;
+        let result = self.build_in(&building, install, user, options, data);
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&building);
+        }
+        result
+    }
+
+    fn build_in(
+        &self,
+        building: &Path,
+        install: &Installation,
+        user: &str,
+        options: &[String],
+        data: &TestData,
+    ) -> Result<()> {
+        let entry = Instance::new(building.join("entry"));
+        DirBuilder::new()
+            .mode(0o700)
+            .create(&entry.dir)
+            .with_context(|| format!("cannot create {}", entry.dir.display()))?;
+        initdb::prepare(install, &entry, user)?;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(entry.log())
+            .with_context(|| format!("cannot open {}", entry.log().display()))?;
+        // Socket only, in the entry's own private directory: the port is just a number. The
+        // entry's path is longer than an instance's; when its socket would not fit, a short
+        // private directory holds it instead (given last, so it wins).
+        let port = 5432;
+        let short = if statedir::socket_path_len(&entry.dir) > statedir::SOCKET_PATH_MAX {
+            Some(
+                tempfile::Builder::new()
+                    .prefix("pgtmp-build-")
+                    .tempdir_in("/tmp")
+                    .context("cannot create a socket directory in /tmp")?,
+            )
+        } else {
+            None
+        };
+        let socket_dir = short.as_ref().map_or(entry.dir.as_path(), |d| d.path());
+        let mut options = options.to_vec();
+        if short.is_some() {
+            let quoted = socket_dir.to_string_lossy().replace('"', "\"\"");
+            options.extend(["-c".into(), format!("unix_socket_directories=\"{quoted}\"")]);
+        }
+        let spec = ServerSpec {
+            install,
+            instance: &entry,
+            port,
+            tcp: false,
+            options: &options,
+        };
+        let mut server = spec.spawn(&log)?;
+        let target = Server {
+            socket_dir,
+            port,
+            user,
+        };
+        // The clone stock is made here too, so that a cached start has it at once instead of
+        // making it while its client starts working.
+        let loaded = match cluster::wait_ready(&mut server, &entry, STARTUP_LIMIT) {
+            Ok(Startup::Ready) => data.load(&target).and_then(|()| stock::refill(&target)),
+            Ok(_) => Err(anyhow::anyhow!(
+                "postgres did not start for the schema cache: {}",
+                cluster::failure_lines(&fs::read_to_string(entry.log()).unwrap_or_default())
+            )),
+            Err(err) => Err(err),
+        };
+        // Fast shutdown: a checkpoint, so the copy starts without recovery.
+        cluster::stop_child(&mut server);
+        loaded?;
+        if !cluster::exited(&mut server) {
+            bail!("the schema cache's server did not stop");
+        }
+        let _ = fs::remove_file(entry.log());
+        let _ = fs::remove_file(entry.data().join("postmaster.opts"));
+        let _ = fs::remove_file(entry.dir.join(stock::LOCK));
+        match fs::rename(building, &self.dir) {
+            Ok(()) => {
+                self.touch();
+                Ok(())
+            }
+            // Someone else published it first (e.g. without taking the lock after a sweep).
+            Err(_) if self.exists() => {
+                let _ = fs::remove_dir_all(building);
+                Ok(())
+            }
+            Err(err) => Err(err).with_context(|| format!("cannot publish {}", self.dir.display())),
+        }
+    }
+
+    /// Copies the entry until `size` ready copies wait beside it. Only one process copies at
+    /// a time; others leave it to that one.
+    pub fn refill(&self, size: usize) -> Result<()> {
+        if !self.exists() {
+            return Ok(());
+        }
+        let Ok(_lock) = lock(&self.dir.join("lock"), FlockArg::LockExclusiveNonblock) else {
+            return Ok(());
+        };
+        for stale in self.children(BUILDING) {
+            let _ = fs::remove_dir_all(stale);
+        }
+        while self.children(READY).len() < size {
+            let name = pool::new_name()?;
+            let building = self.dir.join(format!("{BUILDING}{name}"));
+            DirBuilder::new()
+                .mode(0o700)
+                .create(&building)
+                .with_context(|| format!("cannot create {}", building.display()))?;
+            if let Err(err) = copytree::copy_contents(&self.entry().dir, &building) {
+                let _ = fs::remove_dir_all(&building);
+                return Err(err);
+            }
+            let ready = self.dir.join(format!("{READY}{name}"));
+            fs::rename(&building, &ready)
+                .with_context(|| format!("cannot publish {}", ready.display()))?;
+        }
+        Ok(())
+    }
+}
+
+fn lock(path: &Path, how: FlockArg) -> Result<Flock<fs::File>> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    Flock::lock(file, how)
+        .map_err(|(_, errno)| errno)
+        .with_context(|| format!("cannot lock {}", path.display()))
+}
+
+fn children(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
+fn age(path: &Path, now: SystemTime) -> Option<Duration> {
+    let modified = fs::metadata(path).and_then(|m| m.modified()).ok()?;
+    Some(now.duration_since(modified).unwrap_or_default())
+}
+
+/// Removes cache entries (with their ready copies) not used for `max_age`, and builds and
+/// copies abandoned for that long, under `state_dir` (PGTMP_DIR). Returns the entries removed.
+/// An entry is first renamed away, so a start never sees half of one; a start copying from it
+/// at that moment falls back to loading the files.
+pub fn sweep(state_dir: &Path, max_age: Duration) -> Result<Vec<PathBuf>> {
+    let root = root(state_dir);
+    let entries = match fs::read_dir(&root) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        other => other.with_context(|| format!("cannot read {}", root.display()))?,
+    };
+    let now = SystemTime::now();
+    let old = |path: &Path| age(path, now).is_some_and(|a| a >= max_age);
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            // <key>.lock and <key>.error of an entry that is gone (or was never built).
+            if !path.with_extension("").is_dir() && old(&path) {
+                let _ = fs::remove_file(&path);
+            }
+            continue;
+        }
+        if name.starts_with(TRASH) {
+            let _ = fs::remove_dir_all(&path);
+        } else if name.starts_with(BUILD) {
+            if old(&path) {
+                let _ = fs::remove_dir_all(&path);
+            }
+        } else {
+            let used = path.join("used");
+            let stale = if used.exists() {
+                old(&used)
+            } else {
+                old(&path)
+            };
+            if !stale {
+                continue;
+            }
+            let Ok(_lock) = lock(
+                &path.with_extension("lock"),
+                FlockArg::LockExclusiveNonblock,
+            ) else {
+                continue;
+            };
+            let trash = root.join(format!("{TRASH}{}", pool::new_name()?));
+            fs::rename(&path, &trash)
+                .with_context(|| format!("cannot move {} away", path.display()))?;
+            fs::remove_dir_all(&trash)
+                .with_context(|| format!("cannot remove {}", trash.display()))?;
+            let _ = fs::remove_file(path.with_extension("lock"));
+            let _ = fs::remove_file(path.with_extension("error"));
+            removed.push(path);
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(root: &Path, key: &str, used_ago: Duration) -> PathBuf {
+        let dir = root.join("cache").join(key);
+        fs::create_dir_all(dir.join("entry/data")).unwrap();
+        fs::create_dir_all(dir.join("ready.abcd1234/data")).unwrap();
+        let used = fs::File::create(dir.join("used")).unwrap();
+        used.set_modified(SystemTime::now() - used_ago).unwrap();
+        dir
+    }
+
+    #[test]
+    fn sweep_removes_only_entries_unused_for_the_age() {
+        let root = tempfile::tempdir().unwrap();
+        let day = Duration::from_secs(86_400);
+        let old = entry(root.path(), "0123old", 3 * day);
+        let fresh = entry(root.path(), "4567new", Duration::from_secs(60));
+        let orphan = root.path().join("cache/89abfail.error");
+        fs::File::create(&orphan)
+            .unwrap()
+            .set_modified(SystemTime::now() - 3 * day)
+            .unwrap();
+        fs::File::create(root.path().join("cache/4567new.lock")).unwrap();
+        let removed = sweep(root.path(), day).unwrap();
+        assert_eq!(removed, vec![old.clone()]);
+        assert!(!old.exists() && fresh.join("entry/data").is_dir());
+        assert!(
+            !orphan.exists(),
+            "the error file of a build that never finished stays"
+        );
+        assert!(root.path().join("cache/4567new.lock").exists());
+        assert_eq!(
+            fs::read_dir(root.path().join("cache"))
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_type().unwrap().is_dir())
+                .count(),
+            1,
+            "only the fresh entry is left"
+        );
+        assert!(sweep(root.path(), day).unwrap().is_empty());
+        assert!(sweep(&root.path().join("none"), day).unwrap().is_empty());
+    }
+
+    #[test]
+    fn take_misses_without_an_entry() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = Cache {
+            dir: root.path().join("cache/abc"),
+        };
+        assert!(cache.take(&root.path().join("dest")).unwrap().is_none());
+        assert!(!root.path().join("dest").exists());
+    }
+}

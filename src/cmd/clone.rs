@@ -1,0 +1,73 @@
+//! `pgtmp clone URL`: a fresh database in the same cluster, a copy of its loaded state; and
+//! `pgtmp clone --drop URL`, which drops one early.
+
+use super::Session;
+use crate::cli::{CloneArgs, GlobalArgs};
+use crate::dburl;
+use crate::detach::{self, Forked};
+use crate::instance::{Instance, State};
+use crate::stock;
+use crate::testdata::{self, Server};
+use anyhow::{Context, Result, bail};
+use std::io::Write;
+
+pub fn run(args: CloneArgs, global: &GlobalArgs) -> Result<()> {
+    let session = Session::establish(global, None)?;
+    let (instance, state) = running_cluster(&session, &args.url)?;
+    let server = Server {
+        socket_dir: &instance.dir,
+        port: state.port,
+        user: &state.user,
+    };
+    let mut client = testdata::connect(&server, "postgres")?;
+    if args.drop {
+        return stock::drop_clone(&mut client, &dburl::database(&args.url)?);
+    }
+    let name = stock::claim(&mut client, &state.user)?;
+    drop(client);
+    let url = dburl::with_database(&args.url, &name)?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{url}")
+        .and_then(|()| stdout.flush())
+        .context("cannot print the URL (stdout closed?)")?;
+    drop(stdout);
+    if let Ok(Forked::Child) = detach::fork_detached() {
+        detach::lower_priority();
+        std::process::exit(i32::from(stock::refill(&server).is_err()));
+    }
+    Ok(())
+}
+
+/// The running cluster a URL points to, which must be the invoker's.
+pub fn running_cluster(session: &Session, url: &str) -> Result<(Instance, State)> {
+    let instance = super::stop::find_by_url(session, url)?;
+    let dir = instance.dir.display();
+    let state = match instance.read_state() {
+        Ok(Some(state)) => state,
+        Ok(None) => bail!("no cluster is running in {dir}; it has stopped already"),
+        Err(err) => {
+            let denied = err.chain().any(|cause| {
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+            });
+            if denied {
+                bail!("the cluster in {dir} belongs to another account; only its owner can use it");
+            }
+            if !instance.dir.exists() {
+                bail!("no cluster in {dir}: it has stopped already, or never existed");
+            }
+            return Err(err);
+        }
+    };
+    if state.owner_uid != session.invoker.uid.as_raw() {
+        bail!(
+            "the cluster in {dir} belongs to another account (uid {}); only its owner can use it",
+            state.owner_uid
+        );
+    }
+    if !crate::process::alive(state.watchdog_pid) {
+        bail!("the cluster in {dir} is not running (its watchdog has gone)");
+    }
+    Ok((instance, state))
+}

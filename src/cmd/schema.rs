@@ -1,0 +1,63 @@
+//! `pgtmp schema URL`: a fresh schema in URL's database and a URL whose connections have it
+//! first on their search_path.
+
+use super::Session;
+use crate::cli::{GlobalArgs, SchemaArgs};
+use crate::dburl;
+use crate::exit;
+use crate::format::Format;
+use crate::initdb::quote_ident;
+use crate::instance::NAME_ALPHABET;
+use crate::secret;
+use crate::testdata::{self, Server};
+use anyhow::{Context, Result};
+use std::io::Write;
+
+pub fn run(args: SchemaArgs, global: &GlobalArgs) -> Result<()> {
+    let jdbc = match args.format.unwrap_or_default() {
+        Format::Uri => false,
+        Format::Jdbc => true,
+        other => {
+            return Err(exit::usage(format!(
+                "pgtmp schema prints --format uri or jdbc, not {}; use one of those",
+                format!("{other:?}").to_lowercase()
+            )));
+        }
+    };
+    if jdbc {
+        // Refused before a schema is made for nothing.
+        dburl::jdbc_with_search_path(&args.url, "public")?;
+    }
+    let session = Session::establish(global, None)?;
+    let (instance, state) = super::clone::running_cluster(&session, &args.url)?;
+    let database = dburl::database(&args.url)?;
+    let server = Server {
+        socket_dir: &instance.dir,
+        port: state.port,
+        user: &state.user,
+    };
+    let mut client = testdata::connect(&server, &database)?;
+    let schema = format!("s_{}", secret::random_string(NAME_ALPHABET, 8)?);
+    client
+        .batch_execute(&format!("CREATE SCHEMA {}", quote_ident(&schema)))
+        .with_context(|| format!("cannot create schema {schema} in {database}"))?;
+    // The database's own search_path (with --now, the frozen now()) stays behind it.
+    let row = client
+        .query_one("SELECT current_setting('search_path')", &[])
+        .context("cannot read the search_path")?;
+    let rest: String = row.get(0);
+    let path = if rest.trim().is_empty() {
+        schema
+    } else {
+        format!("{schema}, {rest}")
+    };
+    let url = if jdbc {
+        dburl::jdbc_with_search_path(&args.url, &path)?
+    } else {
+        dburl::with_search_path(&args.url, &path)?
+    };
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{url}")
+        .and_then(|()| stdout.flush())
+        .context("cannot print the URL (stdout closed?)")
+}
