@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// How a started cluster is printed (`--format`, `PGTMP_FORMAT`).
-#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Format {
     /// postgresql:// URL (libpq, psql, most drivers)
     #[default]

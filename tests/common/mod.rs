@@ -214,7 +214,15 @@ fn shared_binary() -> &'static Path {
         fs::create_dir_all(&dir).expect("cannot create the shared binary directory");
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
         let bin = dir.join("pgtmp");
-        fs::copy(env!("CARGO_BIN_EXE_pgtmp"), &bin).expect("cannot copy the pgtmp binary");
+        // Copied by `cp`, not fs::copy: a child another test thread forks meanwhile would
+        // inherit our write descriptor until its exec, and exec'ing the copy would then fail
+        // with ETXTBSY ("Text file busy", rust-lang/rust#114554).
+        let copied = Command::new("cp")
+            .arg(env!("CARGO_BIN_EXE_pgtmp"))
+            .arg(&bin)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(copied, "cannot copy the pgtmp binary to {}", bin.display());
         fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
         // SAFETY: registers a plain function that only removes a directory at exit.
         unsafe { nix::libc::atexit(remove_shared_binary) };
