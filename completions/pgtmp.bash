@@ -16,6 +16,9 @@ _pgtmp() {
             ",$1")
                 cmd="pgtmp"
                 ;;
+            pgtmp,gc)
+                cmd="pgtmp__subcmd__gc"
+                ;;
             pgtmp,initdb)
                 cmd="pgtmp__subcmd__initdb"
                 ;;
@@ -32,7 +35,7 @@ _pgtmp() {
 
     case "${cmd}" in
         pgtmp)
-            opts="-t -p -w -k -o -d -h -V --tcp --port --timeout --keep --options --dir --bindir --run-as --help --version start stop initdb"
+            opts="-t -p -w -k -o -d -h -V --tcp --port --timeout --keep --options --dir --bindir --run-as --help --version start stop initdb gc"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -70,6 +73,28 @@ _pgtmp() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --bindir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --run-as)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pgtmp__subcmd__gc)
+            opts="-n -h --dry-run --bindir --run-as --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --bindir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

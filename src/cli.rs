@@ -38,7 +38,8 @@ PG*              the caller's libpq variables are ignored by pgtmp and its serve
         "Files",
         "\
 $PGTMP_DIR/<name>/              one cluster: socket directory (0700), data/, postgres.log
-$PGTMP_DIR/pool/<key>/ready.*   prepared data directories waiting to be claimed",
+$PGTMP_DIR/pool/<key>/ready.*   prepared data directories waiting to be claimed
+$PGTMP_DIR/.swept               when the last background sweep (pgtmp gc) ran",
     ),
     (
         "Exit status",
@@ -86,6 +87,9 @@ pub enum Command {
     Stop(StopArgs),
     /// Prepare a data directory without starting it and print its path
     Initdb(InitdbArgs),
+    /// Remove what killed or crashed runs left: servers without a watchdog, their directories,
+    /// incomplete pool entries; prints one line per thing removed
+    Gc(GcArgs),
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -151,6 +155,13 @@ pub struct InitdbArgs {
     /// Prepare this directory (empty or missing) instead of a new one under PGTMP_DIR
     #[arg(short = 'd', long = "dir", value_name = "DIR")]
     pub dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct GcArgs {
+    /// Only print what would be removed
+    #[arg(short = 'n', long = "dry-run")]
+    pub dry_run: bool,
 }
 
 /// Which start options were written on the command line rather than taken from PGTMP_*.

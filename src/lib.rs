@@ -13,10 +13,14 @@ pub mod discover;
 pub mod exit;
 pub mod initdb;
 pub mod instance;
+pub mod ownership;
 pub mod pool;
 pub mod process;
 pub mod secret;
+pub mod shm;
 pub mod statedir;
+pub mod sweep;
+pub mod testpause;
 pub mod url;
 pub mod watchdog;
 

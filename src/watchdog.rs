@@ -10,7 +10,9 @@ use crate::cluster::{self, ServerSpec, Startup};
 use crate::detach::{self, Forked};
 use crate::discover::Installation;
 use crate::instance::{Instance, State};
+use crate::ownership;
 use crate::secret;
+use crate::shm;
 use anyhow::{Context, Result, anyhow, bail};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
@@ -58,6 +60,9 @@ pub struct Plan {
     pub on_failure: OnFailure,
     /// A file in PGTMP_DIR pointing at a cluster that lives elsewhere, kept while it runs.
     pub registration: Option<PathBuf>,
+    /// The directory's lock (ownership.rs), taken by the start and held by the watchdog for
+    /// its whole life: a sweep never touches a directory while it is held.
+    pub lock: Option<crate::ownership::DirLock>,
 }
 
 /// What the waiting `pgtmp` learns.
@@ -90,7 +95,13 @@ pub fn launch(plan: Plan) -> Result<Started> {
                         Some(("error", message)) => bail!("{}", message.trim_end()),
                         _ => {
                             // It died without a word (killed, or could not detach), so it
-                            // cleaned up nothing; a server it started dies with it (Linux).
+                            // cleaned up nothing. A server it started gets SIGQUIT from the
+                            // kernel (Linux); the directory goes only once the server has.
+                            if let Some(pid) =
+                                crate::ownership::running_postmaster(&plan.instance.data())
+                            {
+                                let _ = cluster::shutdown(pid, || !crate::process::alive(pid));
+                            }
                             dispose_after_failure(&plan);
                             bail!(
                                 "the watchdog exited before the server was ready (was it killed?); try again"
@@ -103,7 +114,9 @@ pub fn launch(plan: Plan) -> Result<Started> {
         Forked::Child => {
             drop(reader);
             let code = match Watchdog::start(plan, writer) {
-                Ok(mut watchdog) => watchdog.supervise(),
+                Ok((mut watchdog, true)) => watchdog.supervise(),
+                // Nobody received the URL (pgtmp was killed while it waited): stop now.
+                Ok((mut watchdog, false)) => watchdog.stop(),
                 Err(()) => 1,
             };
             std::process::exit(code);
@@ -117,12 +130,18 @@ struct Watchdog {
     port: u16,
     session: Option<Session>,
     signals: SignalPipe,
+    /// The server's shared memory, recorded once it was ready.
+    segments: shm::Segments,
 }
 
 impl Watchdog {
-    /// Starts the server and reports to the waiting pgtmp. On failure the directory is
-    /// disposed of before the error is reported, so the caller returns to a clean slate.
-    fn start(plan: Plan, mut report: std::io::PipeWriter) -> std::result::Result<Watchdog, ()> {
+    /// Starts the server and reports to the waiting pgtmp; true if the report was delivered.
+    /// On failure the directory is disposed of before the error is reported, so the caller
+    /// returns to a clean slate.
+    fn start(
+        plan: Plan,
+        mut report: std::io::PipeWriter,
+    ) -> std::result::Result<(Watchdog, bool), ()> {
         let signals = match SignalPipe::install() {
             Ok(s) => s,
             Err(err) => {
@@ -138,14 +157,16 @@ impl Watchdog {
                 port,
                 session: None,
                 signals,
+                segments: shm::Segments::default(),
             };
             watchdog.handshake()?;
             Ok(watchdog)
         });
         match result {
             Ok(watchdog) => {
-                let _ = writeln!(report, "ready {}", watchdog.port);
-                Ok(watchdog)
+                crate::testpause::point("ready");
+                let delivered = writeln!(report, "ready {}", watchdog.port).is_ok();
+                Ok((watchdog, delivered))
             }
             Err(failure) => {
                 let _ = writeln!(report, "error {failure:#}");
@@ -187,6 +208,7 @@ impl Watchdog {
                     return Err(err);
                 }
             };
+            crate::testpause::point("spawned");
             match cluster::wait_ready(&mut server, &plan.instance, STARTUP_LIMIT) {
                 Ok(Startup::Ready) => return Ok((server, port)),
                 Ok(Startup::Exited) => {
@@ -244,15 +266,21 @@ impl Watchdog {
                 session.set_password(&self.plan.user, &secret::scram_verifier(password))?;
             }
             self.session = Some(session);
+            let watchdog_pid = std::process::id() as i32;
+            let postmaster_pid = self.server.id() as i32;
+            self.segments = shm::of_server(postmaster_pid, &self.plan.instance.data());
             self.plan.instance.write_state(&State {
-                watchdog_pid: std::process::id() as i32,
-                postmaster_pid: self.server.id() as i32,
+                watchdog_pid,
+                postmaster_pid,
                 port: self.port,
                 tcp: self.plan.tcp,
                 keep: self.plan.keep,
                 owner_uid: self.plan.owner_uid,
                 user: self.plan.user.clone(),
                 timeout: self.plan.timeout,
+                watchdog_start: ownership::start_time(watchdog_pid),
+                postmaster_start: ownership::start_time(postmaster_pid),
+                segments: self.segments.clone(),
             })?;
             if let Some(registration) = &self.plan.registration {
                 let path = format!("{}\n", self.plan.instance.dir.display());
@@ -277,11 +305,15 @@ impl Watchdog {
         loop {
             let stop_requested = self.signals.wait(TICK);
             if cluster::exited(&mut self.server) {
-                // The server died by itself: nothing to stop, only to clean up.
+                // The server died by itself (killed?): nothing to stop, but what a killed
+                // server cannot release itself, its shared memory, is released here.
                 self.session = None;
+                self.release_shared_memory();
                 return self.finish();
             }
-            if stop_requested {
+            if stop_requested || !self.plan.instance.state_path().exists() {
+                // Asked to stop, or the directory was deleted under the server: stop it now
+                // rather than let it run on without its files.
                 break;
             }
             if self.plan.timeout == 0 {
@@ -293,9 +325,29 @@ impl Watchdog {
                 break;
             }
         }
+        self.stop()
+    }
+
+    /// Stops the server now and cleans up; returns the exit code.
+    fn stop(&mut self) -> i32 {
         self.session = None;
         cluster::stop_child(&mut self.server);
+        self.release_shared_memory();
         self.finish()
+    }
+
+    /// Once the postmaster has exited: if it could not release its shared memory (killed, or
+    /// escalated to SIGKILL), waits briefly for its orphaned backends to exit, then removes the
+    /// segments recorded at the start. After a clean exit they are gone and this does nothing.
+    fn release_shared_memory(&self) {
+        let creator = self.server.id() as i32;
+        if let Some(id) = self.segments.sysv_id {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while shm::attached(id, creator).is_some_and(|n| n > 0) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        shm::release(&self.segments, creator);
     }
 
     /// True when a client is connected, or when that cannot be told (never stop a server in
@@ -338,9 +390,14 @@ fn unregister(plan: &Plan) {
 }
 
 fn dispose_after_failure(plan: &Plan) {
-    let _ = match plan.on_failure {
-        OnFailure::Remove => plan.instance.remove(),
-        OnFailure::EmptyOut => plan.instance.empty_out(),
+    dispose(&plan.instance, plan.on_failure);
+}
+
+/// Undoes what a failed start made of a directory.
+pub fn dispose(instance: &Instance, on_failure: OnFailure) {
+    let _ = match on_failure {
+        OnFailure::Remove => instance.remove(),
+        OnFailure::EmptyOut => instance.empty_out(),
         OnFailure::Leave => Ok(()),
     };
 }

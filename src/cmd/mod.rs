@@ -1,6 +1,7 @@
 //! The commands, and what they share: who runs what, where the state lives, and preparing a
 //! directory named with `-d`.
 
+mod gc;
 mod initdb;
 mod start;
 mod stop;
@@ -24,6 +25,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Start(args)) => start::run(args, &global),
         Some(Command::Stop(args)) => stop::run(args.url, args.dir.or(cli.start.dir), &global),
         Some(Command::Initdb(args)) => initdb::run(args.dir.or(cli.start.dir), &global),
+        Some(Command::Gc(args)) => gc::run(&args, &global),
     }
 }
 
@@ -148,8 +150,9 @@ pub fn prepare_dir(
 /// and not running already.
 pub fn check_startable(install: &Installation, instance: &Instance) -> Result<()> {
     let dir = instance.dir.display();
-    if let Some(state) = instance.read_state()? {
-        if crate::process::alive(state.watchdog_pid) {
+    if instance.read_state()?.is_some() {
+        // Its watchdog holds the directory's lock for as long as it lives.
+        if crate::ownership::is_locked(&instance.dir) {
             bail!(
                 "a cluster is already running in {dir}; stop it first with `pgtmp stop -d {dir}`"
             );

@@ -5,8 +5,11 @@ use crate::cli::{GlobalArgs, StartArgs};
 use crate::cluster;
 use crate::discover;
 use crate::instance::Instance;
+use crate::ownership;
 use crate::pool::{self, Pool};
 use crate::secret;
+use crate::sweep;
+use crate::testpause;
 use crate::url;
 use crate::watchdog::{self, OnFailure, Plan};
 use anyhow::{Context, Result, bail};
@@ -55,6 +58,9 @@ pub fn run(args: StartArgs, global: &GlobalArgs) -> Result<()> {
 
     let session = Session::establish(global, dir.as_deref())?;
     let user = session.user().to_string();
+    // Held while a directory under PGTMP_DIR exists that this start has not locked yet, so
+    // that a sweep never takes it for a dead run's leftover (see ownership.rs).
+    let mut gate = None;
     let (instance, on_failure, pool) = match (dir, found) {
         (Some(dir), Some(found)) => {
             let on_failure = super::prepare_dir(&install, &dir, found, &session)?;
@@ -66,11 +72,24 @@ pub fn run(args: StartArgs, global: &GlobalArgs) -> Result<()> {
             (instance, on_failure, None)
         }
         _ => {
+            gate = Some(ownership::lock_shared(&session.state.path)?);
             let pool = Pool::open(&session.state, &install, &user)?;
             let instance = pool.take(&session.state.instance_path(&name), &install, &user)?;
             (instance, OnFailure::Remove, Some(pool))
         }
     };
+    testpause::point("claimed");
+    // From here until the watchdog reports, the directory is only ever locked by this start
+    // and then by its watchdog: a sweep leaves it alone, and removes it if both are killed.
+    let lock = match lock_instance(&instance, args.keep) {
+        Ok(lock) => lock,
+        Err(err) => {
+            watchdog::dispose(&instance, on_failure);
+            return Err(err);
+        }
+    };
+    drop(gate);
+    testpause::point("locked");
 
     let plan = Plan {
         install: install.clone(),
@@ -86,12 +105,14 @@ pub fn run(args: StartArgs, global: &GlobalArgs) -> Result<()> {
         options,
         on_failure,
         registration: session.state.registration_for(&instance.dir, &name),
+        lock: Some(lock),
     };
     let started = watchdog::launch(plan)?;
     let url = match &password {
         Some(password) => url::tcp_url(&user, password, started.port),
         None => url::socket_url(&user, &instance.dir),
     };
+    testpause::point("reported");
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{url}")
         .and_then(|()| stdout.flush())
@@ -102,5 +123,19 @@ pub fn run(args: StartArgs, global: &GlobalArgs) -> Result<()> {
     if let Some(pool) = pool {
         pool.refill_in_background(&install, &user);
     }
+    sweep::in_background(&session.state);
     Ok(())
+}
+
+/// Locks a directory for this start (and the watchdog it forks); records -k so that no sweep
+/// removes a kept cluster whose watchdog is gone.
+fn lock_instance(instance: &Instance, keep: bool) -> Result<ownership::DirLock> {
+    let dir = instance.dir.display();
+    let lock = ownership::try_lock(&instance.dir)?.with_context(|| {
+        format!("a cluster is already running in {dir}; stop it first with `pgtmp stop -d {dir}`")
+    })?;
+    if keep {
+        instance.mark_kept()?;
+    }
+    Ok(lock)
 }

@@ -5,6 +5,7 @@ use crate::cli::GlobalArgs;
 use crate::cluster;
 use crate::exit;
 use crate::instance::Instance;
+use crate::ownership;
 use crate::process;
 use crate::url::{self, Target};
 use anyhow::{Context, Result, bail};
@@ -53,7 +54,13 @@ pub fn run(url: Option<String>, dir: Option<PathBuf>, global: &GlobalArgs) -> Re
             state.owner_uid
         );
     }
-    if process::alive(state.watchdog_pid) {
+    // A live watchdog holds the directory's lock; its pid is signalled only if its start time
+    // proves it is still the same process.
+    let watchdog_live = ownership::is_locked(&instance.dir);
+    if watchdog_live
+        && (state.watchdog_start.is_none()
+            || ownership::same_process(state.watchdog_pid, state.watchdog_start))
+    {
         // The watchdog stops the server and removes the directory, exactly as at its timeout.
         process::signal(state.watchdog_pid, Signal::SIGTERM)?;
         let deadline = Instant::now() + STOP_LIMIT;
@@ -69,10 +76,22 @@ pub fn run(url: Option<String>, dir: Option<PathBuf>, global: &GlobalArgs) -> Re
         }
         return Ok(());
     }
-    // No watchdog: do its work.
-    cluster::shutdown(state.postmaster_pid, || {
-        !process::alive(state.postmaster_pid)
-    })?;
+    if watchdog_live {
+        bail!(
+            "the cluster in {dir} is being started or stopped by another pgtmp right now; try again"
+        );
+    }
+    // No watchdog: do its work, on a server proven to be the one recorded.
+    if ownership::is_postmaster_of(
+        state.postmaster_pid,
+        &instance.data(),
+        state.postmaster_start,
+    ) {
+        cluster::shutdown(state.postmaster_pid, || {
+            !process::alive(state.postmaster_pid)
+        })?;
+    }
+    crate::shm::release(&state.segments, state.postmaster_pid);
     if state.keep {
         instance.remove_state();
         Ok(())
