@@ -132,6 +132,23 @@ pub fn running_postmaster(data: &Path) -> Option<i32> {
     is_postmaster_of(pid, data, None).then_some(pid)
 }
 
+/// True when a process of this account works inside `dir` (its working directory is there),
+/// e.g. an orphaned initdb or a backend of a killed server. False where it cannot be told.
+pub fn processes_inside(dir: &Path) -> bool {
+    let me = nix::unistd::geteuid().as_raw();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|entry| {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            return false;
+        };
+        process_uid(pid) == Some(me)
+            && crate::process::alive(pid)
+            && std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +162,21 @@ mod tests {
         assert!(same_process(me, started));
         assert!(!same_process(me, started.map(|s| s + 1)));
         assert!(!same_process(me, None));
+    }
+
+    #[test]
+    fn processes_are_found_by_working_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!processes_inside(dir.path()));
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .current_dir(dir.path())
+            .spawn()
+            .unwrap();
+        assert!(processes_inside(dir.path()));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!processes_inside(dir.path()));
     }
 
     #[test]

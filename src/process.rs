@@ -22,6 +22,11 @@ pub fn pg_command(program: &Path) -> Command {
         .env_remove("LANG")
         .env_remove("LANGUAGE");
     cmd.stdin(Stdio::null());
+    // A process group of its own: signals to the caller's group (Ctrl-C, a CI runner killing
+    // the job) reach pgtmp but never a running initdb or postgres directly, which would leak
+    // shared memory nobody recorded. Left alone, they end cleanly (a killed pgtmp closes the
+    // pipes they read from), and the sweep removes what they made.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     cmd
 }
 

@@ -146,6 +146,10 @@ fn sweep_instance(instance: &Instance, dry_run: bool, actions: &mut Actions) -> 
         return Ok(());
     }
     stop_orphaned_server(instance, dry_run, actions)?;
+    if !dry_run && ownership::processes_inside(&instance.dir) {
+        // An orphaned initdb, or backends of a killed server: the next sweep gets it.
+        bail!("processes still run in it");
+    }
     if instance.is_kept() {
         if instance.read_state().ok().flatten().is_some() {
             if !dry_run {
