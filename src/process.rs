@@ -41,8 +41,9 @@ pub fn run_checked(cmd: &mut Command, what: &str) -> Result<Output> {
         ),
     };
     if !out.status.success() {
-        let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
-        text.push_str(&String::from_utf8_lossy(&out.stdout));
+        // stderr last: it says why (initdb's stdout ends with the step that failed).
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
         bail!("{what} failed ({}): {}", out.status, tail(&text, 5));
     }
     Ok(out)

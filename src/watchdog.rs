@@ -213,6 +213,7 @@ impl Watchdog {
                 Ok(Startup::Ready) => return Ok((server, port)),
                 Ok(Startup::Exited) => {
                     let text = read_from(&mut log, log_start);
+                    let full = disk_full(&plan.instance);
                     let retry = plan.tcp && !plan.port_fixed && attempt < PORT_ATTEMPTS;
                     if retry
                         && cluster::lost_port_race(&text)
@@ -226,6 +227,17 @@ impl Watchdog {
                         bail!(
                             "port {port} is already in use on 127.0.0.1; choose another with -p, \
                              or leave -p out to get a free one"
+                        );
+                    }
+                    if text.trim().is_empty() {
+                        bail!(
+                            "postgres exited at once without writing to {}{}",
+                            plan.instance.log().display(),
+                            if full {
+                                ": No space left on device; free some space"
+                            } else {
+                                ""
+                            }
                         );
                     }
                     bail!(
@@ -400,6 +412,11 @@ pub fn dispose(instance: &Instance, on_failure: OnFailure) {
         OnFailure::EmptyOut => instance.empty_out(),
         OnFailure::Leave => Ok(()),
     };
+}
+
+/// True when the file system holding the directory has no space left (for the unprivileged).
+fn disk_full(instance: &Instance) -> bool {
+    nix::sys::statvfs::statvfs(&instance.dir).is_ok_and(|fs| fs.blocks_available() == 0)
 }
 
 fn open_log(instance: &Instance) -> Result<File> {

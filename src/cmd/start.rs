@@ -49,7 +49,8 @@ pub fn run(args: StartArgs, global: &GlobalArgs) -> Result<()> {
     // handing it to the watchdog, which disposes of it if the start fails.
     let port = match (tcp, args.port) {
         (_, Some(port)) => port,
-        (true, None) => portpicker::pick_unused_port()
+        (true, None) => testpause::first_port()
+            .or_else(portpicker::pick_unused_port)
             .context("no free TCP port on 127.0.0.1; free one, or use the Unix socket (drop -t)")?,
         (false, None) => socket_port(),
     };
