@@ -397,7 +397,7 @@ fn killed_postmaster_leaves_nothing(invoker: &Invoker) {
     assert!(wait_until(PSQL_LIMIT, || children_of(postmaster).len() >= 5));
     watch.record(&dir);
     signal(postmaster, Signal::SIGKILL);
-    let took = time_until(Duration::from_secs(10) + SLACK, || !dir.exists())
+    let took = time_until(Duration::from_secs(3) + SLACK, || !dir.exists())
         .expect("the directory outlived its killed postmaster");
     eprintln!("directory gone {took:?} after the postmaster was killed");
     let _ = client.wait();
