@@ -261,6 +261,14 @@ fn sweep_pools(pools: &Path, dry_run: bool, actions: &mut Actions) {
             if entry.file_name().to_string_lossy().starts_with("new.")
                 && fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.uid() == me)
             {
+                if ownership::processes_inside(&path) {
+                    // The orphaned initdb of a killed refiller: the next sweep gets it.
+                    actions.push(format!(
+                        "skipped {}: processes still run in it",
+                        path.display()
+                    ));
+                    continue;
+                }
                 if !dry_run && fs::remove_dir_all(&path).is_err() {
                     continue;
                 }

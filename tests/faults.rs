@@ -28,6 +28,7 @@ both_invokers!(
     pgtmp_killed_after_the_server_is_ready,
     watchdog_killed_during_the_start,
     nobody_to_hand_the_url_to,
+    refill_killed_mid_initdb,
     signals_to_the_callers_group,
     signals_to_the_group_during_initdb,
     directory_deleted_under_a_running_server,
@@ -490,6 +491,50 @@ fn nobody_to_hand_the_url_to(invoker: &Invoker) {
         .expect("the cluster nobody got the URL of kept running");
     eprintln!("cluster nobody got the URL of stopped after {took:?}");
     assert_nothing_remains(&sandbox, watch, "pgtmp killed while the server started");
+}
+
+/// The background refill killed while its initdb runs: the half-made `new.*` entry is left
+/// until its orphaned initdb has finished, then removed by the sweep; the pool still works.
+fn refill_killed_mid_initdb(invoker: &Invoker) {
+    let sandbox = Sandbox::with_pool(invoker, 1);
+    let watch = ShmWatch::new(&sandbox);
+    let url = sandbox.start(&["-w", "1"]);
+    let mut initdb = None;
+    let found = wait_until(PGTMP_LIMIT, || {
+        initdb = sandbox
+            .procs()
+            .into_iter()
+            .find(|p| p.cmdline.contains("initdb") && p.cmdline.contains("/new."));
+        initdb.is_some()
+    });
+    assert!(found, "no refill ran after the first start");
+    let initdb = initdb.unwrap();
+    let refiller = fs::read_to_string(format!("/proc/{}/stat", initdb.pid))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse::<i32>()
+                .ok()
+        })
+        .expect("cannot find the refiller");
+    signal(refiller, Signal::SIGKILL);
+    settle(&sandbox, CLEANUP_LIMIT, "refill killed");
+    assert!(
+        !incomplete_pool_entries(&sandbox).is_empty(),
+        "the killed refill left no new.* entry to test with"
+    );
+    let removed = gc(&sandbox);
+    assert!(
+        removed
+            .iter()
+            .any(|l| l.starts_with("removed incomplete pool entry ")),
+        "{removed:?}"
+    );
+    drop(url);
+    assert_nothing_remains(&sandbox, watch, "refill killed mid-initdb");
 }
 
 /// SIGTERM, SIGINT, SIGHUP and SIGKILL to the caller's whole process group, at each phase of a
