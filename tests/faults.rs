@@ -542,8 +542,13 @@ fn refill_killed_mid_initdb(invoker: &Invoker) {
 /// server. Whatever was started ends at its timeout; what was not is swept.
 fn signals_to_the_callers_group(invoker: &Invoker) {
     for phase in ["claimed", "locked", "reported"] {
-        for sig in ["TERM", "INT", "HUP", "KILL"] {
-            let context = format!("SIG{sig} to the group at {phase}");
+        for sig in [
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+            Signal::SIGKILL,
+        ] {
+            let context = format!("{sig} to the group at {phase}");
             let sandbox = Sandbox::new(invoker);
             let watch = ShmWatch::new(&sandbox);
             let mut shell = sandbox.shell_in_new_session("\"$PGTMP\" -w 2; echo exited $?");
@@ -551,16 +556,9 @@ fn signals_to_the_callers_group(invoker: &Invoker) {
             let shell = Background::spawn(shell);
             let group = shell.pid();
             paused_process(&sandbox, phase);
-            let signal_arg = format!("-{sig}");
-            let group_arg = format!("-{group}");
-            let status = Command::new("kill")
-                .args([signal_arg.as_str(), "--", group_arg.as_str()])
-                .status()
-                .unwrap();
-            assert!(status.success(), "{context}: kill failed");
-            let _ = Command::new("kill")
-                .args(["-CONT", "--", group_arg.as_str()])
-                .status();
+            let group = nix::unistd::Pid::from_raw(group);
+            nix::sys::signal::killpg(group, sig).expect("cannot signal the group");
+            let _ = nix::sys::signal::killpg(group, Signal::SIGCONT);
             let (_, _, stdout, _) = shell.finish();
             assert!(
                 !stdout.contains("postgresql://"),
@@ -580,17 +578,18 @@ fn signals_to_the_callers_group(invoker: &Invoker) {
 /// Signals to the group while a start prepares its directory in the foreground (initdb, no
 /// pool): initdb is in a group of its own, ends cleanly, and the sweep removes the rest.
 fn signals_to_the_group_during_initdb(invoker: &Invoker) {
-    for (sig, delay_ms) in [("KILL", 200), ("TERM", 500), ("INT", 800), ("HUP", 1100)] {
-        let context = format!("SIG{sig} to the group {delay_ms} ms into a cold start");
+    for (sig, delay_ms) in [
+        (Signal::SIGKILL, 200),
+        (Signal::SIGTERM, 500),
+        (Signal::SIGINT, 800),
+        (Signal::SIGHUP, 1100),
+    ] {
+        let context = format!("{sig} to the group {delay_ms} ms into a cold start");
         let sandbox = Sandbox::new(invoker);
         let watch = ShmWatch::new(&sandbox);
         let shell = Background::spawn(sandbox.shell_in_new_session("\"$PGTMP\" -w 2"));
         std::thread::sleep(Duration::from_millis(delay_ms));
-        let signal_arg = format!("-{sig}");
-        let group_arg = format!("-{}", shell.pid());
-        let _ = Command::new("kill")
-            .args([signal_arg.as_str(), "--", group_arg.as_str()])
-            .status();
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(shell.pid()), sig);
         shell.finish();
         settle(&sandbox, CLEANUP_LIMIT, &context);
         gc(&sandbox);
