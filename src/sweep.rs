@@ -145,6 +145,14 @@ fn sweep_instance(instance: &Instance, dry_run: bool, actions: &mut Actions) -> 
     if !made_by_pgtmp(instance) {
         return Ok(());
     }
+    // A state of a pgtmp from before these locks records no start times: its watchdog, if its
+    // pid still runs, may be alive without holding the lock. Left alone.
+    if let Ok(Some(state)) = instance.read_state()
+        && state.watchdog_start.is_none()
+        && process::alive(state.watchdog_pid)
+    {
+        return Ok(());
+    }
     stop_orphaned_server(instance, dry_run, actions)?;
     if !dry_run && ownership::processes_inside(&instance.dir) {
         // An orphaned initdb, or backends of a killed server: the next sweep gets it.
@@ -412,6 +420,25 @@ mod tests {
         assert!(fs::symlink_metadata(p.join("pool/k1/new.link")).is_ok());
         assert!(outside.path().join("data").exists());
         drop(held);
+    }
+
+    #[test]
+    fn a_live_watchdog_of_an_older_pgtmp_is_left_alone() {
+        let (_root, state) = state_dir();
+        let dir = state.path.join("gggg7777");
+        fs::create_dir_all(dir.join("data")).unwrap();
+        fs::write(dir.join("data/PG_VERSION"), "15\n").unwrap();
+        let instance = Instance::new(&dir);
+        instance.write_marker().unwrap();
+        // No start times, as written before they were recorded; this process as the watchdog.
+        let me = std::process::id();
+        fs::write(
+            dir.join("pgtmp.state"),
+            format!("watchdog_pid={me}\npostmaster_pid={me}\nport=1\ntcp=0\nkeep=0\nowner_uid=0\nuser=x\ntimeout=1\n"),
+        )
+        .unwrap();
+        assert!(sweep(&state, false, true).unwrap().is_empty());
+        assert!(dir.exists());
     }
 
     #[test]
