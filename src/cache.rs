@@ -311,10 +311,11 @@ fn age(path: &Path, now: SystemTime) -> Option<Duration> {
 }
 
 /// Removes cache entries (with their ready copies) not used for `max_age`, and builds and
-/// copies abandoned for that long, under `state_dir` (PGTMP_DIR). Returns the entries removed.
+/// copies abandoned for that long, under `state_dir` (PGTMP_DIR). Returns the entries removed
+/// (with `dry_run`, those that would be, removing nothing).
 /// An entry is first renamed away, so a start never sees half of one; a start copying from it
 /// at that moment falls back to loading the files.
-pub fn sweep(state_dir: &Path, max_age: Duration) -> Result<Vec<PathBuf>> {
+pub fn sweep(state_dir: &Path, max_age: Duration, dry_run: bool) -> Result<Vec<PathBuf>> {
     let root = root(state_dir);
     let entries = match fs::read_dir(&root) {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -326,6 +327,22 @@ pub fn sweep(state_dir: &Path, max_age: Duration) -> Result<Vec<PathBuf>> {
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
+        if dry_run {
+            let used = path.join("used");
+            let unused = if used.exists() {
+                old(&used)
+            } else {
+                old(&path)
+            };
+            if entry.file_type().is_ok_and(|t| t.is_dir())
+                && !name.starts_with(TRASH)
+                && !name.starts_with(BUILD)
+                && unused
+            {
+                removed.push(path);
+            }
+            continue;
+        }
         if !entry.file_type().is_ok_and(|t| t.is_dir()) {
             // <key>.lock and <key>.error of an entry that is gone (or was never built).
             if !path.with_extension("").is_dir() && old(&path) {
@@ -393,7 +410,9 @@ mod tests {
             .set_modified(SystemTime::now() - 3 * day)
             .unwrap();
         fs::File::create(root.path().join("cache/4567new.lock")).unwrap();
-        let removed = sweep(root.path(), day).unwrap();
+        assert_eq!(sweep(root.path(), day, true).unwrap(), vec![old.clone()]);
+        assert!(old.join("entry/data").is_dir(), "a dry run removes nothing");
+        let removed = sweep(root.path(), day, false).unwrap();
         assert_eq!(removed, vec![old.clone()]);
         assert!(!old.exists() && fresh.join("entry/data").is_dir());
         assert!(
@@ -410,8 +429,12 @@ mod tests {
             1,
             "only the fresh entry is left"
         );
-        assert!(sweep(root.path(), day).unwrap().is_empty());
-        assert!(sweep(&root.path().join("none"), day).unwrap().is_empty());
+        assert!(sweep(root.path(), day, false).unwrap().is_empty());
+        assert!(
+            sweep(&root.path().join("none"), day, false)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -47,6 +47,8 @@ PGTMP_PRESTART          servers kept running, waiting to be claimed by a start (
                         socket or TCP) [default: 0]
 PGTMP_PRESTART_TIMEOUT  seconds a pre-started server waits for a claim [default: 600]
 PGTMP_TRACE             1 = print how long each phase of a start took, on stderr
+PGTMP_CACHE_DAYS        days a schema cache entry may go unused before gc removes it
+                        [default: 7]
 PGTMP_TCP, PGTMP_PORT, PGTMP_TIMEOUT, PGTMP_KEEP, PGTMP_OPTIONS, PGTMP_FORMAT,
 PGTMP_NOW, PGTMP_NO_CACHE, PGTMP_BINDIR, PGTMP_RUN_AS
                         fallbacks for -t, -p, -w, -k, -o, -F, --now, --no-cache, --bindir,
@@ -58,7 +60,9 @@ PG*                     the caller's libpq variables are ignored by pgtmp and it
         "\
 $PGTMP_DIR/<name>/              one cluster: socket directory (0700), data/, postgres.log
 $PGTMP_DIR/pool/<key>/ready.*   prepared data directories waiting to be claimed
-$PGTMP_DIR/cache/<key>/         the schema cache: a loaded cluster (entry/) and ready copies",
+$PGTMP_DIR/cache/<key>/         the schema cache: a loaded cluster (entry/) and ready copies
+
+$PGTMP_DIR/.swept               when the last background sweep (pgtmp gc) ran",
     ),
     (
         "Exit status",
@@ -128,6 +132,9 @@ pub enum Command {
     Clone(CloneArgs),
     /// Create a fresh schema in URL's database and print a URL that puts it first on search_path
     Schema(SchemaArgs),
+    /// Remove what killed or crashed runs left: servers without a watchdog, their directories,
+    /// incomplete pool entries; prints one line per thing removed
+    Gc(GcArgs),
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -269,6 +276,13 @@ pub struct InitdbArgs {
     /// Prepare this directory (empty or missing) instead of a new one under PGTMP_DIR
     #[arg(short = 'd', long = "dir", value_name = "DIR")]
     pub dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct GcArgs {
+    /// Only print what would be removed
+    #[arg(short = 'n', long = "dry-run")]
+    pub dry_run: bool,
 }
 
 /// Which start options were written on the command line rather than taken from PGTMP_*.

@@ -7,8 +7,12 @@
 //!   PGTMP           marker: a complete directory pgtmp prepared (proof of ownership)
 //!   pgtmp.state     present while a watchdog looks after a running server
 //!   idle            present while the watchdog sees no client; its mtime says since when
+//!   pgtmp.keep      the cluster was started with -k: a sweep never removes this directory
 //! ```
+//!
+//! While a pgtmp process looks after the directory it holds a flock on it (see ownership.rs).
 
+use crate::shm::{self, Segments};
 use anyhow::{Context, Result, bail};
 use std::fs;
 use std::io::Write;
@@ -18,6 +22,7 @@ use std::path::{Path, PathBuf};
 const MARKER: &str = "PGTMP";
 const STATE: &str = "pgtmp.state";
 const IDLE: &str = "idle";
+const KEEP: &str = "pgtmp.keep";
 
 /// Letters of instance and pool entry names: short, so socket paths stay short.
 pub const NAME_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
@@ -49,6 +54,12 @@ pub struct State {
     pub owner_uid: u32,
     pub user: String,
     pub timeout: u64,
+    /// Start times of the two processes (ownership::start_time), so that a pid reused by
+    /// another process is never signalled. None off Linux, or in a state of an older pgtmp.
+    pub watchdog_start: Option<u64>,
+    pub postmaster_start: Option<u64>,
+    /// The server's shared memory, to release should it be killed.
+    pub segments: Segments,
 }
 
 impl Instance {
@@ -68,8 +79,26 @@ impl Instance {
         self.dir.join(MARKER)
     }
 
-    fn state_path(&self) -> PathBuf {
+    pub fn state_path(&self) -> PathBuf {
         self.dir.join(STATE)
+    }
+
+    fn keep_path(&self) -> PathBuf {
+        self.dir.join(KEEP)
+    }
+
+    /// Records that this directory is to be kept (-k), before any process looks after it.
+    pub fn mark_kept(&self) -> Result<()> {
+        fs::write(
+            self.keep_path(),
+            "started with pgtmp -k: kept when its cluster stops\n",
+        )
+        .with_context(|| format!("cannot write {}", self.keep_path().display()))
+    }
+
+    /// True when the directory was started with -k.
+    pub fn is_kept(&self) -> bool {
+        fs::symlink_metadata(self.keep_path()).is_ok()
     }
 
     /// A complete cluster directory made by pgtmp.
@@ -129,8 +158,11 @@ impl Instance {
     }
 
     pub fn write_state(&self, state: &State) -> Result<()> {
+        let start = |t: Option<u64>| t.map_or(String::new(), |t| t.to_string());
+        let (sysv, posix) = shm::to_fields(&state.segments);
         let text = format!(
-            "watchdog_pid={}\npostmaster_pid={}\nport={}\ntcp={}\nkeep={}\nowner_uid={}\nuser={}\ntimeout={}\n",
+            "watchdog_pid={}\npostmaster_pid={}\nport={}\ntcp={}\nkeep={}\nowner_uid={}\nuser={}\ntimeout={}\n\
+             watchdog_start={}\npostmaster_start={}\nshm_sysv_id={sysv}\nshm_posix={posix}\n",
             state.watchdog_pid,
             state.postmaster_pid,
             state.port,
@@ -138,7 +170,9 @@ impl Instance {
             state.keep as u8,
             state.owner_uid,
             state.user,
-            state.timeout
+            state.timeout,
+            start(state.watchdog_start),
+            start(state.postmaster_start),
         );
         // Written beside and renamed over, so readers never see half a file (tempfile creates
         // it with mode 0600).
@@ -237,6 +271,12 @@ fn parse_state(text: &str) -> Result<State> {
         owner_uid: u32::try_from(num("owner_uid")?).context("owner_uid out of range")?,
         user: get("user")?.to_string(),
         timeout: num("timeout")? as u64,
+        watchdog_start: get("watchdog_start").ok().and_then(|t| t.parse().ok()),
+        postmaster_start: get("postmaster_start").ok().and_then(|t| t.parse().ok()),
+        segments: shm::from_fields(
+            get("shm_sysv_id").unwrap_or(""),
+            get("shm_posix").unwrap_or(""),
+        ),
     };
     if state.watchdog_pid <= 0 || state.postmaster_pid <= 0 {
         bail!("process ids must be positive");
@@ -258,6 +298,12 @@ mod tests {
             owner_uid: 0,
             user: "root".into(),
             timeout: 60,
+            watchdog_start: Some(123),
+            postmaster_start: None,
+            segments: Segments {
+                sysv_id: Some(7),
+                posix: vec!["PostgreSQL.99".into()],
+            },
         }
     }
 

@@ -90,10 +90,12 @@ fn key(install: &Installation, user: &str) -> Result<String> {
 
 /// Removes the pools of installations that are gone or whose binaries changed (an upgrade
 /// gives the same bin directory another key): nothing would ever claim their entries. Pools
-/// being refilled, or with pre-started servers waiting, are left for a later pass.
-pub fn remove_vanished(pools: &Path) {
+/// being refilled, or with pre-started servers waiting, are left for a later pass. Returns the
+/// pools removed (with `dry_run`, those that would be, removing nothing).
+pub fn remove_vanished(pools: &Path, dry_run: bool) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
     let Ok(dirs) = fs::read_dir(pools) else {
-        return;
+        return removed;
     };
     for dir in dirs.filter_map(|e| e.ok()).map(|e| e.path()) {
         let Ok(text) = fs::read_to_string(dir.join(INSTALL)) else {
@@ -121,10 +123,13 @@ pub fn remove_vanished(pools: &Path) {
                 .filter_map(|e| e.ok())
                 .any(|e| crate::prestart::is_token(&e.path()))
         });
-        if let Ok(false) = waiting {
-            let _ = fs::remove_dir_all(&dir);
+        if let Ok(false) = waiting
+            && (dry_run || fs::remove_dir_all(&dir).is_ok())
+        {
+            removed.push(dir);
         }
     }
+    removed
 }
 
 /// A fresh random name for an instance directory or pool entry.
@@ -279,7 +284,7 @@ impl Pool {
             let _ = fs::remove_dir_all(stale);
         }
         if let Some(pools) = self.dir.parent() {
-            remove_vanished(pools);
+            remove_vanished(pools, false);
         }
         if self.size > 0 {
             self.build_template(install, user)?;

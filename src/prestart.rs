@@ -20,12 +20,13 @@ use crate::detach::{self, Forked};
 use crate::discover::Installation;
 use crate::exit;
 use crate::instance::{Instance, State};
+use crate::ownership;
 use crate::pool::{self, Pool};
 use crate::process;
 use crate::secret;
 use crate::statedir::StateDir;
 use crate::watchdog::{self, OnFailure, Plan};
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::Signal;
 use std::fs;
@@ -305,9 +306,21 @@ fn replenish(pool: &Pool, owner: &Owner, tcp: bool, settings: &Settings) -> Resu
 
 fn start_one(pool: &Pool, owner: &Owner, tcp: bool, settings: &Settings) -> Result<()> {
     let name = pool::new_name()?;
+    // As for any start: PGTMP_DIR is held shared until the new directory is locked, so that a
+    // sweep never takes it for a dead run's leftover (see ownership.rs).
+    let gate = ownership::lock_shared(&owner.state_dir.path)?;
     let Some(instance) = pool.take_prepared(&owner.state_dir.instance_path(&name))? else {
         return Ok(());
     };
+    let lock = match ownership::try_lock(&instance.dir) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => bail!("{} is locked by another process", instance.dir.display()),
+        Err(err) => {
+            watchdog::dispose(&instance, OnFailure::Remove);
+            return Err(err);
+        }
+    };
+    drop(gate);
     let port = if tcp {
         portpicker::pick_unused_port().context("no free TCP port on 127.0.0.1")?
     } else {
@@ -329,6 +342,7 @@ fn start_one(pool: &Pool, owner: &Owner, tcp: bool, settings: &Settings) -> Resu
         create_test: false,
         registration: None,
         lifeline: None,
+        lock: Some(lock),
         waiting: Some(Waiting {
             token: pool.dir.join(format!("{WAITING}{}.{name}", mode(tcp))),
             claimed: pool.dir.join(format!("{CLAIMED}{name}")),

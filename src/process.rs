@@ -22,6 +22,11 @@ pub fn pg_command(program: &Path) -> Command {
         .env_remove("LANG")
         .env_remove("LANGUAGE");
     cmd.stdin(Stdio::null());
+    // A process group of its own: signals to the caller's group (Ctrl-C, a CI runner killing
+    // the job) reach pgtmp but never a running initdb or postgres directly, which would leak
+    // shared memory nobody recorded. Left alone, they end cleanly (a killed pgtmp closes the
+    // pipes they read from), and the sweep removes what they made.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     cmd
 }
 
@@ -36,8 +41,9 @@ pub fn run_checked(cmd: &mut Command, what: &str) -> Result<Output> {
         ),
     };
     if !out.status.success() {
-        let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
-        text.push_str(&String::from_utf8_lossy(&out.stdout));
+        // stderr last: it says why (initdb's stdout ends with the step that failed).
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
         bail!("{what} failed ({}): {}", out.status, tail(&text, 5));
     }
     Ok(out)

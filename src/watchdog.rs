@@ -12,8 +12,10 @@ use crate::discover::Installation;
 use crate::initdb;
 use crate::instance::{Instance, State};
 use crate::lifeline::{self, Pull};
+use crate::ownership;
 use crate::prestart::{Claim, Waiting};
 use crate::secret;
+use crate::shm;
 use crate::trace;
 use anyhow::{Context, Result, anyhow, bail};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -71,6 +73,9 @@ pub struct Plan {
     /// `pgtmp run`'s lifeline: while held, the idle timeout is suspended; once cut, the
     /// cluster stops.
     pub lifeline: Option<OwnedFd>,
+    /// The directory's lock (ownership.rs), taken by the start and held by the watchdog for
+    /// its whole life: a sweep never touches a directory while it is held.
+    pub lock: Option<crate::ownership::DirLock>,
 }
 
 /// How long a claimed server waits for the claim's details before it assumes the defaults.
@@ -109,7 +114,13 @@ pub fn launch(plan: Plan) -> Result<Started> {
                         Some(("error", message)) => bail!("{}", message.trim_end()),
                         _ => {
                             // It died without a word (killed, or could not detach), so it
-                            // cleaned up nothing; a server it started dies with it (Linux).
+                            // cleaned up nothing. A server it started gets SIGQUIT from the
+                            // kernel (Linux); the directory goes only once the server has.
+                            if let Some(pid) =
+                                crate::ownership::running_postmaster(&plan.instance.data())
+                            {
+                                let _ = cluster::shutdown(pid, || !crate::process::alive(pid));
+                            }
                             dispose_after_failure(&plan);
                             bail!(
                                 "the watchdog exited before the server was ready (was it killed?); try again"
@@ -124,7 +135,9 @@ pub fn launch(plan: Plan) -> Result<Started> {
             let mut clock = trace::Clock::start();
             clock.phase("fork");
             let code = match Watchdog::start(plan, writer, clock) {
-                Ok(mut watchdog) => watchdog.supervise(),
+                Ok((mut watchdog, true)) => watchdog.supervise(),
+                // Nobody received the URL (pgtmp was killed while it waited): stop now.
+                Ok((mut watchdog, false)) => watchdog.stop(),
                 Err(()) => 1,
             };
             std::process::exit(code);
@@ -138,16 +151,19 @@ struct Watchdog {
     port: u16,
     session: Option<Session>,
     signals: SignalPipe,
+    /// The server's shared memory, recorded once it was ready.
+    segments: shm::Segments,
 }
 
 impl Watchdog {
-    /// Starts the server and reports to the waiting pgtmp. On failure the directory is
-    /// disposed of before the error is reported, so the caller returns to a clean slate.
+    /// Starts the server and reports to the waiting pgtmp; true if the report was delivered.
+    /// On failure the directory is disposed of before the error is reported, so the caller
+    /// returns to a clean slate.
     fn start(
         plan: Plan,
         mut report: std::io::PipeWriter,
         mut clock: trace::Clock,
-    ) -> std::result::Result<Watchdog, ()> {
+    ) -> std::result::Result<(Watchdog, bool), ()> {
         let signals = match SignalPipe::install() {
             Ok(s) => s,
             Err(err) => {
@@ -163,6 +179,7 @@ impl Watchdog {
                 port,
                 session: None,
                 signals,
+                segments: shm::Segments::default(),
             };
             watchdog.handshake()?;
             clock.phase("handshake");
@@ -170,8 +187,10 @@ impl Watchdog {
         });
         match result {
             Ok(watchdog) => {
-                let _ = writeln!(report, "ready {} {}", watchdog.port, clock.encode());
-                Ok(watchdog)
+                crate::testpause::point("ready");
+                let delivered =
+                    writeln!(report, "ready {} {}", watchdog.port, clock.encode()).is_ok();
+                Ok((watchdog, delivered))
             }
             Err(failure) => {
                 let _ = writeln!(report, "error {failure:#}");
@@ -216,6 +235,7 @@ impl Watchdog {
                     return Err(err);
                 }
             };
+            crate::testpause::point("spawned");
             match cluster::wait_ready(&mut server, &plan.instance, STARTUP_LIMIT) {
                 Ok(Startup::Ready) => {
                     clock.phase("ready");
@@ -223,6 +243,7 @@ impl Watchdog {
                 }
                 Ok(Startup::Exited) => {
                     let text = read_from(&mut log, log_start);
+                    let full = disk_full(&plan.instance);
                     let retry = plan.tcp && !plan.port_fixed && attempt < PORT_ATTEMPTS;
                     if retry
                         && cluster::lost_port_race(&text)
@@ -236,6 +257,17 @@ impl Watchdog {
                         bail!(
                             "port {port} is already in use on 127.0.0.1; choose another with -p, \
                              or leave -p out to get a free one"
+                        );
+                    }
+                    if text.trim().is_empty() {
+                        bail!(
+                            "postgres exited at once without writing to {}{}",
+                            plan.instance.log().display(),
+                            if full {
+                                ": No space left on device; free some space"
+                            } else {
+                                ""
+                            }
                         );
                     }
                     bail!(
@@ -285,15 +317,21 @@ impl Watchdog {
                 }
                 self.session = Some(session);
             }
+            let watchdog_pid = std::process::id() as i32;
+            let postmaster_pid = self.server.id() as i32;
+            self.segments = shm::of_server(postmaster_pid, &self.plan.instance.data());
             self.plan.instance.write_state(&State {
-                watchdog_pid: std::process::id() as i32,
-                postmaster_pid: self.server.id() as i32,
+                watchdog_pid,
+                postmaster_pid,
                 port: self.port,
                 tcp: self.plan.tcp,
                 keep: self.plan.keep,
                 owner_uid: self.plan.owner_uid,
                 user: self.plan.user.clone(),
                 timeout: self.plan.timeout,
+                watchdog_start: ownership::start_time(watchdog_pid),
+                postmaster_start: ownership::start_time(postmaster_pid),
+                segments: self.segments.clone(),
             })?;
             if let Some(registration) = &self.plan.registration {
                 let path = format!("{}\n", self.plan.instance.dir.display());
@@ -327,9 +365,19 @@ impl Watchdog {
         loop {
             let stop_requested = self.signals.wait(TICK);
             if cluster::exited(&mut self.server) {
-                // The server died by itself: nothing to stop, only to clean up.
+                // The server died by itself (killed?): nothing to stop, but what a killed
+                // server cannot release itself, its shared memory, is released here.
                 self.session = None;
+                self.release_shared_memory();
                 return self.finish();
+            }
+            if !self.plan.instance.state_path().exists() {
+                // The directory was deleted under the server: stop it now rather than let it
+                // run on without its files.
+                if let Some(waiting) = &self.plan.waiting {
+                    waiting.withdraw();
+                }
+                break;
             }
             if let Some(waiting) = self.plan.waiting.clone() {
                 match waiting.take_claim(&self.plan.instance) {
@@ -388,8 +436,14 @@ impl Watchdog {
                 break;
             }
         }
+        self.stop()
+    }
+
+    /// Stops the server now and cleans up; returns the exit code.
+    fn stop(&mut self) -> i32 {
         self.session = None;
         cluster::stop_child(&mut self.server);
+        self.release_shared_memory();
         self.finish()
     }
 
@@ -403,6 +457,20 @@ impl Watchdog {
             state.keep = claim.keep;
             let _ = self.plan.instance.write_state(&state);
         }
+    }
+
+    /// Once the postmaster has exited: if it could not release its shared memory (killed, or
+    /// escalated to SIGKILL), waits briefly for its orphaned backends to exit, then removes the
+    /// segments recorded at the start. After a clean exit they are gone and this does nothing.
+    fn release_shared_memory(&self) {
+        let creator = self.server.id() as i32;
+        if let Some(id) = self.segments.sysv_id {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while shm::attached(id, creator).is_some_and(|n| n > 0) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        shm::release(&self.segments, creator);
     }
 
     /// True when a client is connected, or when that cannot be told (never stop a server in
@@ -448,11 +516,21 @@ fn unregister(plan: &Plan) {
 }
 
 fn dispose_after_failure(plan: &Plan) {
-    let _ = match plan.on_failure {
-        OnFailure::Remove => plan.instance.remove(),
-        OnFailure::EmptyOut => plan.instance.empty_out(),
+    dispose(&plan.instance, plan.on_failure);
+}
+
+/// Undoes what a failed start made of a directory.
+pub fn dispose(instance: &Instance, on_failure: OnFailure) {
+    let _ = match on_failure {
+        OnFailure::Remove => instance.remove(),
+        OnFailure::EmptyOut => instance.empty_out(),
         OnFailure::Leave => Ok(()),
     };
+}
+
+/// True when the file system holding the directory has no space left (for the unprivileged).
+fn disk_full(instance: &Instance) -> bool {
+    nix::sys::statvfs::statvfs(&instance.dir).is_ok_and(|fs| fs.blocks_available() == 0)
 }
 
 fn open_log(instance: &Instance) -> Result<File> {

@@ -4,6 +4,7 @@ use super::Session;
 use crate::cli::GlobalArgs;
 use crate::discover;
 use crate::initdb;
+use crate::ownership;
 use crate::pool::{self, Pool, Taken};
 use anyhow::Result;
 use std::path::PathBuf;
@@ -21,6 +22,8 @@ pub fn run(dir: Option<PathBuf>, global: &GlobalArgs) -> Result<()> {
         None => {
             let session = Session::establish(global, None)?;
             let user = session.user().to_string();
+            // Held until the directory is marked kept, so no sweep removes it meanwhile.
+            let gate = ownership::lock_shared(&session.state.path)?;
             let pool = Pool::open(&session.state, &install, &user)?;
             let (instance, taken) = pool.take(
                 &session.state.instance_path(&pool::new_name()?),
@@ -33,6 +36,12 @@ pub fn run(dir: Option<PathBuf>, global: &GlobalArgs) -> Result<()> {
                 let _ = instance.remove();
                 return Err(err);
             }
+            // Asked for by name: a sweep must not take it for a dead start's leftover.
+            if let Err(err) = instance.mark_kept() {
+                let _ = instance.remove();
+                return Err(err);
+            }
+            drop(gate);
             pool.refill_in_background(&install, &user);
             instance.dir
         }

@@ -3,6 +3,7 @@
 
 mod clone;
 mod doctor;
+mod gc;
 mod initdb;
 mod list;
 mod run;
@@ -35,6 +36,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Doctor) => doctor::run(&global),
         Some(Command::Clone(args)) => clone::run(args, &global),
         Some(Command::Schema(args)) => schema::run(args, &global),
+        Some(Command::Gc(args)) => gc::run(&args, &global),
     }
 }
 
@@ -162,8 +164,9 @@ pub fn prepare_dir(
 /// and not running already.
 pub fn check_startable(install: &Installation, instance: &Instance) -> Result<()> {
     let dir = instance.dir.display();
-    if let Some(state) = instance.read_state()? {
-        if crate::process::alive(state.watchdog_pid) {
+    if instance.read_state()?.is_some() {
+        // Its watchdog holds the directory's lock for as long as it lives.
+        if crate::ownership::is_locked(&instance.dir) {
             bail!(
                 "a cluster is already running in {dir}; stop it first with `pgtmp stop -d {dir}`"
             );

@@ -10,11 +10,15 @@ use crate::discover::{self, Installation};
 use crate::exit;
 use crate::format::{self, Cluster};
 use crate::instance::Instance;
+use crate::ownership;
 use crate::pool::{self, Pool, Taken};
 use crate::prestart::{self, Claim};
 use crate::secret;
+use crate::statedir::StateDir;
 use crate::stock;
+use crate::sweep;
 use crate::testdata::{Server, TestData};
+use crate::testpause;
 use crate::trace;
 use crate::url;
 use crate::watchdog::{self, OnFailure, Plan};
@@ -36,6 +40,7 @@ fn socket_port() -> u16 {
 pub fn run(args: StartArgs, global: &GlobalArgs) -> Result<()> {
     let format = args.format.unwrap_or_default();
     let launched = launch(&args, global, None)?;
+    testpause::point("reported");
     let text = launched
         .cluster
         .render(format, || launched.install.version().ok());
@@ -59,6 +64,8 @@ pub struct Launched {
     top_up: Option<TopUp>,
     /// Set when -f or --now prepared the cluster.
     test_data: Option<FollowUp>,
+    /// Where the background sweep looks.
+    state: StateDir,
 }
 
 /// What the background work after a start with test data needs.
@@ -97,6 +104,7 @@ impl Launched {
                 &follow.data,
             );
         }
+        sweep::in_background(&self.state);
         let Some(top_up) = self.top_up else {
             return;
         };
@@ -155,7 +163,8 @@ pub fn launch(
     // handing it to the watchdog, which disposes of it if the start fails.
     let port = match (tcp, args.port) {
         (_, Some(port)) => port,
-        (true, None) => portpicker::pick_unused_port()
+        (true, None) => testpause::first_port()
+            .or_else(portpicker::pick_unused_port)
             .context("no free TCP port on 127.0.0.1; free one, or use the Unix socket (drop -t)")?,
         (false, None) => socket_port(),
     };
@@ -165,6 +174,9 @@ pub fn launch(
     let session = Session::establish(global, dir.as_deref())?;
     let user = session.user().to_string();
     trace::phase("session");
+    // Held while a directory under PGTMP_DIR exists that this start has not locked yet, so
+    // that a sweep never takes it for a dead run's leftover (see ownership.rs).
+    let mut gate = None;
     let cache = match &data {
         Some(data) if dir.is_none() && !args.no_cache => Some(Cache::open(
             &session.state,
@@ -173,7 +185,10 @@ pub fn launch(
         _ => None,
     };
     let cached = match &cache {
-        Some(cache) => cache.take(&session.state.instance_path(&name))?,
+        Some(cache) => {
+            gate = Some(ownership::lock_shared(&session.state.path)?);
+            cache.take(&session.state.instance_path(&name))?
+        }
         None => None,
     };
     let hit = cached.is_some();
@@ -189,6 +204,9 @@ pub fn launch(
         }
         (_, _, Some(instance)) => (instance, OnFailure::Remove, None, Taken::Claimed),
         _ => {
+            if gate.is_none() {
+                gate = Some(ownership::lock_shared(&session.state.path)?);
+            }
             let pool = Pool::open(&session.state, &install, &user)?;
             // Only starts with the settings every pre-started server has can use one; `run`
             // needs a watchdog that holds its lifeline.
@@ -203,6 +221,12 @@ pub fn launch(
                 && let Some(claimed) = prestart::claim(&pool, &session.state, tcp, port, claim)?
             {
                 trace::phase("claim-running");
+                // A running server's directory is its watchdog's (locked); -k is recorded for
+                // the sweep as for any start.
+                if claim.keep {
+                    claimed.instance.mark_kept()?;
+                }
+                let state = session.state.clone();
                 let url = match &claimed.password {
                     Some(password) => url::tcp_url(&user, password, claimed.state.port),
                     None => url::socket_url(&user, &claimed.instance.dir),
@@ -231,6 +255,7 @@ pub fn launch(
                         prestart,
                     }),
                     test_data: None,
+                    state,
                 });
             }
             let (instance, taken) =
@@ -245,6 +270,18 @@ pub fn launch(
         (Some(_), Taken::Copied) => "copy",
         (Some(_), Taken::Initialized) => "initdb",
     });
+    testpause::point("claimed");
+    // From here until the watchdog reports, the directory is only ever locked by this start
+    // and then by its watchdog: a sweep leaves it alone, and removes it if both are killed.
+    let lock = match lock_instance(&instance, args.keep) {
+        Ok(lock) => lock,
+        Err(err) => {
+            watchdog::dispose(&instance, on_failure);
+            return Err(err);
+        }
+    };
+    drop(gate);
+    testpause::point("locked");
     let plan = Plan {
         install: install.clone(),
         instance: instance.clone(),
@@ -262,6 +299,7 @@ pub fn launch(
         registration: session.state.registration_for(&instance.dir, &name),
         waiting: None,
         lifeline,
+        lock: Some(lock),
     };
     let started = watchdog::launch(plan)?;
     let url = match &password {
@@ -299,6 +337,7 @@ pub fn launch(
         timeout: args.idle_timeout(),
         keep: args.keep,
     };
+    let state = session.state.clone();
     let top_up = pool.map(|pool| TopUp {
         pool,
         session,
@@ -316,6 +355,7 @@ pub fn launch(
         install,
         top_up,
         test_data,
+        state,
     })
 }
 
@@ -379,4 +419,17 @@ fn prepare_in_background(
         }
         std::process::exit(i32::from(failed));
     }
+}
+
+/// Locks a directory for this start (and the watchdog it forks); records -k so that no sweep
+/// removes a kept cluster whose watchdog is gone.
+fn lock_instance(instance: &Instance, keep: bool) -> Result<ownership::DirLock> {
+    let dir = instance.dir.display();
+    let lock = ownership::try_lock(&instance.dir)?.with_context(|| {
+        format!("a cluster is already running in {dir}; stop it first with `pgtmp stop -d {dir}`")
+    })?;
+    if keep {
+        instance.mark_kept()?;
+    }
+    Ok(lock)
 }

@@ -5,6 +5,7 @@ use crate::cli::GlobalArgs;
 use crate::cluster;
 use crate::exit;
 use crate::instance::Instance;
+use crate::ownership;
 use crate::process;
 use crate::url::{self, Target};
 use anyhow::{Context, Result, bail};
@@ -89,13 +90,32 @@ fn stop(session: &Session, instance: &Instance) -> Result<()> {
             state.owner_uid
         );
     }
-    if process::alive(state.watchdog_pid) {
+    // A live watchdog holds the directory's lock; its pid is signalled only if its start time
+    // proves it is still the same process.
+    let watchdog_live = ownership::is_locked(&instance.dir);
+    if watchdog_live
+        && (state.watchdog_start.is_none()
+            || ownership::same_process(state.watchdog_pid, state.watchdog_start))
+    {
+        // The watchdog stops the server and removes the directory, exactly as at its timeout.
         return stop_watchdog(state.watchdog_pid, &dir);
     }
-    // No watchdog: do its work.
-    cluster::shutdown(state.postmaster_pid, || {
-        !process::alive(state.postmaster_pid)
-    })?;
+    if watchdog_live {
+        bail!(
+            "the cluster in {dir} is being started or stopped by another pgtmp right now; try again"
+        );
+    }
+    // No watchdog: do its work, on a server proven to be the one recorded.
+    if ownership::is_postmaster_of(
+        state.postmaster_pid,
+        &instance.data(),
+        state.postmaster_start,
+    ) {
+        cluster::shutdown(state.postmaster_pid, || {
+            !process::alive(state.postmaster_pid)
+        })?;
+    }
+    crate::shm::release(&state.segments, state.postmaster_pid);
     if state.keep {
         instance.remove_state();
         Ok(())

@@ -807,7 +807,8 @@ impl Sandbox {
         }
     }
 
-    /// Instance directories under PGTMP_DIR (everything but the `pool/` and `cache/` caches).
+    /// Instance directories under PGTMP_DIR (everything but the `pool/` and `cache/` caches
+    /// and dotfiles).
     pub fn instance_dirs(&self) -> Vec<PathBuf> {
         let Ok(entries) = fs::read_dir(&self.pgtmp_dir) else {
             return Vec::new();
@@ -815,6 +816,8 @@ impl Sandbox {
         let mut dirs: Vec<PathBuf> = entries
             .flatten()
             .filter(|e| e.file_name() != "pool" && e.file_name() != "cache")
+            // `.swept`: when the last background sweep ran.
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
             .map(|e| e.path())
             .collect();
         dirs.sort();

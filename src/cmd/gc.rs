@@ -1,0 +1,22 @@
+//! `pgtmp gc [--dry-run]`: remove what killed or crashed runs left in PGTMP_DIR, now.
+
+use super::Session;
+use crate::cli::{GcArgs, GlobalArgs};
+use crate::sweep;
+use anyhow::{Context, Result};
+use std::io::Write;
+
+pub fn run(args: &GcArgs, global: &GlobalArgs) -> Result<()> {
+    let session = Session::establish(global, None)?;
+    let actions = sweep::sweep(&session.state, args.dry_run, true)?;
+    let mut stdout = std::io::stdout().lock();
+    for action in &actions {
+        let line = match (args.dry_run, action.split_once(' ')) {
+            (true, Some(("removed", rest))) => format!("would remove {rest}"),
+            (true, Some(("stopped", rest))) => format!("would stop {rest}"),
+            _ => action.clone(),
+        };
+        writeln!(stdout, "{line}").context("cannot print to stdout")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,217 @@
+//! Proof of ownership before pgtmp touches anything: the lock a live pgtmp holds on each of its
+//! instance directories, and process start times and command lines, so that a reused pid is
+//! never signalled.
+//!
+//! The lock protocol (flock(2) on directory descriptors, released by the kernel when the last
+//! holder dies, whatever kills it):
+//! - A start holds PGTMP_DIR shared from before it claims or creates an instance directory until
+//!   it holds that directory's own lock; a sweep holds PGTMP_DIR exclusively while it picks what
+//!   to remove. So a sweep never sees a directory that a live start has made but not yet locked.
+//! - The instance directory's lock is taken by the start and inherited by the watchdog it forks
+//!   (not by postgres: the descriptor is close-on-exec), so it is held exactly while a pgtmp
+//!   process looks after that directory. An unlocked directory has no live owner.
+
+use anyhow::{Context, Result};
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// A held flock on a directory. Dropping it only closes this descriptor: the lock belongs to the
+/// open file description, so it stays held while a forked process (the watchdog) still has a
+/// copy, and the kernel releases it when the last copy is closed. (nix's `Flock` would unlock
+/// explicitly on drop, taking the lock away from the watchdog too.)
+pub struct DirLock {
+    _file: File,
+}
+
+fn open_dir(dir: &Path) -> std::io::Result<File> {
+    // O_NOFOLLOW: a symlink planted where a directory was expected is never followed.
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
+        .open(dir)
+}
+
+fn lock(dir: &Path, operation: nix::libc::c_int) -> Result<Option<DirLock>> {
+    let file = open_dir(dir).with_context(|| format!("cannot open {}", dir.display()))?;
+    loop {
+        // SAFETY: flock(2) on a descriptor this function owns.
+        if unsafe { nix::libc::flock(file.as_raw_fd(), operation) } == 0 {
+            return Ok(Some(DirLock { _file: file }));
+        }
+        match nix::errno::Errno::last() {
+            nix::errno::Errno::EINTR => continue,
+            nix::errno::Errno::EWOULDBLOCK => return Ok(None),
+            errno => {
+                return Err(errno).with_context(|| format!("cannot lock {}", dir.display()));
+            }
+        }
+    }
+}
+
+/// Locks `dir` exclusively, or returns None at once if someone else holds it.
+pub fn try_lock(dir: &Path) -> Result<Option<DirLock>> {
+    lock(dir, nix::libc::LOCK_EX | nix::libc::LOCK_NB)
+}
+
+/// Locks `dir` shared, waiting for an exclusive holder (a sweep picking what to remove).
+pub fn lock_shared(dir: &Path) -> Result<DirLock> {
+    lock(dir, nix::libc::LOCK_SH)?.with_context(|| format!("cannot lock {}", dir.display()))
+}
+
+/// True when a live pgtmp process holds the lock of this instance directory.
+pub fn is_locked(dir: &Path) -> bool {
+    matches!(try_lock(dir), Ok(None))
+}
+
+/// The start time of a process, in clock ticks since boot (field 22 of /proc/PID/stat): with
+/// the pid, it names one process for the machine's uptime. None if the process is gone, or
+/// where it cannot be told (not Linux).
+#[cfg(target_os = "linux")]
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "PID (COMM) STATE PPID ...": COMM may hold spaces and parentheses; field 22 is the 20th
+    // after the last ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn start_time(_pid: i32) -> Option<u64> {
+    None
+}
+
+/// True when `pid` is the same process that was recorded with `started`, is alive and belongs
+/// to this account. Without a recorded start time (or off Linux) nothing can be proven.
+pub fn same_process(pid: i32, started: Option<u64>) -> bool {
+    let Some(started) = started else {
+        return false;
+    };
+    crate::process::alive(pid)
+        && start_time(pid) == Some(started)
+        && process_uid(pid) == Some(nix::unistd::geteuid().as_raw())
+}
+
+#[cfg(target_os = "linux")]
+fn process_uid(pid: i32) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}"))
+        .ok()
+        .map(|m| m.uid())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn process_uid(_pid: i32) -> Option<u32> {
+    None
+}
+
+/// True when `pid` is a live postgres postmaster of this account serving the data directory
+/// `data` (its command line has `-D DATA`), started at `started` when that is known. A pid
+/// reused by any other process fails this test.
+pub fn is_postmaster_of(pid: i32, data: &Path, started: Option<u64>) -> bool {
+    if !crate::process::alive(pid)
+        || process_uid(pid) != Some(nix::unistd::geteuid().as_raw())
+        || started.is_some_and(|s| start_time(pid) != Some(s))
+    {
+        return false;
+    }
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let data = data.as_os_str().as_encoded_bytes();
+    args.windows(2).any(|w| w[0] == b"-D" && w[1] == data)
+}
+
+/// The postmaster's pid from a data directory's postmaster.pid, if it names a live postmaster
+/// of that directory (proven as in [`is_postmaster_of`]).
+pub fn running_postmaster(data: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    is_postmaster_of(pid, data, None).then_some(pid)
+}
+
+/// True when a process of this account works inside `dir` (its working directory is there),
+/// e.g. an orphaned initdb or a backend of a killed server. False where it cannot be told.
+pub fn processes_inside(dir: &Path) -> bool {
+    let me = nix::unistd::geteuid().as_raw();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|entry| {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            return false;
+        };
+        process_uid(pid) == Some(me)
+            && crate::process::alive(pid)
+            && std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_start_time_is_stable_and_proves_identity() {
+        let me = std::process::id() as i32;
+        let started = start_time(me);
+        assert!(started.is_some());
+        assert_eq!(start_time(me), started);
+        assert!(same_process(me, started));
+        assert!(!same_process(me, started.map(|s| s + 1)));
+        assert!(!same_process(me, None));
+    }
+
+    #[test]
+    fn processes_are_found_by_working_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!processes_inside(dir.path()));
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .current_dir(dir.path())
+            .spawn()
+            .unwrap();
+        assert!(processes_inside(dir.path()));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!processes_inside(dir.path()));
+    }
+
+    #[test]
+    fn a_process_that_is_not_postgres_is_no_postmaster() {
+        let me = std::process::id() as i32;
+        assert!(!is_postmaster_of(me, Path::new("/nonexistent/data"), None));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("postmaster.pid"), format!("{me}\n")).unwrap();
+        assert_eq!(running_postmaster(dir.path()), None);
+    }
+
+    #[test]
+    fn directory_locks_exclude_each_other_and_refuse_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = try_lock(dir.path()).unwrap();
+        assert!(held.is_some());
+        assert!(is_locked(dir.path()));
+        drop(held);
+        assert!(!is_locked(dir.path()));
+        // A forked copy keeps the lock after this process's copy is dropped.
+        let held = try_lock(dir.path()).unwrap().unwrap();
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                unsafe { nix::libc::_exit(0) };
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                drop(held);
+                assert!(is_locked(dir.path()));
+                nix::sys::wait::waitpid(child, None).unwrap();
+                assert!(!is_locked(dir.path()));
+            }
+        }
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+        assert!(try_lock(&link).is_err());
+    }
+}
