@@ -2,6 +2,32 @@
 
 use anyhow::{Context, Result};
 use fork::Fork;
+use std::sync::OnceLock;
+
+/// Descriptors above stderr that pgtmp inherited from its caller (a make jobserver pipe, a
+/// script's `exec 9>lock`, ...), noted before pgtmp opens any of its own.
+static INHERITED: OnceLock<Vec<i32>> = OnceLock::new();
+
+/// Notes the descriptors inherited from the caller, so that detached children can close
+/// them: a watchdog living for minutes must not keep the caller's pipes open or its file
+/// locks held. Call first thing in `main`; later calls do nothing.
+pub fn note_inherited_fds() {
+    INHERITED.get_or_init(|| {
+        let listed: Vec<i32> = match std::fs::read_dir("/proc/self/fd") {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .filter(|&fd| fd > 2)
+                .collect(),
+            Err(_) => return Vec::new(),
+        };
+        // The listing's own descriptor was among them and is closed by now.
+        listed
+            .into_iter()
+            // SAFETY: F_GETFD only asks whether the descriptor is open.
+            .filter(|&fd| unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) } >= 0)
+            .collect()
+    });
+}
 
 pub enum Forked {
     Parent(i32),
@@ -10,7 +36,8 @@ pub enum Forked {
 
 /// Forks. The child gets its own session (so SIGHUP from a closing terminal and signals sent
 /// to the caller's process group never reach it), /dev/null for stdin/stdout/stderr (so
-/// `url=$(pgtmp)` returns as soon as pgtmp itself exits) and `/` as working directory.
+/// `url=$(pgtmp)` returns as soon as pgtmp itself exits), none of the other descriptors
+/// pgtmp inherited (see [`note_inherited_fds`]) and `/` as working directory.
 ///
 /// Must be called while the process is single-threaded. The child must finish with
 /// `std::process::exit`, never by returning into the caller's code.
@@ -27,6 +54,12 @@ pub fn fork_detached() -> Result<Forked> {
                 || std::env::set_current_dir("/").is_err()
             {
                 std::process::exit(1);
+            }
+            for &fd in INHERITED.get().map_or(&[][..], Vec::as_slice) {
+                // SAFETY: the caller's descriptors are not used by this process: pgtmp never
+                // reads or writes them (`run` hands them to its command, which is not forked
+                // through here).
+                unsafe { nix::libc::close(fd) };
             }
             Ok(Forked::Child)
         }

@@ -37,6 +37,7 @@ use std::process::ExitCode;
 
 /// Parses the command line, runs the command, prints any error once and returns the exit code.
 pub fn run() -> ExitCode {
+    detach::note_inherited_fds();
     trace::begin();
     let cli = match cli::parse() {
         Ok(cli) => cli,

@@ -16,7 +16,28 @@ both_invokers!(
     caller_pg_environment_is_harmless,
     server_account_owns_everything,
     initdb_prepares_directories_that_start,
+    callers_other_descriptors_are_not_held,
 );
+
+/// A descriptor pgtmp inherits beyond stdio (a make jobserver pipe, a script's `exec 9>...`)
+/// is not kept open by the watchdog or the refill: `( pgtmp 9>&1 >file ) | cat` ends as soon
+/// as pgtmp does, although the cluster runs on.
+fn callers_other_descriptors_are_not_held(invoker: &Invoker) {
+    let sandbox = Sandbox::with_pool(invoker, 1);
+    let url_file = sandbox.path("url");
+    let script = format!(
+        r#"( "$PGTMP" -w 60 9>&1 >'{}' ) | cat; echo done"#,
+        url_file.display()
+    );
+    let out = run(&mut sandbox.shell(&script), Duration::from_secs(30));
+    assert!(out.success() && out.stdout.contains("done"), "{out}");
+    let url = std::fs::read_to_string(&url_file).unwrap();
+    assert_eq!(
+        sandbox.psql(url.trim(), "select 1"),
+        "1",
+        "the cluster runs on"
+    );
+}
 
 /// `url=$(pgtmp)`: one line, a socket URL for the invoker's superuser role owning `test`, in a
 /// private directory holding data/ and postgres.log, and no TCP listener at all.
