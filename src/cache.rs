@@ -30,6 +30,10 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+/// Ready copies kept beside a cache entry: PGTMP_POOL_SIZE, but at most this many, since an
+/// entry with a loaded schema is larger than a pool entry (75 MB for a small one).
+pub const MAX_READY: usize = 2;
+
 /// Bumped whenever what an entry contains changes, so old entries are never used.
 const ENTRY_FORMAT: &str = "pgtmp-cache-1";
 const READY: &str = "ready.";
@@ -250,7 +254,7 @@ impl Cache {
         }
     }
 
-    /// Copies the entry until `size` ready copies wait beside it. Only one process copies at
+    /// Copies the entry until `size` ready copies wait beside it (at most [`MAX_READY`]). Only one process copies at
     /// a time; others leave it to that one.
     pub fn refill(&self, size: usize) -> Result<()> {
         if !self.exists() {

@@ -41,8 +41,8 @@ pgtmp --now '2024-01-01 12:00:00+00'   # now() frozen in test and its clones",
         "Environment",
         "\
 PGTMP_DIR               where pools and clusters live [default: ${TMPDIR:-/tmp}/pgtmp-<uid>]
-PGTMP_POOL_SIZE         prepared data directories kept per installation (and per cached
-                        schema) [default: 2]
+PGTMP_POOL_SIZE         prepared data directories kept per installation, about 35 MB each
+                        (and per cached schema, at most 2) [default: 8]
 PGTMP_PRESTART          servers kept running, waiting to be claimed by a start (per mode:
                         socket or TCP) [default: 0]
 PGTMP_PRESTART_TIMEOUT  seconds a pre-started server waits for a claim [default: 600]

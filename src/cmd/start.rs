@@ -414,7 +414,8 @@ fn prepare_in_background(
                 }
             }
             let size = pool::configured_size(std::env::var("PGTMP_POOL_SIZE").ok().as_deref())
-                .unwrap_or(pool::DEFAULT_SIZE);
+                .unwrap_or(pool::DEFAULT_SIZE)
+                .min(cache::MAX_READY);
             failed |= cache.refill(size).is_err();
         }
         std::process::exit(i32::from(failed));
