@@ -69,9 +69,15 @@ pub fn fork_detached() -> Result<Forked> {
 /// Makes background work yield to everything else: lowest CPU priority and, on Linux, the idle
 /// I/O class. Children (initdb) inherit both.
 pub fn lower_priority() {
-    // SAFETY: plain syscalls on the calling process with constant arguments.
+    lower_priority_of(0);
+}
+
+/// Lowest CPU priority and the idle I/O class for process `pid` of this account (0: this
+/// process). Best effort: it only makes background work politer, so failure changes nothing.
+pub fn lower_priority_of(pid: u32) {
+    // SAFETY: plain syscalls with integer arguments.
     unsafe {
-        nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, 19);
+        nix::libc::setpriority(nix::libc::PRIO_PROCESS, pid, 19);
         #[cfg(target_os = "linux")]
         {
             const IOPRIO_WHO_PROCESS: nix::libc::c_long = 1;
@@ -79,7 +85,7 @@ pub fn lower_priority() {
             nix::libc::syscall(
                 nix::libc::SYS_ioprio_set,
                 IOPRIO_WHO_PROCESS,
-                0,
+                nix::libc::c_long::from(pid),
                 IOPRIO_CLASS_IDLE << 13,
             );
         }

@@ -23,6 +23,7 @@ pub mod prestart;
 pub mod process;
 pub mod progress;
 pub mod secret;
+pub mod selfpipe;
 pub mod shm;
 pub mod statedir;
 pub mod stock;

@@ -170,26 +170,13 @@ pub fn refill(server: &Server) -> Result<()> {
     }
 }
 
-/// Lowest CPU priority and the idle I/O class for another process of this account (a server
-/// process, which ends with its session). Best effort: it only makes the refill politer.
+/// Lowest CPU priority and the idle I/O class for the server process doing the copying (it
+/// ends with its session). Best effort: it only makes the refill politer.
 fn lower_priority_of(pid: i32) {
-    let Ok(pid) = u32::try_from(pid) else {
-        return;
-    };
-    // SAFETY: plain syscalls with integer arguments; failure changes nothing.
-    unsafe {
-        nix::libc::setpriority(nix::libc::PRIO_PROCESS, pid, 19);
-        #[cfg(target_os = "linux")]
-        {
-            const IOPRIO_WHO_PROCESS: nix::libc::c_long = 1;
-            const IOPRIO_CLASS_IDLE: nix::libc::c_long = 3;
-            nix::libc::syscall(
-                nix::libc::SYS_ioprio_set,
-                IOPRIO_WHO_PROCESS,
-                nix::libc::c_long::from(pid),
-                IOPRIO_CLASS_IDLE << 13,
-            );
-        }
+    if let Ok(pid) = u32::try_from(pid)
+        && pid > 0
+    {
+        crate::detach::lower_priority_of(pid);
     }
 }
 

@@ -573,19 +573,7 @@ struct SignalPipe {
 
 impl SignalPipe {
     fn install() -> Result<SignalPipe> {
-        let (read, write) = nix::unistd::pipe().context("cannot create the signal pipe")?;
-        for fd in [&read, &write] {
-            nix::fcntl::fcntl(
-                fd.as_fd(),
-                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-            )
-            .context("cannot make the signal pipe non-blocking")?;
-            nix::fcntl::fcntl(
-                fd.as_fd(),
-                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-            )
-            .context("cannot mark the signal pipe close-on-exec")?;
-        }
+        let (read, write) = crate::selfpipe::pipe()?;
         SIGNAL_FD.store(write.as_raw_fd(), Ordering::Relaxed);
         let action = SigAction::new(
             SigHandler::Handler(on_signal),

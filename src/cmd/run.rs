@@ -327,19 +327,7 @@ struct Signals {
 
 impl Signals {
     fn install() -> Result<Signals> {
-        let (read, write) = nix::unistd::pipe().context("cannot create the signal pipe")?;
-        for fd in [&read, &write] {
-            nix::fcntl::fcntl(
-                fd.as_fd(),
-                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-            )
-            .context("cannot make the signal pipe non-blocking")?;
-            nix::fcntl::fcntl(
-                fd.as_fd(),
-                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-            )
-            .context("cannot mark the signal pipe close-on-exec")?;
-        }
+        let (read, write) = crate::selfpipe::pipe()?;
         SIGNAL_FD.store(write.as_raw_fd(), Ordering::Relaxed);
         // No SA_RESTART: waitpid returns EINTR, so a signal during the start is seen at once.
         let action = SigAction::new(
