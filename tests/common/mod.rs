@@ -744,13 +744,26 @@ impl Sandbox {
 
     /// Like `shell`, but the shell leads a new session and process group of its own, as a
     /// terminal's shell does (so `kill 0` in it reaches only that group).
+    ///
+    /// The usual terminating signals get their default action back, as in a terminal: a test
+    /// run under `nohup` (SIGHUP ignored, inherited across exec) must not make signals to the
+    /// group look harmless.
     pub fn shell_in_new_session(&self, script: &str) -> Command {
         let mut sh = self.shell(script);
-        // SAFETY: setsid(2) is async-signal-safe; nothing else runs between fork and exec.
+        // SAFETY: setsid(2) and signal(2) are async-signal-safe; nothing else runs between
+        // fork and exec.
         unsafe {
             sh.pre_exec(|| {
                 if nix::libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                for sig in [
+                    nix::libc::SIGHUP,
+                    nix::libc::SIGINT,
+                    nix::libc::SIGTERM,
+                    nix::libc::SIGQUIT,
+                ] {
+                    nix::libc::signal(sig, nix::libc::SIG_DFL);
                 }
                 Ok(())
             });
