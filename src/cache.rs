@@ -90,22 +90,17 @@ impl Cache {
     }
 
     fn children(&self, prefix: &str) -> Vec<PathBuf> {
-        children(&self.dir, prefix)
+        pool::entries(&self.dir, prefix)
     }
 
     /// The cached cluster at `dest` (which must not exist): a ready copy when there is one,
     /// else a copy made now. None on a miss, or when the entry went away while copying (a
     /// sweep): the caller then loads the files itself.
     pub fn take(&self, dest: &Path) -> Result<Option<Instance>> {
-        for ready in self.children(READY) {
-            match fs::rename(&ready, dest) {
-                Ok(()) => {
-                    self.touch();
-                    return Ok(Some(Instance::new(dest)));
-                }
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(_) => break,
-            }
+        // A copy that cannot be claimed is a miss of the ready copies only: copy the entry.
+        if let Ok(true) = pool::claim_ready(&self.dir, dest) {
+            self.touch();
+            return Ok(Some(Instance::new(dest)));
         }
         if !self.exists() {
             return Ok(None);
@@ -267,19 +262,7 @@ impl Cache {
             let _ = fs::remove_dir_all(stale);
         }
         while self.children(READY).len() < size {
-            let name = pool::new_name()?;
-            let building = self.dir.join(format!("{BUILDING}{name}"));
-            DirBuilder::new()
-                .mode(0o700)
-                .create(&building)
-                .with_context(|| format!("cannot create {}", building.display()))?;
-            if let Err(err) = copytree::copy_contents(&self.entry().dir, &building) {
-                let _ = fs::remove_dir_all(&building);
-                return Err(err);
-            }
-            let ready = self.dir.join(format!("{READY}{name}"));
-            fs::rename(&building, &ready)
-                .with_context(|| format!("cannot publish {}", ready.display()))?;
+            pool::add_ready_copy(&self.dir, &self.entry().dir)?;
         }
         Ok(())
     }
@@ -296,17 +279,6 @@ fn lock(path: &Path, how: FlockArg) -> Result<Flock<fs::File>> {
     Flock::lock(file, how)
         .map_err(|(_, errno)| errno)
         .with_context(|| format!("cannot lock {}", path.display()))
-}
-
-fn children(dir: &Path, prefix: &str) -> Vec<PathBuf> {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
-        .map(|e| e.path())
-        .collect()
 }
 
 fn age(path: &Path, now: SystemTime) -> Option<Duration> {

@@ -92,6 +92,72 @@ fn key(install: &Installation, user: &str) -> Result<String> {
     Ok(format!("{hash:016x}"))
 }
 
+/// The paths in `dir` whose names start with `prefix` (`ready.`, `new.`, ...).
+pub fn entries(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Moves one of the `ready.*` copies in `dir` (a pool, or a schema cache entry's copies) to
+/// `dest`, which must not exist; false if there was none. rename(2) is atomic, so when several
+/// callers race for one copy exactly one gets it and the others try the next.
+pub fn claim_ready(dir: &Path, dest: &Path) -> Result<bool> {
+    let mut ready = entries(dir, READY);
+    // Start at a random copy so that concurrent callers rarely collide at all.
+    let mut offset = [0u8; 1];
+    secret::random_bytes(&mut offset)?;
+    if !ready.is_empty() {
+        let start = offset[0] as usize % ready.len();
+        ready.rotate_left(start);
+    }
+    for entry in ready {
+        match fs::rename(&entry, dest) {
+            Ok(()) => return Ok(true),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => {
+                return Err(err).with_context(|| {
+                    format!("cannot claim {} as {}", entry.display(), dest.display())
+                });
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Adds a `ready.*` copy of `template` to `dir`, made as `new.*` and published by rename.
+pub fn add_ready_copy(dir: &Path, template: &Path) -> Result<()> {
+    let name = new_name()?;
+    let building = dir.join(format!("{BUILDING}{name}"));
+    let ready = dir.join(format!("{READY}{name}"));
+    build(&building, &ready, |made| {
+        copytree::copy_contents(template, made)
+    })
+}
+
+/// Makes a directory at `building` with `make` and publishes it as `done` by rename, so
+/// nobody ever sees it half-made; on failure nothing is left.
+fn build(building: &Path, done: &Path, make: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    DirBuilder::new()
+        .mode(0o700)
+        .create(building)
+        .with_context(|| format!("cannot create {}", building.display()))?;
+    if let Err(err) = make(building) {
+        let _ = fs::remove_dir_all(building);
+        return Err(err);
+    }
+    let published = fs::rename(building, done);
+    if published.is_err() {
+        let _ = fs::remove_dir_all(building);
+    }
+    published.with_context(|| format!("cannot publish {}", done.display()))
+}
+
 /// Removes the pools of installations that are gone or whose binaries changed (an upgrade
 /// gives the same bin directory another key): nothing would ever claim their entries. Pools
 /// being refilled, or with pre-started servers waiting, are left for a later pass. Returns the
@@ -169,46 +235,16 @@ impl Pool {
     }
 
     fn entries(&self, prefix: &str) -> Vec<PathBuf> {
-        let Ok(dir) = fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        dir.filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
-            .map(|e| e.path())
-            .collect()
+        entries(&self.dir, prefix)
     }
 
     pub fn ready_count(&self) -> usize {
         self.entries(READY).len()
     }
 
-    /// Moves a ready entry to `dest` (which must not exist). rename(2) is atomic, so when
-    /// several callers race for one entry exactly one gets it and the others try the next.
+    /// Moves a ready entry to `dest` (which must not exist); see [`claim_ready`].
     pub fn claim(&self, dest: &Path) -> Result<Option<Instance>> {
-        let mut ready = self.entries(READY);
-        // Start at a random entry so that concurrent callers rarely collide at all.
-        let mut offset = [0u8; 1];
-        secret::random_bytes(&mut offset)?;
-        if !ready.is_empty() {
-            let start = offset[0] as usize % ready.len();
-            ready.rotate_left(start);
-        }
-        for entry in ready {
-            match fs::rename(&entry, dest) {
-                Ok(()) => return Ok(Some(Instance::new(dest))),
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(err) => {
-                    return Err(err).with_context(|| {
-                        format!(
-                            "cannot claim pool entry {} as {}",
-                            entry.display(),
-                            dest.display()
-                        )
-                    });
-                }
-            }
-        }
-        Ok(None)
+        Ok(claim_ready(&self.dir, dest)?.then(|| Instance::new(dest)))
     }
 
     /// A prepared directory at `dest`: a ready entry if there is one, else a copy of the
@@ -306,43 +342,14 @@ impl Pool {
             return Ok(());
         }
         let building = self.dir.join(format!("{TEMPLATE_BUILDING}{}", new_name()?));
-        self.build(&building, &self.template(), |dir| {
+        build(&building, &self.template(), |dir| {
             initdb::prepare(install, &Instance::new(dir), user)
         })
     }
 
     /// Adds one ready entry, a copy of the template.
     fn build_one(&self) -> Result<()> {
-        let name = new_name()?;
-        let building = self.dir.join(format!("{BUILDING}{name}"));
-        let ready = self.dir.join(format!("{READY}{name}"));
-        let template = self.template();
-        self.build(&building, &ready, |dir| {
-            copytree::copy_contents(&template, dir)
-        })
-    }
-
-    /// Makes a directory at `building` with `make` and publishes it as `done` by rename, so
-    /// nobody ever sees it half-made; on failure nothing is left.
-    fn build(
-        &self,
-        building: &Path,
-        done: &Path,
-        make: impl FnOnce(&Path) -> Result<()>,
-    ) -> Result<()> {
-        DirBuilder::new()
-            .mode(0o700)
-            .create(building)
-            .with_context(|| format!("cannot create {}", building.display()))?;
-        if let Err(err) = make(building) {
-            let _ = fs::remove_dir_all(building);
-            return Err(err);
-        }
-        let published = fs::rename(building, done);
-        if published.is_err() {
-            let _ = fs::remove_dir_all(building);
-        }
-        published.with_context(|| format!("cannot publish {}", done.display()))
+        add_ready_copy(&self.dir, &self.template())
     }
 
     /// Starts a detached, low-priority refill unless the pool is already full. A failure is

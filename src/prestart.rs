@@ -142,8 +142,6 @@ pub struct Waiting {
     pub token: PathBuf,
     /// `claimed.<name>`: what a claim renames the token to.
     pub claimed: PathBuf,
-    /// Seconds to wait for a claim before stopping.
-    pub ttl: u64,
 }
 
 impl Waiting {
@@ -346,7 +344,6 @@ fn start_one(pool: &Pool, owner: &Owner, tcp: bool, settings: &Settings) -> Resu
         waiting: Some(Waiting {
             token: pool.dir.join(format!("{WAITING}{}.{name}", mode(tcp))),
             claimed: pool.dir.join(format!("{CLAIMED}{name}")),
-            ttl: settings.ttl,
         }),
     };
     watchdog::launch(plan).map(|_| ())
@@ -392,7 +389,6 @@ mod tests {
         let waiting = Waiting {
             token: root.path().join("waiting.socket.inst"),
             claimed: root.path().join("claimed.inst"),
-            ttl: 1,
         };
         waiting.publish(&instance, None).unwrap();
         assert_eq!(waiting.take_claim(&instance), None, "unclaimed");

@@ -220,18 +220,9 @@ fn settle(sandbox: &Sandbox, limit: Duration, context: &str) {
 
 /// Incomplete pool entries.
 fn incomplete_pool_entries(sandbox: &Sandbox) -> Vec<PathBuf> {
-    fs::read_dir(sandbox.pgtmp_dir.join("pool"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|pool| fs::read_dir(pool.path()).ok())
-        .flat_map(|entries| entries.flatten())
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.starts_with("new.") || name.starts_with("template.new.")
-        })
-        .map(|e| e.path())
-        .collect()
+    let mut entries = sandbox.pool_entries("new.");
+    entries.extend(sandbox.pool_entries("template.new."));
+    entries
 }
 
 /// Runs `pgtmp gc` and returns the lines it printed.

@@ -6,7 +6,6 @@
 mod common;
 
 use common::*;
-use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -32,17 +31,12 @@ fn prestart_cmd(sandbox: &Sandbox, count: usize, ttl: u64) -> Command {
 /// Names of the waiting servers of `mode` (socket or tcp).
 fn waiting(sandbox: &Sandbox, mode: &str) -> Vec<String> {
     let prefix = format!("waiting.{mode}.");
-    fs::read_dir(sandbox.pgtmp_dir.join("pool"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|pool| fs::read_dir(pool.path()).ok())
-        .flat_map(|entries| entries.flatten())
-        .filter_map(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .strip_prefix(&prefix)
-                .map(str::to_string)
+    sandbox
+        .pool_entries(&prefix)
+        .iter()
+        .filter_map(|path| {
+            let name = path.file_name()?.to_string_lossy();
+            Some(name.strip_prefix(&prefix)?.to_string())
         })
         .collect()
 }

@@ -886,31 +886,31 @@ impl Sandbox {
             .unwrap_or(false)
     }
 
-    /// Inode numbers of the ready entries in the pools.
-    pub fn ready_entry_inodes(&self) -> HashSet<u64> {
+    /// The files and directories in the pools whose names start with `prefix` (`ready.`,
+    /// `new.`, `waiting.socket.`, ...).
+    pub fn pool_entries(&self, prefix: &str) -> Vec<PathBuf> {
         fs::read_dir(self.pgtmp_dir.join("pool"))
             .into_iter()
             .flatten()
             .flatten()
             .filter_map(|pool| fs::read_dir(pool.path()).ok())
             .flat_map(|entries| entries.flatten())
-            .filter(|e| e.file_name().to_string_lossy().starts_with("ready."))
-            .filter_map(|e| e.metadata().ok().map(|m| m.ino()))
+            .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+            .map(|e| e.path())
+            .collect()
+    }
+
+    /// Inode numbers of the ready entries in the pools.
+    pub fn ready_entry_inodes(&self) -> HashSet<u64> {
+        self.pool_entries("ready.")
+            .iter()
+            .filter_map(|path| fs::metadata(path).ok().map(|m| m.ino()))
             .collect()
     }
 
     /// Number of ready entries in the pools.
     pub fn ready_entries(&self) -> usize {
-        fs::read_dir(self.pgtmp_dir.join("pool"))
-            .map(|pools| {
-                pools
-                    .flatten()
-                    .filter_map(|pool| fs::read_dir(pool.path()).ok())
-                    .flat_map(|entries| entries.flatten())
-                    .filter(|e| e.file_name().to_string_lossy().starts_with("ready."))
-                    .count()
-            })
-            .unwrap_or(0)
+        self.pool_entries("ready.").len()
     }
 
     /// Stops every cluster and background process of this sandbox; returns what had to be
