@@ -68,7 +68,7 @@ pub struct Plan {
     /// A file in PGTMP_DIR pointing at a cluster that lives elsewhere, kept while it runs.
     pub registration: Option<PathBuf>,
     /// A pre-started server: it waits in the pool for a start to claim it (whose -w and -k
-    /// then apply) and stops after `ttl` seconds if none does.
+    /// then apply) and stops after `timeout` seconds if none does.
     pub waiting: Option<Waiting>,
     /// `pgtmp run`'s lifeline: while held, the idle timeout is suspended; once cut, the
     /// cluster stops.
@@ -77,6 +77,10 @@ pub struct Plan {
     /// its whole life: a sweep never touches a directory while it is held.
     pub lock: Option<crate::ownership::DirLock>,
 }
+
+/// How long pgtmp waits for the server of a watchdog that died during the start to go (it has
+/// SIGQUIT from the kernel) before it removes the directory anyway.
+const LOST_WATCHDOG_LIMIT: Duration = Duration::from_secs(10);
 
 /// How long a claimed server waits for the claim's details before it assumes the defaults.
 const CLAIM_LIMIT: Duration = Duration::from_secs(10);
@@ -120,6 +124,15 @@ pub fn launch(plan: Plan) -> Result<Started> {
                                 crate::ownership::running_postmaster(&plan.instance.data())
                             {
                                 let _ = cluster::shutdown(pid, || !crate::process::alive(pid));
+                            }
+                            // A postmaster too young to have written postmaster.pid, or its
+                            // children, may still be at work in the directory: removing it
+                            // under them would leave it half there.
+                            let deadline = Instant::now() + LOST_WATCHDOG_LIMIT;
+                            while crate::ownership::processes_inside(&plan.instance.dir)
+                                && Instant::now() < deadline
+                            {
+                                std::thread::sleep(Duration::from_millis(5));
                             }
                             dispose_after_failure(&plan);
                             bail!(
@@ -387,7 +400,7 @@ impl Watchdog {
                     }
                     None if waiting.token.exists() => {
                         // Unclaimed: stop when asked or when nobody wanted it in time.
-                        if (stop_requested || last_busy.elapsed().as_secs() >= waiting.ttl)
+                        if (stop_requested || last_busy.elapsed().as_secs() >= self.plan.timeout)
                             && waiting.withdraw()
                         {
                             break;
