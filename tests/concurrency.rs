@@ -8,7 +8,6 @@ use common::*;
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 both_invokers!(
@@ -20,22 +19,7 @@ const STARTS: usize = 8;
 
 /// Spawns pgtmp STARTS times at the same moment and returns the URLs.
 fn start_all_at_once(sandbox: &Sandbox) -> Vec<String> {
-    let barrier = Arc::new(Barrier::new(STARTS));
-    let threads: Vec<_> = (0..STARTS)
-        .map(|_| {
-            let mut cmd = sandbox.pgtmp();
-            cmd.args(["-w", "30"]);
-            let barrier = Arc::clone(&barrier);
-            std::thread::spawn(move || {
-                barrier.wait();
-                run(&mut cmd, PGTMP_LIMIT)
-            })
-        })
-        .collect();
-    threads
-        .into_iter()
-        .map(|t| check_started(&t.join().unwrap(), &sandbox.invoker))
-        .collect()
+    sandbox.start_at_once(STARTS, &["-w", "30"])
 }
 
 /// Distinct URLs and directories, each cluster usable, and a table made in one absent from

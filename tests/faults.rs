@@ -632,22 +632,7 @@ fn parallel_starts_with_concurrent_gc(invoker: &Invoker) {
                 removed
             })
         };
-        let barrier = Arc::new(std::sync::Barrier::new(8));
-        let starts: Vec<_> = (0..8)
-            .map(|_| {
-                let mut cmd = sandbox.pgtmp();
-                cmd.args(["-w", "60"]);
-                let barrier = Arc::clone(&barrier);
-                std::thread::spawn(move || {
-                    barrier.wait();
-                    run(&mut cmd, PGTMP_LIMIT)
-                })
-            })
-            .collect();
-        let urls: Vec<String> = starts
-            .into_iter()
-            .map(|t| check_started(&t.join().unwrap(), invoker))
-            .collect();
+        let urls = sandbox.start_at_once(8, &["-w", "60"]);
         for url in &urls {
             assert_eq!(sandbox.psql(url, "select 1"), "1", "round {round}");
         }

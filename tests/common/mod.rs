@@ -900,6 +900,27 @@ impl Sandbox {
             .collect()
     }
 
+    /// Runs `n` starts with `args` at the same moment; checks each against the start contract
+    /// and returns the URLs.
+    pub fn start_at_once(&self, n: usize, args: &[&str]) -> Vec<String> {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+        let threads: Vec<_> = (0..n)
+            .map(|_| {
+                let mut cmd = self.pgtmp();
+                cmd.args(args);
+                let barrier = std::sync::Arc::clone(&barrier);
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    run(&mut cmd, PGTMP_LIMIT)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| check_started(&t.join().unwrap(), &self.invoker))
+            .collect()
+    }
+
     /// Inode numbers of the ready entries in the pools.
     pub fn ready_entry_inodes(&self) -> HashSet<u64> {
         self.pool_entries("ready.")
