@@ -323,6 +323,10 @@ sys.exit(len(got))
 
 /// Types Ctrl-C into a pseudo-terminal (made by util-linux `script`) running
 /// `pgtmp run -- python3 COUNT_INTERRUPTS ARGS`; returns what CMD printed and pgtmp's status.
+///
+/// `script` runs its command with `$SHELL -c`; the shell execs pgtmp so that no shell stands
+/// between the terminal and pgtmp (dash, waiting for a child, dies of the terminal's Ctrl-C
+/// itself and would report 130 whatever pgtmp did).
 fn ctrl_c(sandbox: &Sandbox, args: &str) -> (String, Option<i32>) {
     use std::io::{Read, Write};
     let probe = sandbox.path("count_interrupts.py");
@@ -331,10 +335,11 @@ fn ctrl_c(sandbox: &Sandbox, args: &str) -> (String, Option<i32>) {
     script
         .arg("-qec")
         .arg(format!(
-            "\"$PGTMP\" run -- /usr/bin/python3 {} {args}",
+            "exec \"$PGTMP\" run -- /usr/bin/python3 {} {args}",
             probe.display()
         ))
         .arg("/dev/null")
+        .env("SHELL", "/bin/sh")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
