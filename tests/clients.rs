@@ -18,15 +18,6 @@ both_invokers!(
     jdbc_takes_the_jdbc_url
 );
 
-/// Skips outside CI; fails in CI, where .ci/run must have installed the client.
-fn missing(client: &str, install: &str) {
-    let reason = format!("{client} is not installed ({install})");
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{reason}; CI must run this test: .ci/run installs it");
-    }
-    skip(&reason);
-}
-
 /// The cluster forms to try: uri and dsn over the socket and over TCP.
 fn uri_and_dsn(sandbox: &Sandbox) -> Vec<(String, String)> {
     let mut forms = Vec::new();

@@ -375,7 +375,7 @@ fn ctrl_c(sandbox: &Sandbox, args: &str) -> (String, Option<i32>) {
 /// in time; the own-group half is exact.)
 fn ctrl_c_on_a_terminal_reaches_cmd_once(invoker: &Invoker) {
     if !std::path::Path::new("/usr/bin/python3").exists() {
-        return skip("no /usr/bin/python3 to count signals with");
+        return missing("/usr/bin/python3", "apt-get install python3");
     }
     let sandbox = Sandbox::new(invoker);
     let (said, code) = ctrl_c(&sandbox, "");

@@ -64,6 +64,16 @@ pub fn skip(reason: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
 }
 
+/// A program the test needs is missing: skips outside CI; fails in CI, where .ci/run must
+/// have installed it.
+pub fn missing(program: &str, install: &str) {
+    let reason = format!("{program} is not installed ({install})");
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{reason}; CI must run this test: .ci/run installs it");
+    }
+    skip(&reason);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Invokers
 
