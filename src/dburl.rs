@@ -3,14 +3,7 @@
 //! password, which pgtmp never stores).
 
 use anyhow::{Result, bail};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
-
-/// RFC 3986 "unreserved" characters stay; everything else is encoded (as url.rs does).
-const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+use percent_encoding::percent_decode_str;
 
 /// `scheme://authority/`, the database, and the query after `?` (without it).
 fn split(url: &str) -> Result<(&str, &str, &str)> {
@@ -51,11 +44,7 @@ fn join(head: &str, database: &str, query: &str) -> String {
 /// The same URL for another database of the cluster.
 pub fn with_database(url: &str, name: &str) -> Result<String> {
     let (head, _, query) = split(url)?;
-    Ok(join(
-        head,
-        &utf8_percent_encode(name, COMPONENT).to_string(),
-        query,
-    ))
+    Ok(join(head, &crate::url::encode(name), query))
 }
 
 /// The JDBC form of a TCP URL, with `currentSchema=PATH` (pgjdbc's way to set the
@@ -70,21 +59,16 @@ pub fn jdbc_with_search_path(url: &str, path: &str) -> Result<String> {
     let Some((userinfo, hostport)) = authority.rsplit_once('@') else {
         bail!("'{url}' names no user; pass the URL pgtmp printed");
     };
-    let Some((user, password)) = userinfo.split_once(':') else {
+    let (Some((user, password)), false) = (userinfo.split_once(':'), hostport.is_empty()) else {
         return Err(crate::exit::usage(
             "--format jdbc needs a TCP cluster (JDBC cannot use Unix sockets); start it with -t",
         ));
     };
-    if hostport.is_empty() {
-        return Err(crate::exit::usage(
-            "--format jdbc needs a TCP cluster (JDBC cannot use Unix sockets); start it with -t",
-        ));
-    }
     // The user and password are percent-encoded in the URL already, with the same characters
     // left alone as a JDBC query value needs.
     Ok(format!(
         "jdbc:postgresql://{hostport}/{database}?user={user}&password={password}&currentSchema={}",
-        utf8_percent_encode(&path.replace(' ', ""), COMPONENT)
+        crate::url::encode(&path.replace(' ', ""))
     ))
 }
 
@@ -103,10 +87,7 @@ pub fn with_search_path(url: &str, path: &str) -> Result<String> {
         .filter(|p| !p.is_empty() && !p.starts_with("options="))
         .map(str::to_string)
         .collect();
-    params.push(format!(
-        "options={}",
-        utf8_percent_encode(&option, COMPONENT)
-    ));
+    params.push(format!("options={}", crate::url::encode(&option)));
     Ok(join(head, database, &params.join("&")))
 }
 

@@ -2,7 +2,6 @@
 //! each quoted correctly for the consumer that reads it.
 
 use crate::url;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -81,8 +80,8 @@ impl Cluster {
             "jdbc:postgresql://127.0.0.1:{}/{}?user={}&password={}",
             self.port,
             url::DATABASE,
-            query_value(&self.user),
-            query_value(password)
+            url::encode(&self.user),
+            url::encode(password)
         ))
     }
 
@@ -183,18 +182,6 @@ pub fn dsn_value(value: &str) -> String {
 /// login name) is written the shell's way, `'\''`, which `eval` reads correctly.
 pub fn env_value(value: &str) -> String {
     format!("'{}'", value.replace('\'', r"'\''"))
-}
-
-/// Everything but RFC 3986 unreserved characters; `+` too, which Java's URLDecoder reads as
-/// a space.
-const QUERY: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-fn query_value(text: &str) -> String {
-    utf8_percent_encode(text, QUERY).to_string()
 }
 
 #[cfg(test)]
