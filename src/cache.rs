@@ -18,12 +18,13 @@ use crate::copytree;
 use crate::discover::Installation;
 use crate::initdb;
 use crate::instance::Instance;
+use crate::ownership::lock_file;
 use crate::pool;
 use crate::statedir::{self, StateDir};
 use crate::stock;
 use crate::testdata::{Server, TestData};
 use anyhow::{Context, Result, bail};
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::FlockArg;
 use sha2::{Digest, Sha256};
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -147,7 +148,7 @@ impl Cache {
             .mode(0o700)
             .create(root)
             .with_context(|| format!("cannot create {}", root.display()))?;
-        let _lock = lock(&self.dir.with_extension("lock"), FlockArg::LockExclusive)?;
+        let _lock = lock_file(&self.dir.with_extension("lock"), FlockArg::LockExclusive)?;
         if self.exists() {
             return Ok(());
         }
@@ -255,7 +256,7 @@ impl Cache {
         if !self.exists() {
             return Ok(());
         }
-        let Ok(_lock) = lock(&self.dir.join("lock"), FlockArg::LockExclusiveNonblock) else {
+        let Ok(_lock) = lock_file(&self.dir.join("lock"), FlockArg::LockExclusiveNonblock) else {
             return Ok(());
         };
         for stale in self.children(BUILDING) {
@@ -266,19 +267,6 @@ impl Cache {
         }
         Ok(())
     }
-}
-
-fn lock(path: &Path, how: FlockArg) -> Result<Flock<fs::File>> {
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    Flock::lock(file, how)
-        .map_err(|(_, errno)| errno)
-        .with_context(|| format!("cannot lock {}", path.display()))
 }
 
 fn age(path: &Path, now: SystemTime) -> Option<Duration> {
@@ -342,7 +330,7 @@ pub fn sweep(state_dir: &Path, max_age: Duration, dry_run: bool) -> Result<Vec<P
             if !stale {
                 continue;
             }
-            let Ok(_lock) = lock(
+            let Ok(_lock) = lock_file(
                 &path.with_extension("lock"),
                 FlockArg::LockExclusiveNonblock,
             ) else {

@@ -12,6 +12,7 @@
 //!   process looks after that directory. An unlocked directory has no live owner.
 
 use anyhow::{Context, Result};
+use nix::fcntl::{Flock, FlockArg};
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
@@ -58,6 +59,21 @@ pub fn try_lock(dir: &Path) -> Result<Option<DirLock>> {
 /// Locks `dir` shared, waiting for an exclusive holder (a sweep picking what to remove).
 pub fn lock_shared(dir: &Path) -> Result<DirLock> {
     lock(dir, nix::libc::LOCK_SH)?.with_context(|| format!("cannot lock {}", dir.display()))
+}
+
+/// Locks a lock file (made, mode 0600, if missing) that refillers and builders take turns on.
+/// With a non-blocking `how`, a lock held elsewhere is an error like any other.
+pub fn lock_file(path: &Path, how: FlockArg) -> Result<Flock<File>> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    Flock::lock(file, how)
+        .map_err(|(_, errno)| errno)
+        .with_context(|| format!("cannot lock {}", path.display()))
 }
 
 /// True when a live pgtmp process holds the lock of this instance directory.

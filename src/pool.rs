@@ -22,6 +22,7 @@ use crate::discover::Installation;
 use crate::exit;
 use crate::initdb;
 use crate::instance::{Instance, NAME_ALPHABET};
+use crate::ownership::lock_file;
 use crate::secret;
 use crate::statedir::{INSTANCE_NAME_LEN, StateDir};
 use anyhow::{Context, Result};
@@ -309,12 +310,7 @@ impl Pool {
     /// Prepares entries until `size` are ready. Refillers take turns on the lock; each counts
     /// again once it holds it, so a claim made while another refiller worked is never missed.
     pub fn refill(&self, install: &Installation, user: &str) -> Result<()> {
-        let lock_path = self.dir.join("lock");
-        let file = fs::File::create(&lock_path)
-            .with_context(|| format!("cannot create {}", lock_path.display()))?;
-        let _lock = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| errno)
-            .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+        let _lock = lock_file(&self.dir.join("lock"), FlockArg::LockExclusive)?;
         // Holding the lock, any entry still being built was left by a refiller that died.
         for stale in self
             .entries(BUILDING)

@@ -27,7 +27,7 @@ use crate::secret;
 use crate::statedir::StateDir;
 use crate::watchdog::{self, OnFailure, Plan};
 use anyhow::{Context, Result, bail};
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::FlockArg;
 use nix::sys::signal::Signal;
 use std::fs;
 use std::io::Write;
@@ -289,11 +289,9 @@ pub fn replenish_in_background(pool: &Pool, owner: &Owner, tcp: bool, settings: 
 }
 
 fn replenish(pool: &Pool, owner: &Owner, tcp: bool, settings: &Settings) -> Result<()> {
-    let lock_path = pool.dir.join("prestart.lock");
-    let file = fs::File::create(&lock_path)
-        .with_context(|| format!("cannot create {}", lock_path.display()))?;
     // Another process already tops up: it counts after this start's claim, too.
-    let Ok(_lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+    let lock_path = pool.dir.join("prestart.lock");
+    let Ok(_lock) = ownership::lock_file(&lock_path, FlockArg::LockExclusiveNonblock) else {
         return Ok(());
     };
     while waiting_count(pool, tcp) < settings.count {

@@ -11,13 +11,12 @@
 use crate::exit;
 use crate::initdb::quote_ident;
 use crate::instance::NAME_ALPHABET;
+use crate::ownership::lock_file;
 use crate::secret;
 use crate::testdata::{self, NOW_SEARCH_PATH, Server, TEMPLATE};
 use anyhow::{Context, Result, bail};
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::FlockArg;
 use postgres::error::SqlState;
-use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
 
 /// Copies kept ready per cluster.
 pub const STOCK_SIZE: usize = 3;
@@ -130,17 +129,7 @@ fn create_copy(client: &mut postgres::Client, name: &str, user: &str) -> Result<
 /// Tops the stock up to STOCK_SIZE. Refillers take turns on a lock in the cluster's directory
 /// and count again once they hold it, so no claim goes unnoticed.
 pub fn refill(server: &Server) -> Result<()> {
-    let path = server.socket_dir.join(LOCK);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    let _lock = Flock::lock(file, FlockArg::LockExclusive)
-        .map_err(|(_, errno)| errno)
-        .with_context(|| format!("cannot lock {}", path.display()))?;
+    let _lock = lock_file(&server.socket_dir.join(LOCK), FlockArg::LockExclusive)?;
     let mut client = testdata::connect(server, "postgres")?;
     // The copying is done by the server process serving this session: let it yield too.
     if let Ok(row) = client.query_one("SELECT pg_backend_pid()", &[]) {
