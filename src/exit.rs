@@ -42,6 +42,15 @@ pub fn passed(err: &anyhow::Error) -> Option<u8> {
     err.downcast_ref::<Passed>().map(|passed| passed.0)
 }
 
+/// Prints `err` once as `pgtmp: error: ...` (unless it is a status to pass on silently) and
+/// returns the code to exit with.
+pub fn report(err: &anyhow::Error) -> u8 {
+    if passed(err).is_none() {
+        eprintln!("pgtmp: error: {err:#}");
+    }
+    code_for(err)
+}
+
 /// The exit code for an error: usage errors anywhere in the chain win.
 pub fn code_for(err: &anyhow::Error) -> u8 {
     if let Some(code) = passed(err) {

@@ -46,10 +46,6 @@ pub fn run() -> ExitCode {
     };
     match cmd::dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) if exit::passed(&err).is_some() => ExitCode::from(exit::code_for(&err)),
-        Err(err) => {
-            eprintln!("pgtmp: error: {err:#}");
-            ExitCode::from(exit::code_for(&err))
-        }
+        Err(err) => ExitCode::from(exit::report(&err)),
     }
 }

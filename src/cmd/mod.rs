@@ -151,10 +151,7 @@ pub fn prepare_dir(
     let prepared = crate::initdb::prepare(install, &instance, session.user());
     drop(step);
     if let Err(err) = prepared {
-        let _ = match on_failure {
-            OnFailure::Remove => instance.remove(),
-            _ => instance.empty_out(),
-        };
+        crate::watchdog::dispose(&instance, on_failure);
         return Err(err);
     }
     Ok(on_failure)

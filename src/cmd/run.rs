@@ -32,7 +32,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Longest the watchdog may take to stop the server and remove its directory.
 const STOP_LIMIT: Duration = Duration::from_secs(60);
@@ -173,12 +173,7 @@ fn start_in_child(
                     launched.refill_pool();
                     if written { 0 } else { exit::FAILURE as i32 }
                 }
-                Err(err) => {
-                    if exit::passed(&err).is_none() {
-                        eprintln!("pgtmp: error: {err:#}");
-                    }
-                    exit::code_for(&err) as i32
-                }
+                Err(err) => exit::report(&err) as i32,
             };
             std::process::exit(code);
         }
@@ -186,20 +181,15 @@ fn start_in_child(
     };
     drop(line);
     drop(writer);
-    let mut interrupted = None;
     let status = loop {
         match waitpid(Pid::from_raw(pid), None) {
             Ok(status) => break status,
             Err(nix::errno::Errno::EINTR) => {}
             Err(err) => bail!("cannot wait for the starter process {pid}: {err}"),
         }
-        for (signal, _) in signals.take() {
-            interrupted = Some(signal);
-        }
     };
-    for (signal, _) in signals.take() {
-        interrupted = Some(signal);
-    }
+    // The signals that arrived meanwhile wait in the pipe; the last one counts.
+    let interrupted = signals.take().last().map(|&(signal, _)| signal);
     match status {
         WaitStatus::Exited(_, 0) => {}
         WaitStatus::Exited(_, code) => return Err(Passed(code as u8).into()),
@@ -281,19 +271,11 @@ fn finish(cluster: &Cluster, holder: Holder, keep: bool, format: Format) -> Resu
     // The watchdog stops the server and removes the directory, as at its timeout.
     process::signal(cluster.watchdog_pid, Signal::SIGTERM)?;
     drop(holder);
-    let deadline = Instant::now() + STOP_LIMIT;
-    while process::alive(cluster.watchdog_pid) {
-        if Instant::now() >= deadline {
-            bail!(
-                "the watchdog (pid {}) of {} did not stop within {} s",
-                cluster.watchdog_pid,
-                cluster.socket_dir.display(),
-                STOP_LIMIT.as_secs()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Ok(())
+    super::stop::wait_gone(
+        cluster.watchdog_pid,
+        &cluster.socket_dir.display().to_string(),
+        STOP_LIMIT,
+    )
 }
 
 /// Write end of the signal pipe, for the handler.

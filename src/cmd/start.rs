@@ -378,11 +378,7 @@ fn abandon(
         return err.context(format!("{stop_err:#}"));
     }
     // With -k the watchdog kept the directory; it was made for this start.
-    let _ = match on_failure {
-        OnFailure::Remove => instance.remove(),
-        OnFailure::EmptyOut => instance.empty_out(),
-        OnFailure::Leave => Ok(()),
-    };
+    watchdog::dispose(instance, on_failure);
     err
 }
 

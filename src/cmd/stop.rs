@@ -128,12 +128,17 @@ fn stop(session: &Session, instance: &Instance) -> Result<()> {
 /// and waits until it has.
 pub fn stop_watchdog(pid: i32, dir: &str) -> Result<()> {
     process::signal(pid, Signal::SIGTERM)?;
-    let deadline = Instant::now() + STOP_LIMIT;
+    wait_gone(pid, dir, STOP_LIMIT)
+}
+
+/// Waits until the watchdog `pid` (of `dir`) has exited, at most `limit`.
+pub fn wait_gone(pid: i32, dir: &str, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
     while process::alive(pid) {
         if Instant::now() >= deadline {
             bail!(
                 "the watchdog (pid {pid}) of {dir} did not stop within {} s",
-                STOP_LIMIT.as_secs()
+                limit.as_secs()
             );
         }
         std::thread::sleep(Duration::from_millis(5));
