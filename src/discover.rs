@@ -43,12 +43,8 @@ impl Installation {
 
     /// The major version, from `postgres --version` ("postgres (PostgreSQL) 15.18 (Debian...)").
     pub fn major_version(&self) -> Result<u32> {
-        let out = process::run_checked(
-            process::pg_command(&self.postgres()).arg("--version"),
-            "postgres --version",
-        )?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        parse_major(&text).with_context(|| format!("cannot read a version from '{}'", text.trim()))
+        let version = self.version()?;
+        parse_major(&version).with_context(|| format!("cannot read a version from '{version}'"))
     }
 
     /// The full version, e.g. "15.18", from `postgres --version`.

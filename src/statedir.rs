@@ -52,6 +52,15 @@ pub fn location(pgtmp_dir: Option<&str>, tmpdir: Option<&str>, uid: u32) -> Resu
     }
 }
 
+/// `location` for the account `uid`, from this process's PGTMP_DIR and TMPDIR.
+pub fn location_for(uid: u32) -> Result<PathBuf> {
+    location(
+        std::env::var("PGTMP_DIR").ok().as_deref(),
+        std::env::var("TMPDIR").ok().as_deref(),
+        uid,
+    )
+}
+
 fn absolute(path: &Path) -> Result<PathBuf> {
     std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))
 }
@@ -169,8 +178,8 @@ impl StateDir {
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
             if name.starts_with(REGISTERED) {
-                if let Ok(text) = fs::read_to_string(&path) {
-                    dirs.push(PathBuf::from(text.trim_end_matches('\n')));
+                if let Ok(dir) = registered_dir(&path) {
+                    dirs.push(dir);
                 }
             } else if name.len() == INSTANCE_NAME_LEN && path.is_dir() {
                 dirs.push(path);
@@ -181,7 +190,13 @@ impl StateDir {
 }
 
 /// Prefix of the files registering clusters that live outside PGTMP_DIR.
-const REGISTERED: &str = "elsewhere.";
+pub const REGISTERED: &str = "elsewhere.";
+
+/// The cluster directory a registration file names.
+pub fn registered_dir(registration: &Path) -> std::io::Result<PathBuf> {
+    let text = fs::read_to_string(registration)?;
+    Ok(PathBuf::from(text.trim_end_matches('\n')))
+}
 
 #[cfg(test)]
 mod tests {

@@ -17,7 +17,7 @@ use crate::instance::{Instance, NAME_ALPHABET};
 use crate::ownership::{self, DirLock};
 use crate::process;
 use crate::shm;
-use crate::statedir::{INSTANCE_NAME_LEN, StateDir};
+use crate::statedir::{self, INSTANCE_NAME_LEN, REGISTERED, StateDir};
 use anyhow::{Result, bail};
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::{self, OpenOptions};
@@ -31,7 +31,6 @@ pub const INTERVAL: Duration = Duration::from_secs(60);
 /// How long `pgtmp gc` waits for starts that are claiming a directory right now.
 const GATE_WAIT: Duration = Duration::from_secs(30);
 const STAMP: &str = ".swept";
-const REGISTERED: &str = "elsewhere.";
 
 /// What a sweep did (or, dry, would do): one line each.
 pub type Actions = Vec<String>;
@@ -61,8 +60,7 @@ pub fn sweep(state: &StateDir, dry_run: bool, wait: bool) -> Result<Actions> {
                     orphans.push((Instance::new(path), lock));
                 }
             } else if meta.is_file() && name.starts_with(REGISTERED) {
-                let target = fs::read_to_string(&path).unwrap_or_default();
-                let target = PathBuf::from(target.trim_end_matches('\n'));
+                let target = statedir::registered_dir(&path).unwrap_or_default();
                 match ownership::try_lock(&target) {
                     Ok(None) => {}
                     Ok(Some(lock)) => {

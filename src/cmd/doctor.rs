@@ -10,7 +10,6 @@ use crate::statedir::{self, SOCKET_PATH_MAX};
 use anyhow::Result;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
 
 /// The report: checks in order; any fatal failure makes the exit status 1.
 #[derive(Default)]
@@ -172,11 +171,7 @@ fn state_dir(
         || nix::unistd::Uid::effective().as_raw(),
         |(i, _)| i.uid.as_raw(),
     );
-    let path = match statedir::location(
-        std::env::var("PGTMP_DIR").ok().as_deref(),
-        std::env::var("TMPDIR").ok().as_deref(),
-        uid,
-    ) {
+    let path = match statedir::location_for(uid) {
         Ok(path) => path,
         Err(err) => {
             report.fail(
@@ -267,13 +262,13 @@ fn pools(report: &mut Report, state: &statedir::StateDir, install: &Installation
         return;
     }
     for dir in dirs {
-        let ready = count_prefixed(&dir, "ready.");
+        let ready = crate::pool::entries(&dir, "ready.").len();
         let template = if dir.join("template").is_dir() {
             "template made"
         } else {
             "no template yet"
         };
-        let waiting = count_prefixed(&dir, "waiting.");
+        let waiting = crate::pool::entries(&dir, "waiting.").len();
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -288,14 +283,4 @@ fn pools(report: &mut Report, state: &statedir::StateDir, install: &Installation
             )),
         }
     }
-}
-
-fn count_prefixed(dir: &Path, prefix: &str) -> usize {
-    fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
-                .count()
-        })
-        .unwrap_or(0)
 }

@@ -1,7 +1,6 @@
 //! `pgtmp list` (`ls`): this account's running clusters, as a table or JSON.
 
 use crate::account::Account;
-use crate::cli::GlobalArgs;
 use crate::client;
 use crate::instance::Instance;
 use crate::process;
@@ -37,15 +36,10 @@ struct Entry {
     keep: bool,
 }
 
-pub fn run(json: bool, global: &GlobalArgs) -> Result<()> {
-    // Only reads: nothing is created, and root needs no account switch to read.
-    let _ = global;
+/// Only reads: nothing is created, and root needs no account switch to read.
+pub fn run(json: bool) -> Result<()> {
     let invoker = Account::current()?;
-    let path = statedir::location(
-        std::env::var("PGTMP_DIR").ok().as_deref(),
-        std::env::var("TMPDIR").ok().as_deref(),
-        invoker.uid.as_raw(),
-    )?;
+    let path = statedir::location_for(invoker.uid.as_raw())?;
     let state = StateDir { path };
     let mut entries: Vec<Entry> = state
         .clusters()

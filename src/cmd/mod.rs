@@ -32,7 +32,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Stop(args)) => stop::run(args.url, args.dir.or(cli.start.dir), &global),
         Some(Command::Initdb(args)) => initdb::run(args.dir.or(cli.start.dir), &global),
         Some(Command::Run(args)) => run::run(args, &global),
-        Some(Command::List(args)) => list::run(args.json, &global),
+        Some(Command::List(args)) => list::run(args.json),
         Some(Command::Doctor) => doctor::run(&global),
         Some(Command::Clone(args)) => clone::run(args, &global),
         Some(Command::Schema(args)) => schema::run(args, &global),
@@ -53,11 +53,7 @@ impl Session {
     pub fn establish(global: &GlobalArgs, dir: Option<&Path>) -> Result<Session> {
         let invoker = Account::current()?;
         let server = account::server_account(&invoker, global.run_as.as_deref())?;
-        let path = statedir::location(
-            std::env::var("PGTMP_DIR").ok().as_deref(),
-            std::env::var("TMPDIR").ok().as_deref(),
-            invoker.uid.as_raw(),
-        )?;
+        let path = statedir::location_for(invoker.uid.as_raw())?;
         let state = StateDir::establish(path, &invoker, &server)?;
         if let Some(dir) = dir.filter(|_| invoker.uid != server.uid) {
             hand_over(dir, &server)?;
