@@ -101,12 +101,15 @@ pub fn start_time(_pid: i32) -> Option<u64> {
 /// True when `pid` is the same process that was recorded with `started`, is alive and belongs
 /// to this account. Without a recorded start time (or off Linux) nothing can be proven.
 pub fn same_process(pid: i32, started: Option<u64>) -> bool {
-    let Some(started) = started else {
-        return false;
-    };
+    started.is_some() && is_mine(pid, started)
+}
+
+/// True when `pid` is alive, belongs to this account and, when `started` is known, was
+/// started then.
+fn is_mine(pid: i32, started: Option<u64>) -> bool {
     crate::process::alive(pid)
-        && start_time(pid) == Some(started)
         && process_uid(pid) == Some(nix::unistd::geteuid().as_raw())
+        && started.is_none_or(|s| start_time(pid) == Some(s))
 }
 
 #[cfg(target_os = "linux")]
@@ -126,10 +129,7 @@ fn process_uid(_pid: i32) -> Option<u32> {
 /// `data` (its command line has `-D DATA`), started at `started` when that is known. A pid
 /// reused by any other process fails this test.
 pub fn is_postmaster_of(pid: i32, data: &Path, started: Option<u64>) -> bool {
-    if !crate::process::alive(pid)
-        || process_uid(pid) != Some(nix::unistd::geteuid().as_raw())
-        || started.is_some_and(|s| start_time(pid) != Some(s))
-    {
+    if !is_mine(pid, started) {
         return false;
     }
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
@@ -143,9 +143,21 @@ pub fn is_postmaster_of(pid: i32, data: &Path, started: Option<u64>) -> bool {
 /// The postmaster's pid from a data directory's postmaster.pid, if it names a live postmaster
 /// of that directory (proven as in [`is_postmaster_of`]).
 pub fn running_postmaster(data: &Path) -> Option<i32> {
-    let text = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
-    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    let (pid, _) = postmaster_file(data)?;
     is_postmaster_of(pid, data, None).then_some(pid)
+}
+
+/// What a data directory's postmaster.pid says: the postmaster's pid and its System V shared
+/// memory id (line 7, after the key), if any.
+pub fn postmaster_file(data: &Path) -> Option<(i32, Option<i32>)> {
+    let text = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
+    let pid = text.lines().next()?.trim().parse().ok()?;
+    let sysv = text
+        .lines()
+        .nth(6)
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|id| id.parse().ok());
+    Some((pid, sysv))
 }
 
 /// True when a process of this account works inside `dir` (its working directory is there),

@@ -338,7 +338,7 @@ fn start_one(pool: &Pool, owner: &Owner, tcp: bool, settings: &Settings) -> Resu
         create_test: false,
         registration: None,
         lifeline: None,
-        lock: Some(lock),
+        lock,
         waiting: Some(Waiting {
             token: pool.dir.join(format!("{WAITING}{}.{name}", mode(tcp))),
             claimed: pool.dir.join(format!("{CLAIMED}{name}")),

@@ -9,6 +9,7 @@
 //! so it is read, as PostgreSQL itself does at its next start, before everything is removed.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// What a running server uses; recorded in the state file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -19,14 +20,13 @@ pub struct Segments {
     pub posix: Vec<String>,
 }
 
+/// How long the backends of a killed server get to exit (and detach) before its segments are
+/// removed anyway.
+pub const DETACH_LIMIT: Duration = Duration::from_secs(10);
+
 /// Reads what the server with postmaster `pid` in `data` uses (after it reported ready).
 pub fn of_server(pid: i32, data: &Path) -> Segments {
-    let sysv_id = std::fs::read_to_string(data.join("postmaster.pid"))
-        .ok()
-        .and_then(|text| {
-            let line = text.lines().nth(6)?;
-            line.split_whitespace().nth(1)?.parse().ok()
-        });
+    let sysv_id = crate::ownership::postmaster_file(data).and_then(|(_, sysv_id)| sysv_id);
     let posix = std::fs::read_to_string(format!("/proc/{pid}/maps"))
         .map(|maps| posix_names(&maps))
         .unwrap_or_default();
@@ -50,6 +50,19 @@ fn posix_names(maps: &str) -> Vec<String> {
 fn is_postgres_segment(name: &str) -> bool {
     name.strip_prefix("PostgreSQL.")
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Waits until no process is attached to the System V segment `id` made by `creator` (or it
+/// is gone), at most `limit`; false if processes are still attached then.
+pub fn wait_detached(id: i32, creator: i32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while attached(id, creator).is_some_and(|n| n > 0) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
 }
 
 /// Number of processes still attached to the System V segment, or None if it is gone (or not

@@ -13,7 +13,7 @@
 //! - incomplete pool entries (`pool/<key>/new.*`) while no refiller holds that pool's lock.
 
 use crate::cluster;
-use crate::instance::{Instance, NAME_ALPHABET};
+use crate::instance::{Instance, NAME_ALPHABET, State};
 use crate::ownership::{self, DirLock};
 use crate::process;
 use crate::shm;
@@ -81,7 +81,12 @@ pub fn sweep(state: &StateDir, dry_run: bool, wait: bool) -> Result<Actions> {
     for (registration, target) in &registrations {
         if let Some((instance, _lock)) = target
             && instance.is_cluster()
-            && let Err(err) = stop_orphaned_server(instance, dry_run, &mut actions)
+            && let Err(err) = stop_orphaned_server(
+                instance,
+                instance.read_state().ok().flatten().as_ref(),
+                dry_run,
+                &mut actions,
+            )
         {
             actions.push(format!("skipped {}: {err:#}", instance.dir.display()));
             continue;
@@ -173,19 +178,20 @@ fn sweep_instance(instance: &Instance, dry_run: bool, actions: &mut Actions) -> 
     }
     // A state of a pgtmp from before these locks records no start times: its watchdog, if its
     // pid still runs, may be alive without holding the lock. Left alone.
-    if let Ok(Some(state)) = instance.read_state()
+    let state = instance.read_state().ok().flatten();
+    if let Some(state) = &state
         && state.watchdog_start.is_none()
         && process::alive(state.watchdog_pid)
     {
         return Ok(());
     }
-    stop_orphaned_server(instance, dry_run, actions)?;
+    stop_orphaned_server(instance, state.as_ref(), dry_run, actions)?;
     if !dry_run && ownership::processes_inside(&instance.dir) {
         // An orphaned initdb, or backends of a killed server: the next sweep gets it.
         bail!("processes still run in it");
     }
     if instance.is_kept() {
-        if instance.read_state().ok().flatten().is_some() {
+        if state.is_some() {
             if !dry_run {
                 instance.remove_state();
             }
@@ -205,12 +211,15 @@ fn sweep_instance(instance: &Instance, dry_run: bool, actions: &mut Actions) -> 
 
 /// Stops the server still running in a directory whose watchdog is gone, and releases the
 /// shared memory of one that was killed. Fails (so nothing is removed) while anything of the
-/// server may still run. Returns whether there was a server to stop.
-fn stop_orphaned_server(instance: &Instance, dry_run: bool, actions: &mut Actions) -> Result<bool> {
+/// server may still run. `state` is the directory's recorded state, if it has one.
+fn stop_orphaned_server(
+    instance: &Instance,
+    state: Option<&State>,
+    dry_run: bool,
+    actions: &mut Actions,
+) -> Result<()> {
     let data = instance.data();
-    let state = instance.read_state().ok().flatten();
     let recorded = state
-        .as_ref()
         .filter(|s| ownership::is_postmaster_of(s.postmaster_pid, &data, s.postmaster_start))
         .map(|s| s.postmaster_pid);
     let running = recorded.or_else(|| ownership::running_postmaster(&data));
@@ -220,14 +229,14 @@ fn stop_orphaned_server(instance: &Instance, dry_run: bool, actions: &mut Action
             instance.dir.display()
         ));
         if dry_run {
-            return Ok(true);
+            return Ok(());
         }
         cluster::shutdown(pid, || !process::alive(pid))?;
     }
     // A killed server leaves its shared memory, and its backends exit shortly after it.
-    let (segments, creator) = match &state {
+    let (segments, creator) = match state {
         Some(s) => (s.segments.clone(), s.postmaster_pid),
-        None => match postmaster_file(&data) {
+        None => match ownership::postmaster_file(&data) {
             Some((pid, sysv_id)) => (
                 shm::Segments {
                     sysv_id,
@@ -235,34 +244,23 @@ fn stop_orphaned_server(instance: &Instance, dry_run: bool, actions: &mut Action
                 },
                 pid,
             ),
-            None => return Ok(running.is_some()),
+            None => return Ok(()),
         },
     };
-    if let Some(id) = segments.sysv_id {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while shm::attached(id, creator).is_some_and(|n| n > 0) {
-            if dry_run || Instant::now() >= deadline {
-                bail!("processes of its killed server are still attached to its shared memory");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    let limit = if dry_run {
+        Duration::ZERO
+    } else {
+        shm::DETACH_LIMIT
+    };
+    if let Some(id) = segments.sysv_id
+        && !shm::wait_detached(id, creator, limit)
+    {
+        bail!("processes of its killed server are still attached to its shared memory");
     }
     if !dry_run {
         shm::release(&segments, creator);
     }
-    Ok(running.is_some())
-}
-
-/// The pid and System V segment id in a postmaster.pid a dead server left.
-fn postmaster_file(data: &Path) -> Option<(i32, Option<i32>)> {
-    let text = fs::read_to_string(data.join("postmaster.pid")).ok()?;
-    let pid = text.lines().next()?.trim().parse().ok()?;
-    let sysv = text
-        .lines()
-        .nth(6)
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|id| id.parse().ok());
-    Some((pid, sysv))
+    Ok(())
 }
 
 /// Removes `new.*` entries of pools whose refiller is gone (nobody holds `lock`), holding the

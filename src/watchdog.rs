@@ -75,7 +75,7 @@ pub struct Plan {
     pub lifeline: Option<OwnedFd>,
     /// The directory's lock (ownership.rs), taken by the start and held by the watchdog for
     /// its whole life: a sweep never touches a directory while it is held.
-    pub lock: Option<crate::ownership::DirLock>,
+    pub lock: crate::ownership::DirLock,
 }
 
 /// How long pgtmp waits for the server of a watchdog that died during the start to go (it has
@@ -378,11 +378,9 @@ impl Watchdog {
         loop {
             let stop_requested = self.signals.wait(TICK);
             if cluster::exited(&mut self.server) {
-                // The server died by itself (killed?): nothing to stop, but what a killed
-                // server cannot release itself, its shared memory, is released here.
-                self.session = None;
-                self.release_shared_memory();
-                return self.finish();
+                // The server died by itself (killed?): `stop` finds nothing to stop, but
+                // releases what a killed server cannot release itself, its shared memory.
+                break;
             }
             if !self.plan.instance.state_path().exists() {
                 // The directory was deleted under the server: stop it now rather than let it
@@ -478,10 +476,7 @@ impl Watchdog {
     fn release_shared_memory(&self) {
         let creator = self.server.id() as i32;
         if let Some(id) = self.segments.sysv_id {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while shm::attached(id, creator).is_some_and(|n| n > 0) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            shm::wait_detached(id, creator, shm::DETACH_LIMIT);
         }
         shm::release(&self.segments, creator);
     }

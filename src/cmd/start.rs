@@ -299,7 +299,7 @@ pub fn launch(
         registration: session.state.registration_for(&instance.dir, &name),
         waiting: None,
         lifeline,
-        lock: Some(lock),
+        lock,
     };
     let started = watchdog::launch(plan)?;
     let url = match &password {
