@@ -88,6 +88,8 @@ const CLAIM_LIMIT: Duration = Duration::from_secs(10);
 /// What the waiting `pgtmp` learns.
 pub struct Started {
     pub port: u16,
+    pub watchdog_pid: i32,
+    pub server_pid: i32,
 }
 
 /// Forks the watchdog and waits for its report. Returns once the server accepts connections,
@@ -104,12 +106,17 @@ pub fn launch(plan: Plan) -> Result<Started> {
             match report.split_once(' ') {
                 Some(("ready", rest)) => {
                     let mut words = rest.split_whitespace();
-                    let port = words
-                        .next()
-                        .and_then(|p| p.parse().ok())
-                        .context("the watchdog reported a malformed port")?;
+                    let port = words.next().and_then(|w| w.parse::<u16>().ok());
+                    let server_pid = words.next().and_then(|w| w.parse::<i32>().ok());
+                    let (Some(port), Some(server_pid)) = (port, server_pid) else {
+                        bail!("the watchdog reported a malformed line: {report:?}");
+                    };
                     trace::replay(words.next().unwrap_or(""));
-                    Ok(Started { port })
+                    Ok(Started {
+                        port,
+                        watchdog_pid: pid,
+                        server_pid,
+                    })
                 }
                 other => {
                     // The watchdog has cleaned up and exited; reap it so nothing is left.
@@ -201,8 +208,14 @@ impl Watchdog {
         match result {
             Ok(watchdog) => {
                 crate::testpause::point("ready");
-                let delivered =
-                    writeln!(report, "ready {} {}", watchdog.port, clock.encode()).is_ok();
+                let delivered = writeln!(
+                    report,
+                    "ready {} {} {}",
+                    watchdog.port,
+                    watchdog.server.id(),
+                    clock.encode()
+                )
+                .is_ok();
                 Ok((watchdog, delivered))
             }
             Err(failure) => {

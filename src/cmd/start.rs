@@ -316,13 +316,6 @@ pub fn launch(
     {
         return Err(abandon(err, &instance, on_failure, args.keep, &url));
     }
-    // The watchdog records its state before it reports the server ready.
-    let state = instance.read_state()?.with_context(|| {
-        format!(
-            "the watchdog of {} recorded no state",
-            instance.dir.display()
-        )
-    })?;
     let cluster = Cluster {
         url,
         socket_dir: instance.dir.clone(),
@@ -331,8 +324,8 @@ pub fn launch(
         tcp,
         user,
         password,
-        server_pid: state.postmaster_pid,
-        watchdog_pid: state.watchdog_pid,
+        server_pid: started.server_pid,
+        watchdog_pid: started.watchdog_pid,
         bindir: install.bindir.clone(),
         timeout: args.idle_timeout(),
         keep: args.keep,
