@@ -201,14 +201,15 @@ pub struct Claimed {
 
 fn tokens(pool: &Pool, tcp: bool) -> Vec<(PathBuf, String)> {
     let prefix = format!("{WAITING}{}.", mode(tcp));
-    let Ok(dir) = fs::read_dir(&pool.dir) else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let file_name = e.file_name().to_string_lossy().into_owned();
-            let name = file_name.strip_prefix(&prefix)?.to_string();
-            Some((e.path(), name))
+    pool::entries(&pool.dir, &prefix)
+        .into_iter()
+        .filter_map(|path| {
+            let name = path
+                .file_name()?
+                .to_str()?
+                .strip_prefix(&prefix)?
+                .to_string();
+            Some((path, name))
         })
         .collect()
 }

@@ -51,13 +51,12 @@ pub fn phase(name: &str) {
 /// Prints phases measured elsewhere (see [`Clock::encode`]) as if they had happened here, one
 /// after the other, ending now.
 pub fn replay(encoded: &str) {
-    let phases = decode(encoded);
     let now = Instant::now();
     if let Ok(mut guard) = TRACE.lock()
         && let Some(trace) = guard.as_mut()
     {
         let mut at = trace.last;
-        for (name, took) in phases {
+        for (name, took) in decode(encoded) {
             at += took;
             eprintln!("{}", line(&name, took, at - trace.origin));
         }

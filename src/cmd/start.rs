@@ -80,7 +80,6 @@ struct FollowUp {
 struct TopUp {
     pool: Pool,
     session: Session,
-    socket_port: u16,
     prestart: prestart::Settings,
 }
 
@@ -113,7 +112,7 @@ impl Launched {
             user: top_up.session.user(),
             owner_uid: top_up.session.invoker.uid.as_raw(),
             state_dir: &top_up.session.state,
-            socket_port: top_up.socket_port,
+            socket_port: socket_port(),
         };
         prestart::replenish_in_background(&top_up.pool, &owner, self.cluster.tcp, &top_up.prestart);
         top_up
@@ -251,7 +250,6 @@ pub fn launch(
                     top_up: Some(TopUp {
                         pool,
                         session,
-                        socket_port: port,
                         prestart,
                     }),
                     test_data: None,
@@ -334,7 +332,6 @@ pub fn launch(
     let top_up = pool.map(|pool| TopUp {
         pool,
         session,
-        socket_port: port,
         prestart,
     });
     let test_data = data.map(|data| FollowUp {
