@@ -291,33 +291,19 @@ pub fn sweep(state_dir: &Path, max_age: Duration, dry_run: bool) -> Result<Vec<P
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
-        if dry_run {
-            let used = path.join("used");
-            let unused = if used.exists() {
-                old(&used)
-            } else {
-                old(&path)
-            };
-            if entry.file_type().is_ok_and(|t| t.is_dir())
-                && !name.starts_with(TRASH)
-                && !name.starts_with(BUILD)
-                && unused
-            {
-                removed.push(path);
-            }
-            continue;
-        }
         if !entry.file_type().is_ok_and(|t| t.is_dir()) {
             // <key>.lock and <key>.error of an entry that is gone (or was never built).
-            if !path.with_extension("").is_dir() && old(&path) {
+            if !dry_run && !path.with_extension("").is_dir() && old(&path) {
                 let _ = fs::remove_file(&path);
             }
             continue;
         }
         if name.starts_with(TRASH) {
-            let _ = fs::remove_dir_all(&path);
+            if !dry_run {
+                let _ = fs::remove_dir_all(&path);
+            }
         } else if name.starts_with(BUILD) {
-            if old(&path) {
+            if !dry_run && old(&path) {
                 let _ = fs::remove_dir_all(&path);
             }
         } else {
@@ -328,6 +314,10 @@ pub fn sweep(state_dir: &Path, max_age: Duration, dry_run: bool) -> Result<Vec<P
                 old(&path)
             };
             if !stale {
+                continue;
+            }
+            if dry_run {
+                removed.push(path);
                 continue;
             }
             let Ok(_lock) = lock_file(

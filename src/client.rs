@@ -21,6 +21,25 @@ const COUNT_CLIENTS: &str = "SELECT count(*) FROM pg_stat_activity \
 const SESSION_OPTIONS: &str = "-c log_statement=none -c log_duration=off \
      -c log_min_duration_statement=-1 -c statement_timeout=0 -c lock_timeout=0";
 
+/// A connection to the server on its socket in `socket_dir`, as `application` (shown in
+/// pg_stat_activity).
+pub fn config(
+    socket_dir: &Path,
+    port: u16,
+    user: &str,
+    database: &str,
+    application: &str,
+) -> postgres::Config {
+    let mut config = postgres::Config::new();
+    config
+        .host_path(socket_dir)
+        .port(port)
+        .user(user)
+        .dbname(database)
+        .application_name(application);
+    config
+}
+
 pub struct Session {
     client: postgres::Client,
     count: postgres::Statement,
@@ -28,12 +47,7 @@ pub struct Session {
 
 impl Session {
     pub fn connect(socket_dir: &Path, port: u16, user: &str) -> Result<Session> {
-        let mut client = postgres::Config::new()
-            .host_path(socket_dir)
-            .port(port)
-            .user(user)
-            .dbname("postgres")
-            .application_name("pgtmp watchdog")
+        let mut client = config(socket_dir, port, user, "postgres", "pgtmp watchdog")
             // In the startup packet, so they hold before the first statement: whatever -o
             // sets (log_statement=all, a statement_timeout), the polls are never logged and
             // never cancelled.
@@ -84,12 +98,7 @@ pub struct Activity {
 
 /// Clients other than the watchdog, seen through a short session that the watchdog ignores.
 pub fn activity(socket_dir: &Path, port: u16, user: &str) -> Result<Activity> {
-    let mut client = postgres::Config::new()
-        .host_path(socket_dir)
-        .port(port)
-        .user(user)
-        .dbname("postgres")
-        .application_name("pgtmp list")
+    let mut client = config(socket_dir, port, user, "postgres", "pgtmp list")
         .options(SESSION_OPTIONS)
         .connect_timeout(Duration::from_secs(2))
         .connect(postgres::NoTls)

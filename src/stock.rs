@@ -66,7 +66,8 @@ pub fn claim(client: &mut postgres::Client, user: &str) -> Result<String> {
             Err(err) => return Err(err).context("cannot claim a database from the clone stock"),
         }
     }
-    create_copy(client, &clone, user)?;
+    let now = ensure_template(client, user)?;
+    create_copy(client, &clone, user, now)?;
     Ok(clone)
 }
 
@@ -103,9 +104,9 @@ fn ensure_template(client: &mut postgres::Client, user: &str) -> Result<bool> {
     Ok(false)
 }
 
-/// Copies the template into `name`, with the template's search_path (set by --now).
-fn create_copy(client: &mut postgres::Client, name: &str, user: &str) -> Result<()> {
-    let now = ensure_template(client, user)?;
+/// Copies the template into `name`, with the template's search_path when `now` (set by
+/// --now; `ensure_template` tells).
+fn create_copy(client: &mut postgres::Client, name: &str, user: &str, now: bool) -> Result<()> {
     // One statement per message: CREATE DATABASE refuses to run in the implicit transaction
     // of a multi-statement message.
     client
@@ -135,6 +136,7 @@ pub fn refill(server: &Server) -> Result<()> {
     if let Ok(row) = client.query_one("SELECT pg_backend_pid()", &[]) {
         lower_priority_of(row.get(0));
     }
+    let now = ensure_template(&mut client, server.user)?;
     loop {
         let row = client
             .query_one(
@@ -148,7 +150,7 @@ pub fn refill(server: &Server) -> Result<()> {
         }
         let name = new_name()?;
         let building = format!("{NEW}{name}");
-        create_copy(&mut client, &building, server.user)?;
+        create_copy(&mut client, &building, server.user, now)?;
         client
             .batch_execute(&format!(
                 "ALTER DATABASE {} RENAME TO {}",

@@ -212,20 +212,21 @@ fn describe_failure(path: &Path, stderr: &str) -> String {
 
 /// A session on the server's socket.
 pub fn connect(server: &Server, database: &str) -> Result<postgres::Client> {
-    postgres::Config::new()
-        .host_path(server.socket_dir)
-        .port(server.port)
-        .user(server.user)
-        .dbname(database)
-        .application_name("pgtmp")
-        .connect_timeout(Duration::from_secs(10))
-        .connect(postgres::NoTls)
-        .with_context(|| {
-            format!(
-                "cannot connect to database {database} in {}",
-                server.socket_dir.display()
-            )
-        })
+    crate::client::config(
+        server.socket_dir,
+        server.port,
+        server.user,
+        database,
+        "pgtmp",
+    )
+    .connect_timeout(Duration::from_secs(10))
+    .connect(postgres::NoTls)
+    .with_context(|| {
+        format!(
+            "cannot connect to database {database} in {}",
+            server.socket_dir.display()
+        )
+    })
 }
 
 /// Creates schema `pgtmp` with now() in `test` and puts it on `test`'s search_path.
