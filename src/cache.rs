@@ -186,7 +186,7 @@ impl Cache {
             .with_context(|| format!("cannot open {}", entry.log().display()))?;
         // Socket only, in the entry's own private directory: the port is just a number. The
         // entry's path is longer than an instance's; when its socket would not fit, a short
-        // private directory holds it instead (given last, so it wins).
+        // private directory holds it instead.
         let port = 5432;
         let short = if statedir::socket_path_len(&entry.dir) > statedir::SOCKET_PATH_MAX {
             Some(
@@ -199,17 +199,13 @@ impl Cache {
             None
         };
         let socket_dir = short.as_ref().map_or(entry.dir.as_path(), |d| d.path());
-        let mut options = options.to_vec();
-        if short.is_some() {
-            let quoted = socket_dir.to_string_lossy().replace('"', "\"\"");
-            options.extend(["-c".into(), format!("unix_socket_directories=\"{quoted}\"")]);
-        }
         let spec = ServerSpec {
             install,
             instance: &entry,
+            socket_dir,
             port,
             tcp: false,
-            options: &options,
+            options,
         };
         let mut server = spec.spawn(&log)?;
         let target = Server {

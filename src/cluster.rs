@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use nix::sys::signal::Signal;
 use std::fs::File;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,8 @@ const TEST_SETTINGS: &[&str] = &[
 pub struct ServerSpec<'a> {
     pub install: &'a Installation,
     pub instance: &'a Instance,
+    /// Where the socket file goes: the instance's directory, except where its path is too long.
+    pub socket_dir: &'a Path,
     /// TCP port with `tcp`; otherwise only the number in the socket file's name.
     pub port: u16,
     pub tcp: bool,
@@ -52,7 +55,7 @@ impl ServerSpec<'_> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let socket_dir = self.instance.dir.to_string_lossy().replace('"', "\"\"");
+        let socket_dir = self.socket_dir.to_string_lossy().replace('"', "\"\"");
         let mut args = vec![
             "-D".to_string(),
             self.instance.data().to_string_lossy().into_owned(),
@@ -245,6 +248,7 @@ mod tests {
         let spec = ServerSpec {
             install: &install,
             instance: &instance,
+            socket_dir: &instance.dir,
             port: 5432,
             tcp: false,
             options: &options,

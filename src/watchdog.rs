@@ -247,6 +247,7 @@ impl Watchdog {
             let spec = ServerSpec {
                 install: &plan.install,
                 instance: &plan.instance,
+                socket_dir: &plan.instance.dir,
                 port,
                 tcp: plan.tcp,
                 options: &plan.options,
