@@ -70,6 +70,11 @@ fn fnv1a(text: &str) -> u64 {
     })
 }
 
+/// PGTMP_POOL_SIZE from the environment, validated.
+pub fn size_from_env() -> Result<usize> {
+    configured_size(std::env::var("PGTMP_POOL_SIZE").ok().as_deref())
+}
+
 /// PGTMP_POOL_SIZE, validated.
 pub fn configured_size(value: Option<&str>) -> Result<usize> {
     match value {
@@ -209,8 +214,8 @@ pub fn new_name() -> Result<String> {
 }
 
 impl Pool {
-    pub fn open(state: &StateDir, install: &Installation, user: &str) -> Result<Pool> {
-        let size = configured_size(std::env::var("PGTMP_POOL_SIZE").ok().as_deref())?;
+    /// The pool of `install` for `user`, keeping `size` entries ready (see `size_from_env`).
+    pub fn open(state: &StateDir, install: &Installation, user: &str, size: usize) -> Result<Pool> {
         let dir = state.pools().join(key(install, user)?);
         DirBuilder::new()
             .recursive(true)

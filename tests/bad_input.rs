@@ -19,6 +19,7 @@ both_invokers!(
     unwritable_pgtmp_dir,
     missing_bindir,
     no_postgresql_found,
+    pool_size_is_validated,
 );
 
 fn give_to(path: &Path, invoker: &Invoker) {
@@ -218,4 +219,27 @@ fn no_postgresql_found(invoker: &Invoker) {
     }
     check_failed(&out, 1);
     sandbox.assert_nothing_left("pgtmp without PostgreSQL");
+}
+
+/// A malformed PGTMP_POOL_SIZE is refused by every start, also one that would not use the
+/// pool (`-d`), before anything is made.
+fn pool_size_is_validated(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let dir = sandbox.path("own-dir");
+    let dir_arg = dir.to_string_lossy().into_owned();
+    for value in ["lots", "65"] {
+        for args in [&["-w", "5"][..], &["-w", "5", "-d", &dir_arg], &["initdb"]] {
+            let out = run(
+                sandbox.pgtmp().env("PGTMP_POOL_SIZE", value).args(args),
+                PGTMP_LIMIT,
+            );
+            let line = check_failed(&out, 2);
+            assert!(line.contains("PGTMP_POOL_SIZE"), "pgtmp {args:?}: {line}");
+            sandbox.assert_nothing_left(&format!("PGTMP_POOL_SIZE={value} pgtmp {args:?}"));
+            assert!(
+                !dir.exists(),
+                "PGTMP_POOL_SIZE={value} pgtmp {args:?} made {dir_arg}"
+            );
+        }
+    }
 }

@@ -239,7 +239,7 @@ fn state_dir(
 
 /// The pools: ready entries and the last refill error of each.
 fn pools(report: &mut Report, state: &statedir::StateDir, install: &Installation) {
-    let size = match pool::configured_size(std::env::var("PGTMP_POOL_SIZE").ok().as_deref()) {
+    let size = match pool::size_from_env() {
         Ok(size) => size,
         Err(err) => {
             report.fail(&format!("{err:#}"), "unset PGTMP_POOL_SIZE or give 0 to 64");

@@ -24,7 +24,7 @@ pub fn run(dir: Option<PathBuf>, global: &GlobalArgs) -> Result<()> {
             let user = session.user().to_string();
             // Held until the directory is marked kept, so no sweep removes it meanwhile.
             let gate = ownership::lock_shared(&session.state.path)?;
-            let pool = Pool::open(&session.state, &install, &user)?;
+            let pool = Pool::open(&session.state, &install, &user, pool::size_from_env()?)?;
             let (instance, taken) = pool.take(
                 &session.state.instance_path(&pool::new_name()?),
                 &install,

@@ -74,6 +74,8 @@ struct FollowUp {
     cache: Option<Cache>,
     hit: bool,
     options: Vec<String>,
+    /// Ready copies to keep beside the cache entry.
+    ready_copies: usize,
 }
 
 /// What the background work after a start from the pool needs.
@@ -94,14 +96,7 @@ impl Launched {
                 port: self.cluster.port,
                 user: &self.cluster.user,
             };
-            prepare_in_background(
-                &server,
-                follow.cache.as_ref(),
-                follow.hit,
-                &self.install,
-                &follow.options,
-                &follow.data,
-            );
+            prepare_in_background(&server, follow, &self.install);
         }
         sweep::in_background(&self.state);
         let Some(top_up) = self.top_up else {
@@ -134,6 +129,7 @@ pub fn launch(
     format::check(args.format.unwrap_or_default(), args.wants_tcp())?;
     let options = cluster::split_options(&args.options)?;
     let prestart = prestart::Settings::from_env()?;
+    let pool_size = pool::size_from_env()?;
     let install = discover::find(global.bindir.as_deref())?;
     let dir = args.dir.as_deref().map(super::absolute_dir).transpose()?;
     let found = dir.as_deref().map(super::inspect_dir).transpose()?;
@@ -206,7 +202,7 @@ pub fn launch(
             if gate.is_none() {
                 gate = Some(ownership::lock_shared(&session.state.path)?);
             }
-            let pool = Pool::open(&session.state, &install, &user)?;
+            let pool = Pool::open(&session.state, &install, &user, pool_size)?;
             // Only starts with the settings every pre-started server has can use one; `run`
             // needs a watchdog that holds its lifeline.
             let claim = Claim {
@@ -339,6 +335,7 @@ pub fn launch(
         cache,
         hit,
         options,
+        ready_copies: pool_size.min(cache::MAX_READY),
     });
     Ok(Launched {
         cluster,
@@ -374,22 +371,15 @@ fn abandon(
 
 /// Detached and at low priority: fills the clone stock, then builds the schema cache entry
 /// after a miss and keeps copies of it ready for the next start.
-fn prepare_in_background(
-    server: &Server,
-    cache: Option<&Cache>,
-    hit: bool,
-    install: &Installation,
-    options: &[String],
-    data: &TestData,
-) {
+fn prepare_in_background(server: &Server, follow: &FollowUp, install: &Installation) {
     if let Ok(Forked::Child) = detach::fork_detached() {
         detach::lower_priority();
         let mut failed = stock::refill(server).is_err();
-        if let Some(cache) = cache {
-            if !hit {
+        if let Some(cache) = &follow.cache {
+            if !follow.hit {
                 // Recorded like the pool's refill.error: the next start merely loads again.
                 let error = cache.dir.with_extension("error");
-                match cache.build(install, server.user, options, data) {
+                match cache.build(install, server.user, &follow.options, &follow.data) {
                     Ok(()) => {
                         let _ = std::fs::remove_file(&error);
                     }
@@ -399,10 +389,7 @@ fn prepare_in_background(
                     }
                 }
             }
-            let size = pool::configured_size(std::env::var("PGTMP_POOL_SIZE").ok().as_deref())
-                .unwrap_or(pool::DEFAULT_SIZE)
-                .min(cache::MAX_READY);
-            failed |= cache.refill(size).is_err();
+            failed |= cache.refill(follow.ready_copies).is_err();
         }
         std::process::exit(i32::from(failed));
     }
