@@ -41,9 +41,9 @@ pub const DEFAULT_SIZE: usize = 8;
 const ENTRY_FORMAT: &str = "2";
 
 const READY: &str = "ready.";
-const BUILDING: &str = "new.";
+pub const BUILDING: &str = "new.";
 const TEMPLATE: &str = "template";
-const TEMPLATE_BUILDING: &str = "template.new.";
+pub const TEMPLATE_BUILDING: &str = "template.new.";
 const INSTALL: &str = "install";
 
 /// How a directory handed out by [`Pool::take`] was made.

@@ -15,7 +15,7 @@ pub const INSTANCE_NAME_LEN: usize = 8;
 pub const SOCKET_PATH_MAX: usize = if cfg!(target_os = "linux") { 107 } else { 103 };
 
 /// "/.s.PGSQL.65535": the socket file postgres creates in its socket directory.
-const SOCKET_FILE_LEN: usize = "/.s.PGSQL.65535".len();
+pub const SOCKET_FILE_LEN: usize = "/.s.PGSQL.65535".len();
 
 /// Length of the socket path postgres will create for an instance in `socket_dir`.
 pub fn socket_path_len(socket_dir: &Path) -> usize {
@@ -23,7 +23,7 @@ pub fn socket_path_len(socket_dir: &Path) -> usize {
 }
 
 /// Length of the socket path of an instance directory directly under `state_dir`.
-fn instance_socket_len(state_dir: &Path) -> usize {
+pub fn instance_socket_len(state_dir: &Path) -> usize {
     state_dir.as_os_str().len() + 1 + INSTANCE_NAME_LEN + SOCKET_FILE_LEN
 }
 

@@ -303,7 +303,8 @@ fn sweep_pools(state: &StateDir, dry_run: bool, actions: &mut Actions) {
                 }
                 continue;
             }
-            if (name.starts_with("new.") || name.starts_with("template.new."))
+            if (name.starts_with(crate::pool::BUILDING)
+                || name.starts_with(crate::pool::TEMPLATE_BUILDING))
                 && fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.uid() == me)
             {
                 if ownership::processes_inside(&path) {

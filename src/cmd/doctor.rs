@@ -181,7 +181,7 @@ fn state_dir(
             return None;
         }
     };
-    let longest = statedir::socket_path_len(&path.join("x".repeat(statedir::INSTANCE_NAME_LEN)));
+    let longest = statedir::instance_socket_len(&path);
     report.pass(&format!(
         "PGTMP_DIR {}: socket paths of {longest} bytes fit the limit of {SOCKET_PATH_MAX}",
         path.display()

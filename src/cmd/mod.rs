@@ -97,7 +97,7 @@ pub fn absolute_dir(dir: &Path) -> Result<PathBuf> {
         bail!(
             "-d {}: the path is too long for the server's Unix socket (at most {} bytes); use a shorter one",
             dir.display(),
-            statedir::SOCKET_PATH_MAX - "/.s.PGSQL.65535".len()
+            statedir::SOCKET_PATH_MAX - statedir::SOCKET_FILE_LEN
         );
     }
     Ok(dir)
