@@ -434,13 +434,12 @@ fn resolve(mut cli: Cli, matches: &ArgMatches) -> Cli {
         _ => None,
     };
     if let Some((later, Some(sub))) = later {
-        let merged = cli.start.clone().merged_with(
+        // Only the subcommand's arguments are read from here on.
+        *later = std::mem::take(&mut cli.start).merged_with(
             Written::of(matches),
             std::mem::take(later),
             Written::of(sub),
         );
-        *later = merged.clone();
-        cli.start = merged;
     }
     cli
 }
