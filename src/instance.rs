@@ -174,14 +174,17 @@ impl Instance {
             start(state.watchdog_start),
             start(state.postmaster_start),
         );
-        // Written beside and renamed over, so readers never see half a file (tempfile creates
-        // it with mode 0600).
-        let path = self.state_path();
+        self.write_file(&self.state_path(), text.as_bytes())
+    }
+
+    /// Writes `path` (in this directory) beside and renames it over, so readers never see half
+    /// a file; tempfile creates it with mode 0600.
+    pub fn write_file(&self, path: &Path, contents: &[u8]) -> Result<()> {
         let mut file = tempfile::NamedTempFile::new_in(&self.dir)
             .with_context(|| format!("cannot create a file in {}", self.dir.display()))?;
-        file.write_all(text.as_bytes())
+        file.write_all(contents)
             .with_context(|| format!("cannot write {}", file.path().display()))?;
-        file.persist(&path)
+        file.persist(path)
             .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(())
     }

@@ -30,7 +30,6 @@ use anyhow::{Context, Result, bail};
 use nix::fcntl::FlockArg;
 use nix::sys::signal::Signal;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Longest an unclaimed pre-started server runs, unless PGTMP_PRESTART_TIMEOUT says otherwise.
@@ -125,13 +124,7 @@ impl Claim {
     }
 
     fn write(&self, instance: &Instance) -> Result<()> {
-        let mut file = tempfile::NamedTempFile::new_in(&instance.dir)
-            .with_context(|| format!("cannot create a file in {}", instance.dir.display()))?;
-        file.write_all(self.render().as_bytes())
-            .context("cannot write the claim")?;
-        file.persist(instance.dir.join(CLAIM_FILE))
-            .context("cannot write the claim")?;
-        Ok(())
+        instance.write_file(&instance.dir.join(CLAIM_FILE), self.render().as_bytes())
     }
 }
 
@@ -148,12 +141,7 @@ impl Waiting {
     /// Announces the server as ready to be claimed; `password` is a TCP cluster's.
     pub fn publish(&self, instance: &Instance, password: Option<&str>) -> Result<()> {
         if let Some(password) = password {
-            let path = instance.dir.join(PASSWORD_FILE);
-            let mut file = tempfile::NamedTempFile::new_in(&instance.dir)
-                .with_context(|| format!("cannot create a file in {}", instance.dir.display()))?;
-            file.write_all(password.as_bytes())
-                .and_then(|()| file.persist(&path).map(|_| ()).map_err(|e| e.error))
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            instance.write_file(&instance.dir.join(PASSWORD_FILE), password.as_bytes())?;
         }
         let mark = instance.dir.join(WAITING_MARK);
         fs::write(&mark, "").with_context(|| format!("cannot write {}", mark.display()))?;
