@@ -64,14 +64,19 @@ pub fn skip(reason: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
 }
 
+/// Something the test needs is not available here: skips outside CI; fails in CI (CI=true),
+/// where .ci/run provides everything, so every test must run.
+pub fn cannot_run_here(reason: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{reason}; CI must run this test (.ci/run provides what it needs)");
+    }
+    skip(reason);
+}
+
 /// A program the test needs is missing: skips outside CI; fails in CI, where .ci/run must
 /// have installed it.
 pub fn missing(program: &str, install: &str) {
-    let reason = format!("{program} is not installed ({install})");
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{reason}; CI must run this test: .ci/run installs it");
-    }
-    skip(&reason);
+    cannot_run_here(&format!("{program} is not installed ({install})"));
 }
 
 // ---------------------------------------------------------------------------------------------
