@@ -114,23 +114,15 @@ impl Segments {
     }
 }
 
+/// The pids of a process's children.
 fn children_of(pid: i32) -> Vec<i32> {
-    let mut children = Vec::new();
-    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let ppid = fs::read_to_string(entry.path().join("stat"))
-            .ok()
-            .and_then(|s| {
-                let (_, rest) = s.rsplit_once(')')?;
-                rest.split_whitespace().nth(1)?.parse::<i32>().ok()
-            });
-        if ppid == Some(pid) {
-            children.push(child);
-        }
-    }
-    children
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|&child| parent_pid(child) == Some(pid))
+        .collect()
 }
 
 /// Records the shared memory of every cluster that runs in a sandbox, every few milliseconds,
@@ -308,12 +300,6 @@ impl Background {
             self.stderr.join().unwrap(),
         )
     }
-}
-
-/// The state letter of a process (R, S, T, Z...), if it exists.
-fn proc_state(pid: i32) -> Option<char> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
 /// Waits until a process of the sandbox has stopped itself at a PGTMP_TEST_PAUSE phase.
@@ -504,17 +490,7 @@ fn refill_killed_mid_initdb(invoker: &Invoker) {
     });
     assert!(found, "no refill ran after the first start");
     let initdb = initdb.unwrap();
-    let refiller = fs::read_to_string(format!("/proc/{}/stat", initdb.pid))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .nth(1)?
-                .parse::<i32>()
-                .ok()
-        })
-        .expect("cannot find the refiller");
+    let refiller = parent_pid(initdb.pid).expect("cannot find the refiller");
     signal(refiller, Signal::SIGKILL);
     settle(&sandbox, CLEANUP_LIMIT, "refill killed");
     assert!(

@@ -461,16 +461,28 @@ pub fn procs_referencing(path: &Path) -> Vec<Proc> {
     found
 }
 
+/// The fields of `/proc/PID/stat` after the command name, if the process exists: the state
+/// letter, the parent pid, ... The line is "pid (comm) S PPID ...", and the name may itself
+/// hold spaces and parentheses, so the fields start after the last ')'.
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// The state letter of a process (R, S, T, Z...), if it exists.
+pub fn proc_state(pid: i32) -> Option<char> {
+    stat_fields(pid)?.first()?.chars().next()
+}
+
+/// The parent pid of a process, if it exists.
+pub fn parent_pid(pid: i32) -> Option<i32> {
+    stat_fields(pid)?.get(1)?.parse().ok()
+}
+
 /// True while the process exists and is not a zombie.
 pub fn alive(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // "pid (comm) S ...": the state follows the last ')'.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+    proc_state(pid).is_some_and(|state| state != 'Z' && state != 'X')
 }
 
 /// The real uid a process runs as.
