@@ -375,7 +375,24 @@ fn killed_postmaster_leaves_nothing(invoker: &Invoker) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    assert!(wait_until(PSQL_LIMIT, || children_of(postmaster).len() >= 5));
+    // Kill only once the client's backend runs the query. Its process title says so: "postgres:
+    // CLUSTER: USER test [local] SELECT" (the watchdog's own session is in database postgres,
+    // the background processes have other titles, and all are there from the start).
+    let mut titles = Vec::new();
+    let running = wait_until(PSQL_LIMIT, || {
+        titles = children_of(postmaster)
+            .into_iter()
+            .map(|child| cmdline(child).trim_end().to_string())
+            .collect();
+        titles
+            .iter()
+            .any(|title| title.ends_with(" test [local] SELECT"))
+    });
+    assert!(
+        running,
+        "the client's query did not start within {PSQL_LIMIT:?}; the server's processes: \
+         {titles:?}"
+    );
     watch.record(&dir);
     signal(postmaster, Signal::SIGKILL);
     let took = time_until(Duration::from_secs(3) + SLACK, || !dir.exists())

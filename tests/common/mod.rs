@@ -418,6 +418,14 @@ fn mentions(text: &str, path: &str) -> bool {
     })
 }
 
+/// A process's command line, its arguments separated by spaces; empty when it is gone. A
+/// PostgreSQL server process shows its title here ("postgres: CLUSTER: USER DB [local] SELECT").
+pub fn cmdline(pid: i32) -> String {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
 /// Live processes (zombies excluded, this test process excluded) whose command line, working
 /// directory, environment or open files mention `path`.
 pub fn procs_referencing(path: &Path) -> Vec<Proc> {
@@ -435,9 +443,7 @@ pub fn procs_referencing(path: &Path) -> Vec<Proc> {
             continue;
         }
         let dir = entry.path();
-        let cmdline = fs::read(dir.join("cmdline"))
-            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-            .unwrap_or_default();
+        let cmdline = cmdline(pid);
         let referenced = mentions(&cmdline, &needle)
             || fs::read_link(dir.join("cwd"))
                 .is_ok_and(|cwd| mentions(&cwd.to_string_lossy(), &needle))
