@@ -56,14 +56,7 @@ fn eight_concurrent_starts_from_a_pool(invoker: &Invoker) {
     // A first call fills the pool in the background.
     let out = sandbox.run(&["initdb"]);
     let prepared = PathBuf::from(check_started(&out, invoker));
-    let filled = wait_until(Duration::from_secs(120), || {
-        sandbox.ready_entries() >= 4 && !sandbox.refill_running()
-    });
-    assert!(
-        filled,
-        "the pool did not fill to 4 entries in 120 s ({} ready)",
-        sandbox.ready_entries()
-    );
+    sandbox.wait_for_full_pool(4, Duration::from_secs(120));
     std::fs::remove_dir_all(&prepared).unwrap();
     // A claim renames the entry into place, which keeps its inode.
     let ready = sandbox.ready_entry_inodes();

@@ -48,21 +48,12 @@ fn traced_start(sandbox: &Sandbox, args: &[&str]) -> (String, Vec<String>) {
     (out.stdout.trim_end().to_string(), phases)
 }
 
-fn wait_for_full_pool(sandbox: &Sandbox, size: usize) {
-    assert!(
-        wait_until(Duration::from_secs(60), || {
-            sandbox.ready_entries() >= size && !sandbox.refill_running()
-        }),
-        "the pool did not fill up to {size}"
-    );
-}
-
 fn first_start_runs_initdb_later_ones_copy_the_template(invoker: &Invoker) {
     let sandbox = Sandbox::with_pool(invoker, 1);
     let (url, phases) = traced_start(&sandbox, &["-w", "30"]);
     assert!(phases.contains(&"initdb".into()), "{phases:?}");
     assert_eq!(sandbox.psql(&url, "select current_database()"), "test");
-    wait_for_full_pool(&sandbox, 1);
+    sandbox.wait_for_full_pool(1, Duration::from_secs(60));
     let pool = pool_dir(&sandbox);
     assert!(
         pool.join("template/data/PG_VERSION").is_file(),
@@ -98,7 +89,7 @@ fn first_start_runs_initdb_later_ones_copy_the_template(invoker: &Invoker) {
         ),
         "0"
     );
-    wait_for_full_pool(&sandbox, 1);
+    sandbox.wait_for_full_pool(1, Duration::from_secs(60));
 }
 
 fn trace_names_every_phase_on_stderr_only(invoker: &Invoker) {
@@ -150,7 +141,7 @@ fn plant_pool(sandbox: &Sandbox, key: &str, bindir: &Path) -> PathBuf {
 fn pools_of_vanished_or_changed_installations_are_removed(invoker: &Invoker) {
     let sandbox = Sandbox::with_pool(invoker, 1);
     let url = sandbox.start(&["-w", "30"]);
-    wait_for_full_pool(&sandbox, 1);
+    sandbox.wait_for_full_pool(1, Duration::from_secs(60));
     let live = pool_dir(&sandbox);
     let bindir = PathBuf::from(
         fs::read_to_string(live.join("install"))

@@ -48,12 +48,7 @@ fn prepare(sandbox: &Sandbox, count: usize, ttl: u64, args: &[&str]) -> Vec<Stri
         &run(prestart_cmd(sandbox, count, ttl).args(args), PGTMP_LIMIT),
         &sandbox.invoker,
     );
-    assert!(
-        wait_until(Duration::from_secs(60), || {
-            sandbox.ready_entries() >= POOL && !sandbox.refill_running()
-        }),
-        "the pool did not fill up"
-    );
+    sandbox.wait_for_full_pool(POOL, Duration::from_secs(60));
     let second = check_started(
         &run(prestart_cmd(sandbox, count, ttl).args(args), PGTMP_LIMIT),
         &sandbox.invoker,

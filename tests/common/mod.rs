@@ -967,6 +967,20 @@ impl Sandbox {
         self.pool_entries("ready.").len()
     }
 
+    /// Waits until the pools hold at least `n` ready entries and no refill runs; panics after
+    /// `limit`.
+    pub fn wait_for_full_pool(&self, n: usize, limit: Duration) {
+        let filled = wait_until(limit, || {
+            self.ready_entries() >= n && !self.refill_running()
+        });
+        assert!(
+            filled,
+            "the pool did not fill to {n} entries in {limit:?} ({} ready, refill running: {})",
+            self.ready_entries(),
+            self.refill_running()
+        );
+    }
+
     /// Stops every cluster and background process of this sandbox; returns what had to be
     /// killed because it did not end by itself.
     fn stop_everything(&self) -> Vec<Proc> {
