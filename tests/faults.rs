@@ -824,7 +824,7 @@ fn fill(dir: &Path) -> PathBuf {
 /// prepared one but cannot start its server both fail with a clear error, hand out nothing and
 /// leave no directory, process or segment behind.
 fn full_disk(invoker: &Invoker) {
-    let sandbox = Sandbox::new(invoker);
+    let mut sandbox = Sandbox::new(invoker);
     let mount_point = sandbox.path("disk");
     let Some(_mount) = tmpfs(&mount_point, "24m") else {
         return;
@@ -832,12 +832,11 @@ fn full_disk(invoker: &Invoker) {
     if invoker.switched {
         std::os::unix::fs::chown(&mount_point, Some(invoker.uid), Some(invoker.gid)).unwrap();
     }
-    let pgtmp_dir = mount_point.join("p");
+    // PGTMP_DIR is on the small disk: pgtmp, the sandbox's queries and the watch all use it.
+    sandbox.pgtmp_dir = mount_point.join("p");
     let pgtmp = |args: &[&str], pool: &str| {
         let mut cmd = sandbox.pgtmp();
-        cmd.args(args)
-            .env("PGTMP_DIR", &pgtmp_dir)
-            .env("PGTMP_POOL_SIZE", pool);
+        cmd.args(args).env("PGTMP_POOL_SIZE", pool);
         run(&mut cmd, PGTMP_LIMIT)
     };
     let watch = ShmWatch::new(&sandbox);
@@ -848,16 +847,7 @@ fn full_disk(invoker: &Invoker) {
         message.contains("No space left on device") || message.contains("could not"),
         "unclear error for a full disk: {message}"
     );
-    let left: Vec<_> = fs::read_dir(&pgtmp_dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n != "pool" && !n.to_string_lossy().starts_with('.'))
-        })
-        .collect();
+    let left = sandbox.instance_dirs();
     assert!(left.is_empty(), "full disk at initdb left {left:?}");
     drop(_mount);
 
@@ -869,18 +859,9 @@ fn full_disk(invoker: &Invoker) {
         std::os::unix::fs::chown(&mount_point, Some(invoker.uid), Some(invoker.gid)).unwrap();
     }
     let out = pgtmp(&["-w", "1"], "1");
-    check_started(&out, invoker);
-    let pool_ready = wait_until(PGTMP_LIMIT, || {
-        fs::read_dir(pgtmp_dir.join("pool"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|pool| fs::read_dir(pool.path()).ok())
-            .flat_map(|e| e.flatten())
-            .any(|e| e.file_name().to_string_lossy().starts_with("ready."))
-            && !sandbox.refill_running()
-    });
-    assert!(pool_ready, "the pool was not refilled");
+    let url = check_started(&out, invoker);
+    watch.record(&parse_socket_url(&url).dir);
+    sandbox.wait_for_full_pool(1, PGTMP_LIMIT);
     settle(&sandbox, CLEANUP_LIMIT, "first cluster on the small disk");
     let filler = fill(&mount_point);
     let out = pgtmp(&["-w", "2"], "1");
@@ -890,16 +871,7 @@ fn full_disk(invoker: &Invoker) {
         "unclear error for a full disk: {message}"
     );
     settle(&sandbox, CLEANUP_LIMIT, "full disk at server start");
-    let left: Vec<_> = fs::read_dir(&pgtmp_dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n != "pool" && !n.to_string_lossy().starts_with('.'))
-        })
-        .collect();
+    let left = sandbox.instance_dirs();
     assert!(left.is_empty(), "full disk at server start left {left:?}");
     fs::remove_file(filler).unwrap();
     watch.assert_released("full disk");
