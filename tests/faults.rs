@@ -566,18 +566,27 @@ fn signals_to_the_callers_group(invoker: &Invoker) {
 /// Signals to the group while a start prepares its directory in the foreground (initdb, no
 /// pool): initdb is in a group of its own, ends cleanly, and the sweep removes the rest.
 fn signals_to_the_group_during_initdb(invoker: &Invoker) {
-    for (sig, delay_ms) in [
-        (Signal::SIGKILL, 200),
-        (Signal::SIGTERM, 500),
-        (Signal::SIGINT, 800),
-        (Signal::SIGHUP, 1100),
+    for sig in [
+        Signal::SIGKILL,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
     ] {
-        let context = format!("{sig} to the group {delay_ms} ms into a cold start");
+        let context = format!("{sig} to the group during a cold start's initdb");
         let sandbox = Sandbox::new(invoker);
         let watch = ShmWatch::new(&sandbox);
         let shell = Background::spawn(sandbox.shell_in_new_session("\"$PGTMP\" -w 2"));
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(shell.pid()), sig);
+        let initdb_runs = wait_until(PGTMP_LIMIT, || {
+            sandbox.procs().iter().any(|p| {
+                p.cmdline
+                    .split(' ')
+                    .next()
+                    .is_some_and(|program| Path::new(program).ends_with("initdb"))
+            })
+        });
+        assert!(initdb_runs, "{context}: the start never ran initdb");
+        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(shell.pid()), sig)
+            .unwrap_or_else(|err| panic!("{context}: cannot signal the group: {err}"));
         shell.finish();
         settle(&sandbox, CLEANUP_LIMIT, &context);
         gc(&sandbox);
