@@ -416,6 +416,11 @@ fn pgtmp_killed_before_the_watchdog_exists(invoker: &Invoker) {
                 // Fill the pool, so that the start claims an entry.
                 sandbox.start(&["-w", "1"]);
                 settle(&sandbox, CLEANUP_LIMIT, "filling the pool");
+                assert!(
+                    sandbox.ready_entries() > 0,
+                    "{context}: the pool has no ready entry to claim: {:?}",
+                    sandbox.pool_entries("")
+                );
             }
             let watch = ShmWatch::new(&sandbox);
             let (pgtmp, paused) = start_paused(&sandbox, &["-w", "60"], phase);
