@@ -616,6 +616,11 @@ fn directory_deleted_under_a_running_server(invoker: &Invoker) {
     })
     .expect("the server kept running without its directory");
     eprintln!("server and watchdog gone {took:?} after the directory was deleted");
+    assert!(
+        took <= bound,
+        "the server ran on for {took:?} without its directory instead of stopping at once \
+         (bound {bound:?})"
+    );
     assert_nothing_remains(&sandbox, watch, "directory deleted");
 }
 
