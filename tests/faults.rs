@@ -326,11 +326,6 @@ fn start_paused(sandbox: &Sandbox, args: &[&str], phase: &str) -> (Background, i
     (background, paused)
 }
 
-/// The cluster directories a sandbox has right now.
-fn the_instance(sandbox: &Sandbox) -> PathBuf {
-    sandbox.only_instance()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Supervision
 
@@ -425,7 +420,7 @@ fn pgtmp_killed_before_the_watchdog_exists(invoker: &Invoker) {
             let watch = ShmWatch::new(&sandbox);
             let (pgtmp, paused) = start_paused(&sandbox, &["-w", "60"], phase);
             assert_eq!(paused, pgtmp.pid(), "{context}: the wrong process stopped");
-            let dir = the_instance(&sandbox);
+            let dir = sandbox.only_instance();
             signal(paused, Signal::SIGKILL);
             let (_, sig, stdout, _) = pgtmp.finish();
             assert_eq!(sig, Some(9), "{context}");
@@ -443,7 +438,7 @@ fn pgtmp_killed_after_the_server_is_ready(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
     let watch = ShmWatch::new(&sandbox);
     let (pgtmp, paused) = start_paused(&sandbox, &["-w", "2"], "reported");
-    let dir = the_instance(&sandbox);
+    let dir = sandbox.only_instance();
     watch.record(&dir);
     assert!(postmaster_pid(&dir).is_some_and(alive));
     signal(paused, Signal::SIGKILL);
@@ -464,7 +459,7 @@ fn watchdog_killed_during_the_start(invoker: &Invoker) {
         let watch = ShmWatch::new(&sandbox);
         let (pgtmp, watchdog) = start_paused(&sandbox, &["-w", "60"], phase);
         assert_ne!(watchdog, pgtmp.pid(), "{context}: pgtmp itself stopped");
-        let dir = the_instance(&sandbox);
+        let dir = sandbox.only_instance();
         watch.record(&dir);
         signal(watchdog, Signal::SIGKILL);
         let (code, _, stdout, stderr) = pgtmp.finish();
@@ -485,7 +480,7 @@ fn nobody_to_hand_the_url_to(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
     let watch = ShmWatch::new(&sandbox);
     let (pgtmp, watchdog) = start_paused(&sandbox, &["-w", "600"], "spawned");
-    let dir = the_instance(&sandbox);
+    let dir = sandbox.only_instance();
     signal(pgtmp.pid(), Signal::SIGKILL);
     pgtmp.finish();
     signal(watchdog, Signal::SIGCONT);
@@ -501,7 +496,7 @@ fn nobody_to_hand_the_url_to(invoker: &Invoker) {
 fn refill_killed_mid_initdb(invoker: &Invoker) {
     let sandbox = Sandbox::with_pool(invoker, 1);
     let watch = ShmWatch::new(&sandbox);
-    let url = sandbox.start(&["-w", "1"]);
+    sandbox.start(&["-w", "1"]);
     let mut initdb = None;
     let found = wait_until(PGTMP_LIMIT, || {
         initdb = sandbox
@@ -526,7 +521,6 @@ fn refill_killed_mid_initdb(invoker: &Invoker) {
             .any(|l| l.starts_with("removed incomplete pool entry ")),
         "{removed:?}"
     );
-    drop(url);
     assert_nothing_remains(&sandbox, watch, "refill killed mid-initdb");
 }
 
@@ -686,7 +680,7 @@ fn stolen_port_is_retried(invoker: &Invoker) {
     let tcp = parse_tcp_url(&url);
     assert_ne!(tcp.port, stolen, "handed out the stolen port");
     assert_eq!(sandbox.psql(&url, "select 1"), "1");
-    let dir = the_instance(&sandbox);
+    let dir = sandbox.only_instance();
     watch.record(&dir);
     let log = fs::read_to_string(dir.join("postgres.log")).unwrap_or_default();
     assert!(
@@ -938,7 +932,7 @@ fn secrets_stay_secret(invoker: &Invoker) {
     let url = sandbox.start(&["-t", "-w", "30"]);
     let password = parse_tcp_url(&url).password;
     assert_eq!(sandbox.psql(&url, "select 1"), "1");
-    let dir = the_instance(&sandbox);
+    let dir = sandbox.only_instance();
     for entry in fs::read_dir("/proc").unwrap().flatten() {
         if entry.file_name().to_string_lossy().parse::<i32>().is_err() {
             continue;
