@@ -75,9 +75,11 @@ fn idle_client_keeps_it_alive(invoker: &Invoker) {
     let mut session = sandbox.psql_session(&url);
     assert_eq!(session.query_line("select 'connected';"), "connected");
     // Observing that nothing happens takes time: twice the timeout, with the client idle.
-    std::thread::sleep(Duration::from_secs(4));
+    let stopped = wait_until(Duration::from_secs(4), || {
+        !alive(postmaster) || !dir.exists()
+    });
     assert!(
-        alive(postmaster) && dir.exists(),
+        !stopped,
         "the server stopped although a client was connected"
     );
     assert_eq!(session.query_line("select 'still here';"), "still here");
@@ -137,11 +139,14 @@ fn probe_is_invisible(invoker: &Invoker) {
 
     let log = dir.join("postgres.log");
     let before = fs::read_to_string(&log).unwrap();
-    // Ten polls' worth of time (the watchdog acts within 1 s, so it polls at least that often).
-    std::thread::sleep(Duration::from_secs(2));
+    // Ten polls' worth of time: the watchdog probes the server every 200 ms (TICK in
+    // src/watchdog.rs).
+    let grew = wait_until(Duration::from_secs(2), || {
+        fs::metadata(&log).unwrap().len() != before.len() as u64
+    });
     let after = fs::read_to_string(&log).unwrap();
     assert!(
-        after.len() == before.len(),
+        !grew,
         "postgres.log grew while no client was connected:\n{}",
         &after[before.len().min(after.len())..]
     );
@@ -185,9 +190,11 @@ fn survives_signals_to_the_callers_group(invoker: &Invoker) {
         let dir = parse_socket_url(url.trim()).dir;
         let watchdog = watchdog_pid(&dir).expect("no pgtmp.state");
         // A watchdog that got the signal would stop at once; give it the chance to (wrongly).
-        std::thread::sleep(Duration::from_millis(500));
+        let stopped = wait_until(Duration::from_millis(500), || {
+            !alive(watchdog) || !dir.exists()
+        });
         assert!(
-            alive(watchdog) && dir.exists(),
+            !stopped,
             "SIG{name} to the caller's process group stopped the cluster"
         );
         assert_eq!(
