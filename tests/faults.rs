@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 both_invokers!(
     killed_watchdog_takes_its_server_down,
@@ -279,20 +279,8 @@ impl Background {
 
     /// Waits for it to exit: (exit code, terminating signal, stdout, stderr).
     fn finish(mut self) -> (Option<i32>, Option<i32>, String, String) {
-        let deadline = Instant::now() + PGTMP_LIMIT;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                panic!(
-                    "pgtmp (pid {}) did not exit within {PGTMP_LIMIT:?}",
-                    self.pid()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let what = format!("pgtmp (pid {})", self.pid());
+        let status = wait_child(&mut self.child, PGTMP_LIMIT, &what);
         (
             status.code(),
             status.signal(),

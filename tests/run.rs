@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 both_invokers!(
     cmd_gets_the_cluster,
@@ -189,17 +189,6 @@ echo "$$ $PGHOST"; while :; do sleep 0.05; done"#
     }
 }
 
-fn wait_status(child: &mut Child, what: &str) -> std::process::ExitStatus {
-    let deadline = Instant::now() + PGTMP_LIMIT;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "{what}: pgtmp run did not exit");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn signals_are_passed_on(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
     for (signal, code) in [
@@ -209,7 +198,8 @@ fn signals_are_passed_on(invoker: &Invoker) {
     ] {
         let mut running = start_running(&sandbox, true);
         signal_pid(running.child.id() as i32, signal);
-        let status = wait_status(&mut running.child, &format!("{signal}"));
+        let what = format!("pgtmp run after {signal}");
+        let status = wait_child(&mut running.child, PGTMP_LIMIT, &what);
         assert_eq!(
             status.code(),
             Some(code),
@@ -222,7 +212,8 @@ fn signals_are_passed_on(invoker: &Invoker) {
     // A CMD that does not catch the signal dies of it: 128 + N.
     let mut running = start_running(&sandbox, false);
     signal_pid(running.child.id() as i32, Signal::SIGTERM);
-    let status = wait_status(&mut running.child, "SIGTERM, untrapped");
+    let what = "pgtmp run after SIGTERM, untrapped";
+    let status = wait_child(&mut running.child, PGTMP_LIMIT, what);
     assert_eq!(status.code(), Some(128 + 15));
     assert_cleaned_up(&sandbox, "after SIGTERM to pgtmp run with an untrapped CMD");
 }
@@ -363,7 +354,11 @@ fn ctrl_c(sandbox: &Sandbox, args: &str) -> (String, Option<i32>) {
         .unwrap();
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
-    let status = wait_status(&mut child, "Ctrl-C on a terminal");
+    let status = wait_child(
+        &mut child,
+        PGTMP_LIMIT,
+        "pgtmp run after Ctrl-C on a terminal",
+    );
     drop(stdin);
     (rest, status.code())
 }

@@ -336,18 +336,7 @@ pub fn run(cmd: &mut Command, limit: Duration) -> Outcome {
         });
     }
     drop(tx);
-    let deadline = started + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("cannot wait for a child") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    };
+    let status = wait_child(&mut child, limit.saturating_sub(started.elapsed()), &what);
     let exited = Instant::now();
     let mut output = [Vec::new(), Vec::new()];
     for _ in 0..2 {
@@ -367,6 +356,23 @@ pub fn run(cmd: &mut Command, limit: Duration) -> Outcome {
         stdout,
         stderr,
         elapsed: started.elapsed(),
+    }
+}
+
+/// Waits for a child to exit and returns its status; after `limit` kills it and panics, naming
+/// it `what`.
+pub fn wait_child(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("cannot wait for a child") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
