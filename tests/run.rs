@@ -24,11 +24,6 @@ both_invokers!(
     ctrl_c_on_a_terminal_reaches_cmd_once,
 );
 
-/// Checks that `pgtmp run` left no cluster: no instance directory, no process.
-fn assert_cleaned_up(sandbox: &Sandbox, what: &str) {
-    sandbox.assert_nothing_left(what);
-}
-
 fn cmd_gets_the_cluster(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
     let script = r#"psql -XAt -c "select current_user || ' ' || current_database()"
@@ -65,7 +60,7 @@ printf '%s|%s|%s|%s|%s|%s|%s\n' "$PGHOST" "$PGPORT" "$PGUSER" "$PGDATABASE" "$DA
         "pgtmp run left {}",
         socket.dir.display()
     );
-    assert_cleaned_up(&sandbox, "after pgtmp run");
+    sandbox.assert_nothing_left("after pgtmp run");
 }
 
 fn tcp_cmd_gets_a_password(invoker: &Invoker) {
@@ -93,7 +88,7 @@ psql -XAt "$DATABASE_URL" -c "select 'url ok'""#;
         "JDBC_DATABASE_URL {}",
         fields[3]
     );
-    assert_cleaned_up(&sandbox, "after pgtmp run -t");
+    sandbox.assert_nothing_left("after pgtmp run -t");
 }
 
 fn exit_status_passes_through(invoker: &Invoker) {
@@ -101,15 +96,15 @@ fn exit_status_passes_through(invoker: &Invoker) {
     let out = sandbox.run(&["run", "--", "sh", "-c", "exit 7"]);
     assert_eq!(out.code(), Some(7), "{out}");
     assert!(out.stderr.is_empty(), "{out}");
-    assert_cleaned_up(&sandbox, "after CMD exited 7");
+    sandbox.assert_nothing_left("after CMD exited 7");
     // CMD killed by a signal: 128 + N, as a shell reports it.
     let out = sandbox.run(&["run", "--", "sh", "-c", "kill -KILL $$"]);
     assert_eq!(out.code(), Some(137), "{out}");
-    assert_cleaned_up(&sandbox, "after CMD was killed");
+    sandbox.assert_nothing_left("after CMD was killed");
     // Options before `run` (pg_tmp style) and `run` without `--` work too.
     let out = sandbox.run(&["-w", "5", "run", "true"]);
     assert!(out.success(), "{out}");
-    assert_cleaned_up(&sandbox, "after pgtmp -w 5 run true");
+    sandbox.assert_nothing_left("after pgtmp -w 5 run true");
 }
 
 fn cmd_that_cannot_run(invoker: &Invoker) {
@@ -146,7 +141,7 @@ fn cmd_that_cannot_run(invoker: &Invoker) {
         !marker.exists(),
         "CMD ran although the cluster did not start"
     );
-    assert_cleaned_up(&sandbox, "after commands that cannot run");
+    sandbox.assert_nothing_left("after commands that cannot run");
 }
 
 /// A `pgtmp run` whose CMD prints its pid and PGHOST, then waits (trapping signals into
@@ -191,35 +186,31 @@ echo "$$ $PGHOST"; while :; do sleep 0.05; done"#
 
 fn signals_are_passed_on(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    for (signal, code) in [
+    for (sig, code) in [
         (Signal::SIGINT, 40),
         (Signal::SIGTERM, 41),
         (Signal::SIGHUP, 42),
     ] {
         let mut running = start_running(&sandbox, true);
-        signal_pid(running.child.id() as i32, signal);
-        let what = format!("pgtmp run after {signal}");
+        signal(running.child.id() as i32, sig);
+        let what = format!("pgtmp run after {sig}");
         let status = wait_child(&mut running.child, PGTMP_LIMIT, &what);
         assert_eq!(
             status.code(),
             Some(code),
-            "{signal} to pgtmp run: CMD's trap should decide the status"
+            "{sig} to pgtmp run: CMD's trap should decide the status"
         );
-        assert!(!alive(running.cmd_pid), "CMD still runs after {signal}");
-        assert!(!running.dir.exists(), "{signal} left {:?}", running.dir);
-        assert_cleaned_up(&sandbox, &format!("after {signal} to pgtmp run"));
+        assert!(!alive(running.cmd_pid), "CMD still runs after {sig}");
+        assert!(!running.dir.exists(), "{sig} left {:?}", running.dir);
+        sandbox.assert_nothing_left(&format!("after {sig} to pgtmp run"));
     }
     // A CMD that does not catch the signal dies of it: 128 + N.
     let mut running = start_running(&sandbox, false);
-    signal_pid(running.child.id() as i32, Signal::SIGTERM);
+    signal(running.child.id() as i32, Signal::SIGTERM);
     let what = "pgtmp run after SIGTERM, untrapped";
     let status = wait_child(&mut running.child, PGTMP_LIMIT, what);
     assert_eq!(status.code(), Some(128 + 15));
-    assert_cleaned_up(&sandbox, "after SIGTERM to pgtmp run with an untrapped CMD");
-}
-
-fn signal_pid(pid: i32, sig: Signal) {
-    signal(pid, sig);
+    sandbox.assert_nothing_left("after SIGTERM to pgtmp run with an untrapped CMD");
 }
 
 /// Even SIGKILL, which pgtmp cannot catch, leaves no cluster: the watchdog sees the lifeline
@@ -228,12 +219,12 @@ fn killed_pgtmp_leaves_nothing(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
     let mut running = start_running(&sandbox, false);
     let postmaster = postmaster_pid(&running.dir).expect("no postmaster.pid");
-    signal_pid(running.child.id() as i32, Signal::SIGKILL);
+    signal(running.child.id() as i32, Signal::SIGKILL);
     let _ = running.child.wait();
     let gone = wait_until(Duration::from_secs(10) + SLACK, || {
         !alive(postmaster) && !running.dir.exists()
     });
-    signal_pid(running.cmd_pid, Signal::SIGKILL);
+    signal(running.cmd_pid, Signal::SIGKILL);
     assert!(
         gone,
         "after SIGKILL to pgtmp run the server is {} and {:?} {}",
@@ -245,7 +236,7 @@ fn killed_pgtmp_leaves_nothing(invoker: &Invoker) {
             "is gone"
         }
     );
-    assert_cleaned_up(&sandbox, "after SIGKILL to pgtmp run");
+    sandbox.assert_nothing_left("after SIGKILL to pgtmp run");
 }
 
 /// `run -k`: the cluster outlives CMD, stderr says where it is, and it is an ordinary
@@ -291,7 +282,7 @@ fn idle_timeout_waits_for_cmd(invoker: &Invoker) {
     let out = sandbox.run(&["run", "-w", "1", "--", "sh", "-c", script]);
     assert!(out.success(), "{out}");
     assert_eq!(out.stdout.trim_end(), "still here");
-    assert_cleaned_up(&sandbox, "after pgtmp run -w 1");
+    sandbox.assert_nothing_left("after pgtmp run -w 1");
 }
 
 /// Counts the SIGINTs it receives and says where each came from (the kernel, for a terminal's
@@ -376,9 +367,9 @@ fn ctrl_c_on_a_terminal_reaches_cmd_once(invoker: &Invoker) {
     let (said, code) = ctrl_c(&sandbox, "");
     assert!(said.contains("interrupts: terminal\r"), "CMD saw: {said:?}");
     assert_eq!(code, Some(1), "pgtmp run passes CMD's status on: {said:?}");
-    assert_cleaned_up(&sandbox, "after Ctrl-C on a terminal");
+    sandbox.assert_nothing_left("after Ctrl-C on a terminal");
     let (said, code) = ctrl_c(&sandbox, "own-group");
     assert!(said.contains("interrupts: process\r"), "CMD saw: {said:?}");
     assert_eq!(code, Some(1), "{said:?}");
-    assert_cleaned_up(&sandbox, "after Ctrl-C to a CMD in its own process group");
+    sandbox.assert_nothing_left("after Ctrl-C to a CMD in its own process group");
 }
