@@ -317,12 +317,7 @@ fn clone_while_connected(invoker: &Invoker) {
     );
 
     // Concurrent clones never share a database.
-    let urls: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..6)
-            .map(|_| s.spawn(|| check_started(&sandbox.run(&["clone", &url]), invoker)))
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let urls = sandbox.start_at_once(6, &["clone", &url]);
     let mut names: Vec<String> = urls.iter().map(|u| database_of(u)).collect();
     names.push(database_of(&clone));
     names.sort();
@@ -487,12 +482,7 @@ fn concurrent_first_starts_build_one_entry(invoker: &Invoker) {
         "stamp.sql",
         "create table stamp as select clock_timestamp()::text as t;\n",
     );
-    let urls: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..3)
-            .map(|_| s.spawn(|| sandbox.start(&["-w", "30", "-f", arg(&file)])))
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let urls = sandbox.start_at_once(3, &["-w", "30", "-f", arg(&file)]);
     for url in &urls {
         assert_eq!(sandbox.psql(url, "select count(*) from stamp"), "1");
     }
