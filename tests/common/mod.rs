@@ -193,13 +193,6 @@ impl fmt::Display for Invoker {
     }
 }
 
-/// Both invokers that apply here: the current account, and the ordinary one when root.
-pub fn invokers() -> Vec<Invoker> {
-    std::iter::once(Invoker::current())
-        .chain(Invoker::ordinary())
-        .collect()
-}
-
 fn shared_binary_dir(pid: u32) -> PathBuf {
     PathBuf::from(format!("/tmp/pgtmp-test-bin-{pid}"))
 }
