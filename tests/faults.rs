@@ -964,12 +964,7 @@ fn secrets_stay_secret(invoker: &Invoker) {
         .filter_map(|n| nix::unistd::User::from_name(n).ok().flatten())
         .find(|u| u.uid.as_raw() != invoker.uid && u.uid.as_raw() != server_uid)
         .expect("no third account to try connecting as");
-    let socket_url = format!(
-        "postgresql://{}@/test?host={}&port={}",
-        invoker.name,
-        percent_encode(&dir.to_string_lossy()),
-        parse_tcp_url(&url).port
-    );
+    let socket_url = socket_url_for(&invoker.name, &dir, parse_tcp_url(&url).port);
     let mut psql = Command::new("psql");
     psql.args(["-X", "-At", "-c", "select 1", &socket_url])
         .uid(other.uid.as_raw())

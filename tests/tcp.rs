@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 both_invokers!(tcp_url_contract, fixed_port_implies_tcp);
 
@@ -22,14 +22,6 @@ fn url_safe(password: &str) -> bool {
     password
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c))
-}
-
-fn socket_url_for(user: &str, dir: &Path, port: u16) -> String {
-    format!(
-        "postgresql://{}@/test?host={}&port={port}",
-        percent_encode(user),
-        percent_encode(&dir.to_string_lossy())
-    )
 }
 
 /// `-t`: postgresql://USER:PASSWORD@127.0.0.1:PORT/test, a long URL-safe password different

@@ -605,6 +605,16 @@ pub fn parse_socket_url(url: &str) -> SocketUrl {
     })
 }
 
+/// The URL of a cluster's Unix socket in `dir` for a server on `port`:
+/// `postgresql://USER@/test?host=ENCODED_DIR&port=PORT`.
+pub fn socket_url_for(user: &str, dir: &Path, port: u16) -> String {
+    format!(
+        "postgresql://{}@/test?host={}&port={port}",
+        percent_encode(user),
+        percent_encode(&dir.to_string_lossy())
+    )
+}
+
 /// A TCP URL `postgresql://USER:PASSWORD@127.0.0.1:PORT/test`, taken apart.
 #[derive(Debug)]
 pub struct TcpUrl {
