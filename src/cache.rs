@@ -18,7 +18,7 @@ use crate::copytree;
 use crate::discover::Installation;
 use crate::initdb;
 use crate::instance::Instance;
-use crate::ownership::lock_file;
+use crate::ownership::{self, lock_file};
 use crate::pool;
 use crate::statedir::{self, StateDir};
 use crate::stock;
@@ -76,10 +76,13 @@ pub fn key(
 }
 
 impl Cache {
-    pub fn open(state: &StateDir, key: &str) -> Cache {
-        Cache {
-            dir: root(&state.path).join(key),
-        }
+    /// The place of `key`, making the cache's directory if it is missing.
+    pub fn open(state: &StateDir, key: &str) -> Result<Cache> {
+        let root = root(&state.path);
+        ownership::own_dir(&root)?;
+        Ok(Cache {
+            dir: root.join(key),
+        })
     }
 
     fn entry(&self) -> Instance {
@@ -106,15 +109,12 @@ impl Cache {
         if !self.exists() {
             return Ok(None);
         }
-        DirBuilder::new()
-            .mode(0o700)
-            .create(dest)
-            .with_context(|| format!("cannot create {}", dest.display()))?;
-        let instance = Instance::new(dest);
+        let instance = Instance::create(dest)?;
         if copytree::copy_contents(&self.entry().dir, dest).is_err() || !instance.is_cluster() {
             instance.remove()?;
             return Ok(None);
         }
+        instance.prepared();
         instance.make_private()?;
         self.touch();
         Ok(Some(instance))
@@ -143,11 +143,6 @@ impl Cache {
         data: &TestData,
     ) -> Result<()> {
         let root = self.dir.parent().context("cache entry without a parent")?;
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(root)
-            .with_context(|| format!("cannot create {}", root.display()))?;
         let _lock = lock_file(&self.dir.with_extension("lock"), FlockArg::LockExclusive)?;
         if self.exists() {
             return Ok(());
@@ -277,10 +272,15 @@ fn age(path: &Path, now: SystemTime) -> Option<Duration> {
 /// at that moment falls back to loading the files.
 pub fn sweep(state_dir: &Path, max_age: Duration, dry_run: bool) -> Result<Vec<PathBuf>> {
     let root = root(state_dir);
-    let entries = match fs::read_dir(&root) {
+    match fs::symlink_metadata(&root) {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        other => other.with_context(|| format!("cannot read {}", root.display()))?,
-    };
+        _ if !ownership::is_own_dir(&root) => bail!(
+            "{} is not a directory of this account's own (a symlink, or someone else's); remove it",
+            root.display()
+        ),
+        _ => {}
+    }
+    let entries = fs::read_dir(&root).with_context(|| format!("cannot read {}", root.display()))?;
     let now = SystemTime::now();
     let old = |path: &Path| age(path, now).is_some_and(|a| a >= max_age);
     let mut removed = Vec::new();

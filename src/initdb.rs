@@ -42,6 +42,7 @@ pub fn create_test_sql(user: &str) -> String {
 
 fn init_cluster(install: &Installation, instance: &Instance, user: &str) -> Result<()> {
     instance.make_private()?;
+    instance.mark_preparing()?;
     let data = instance.data();
     // --no-sync: the directory is throwaway; fsync would only add seconds. C locale and UTF8
     // make clusters identical on every machine, whatever the caller's LANG.
@@ -68,7 +69,9 @@ fn init_cluster(install: &Installation, instance: &Instance, user: &str) -> Resu
         "initdb",
     )?;
     let hba = data.join("pg_hba.conf");
-    fs::write(&hba, PG_HBA).with_context(|| format!("cannot write {}", hba.display()))
+    fs::write(&hba, PG_HBA).with_context(|| format!("cannot write {}", hba.display()))?;
+    crate::testpause::point("initialized");
+    Ok(())
 }
 
 /// Creates `test` in single-user mode: no socket, no listener, about 60 ms.

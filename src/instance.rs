@@ -5,6 +5,8 @@
 //!   data/           the PostgreSQL data directory
 //!   postgres.log    everything the server prints
 //!   PGTMP           marker: a complete directory pgtmp prepared (proof of ownership)
+//!   PGTMP.preparing marker: pgtmp is filling the directory (proof of ownership of what a killed
+//!                   start or refill leaves half made); replaced by PGTMP when complete
 //!   pgtmp.state     present while a watchdog looks after a running server
 //!   idle            present while the watchdog sees no client; its mtime says since when
 //!   pgtmp.keep      the cluster was started with -k: a sweep never removes this directory
@@ -20,6 +22,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 const MARKER: &str = "PGTMP";
+const PREPARING: &str = "PGTMP.preparing";
 const STATE: &str = "pgtmp.state";
 const IDLE: &str = "idle";
 const KEEP: &str = "pgtmp.keep";
@@ -38,6 +41,8 @@ pub enum Found {
     Missing,
     Empty,
     Cluster,
+    /// Left half made by a pgtmp that was killed while preparing it.
+    Unfinished,
     /// Something pgtmp must not touch, with the reason.
     Foreign(String),
 }
@@ -106,12 +111,48 @@ impl Instance {
         self.marker().is_file() && self.data().join("PG_VERSION").is_file()
     }
 
+    /// Marks the directory complete.
     pub fn write_marker(&self) -> Result<()> {
         fs::write(
             self.marker(),
             "pgtmp instance directory; removed when its cluster stops\n",
         )
-        .with_context(|| format!("cannot write {}", self.marker().display()))
+        .with_context(|| format!("cannot write {}", self.marker().display()))?;
+        self.prepared();
+        Ok(())
+    }
+
+    /// Records, before anything else goes into the directory, that pgtmp is filling it.
+    pub fn mark_preparing(&self) -> Result<()> {
+        let path = self.dir.join(PREPARING);
+        fs::write(&path, "pgtmp is preparing this directory\n")
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Removes the mark of [`Instance::mark_preparing`]: the directory is complete.
+    pub fn prepared(&self) {
+        let _ = fs::remove_file(self.dir.join(PREPARING));
+    }
+
+    /// True when pgtmp marked the directory as being filled (and did not finish, or is still
+    /// at it).
+    pub fn is_being_prepared(&self) -> bool {
+        fs::symlink_metadata(self.dir.join(PREPARING)).is_ok_and(|m| m.is_file())
+    }
+
+    /// Makes `dir` (which must not exist) a private directory marked as being prepared.
+    pub fn create(dir: &Path) -> Result<Instance> {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let instance = Instance::new(dir);
+        if let Err(err) = instance.mark_preparing() {
+            let _ = instance.remove();
+            return Err(err);
+        }
+        Ok(instance)
     }
 
     /// The major version the data directory was made by.
@@ -140,6 +181,9 @@ impl Instance {
         let instance = Instance::new(dir);
         if instance.is_cluster() {
             return Ok(Found::Cluster);
+        }
+        if instance.is_being_prepared() {
+            return Ok(Found::Unfinished);
         }
         if dir.join("PG_VERSION").is_file() {
             return Ok(Found::Foreign(

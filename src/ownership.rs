@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 /// A held flock on a directory. Dropping it only closes this descriptor: the lock belongs to the
@@ -76,6 +76,30 @@ pub fn lock_file(path: &Path, how: FlockArg) -> Result<Flock<File>> {
         .with_context(|| format!("cannot lock {}", path.display()))
 }
 
+/// True when `path` is a directory (not a symlink to one) of this account.
+pub fn is_own_dir(path: &Path) -> bool {
+    let me = nix::unistd::geteuid().as_raw();
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir() && m.uid() == me)
+}
+
+/// Makes `path` a private directory of this account if it is missing, and refuses it if it
+/// is anything else (a symlink planted there is never followed).
+pub fn own_dir(path: &Path) -> Result<()> {
+    match std::fs::DirBuilder::new().mode(0o700).create(path) {
+        Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(err).with_context(|| format!("cannot create {}", path.display()));
+        }
+        _ => {}
+    }
+    if !is_own_dir(path) {
+        anyhow::bail!(
+            "{} is not a directory of this account's own (a symlink, or someone else's); remove it",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// True when a live pgtmp process holds the lock of this instance directory.
 pub fn is_locked(dir: &Path) -> bool {
     matches!(try_lock(dir), Ok(None))
@@ -114,7 +138,6 @@ fn is_mine(pid: i32, started: Option<u64>) -> bool {
 
 #[cfg(target_os = "linux")]
 fn process_uid(pid: i32) -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
     std::fs::metadata(format!("/proc/{pid}"))
         .ok()
         .map(|m| m.uid())

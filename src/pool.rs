@@ -22,7 +22,7 @@ use crate::discover::Installation;
 use crate::exit;
 use crate::initdb;
 use crate::instance::{Instance, NAME_ALPHABET};
-use crate::ownership::lock_file;
+use crate::ownership::{self, lock_file};
 use crate::secret;
 use crate::statedir::{INSTANCE_NAME_LEN, StateDir};
 use anyhow::{Context, Result};
@@ -170,10 +170,16 @@ fn build(building: &Path, done: &Path, make: impl FnOnce(&Path) -> Result<()>) -
 /// pools removed (with `dry_run`, those that would be, removing nothing).
 pub fn remove_vanished(pools: &Path, dry_run: bool) -> Vec<PathBuf> {
     let mut removed = Vec::new();
+    if !ownership::is_own_dir(pools) {
+        return removed;
+    }
     let Ok(dirs) = fs::read_dir(pools) else {
         return removed;
     };
     for dir in dirs.filter_map(|e| e.ok()).map(|e| e.path()) {
+        if !ownership::is_own_dir(&dir) {
+            continue;
+        }
         let Ok(text) = fs::read_to_string(dir.join(INSTALL)) else {
             continue; // being created, or not a pool: leave it
         };
@@ -216,12 +222,10 @@ pub fn new_name() -> Result<String> {
 impl Pool {
     /// The pool of `install` for `user`, keeping `size` entries ready (see `size_from_env`).
     pub fn open(state: &StateDir, install: &Installation, user: &str, size: usize) -> Result<Pool> {
-        let dir = state.pools().join(key(install, user)?);
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .with_context(|| format!("cannot create pool directory {}", dir.display()))?;
+        let pools = state.pools();
+        ownership::own_dir(&pools)?;
+        let dir = pools.join(key(install, user)?);
+        ownership::own_dir(&dir)?;
         let install_file = dir.join(INSTALL);
         if !install_file.exists() {
             let text = format!("{}\n{user}\n", install.bindir.display());
@@ -298,13 +302,12 @@ impl Pool {
         dest: &Path,
         make: impl FnOnce(&Instance) -> Result<T>,
     ) -> Result<(Instance, T)> {
-        DirBuilder::new()
-            .mode(0o700)
-            .create(dest)
-            .with_context(|| format!("cannot create {}", dest.display()))?;
-        let instance = Instance::new(dest);
+        let instance = Instance::create(dest)?;
         match make(&instance) {
-            Ok(made) => Ok((instance, made)),
+            Ok(made) => {
+                instance.prepared();
+                Ok((instance, made))
+            }
             Err(err) => {
                 let _ = instance.remove();
                 Err(err)

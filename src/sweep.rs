@@ -3,8 +3,8 @@
 //!
 //! What it removes, each only after proving it is pgtmp's own and that no live pgtmp process
 //! looks after it (see ownership.rs for the lock protocol):
-//! - instance directories nobody holds the lock of: a directory with pgtmp's marker (or one
-//!   that a killed start was still preparing: only `data/` and `postgres.log` in it), owned by
+//! - instance directories nobody holds the lock of: a directory with pgtmp's marker (or the
+//!   mark of a killed start that was still preparing it, see instance.rs), owned by
 //!   this account, directly under PGTMP_DIR, never through a symlink. A server still running
 //!   there is stopped first (its pid proven by start time and command line), the shared
 //!   memory of a killed one is released, and a directory started with -k is kept;
@@ -99,12 +99,20 @@ pub fn sweep(state: &StateDir, dry_run: bool, wait: bool) -> Result<Actions> {
             registration.display()
         ));
     }
-    sweep_pools(state, dry_run, &mut actions);
-    for pool in crate::pool::remove_vanished(&state.pools(), dry_run) {
+    let pools = state.pools();
+    if fs::symlink_metadata(&pools).is_ok() && !ownership::is_own_dir(&pools) {
         actions.push(format!(
-            "removed pool of a vanished or upgraded installation {}",
-            pool.display()
+            "skipped {}: not a directory of this account's own (a symlink, or someone else's); remove it",
+            pools.display()
         ));
+    } else {
+        sweep_pools(state, dry_run, &mut actions);
+        for pool in crate::pool::remove_vanished(&pools, dry_run) {
+            actions.push(format!(
+                "removed pool of a vanished or upgraded installation {}",
+                pool.display()
+            ));
+        }
     }
     match crate::cache::sweep(&state.path, cache_max_age(), dry_run) {
         Ok(entries) => {
@@ -155,20 +163,9 @@ fn is_instance_name(name: &str) -> bool {
     name.len() == INSTANCE_NAME_LEN && name.bytes().all(|b| NAME_ALPHABET.contains(&b))
 }
 
-/// pgtmp's own: its marker, or exactly what a start that was killed while preparing the
-/// directory leaves (initdb's `data/`, perhaps the log).
+/// pgtmp's own: its marker, or the mark of a start that was killed while preparing it.
 fn made_by_pgtmp(instance: &Instance) -> bool {
-    if instance.is_cluster() {
-        return true;
-    }
-    let Ok(entries) = fs::read_dir(&instance.dir) else {
-        return false;
-    };
-    entries.flatten().all(|e| {
-        let name = e.file_name();
-        (name == "data" && e.file_type().is_ok_and(|t| t.is_dir()))
-            || (name == "postgres.log" && e.file_type().is_ok_and(|t| t.is_file()))
-    })
+    instance.is_cluster() || instance.is_being_prepared()
 }
 
 /// Deals with one instance directory whose lock this sweep holds.
@@ -266,10 +263,9 @@ fn stop_orphaned_server(
 /// Removes `new.*` entries of pools whose refiller is gone (nobody holds `lock`), holding the
 /// lock meanwhile so that no refiller starts on them.
 fn sweep_pools(state: &StateDir, dry_run: bool, actions: &mut Actions) {
-    let me = nix::unistd::geteuid().as_raw();
     for pool in fs::read_dir(state.pools()).into_iter().flatten().flatten() {
         let dir = pool.path();
-        if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir() && m.uid() == me) {
+        if !ownership::is_own_dir(&dir) {
             continue;
         }
         let lock_path = dir.join("lock");
@@ -305,7 +301,7 @@ fn sweep_pools(state: &StateDir, dry_run: bool, actions: &mut Actions) {
             }
             if (name.starts_with(crate::pool::BUILDING)
                 || name.starts_with(crate::pool::TEMPLATE_BUILDING))
-                && fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.uid() == me)
+                && ownership::is_own_dir(&path)
             {
                 if ownership::processes_inside(&path) {
                     // The orphaned initdb of a killed refiller: the next sweep gets it.
@@ -410,8 +406,11 @@ mod tests {
         fs::create_dir_all(p.join("aaaa1111/data")).unwrap();
         fs::write(p.join("aaaa1111/data/PG_VERSION"), "15\n").unwrap();
         Instance::new(p.join("aaaa1111")).write_marker().unwrap();
-        // A killed foreground initdb: only data/.
+        // A killed foreground initdb: data/ and the mark of a directory being prepared.
         fs::create_dir_all(p.join("bbbb2222/data/base")).unwrap();
+        Instance::new(p.join("bbbb2222")).mark_preparing().unwrap();
+        // Looks like one but has no mark: not pgtmp's.
+        fs::create_dir_all(p.join("backup01/data/photos")).unwrap();
         // Locked by a live start.
         fs::create_dir_all(p.join("cccc3333/data")).unwrap();
         let held = ownership::try_lock(&p.join("cccc3333")).unwrap().unwrap();
@@ -451,6 +450,7 @@ mod tests {
             "ffff6666/PGTMP",
             "pool/k1/ready.y1",
             "pool/k2/new.x2",
+            "backup01/data/photos",
         ] {
             assert!(p.join(kept).exists(), "{kept} was removed");
         }
@@ -458,6 +458,35 @@ mod tests {
         assert!(fs::symlink_metadata(p.join("pool/k1/new.link")).is_ok());
         assert!(outside.path().join("data").exists());
         drop(held);
+    }
+
+    #[test]
+    fn planted_pool_and_cache_symlinks_are_never_followed() {
+        let (_root, state) = state_dir();
+        let outside = tempfile::tempdir().unwrap();
+        let o = outside.path();
+        // What a sweep would remove if it found it inside pool/ or cache/.
+        fs::create_dir_all(o.join("k1/new.x1")).unwrap();
+        fs::write(o.join("k1/install"), "/nonexistent/bin\nme\n").unwrap();
+        fs::create_dir_all(o.join("trash.x")).unwrap();
+        fs::create_dir_all(o.join("build.y")).unwrap();
+        let old = SystemTime::now() - Duration::from_secs(30 * 86_400);
+        for dir in ["k1", "trash.x", "build.y"] {
+            fs::File::open(o.join(dir))
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        std::os::unix::fs::symlink(o, state.pools()).unwrap();
+        std::os::unix::fs::symlink(o, crate::cache::root(&state.path)).unwrap();
+
+        let done = sweep(&state, false, true).unwrap();
+        assert_eq!(done.len(), 2, "{done:?}");
+        assert!(done.iter().all(|a| a.starts_with("skipped ")), "{done:?}");
+        for kept in ["k1/new.x1", "trash.x", "build.y"] {
+            assert!(o.join(kept).exists(), "{kept} was removed");
+        }
+        assert!(!o.join("k1/lock").exists());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!
 //! Phases: `claimed` (a directory is claimed, not yet locked), `locked` (locked, watchdog not yet
 //! forked), `spawned` (in the watchdog: postgres started, not yet ready), `ready` (in the
-//! watchdog: ready, not yet reported), `reported` (the URL is known, not yet printed).
+//! watchdog: ready, not yet reported), `reported` (the URL is known, not yet printed),
+//! `initialized` (initdb has made a data directory, which is not yet complete).
 //!
 //! `PGTMP_TEST_FIRST_PORT=<port>` makes `-t` try that port first instead of a free one, so a
 //! test can occupy it and check that a port stolen between choice and bind is retried.

@@ -26,6 +26,7 @@ both_invokers!(
     killed_postmaster_leaves_nothing,
     pgtmp_killed_before_the_watchdog_exists,
     pgtmp_killed_after_the_server_is_ready,
+    pgtmp_killed_while_preparing_a_directory,
     watchdog_killed_during_the_start,
     nobody_to_hand_the_url_to,
     refill_killed_mid_initdb,
@@ -438,6 +439,46 @@ fn pgtmp_killed_after_the_server_is_ready(invoker: &Invoker) {
     assert_nothing_remains(&sandbox, watch, "pgtmp killed after ready");
 }
 
+/// pgtmp killed while it initializes a directory, under PGTMP_DIR (nothing prepared yet) and
+/// given with `-d`: the half-made directory carries pgtmp's mark, so the sweep removes the first
+/// and the next start with the same `-d` makes the second again from scratch.
+fn pgtmp_killed_while_preparing_a_directory(invoker: &Invoker) {
+    let sandbox = Sandbox::with_pool(invoker, 0);
+    let watch = ShmWatch::new(&sandbox);
+    let (pgtmp, paused) = start_paused(&sandbox, &["-w", "60"], "initialized");
+    assert_eq!(paused, pgtmp.pid(), "the wrong process stopped");
+    let dir = sandbox.only_instance();
+    signal(paused, Signal::SIGKILL);
+    assert_eq!(pgtmp.finish().1, Some(9));
+    assert!(dir.join("PGTMP.preparing").is_file(), "no mark in {dir:?}");
+    assert_eq!(gc(&sandbox), [format!("removed {}", dir.display())]);
+
+    let given = sandbox.path("given");
+    let given_arg = given.to_str().unwrap();
+    let (pgtmp, paused) = start_paused(&sandbox, &["-w", "60", "-d", given_arg], "initialized");
+    signal(paused, Signal::SIGKILL);
+    let (_, sig, stdout, _) = pgtmp.finish();
+    assert_eq!(sig, Some(9));
+    assert!(stdout.is_empty(), "printed {stdout:?}");
+    assert!(given.join("PGTMP.preparing").is_file() && given.join("data/PG_VERSION").is_file());
+    let url = sandbox.start(&["-w", "60", "-d", given_arg]);
+    assert_eq!(
+        sandbox.psql(
+            &url,
+            "select count(*) from pg_database where datname = 'test'"
+        ),
+        "1"
+    );
+    assert!(!given.join("PGTMP.preparing").exists());
+    let out = sandbox.run(&["stop", "-d", given_arg]);
+    assert!(out.success(), "{out}");
+    assert!(
+        !given.exists(),
+        "the -d directory pgtmp made was not removed"
+    );
+    assert_nothing_remains(&sandbox, watch, "pgtmp killed while preparing a directory");
+}
+
 /// The watchdog killed after starting postgres (not yet ready) or once ready (not yet reported):
 /// pgtmp fails with a clear error, and postgres and the directory are gone.
 fn watchdog_killed_during_the_start(invoker: &Invoker) {
@@ -748,13 +789,39 @@ fn gc_never_touches_what_is_not_its_own(invoker: &Invoker) {
     }
     give(&notes.join("notes.txt"));
     let _ = fs::set_permissions(p.join("zzzz0002"), fs::Permissions::from_mode(0o777));
+    // What a killed initdb would leave, but without pgtmp's mark: someone's backup.
+    let backup = p.join("zzzz0004");
+    fs::create_dir_all(backup.join("data/photos")).unwrap();
+    give(&backup);
+    give(&backup.join("data"));
+    // The schema cache's place, planted as a symlink to a directory holding what a sweep of
+    // the cache removes (an abandoned copy, an entry unused for a month).
+    let elsewhere = sandbox.path("elsewhere");
+    for old in ["trash.x", "0123456789abcdef"] {
+        fs::create_dir_all(elsewhere.join(old)).unwrap();
+        fs::File::open(elsewhere.join(old))
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - Duration::from_secs(30 * 86_400))
+            .unwrap();
+    }
+    let planted = p.join("cache");
+    std::os::unix::fs::symlink(&elsewhere, &planted).unwrap();
 
     let removed = gc(&sandbox);
     assert_eq!(
         removed,
-        [format!("removed {}", forged.display())],
+        [
+            format!("removed {}", forged.display()),
+            format!(
+                "skipped the schema cache: {} is not a directory of this account's own (a symlink, or someone else's); remove it",
+                planted.display()
+            )
+        ],
         "as {server_account}"
     );
+    assert!(elsewhere.join("trash.x").is_dir() && elsewhere.join("0123456789abcdef").is_dir());
+    assert!(backup.join("data/photos").is_dir());
+    fs::remove_file(&planted).unwrap();
     assert!(
         alive(stranger.id() as i32),
         "gc killed a process whose pid was merely recorded"

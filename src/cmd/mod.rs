@@ -140,6 +140,18 @@ pub fn prepare_dir(
             OnFailure::Remove
         }
         Found::Empty => OnFailure::EmptyOut,
+        Found::Unfinished => {
+            // A start killed while preparing it: made again from scratch, unless a pgtmp is
+            // at it right now.
+            if crate::ownership::processes_inside(dir) {
+                bail!(
+                    "-d {}: another pgtmp is preparing this directory; wait for it, or choose another directory",
+                    dir.display()
+                );
+            }
+            instance.empty_out()?;
+            OnFailure::EmptyOut
+        }
         Found::Cluster => return Ok(OnFailure::Leave),
         Found::Foreign(reason) => return Err(foreign(dir, &reason)),
     };

@@ -176,7 +176,7 @@ pub fn launch(
         Some(data) if dir.is_none() && !args.no_cache => Some(Cache::open(
             &session.state,
             &cache::key(&install, &user, &options, data)?,
-        )),
+        )?),
         _ => None,
     };
     let cached = match &cache {
