@@ -110,11 +110,36 @@ pub fn is_locked(dir: &Path) -> bool {
 /// where it cannot be told (not Linux).
 #[cfg(target_os = "linux")]
 pub fn start_time(pid: i32) -> Option<u64> {
+    stat_field(pid, 22)
+}
+
+/// Field `n` (from 1) of /proc/PID/stat, a number: "PID (COMM) STATE PPID ...", where COMM
+/// may hold spaces and parentheses, so fields are counted after the last ')'.
+#[cfg(target_os = "linux")]
+fn stat_field(pid: i32, n: usize) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // "PID (COMM) STATE PPID ...": COMM may hold spaces and parentheses; field 22 is the 20th
-    // after the last ')'.
     let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(19)?.parse().ok()
+    rest.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
+}
+
+/// The processes whose parent is `parent` (Linux; none elsewhere).
+pub fn children(parent: i32) -> Vec<i32> {
+    #[cfg(target_os = "linux")]
+    {
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        procs
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|&pid| stat_field(pid, 4) == Some(parent as u64))
+            .collect()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = parent;
+        Vec::new()
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -213,6 +238,18 @@ mod tests {
         assert!(same_process(me, started));
         assert!(!same_process(me, started.map(|s| s + 1)));
         assert!(!same_process(me, None));
+    }
+
+    #[test]
+    fn children_are_found_by_parent() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .unwrap();
+        let found = children(std::process::id() as i32);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(found.contains(&(child.id() as i32)), "{found:?}");
     }
 
     #[test]

@@ -184,6 +184,10 @@ impl Watchdog {
         mut report: std::io::PipeWriter,
         mut clock: trace::Clock,
     ) -> std::result::Result<(Watchdog, bool), ()> {
+        // The backends of a postmaster killed by someone become this process's children
+        // instead of init's, so that `end_orphans` can stop them.
+        #[cfg(target_os = "linux")]
+        let _ = nix::sys::prctl::set_child_subreaper(true);
         let signals = match SignalPipe::install() {
             Ok(s) => s,
             Err(err) => {
@@ -485,9 +489,10 @@ impl Watchdog {
     }
 
     /// Once the postmaster has exited: if it could not release its shared memory (killed, or
-    /// escalated to SIGKILL), waits briefly for its orphaned backends to exit, then removes the
-    /// segments recorded at the start. After a clean exit they are gone and this does nothing.
+    /// escalated to SIGKILL), ends its orphaned backends, then removes the segments recorded
+    /// at the start. After a clean exit they are gone and this does nothing.
     fn release_shared_memory(&self) {
+        end_orphans();
         let creator = self.server.id() as i32;
         if let Some(id) = self.segments.sysv_id {
             shm::wait_detached(id, creator, shm::DETACH_LIMIT);
@@ -528,6 +533,20 @@ impl Watchdog {
                 Err(_) => 1,
             }
         }
+    }
+}
+
+/// Kills and reaps what is left below the watchdog once its postmaster has exited: backends of
+/// a killed postmaster, reparented to the watchdog (a child subreaper). A backend busy in a
+/// query does not notice its postmaster's death; it would run on, holding the shared memory,
+/// in a directory about to be removed.
+fn end_orphans() {
+    let orphans = crate::ownership::children(std::process::id() as i32);
+    for &pid in &orphans {
+        let _ = crate::process::signal(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    for pid in orphans {
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
     }
 }
 
