@@ -153,6 +153,13 @@ pub fn same_process(pid: i32, started: Option<u64>) -> bool {
     started.is_some() && is_mine(pid, started)
 }
 
+/// True when a live pgtmp looks after `dir` (it holds the lock) and the watchdog pid recorded
+/// for it is still that process (its start time matches, where one was recorded): only then
+/// may the pid be signalled.
+pub fn is_proven_watchdog(dir: &Path, pid: i32, started: Option<u64>) -> bool {
+    is_locked(dir) && (started.is_none() || same_process(pid, started))
+}
+
 /// True when `pid` is alive, belongs to this account and, when `started` is known, was
 /// started then.
 fn is_mine(pid: i32, started: Option<u64>) -> bool {

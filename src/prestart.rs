@@ -228,7 +228,7 @@ pub fn claim(
         if fs::rename(&token, &claimed).is_err() {
             continue; // someone else was faster, or it just gave up
         }
-        if !process::alive(state.watchdog_pid) {
+        if !ownership::is_proven_watchdog(&instance.dir, state.watchdog_pid, state.watchdog_start) {
             let _ = fs::remove_file(&claimed);
             continue;
         }

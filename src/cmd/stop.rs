@@ -92,15 +92,11 @@ fn stop(session: &Session, instance: &Instance) -> Result<()> {
     }
     // A live watchdog holds the directory's lock; its pid is signalled only if its start time
     // proves it is still the same process.
-    let watchdog_live = ownership::is_locked(&instance.dir);
-    if watchdog_live
-        && (state.watchdog_start.is_none()
-            || ownership::same_process(state.watchdog_pid, state.watchdog_start))
-    {
+    if ownership::is_proven_watchdog(&instance.dir, state.watchdog_pid, state.watchdog_start) {
         // The watchdog stops the server and removes the directory, exactly as at its timeout.
         return stop_watchdog(state.watchdog_pid, &dir);
     }
-    if watchdog_live {
+    if ownership::is_locked(&instance.dir) {
         bail!(
             "the cluster in {dir} is being started or stopped by another pgtmp right now; try again"
         );
