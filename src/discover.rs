@@ -192,14 +192,14 @@ pub fn find(explicit: Option<&Path>) -> Result<Installation> {
 fn explicit_bindir(dir: &Path) -> Result<Installation> {
     if !dir.is_dir() {
         bail!(
-            "--bindir {}: no such directory; point it at the directory holding initdb and postgres \
+            "--bindir/PGTMP_BINDIR {}: no such directory; point it at the directory holding initdb and postgres \
              (e.g. /usr/lib/postgresql/15/bin)",
             dir.display()
         );
     }
     Installation::at(dir).with_context(|| {
         format!(
-            "--bindir {}: initdb and postgres are not both there; point it at PostgreSQL's \
+            "--bindir/PGTMP_BINDIR {}: initdb and postgres are not both there; point it at PostgreSQL's \
              server bin directory (`pg_config --bindir` prints it)",
             dir.display()
         )

@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -227,7 +228,8 @@ fn doctor_fails_when_pgtmp_cannot_work(invoker: &Invoker) {
     let out = sandbox.run(&["doctor", "--bindir", "/nonexistent/bin"]);
     assert_eq!(out.code(), Some(1), "{out}");
     assert!(
-        out.stdout.contains("FAIL  --bindir /nonexistent/bin"),
+        out.stdout
+            .contains("FAIL  --bindir/PGTMP_BINDIR /nonexistent/bin"),
         "{out}"
     );
     assert!(out.stdout.contains("fix: "), "{out}");
@@ -242,4 +244,26 @@ fn doctor_fails_when_pgtmp_cannot_work(invoker: &Invoker) {
         "{out}"
     );
     assert!(!Path::new(&long).exists());
+    // A PGTMP_DIR below a directory the server account can neither enter nor write: a start
+    // would fail, so doctor must too.
+    let closed = sandbox.path("closed");
+    fs::create_dir(&closed).unwrap();
+    fs::set_permissions(&closed, fs::Permissions::from_mode(0o500)).unwrap();
+    let out = run(
+        sandbox
+            .pgtmp()
+            .env("PGTMP_DIR", closed.join("pg"))
+            .arg("doctor"),
+        PGTMP_LIMIT,
+    );
+    assert_eq!(out.code(), Some(1), "{out}");
+    let (server, _) = invoker.server_account();
+    assert!(
+        out.stdout
+            .contains(&format!("FAIL  PGTMP_DIR {}", closed.join("pg").display()))
+            && out
+                .stdout
+                .contains(&format!("a directory {server} can reach and write")),
+        "{out}"
+    );
 }

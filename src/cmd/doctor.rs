@@ -8,8 +8,11 @@ use crate::exit::Passed;
 use crate::pool;
 use crate::statedir::{self, SOCKET_PATH_MAX};
 use anyhow::Result;
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{AccessFlags, ForkResult, access};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
 
 /// The report: checks in order; any fatal failure makes the exit status 1.
 #[derive(Default)]
@@ -153,10 +156,18 @@ fn accounts(report: &mut Report, global: &GlobalArgs) -> Option<(Account, Accoun
             Some((invoker, server))
         }
         Err(err) => {
-            report.fail(
-                &format!("{err:#}"),
-                "create a 'postgres' account (useradd --system postgres) or pass --run-as USER",
-            );
+            let fix = match global.run_as.as_deref() {
+                Some(name) if invoker.is_root() => format!(
+                    "create account {name} (useradd --system {name}), or name an existing one with --run-as/PGTMP_RUN_AS"
+                ),
+                Some(_) => "drop --run-as/PGTMP_RUN_AS: it only applies when root invokes pgtmp"
+                    .to_string(),
+                None => {
+                    "create a 'postgres' account (useradd --system postgres) or pass --run-as USER"
+                        .to_string()
+                }
+            };
+            report.fail(&format!("{err:#}"), &fix);
             None
         }
     }
@@ -187,12 +198,57 @@ fn state_dir(
         path.display()
     ));
     let (invoker, server) = accounts?;
+    let unreachable = |report: &mut Report, what: &str| {
+        report.fail(
+            &format!("PGTMP_DIR {}: {what}", path.display()),
+            &format!(
+                "set PGTMP_DIR to a directory {} can reach and write, e.g. /tmp/pgtmp",
+                server.name
+            ),
+        )
+    };
     match fs::metadata(&path) {
-        Err(_) => report.pass(&format!(
-            "PGTMP_DIR {} does not exist yet; the first start creates it (mode 0700, owner {})",
-            path.display(),
-            server.name
-        )),
+        Err(_) => {
+            // The first start makes it: as root, only the directory itself (handed to the
+            // server account), which must be able to reach it; otherwise as the account itself.
+            let parent = path.parent().unwrap_or(Path::new("/"));
+            let existing = path
+                .ancestors()
+                .skip(1)
+                .find(|a| a.exists())
+                .unwrap_or(parent);
+            if invoker.is_root() && existing != parent {
+                unreachable(
+                    report,
+                    &format!(
+                        "{} is missing, and directories root would make for it are private to root",
+                        parent.display()
+                    ),
+                );
+            } else if invoker.is_root() && !accessible_as(server, existing, AccessFlags::X_OK) {
+                unreachable(
+                    report,
+                    &format!("{} cannot enter {}", server.name, existing.display()),
+                );
+            } else if !invoker.is_root()
+                && !accessible_as(server, existing, AccessFlags::W_OK | AccessFlags::X_OK)
+            {
+                unreachable(
+                    report,
+                    &format!(
+                        "does not exist, and {} cannot create it in {}",
+                        server.name,
+                        existing.display()
+                    ),
+                );
+            } else {
+                report.pass(&format!(
+                    "PGTMP_DIR {} does not exist yet; the first start creates it (mode 0700, owner {})",
+                    path.display(),
+                    server.name
+                ));
+            }
+        }
         Ok(meta) if !meta.is_dir() => report.fail(
             &format!("PGTMP_DIR {} is not a directory", path.display()),
             "remove it, or set PGTMP_DIR elsewhere",
@@ -228,6 +284,15 @@ fn state_dir(
             ),
             &format!("chmod 700 {}", path.display()),
         ),
+        Ok(_) if !accessible_as(server, &path, AccessFlags::W_OK | AccessFlags::X_OK) => {
+            unreachable(
+                report,
+                &format!(
+                    "{} cannot reach it (a directory above it is closed to {})",
+                    server.name, server.name
+                ),
+            )
+        }
         Ok(_) => report.pass(&format!(
             "PGTMP_DIR {} belongs to {} and is writable",
             path.display(),
@@ -235,6 +300,27 @@ fn state_dir(
         )),
     }
     Some(statedir::StateDir { path })
+}
+
+/// Whether `account` may access `path` with `flags` (which takes entering every directory
+/// above it), asked as that account: by a forked child that switches to it, when pgtmp runs as
+/// root for another account. Doctor is single-threaded, so forking is safe.
+fn accessible_as(account: &Account, path: &Path, flags: AccessFlags) -> bool {
+    if nix::unistd::Uid::effective() == account.uid {
+        return access(path, flags).is_ok();
+    }
+    // SAFETY: single-threaded; the child only switches accounts, calls access(2) and _exits.
+    match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Child) => {
+            let ok = account::become_account(account).is_ok() && access(path, flags).is_ok();
+            // SAFETY: _exit skips the parent's atexit handlers and buffers, as a child must.
+            unsafe { nix::libc::_exit(if ok { 0 } else { 1 }) }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            matches!(waitpid(child, None), Ok(WaitStatus::Exited(_, 0)))
+        }
+        Err(_) => false,
+    }
 }
 
 /// The pools: ready entries and the last refill error of each.
