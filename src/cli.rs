@@ -407,23 +407,85 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let parsed = Cli::command()
-        .try_get_matches_from(args)
-        .and_then(|matches| Ok((Cli::from_arg_matches(&matches)?, matches)));
-    match parsed {
-        Ok((cli, matches)) => Ok(resolve(cli, &matches)),
-        Err(err) => Err(match err.kind() {
-            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-                // Printing help to a closed pipe is not worth an error of its own.
-                let _ = err.print();
-                ExitCode::SUCCESS
-            }
-            _ => {
-                eprintln!("pgtmp: error: {}", one_line(&err));
-                ExitCode::from(crate::exit::USAGE)
-            }
-        }),
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    loop {
+        let parsed = Cli::command()
+            .try_get_matches_from(&args)
+            .and_then(|matches| Ok((Cli::from_arg_matches(&matches)?, matches)));
+        let err = match parsed {
+            Ok((cli, matches)) => return Ok(resolve(cli, &matches)),
+            Err(err) => err,
+        };
+        if let ErrorKind::DisplayHelp | ErrorKind::DisplayVersion = err.kind() {
+            // Printing help to a closed pipe is not worth an error of its own.
+            let _ = err.print();
+            return Err(ExitCode::SUCCESS);
+        }
+        let message = one_line(&err);
+        let Some(variable) = from_variable(&err) else {
+            eprintln!("pgtmp: error: {message}");
+            return Err(ExitCode::from(crate::exit::USAGE));
+        };
+        let message = format!(
+            "{variable}: {}; unset {variable} or give it a valid value (see 'pgtmp --help')",
+            message.trim_end_matches("; see 'pgtmp --help'")
+        );
+        if starts_a_cluster(&args) {
+            eprintln!("pgtmp: error: {message}");
+            return Err(ExitCode::from(crate::exit::USAGE));
+        }
+        // A command that starts nothing does not need it: set it aside (doctor reports it).
+        if let Ok(mut set_aside) = SET_ASIDE.lock() {
+            set_aside.push(message);
+        }
+        // SAFETY: nothing has started a thread yet; the command line is parsed first thing.
+        unsafe { std::env::remove_var(&variable) };
     }
+}
+
+/// Messages about PGTMP_* variables of start options whose values are invalid, set aside by a
+/// command that starts no cluster (so that `pgtmp doctor` or `pgtmp list` still work).
+static SET_ASIDE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// What [`parse_from`] set aside: one message per variable, naming it and the fix.
+pub fn set_aside_variables() -> Vec<String> {
+    SET_ASIDE.lock().map(|v| v.clone()).unwrap_or_default()
+}
+
+/// The PGTMP_* variable a rejected value came from, when it came from one rather than from the
+/// command line (a flag takes no value on the command line; an option's value is compared).
+fn from_variable(err: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = arg.split(['=', ' ']).next()?.strip_prefix("--")?;
+    let command = Cli::command();
+    let env = command
+        .get_arguments()
+        .chain(command.get_subcommands().flat_map(|c| c.get_arguments()))
+        .find(|a| a.get_long() == Some(long))?
+        .get_env()?
+        .to_str()?
+        .to_string();
+    let set = std::env::var(&env).ok()?;
+    let value = match err.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(value)) => value.as_str(),
+        _ => "",
+    };
+    (set == value).then_some(env)
+}
+
+/// True unless the first subcommand named is one that starts no cluster.
+fn starts_a_cluster(args: &[std::ffi::OsString]) -> bool {
+    let command = Cli::command();
+    let named = args.iter().skip(1).find_map(|arg| {
+        let arg = arg.to_str()?;
+        command
+            .get_subcommands()
+            .find(|c| c.get_name() == arg || c.get_all_aliases().any(|a| a == arg))
+    });
+    named.is_none_or(|c| matches!(c.get_name(), "start" | "run"))
 }
 
 /// Folds the options written before `start` (or `run`) into the subcommand's own.

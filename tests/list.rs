@@ -16,6 +16,7 @@ both_invokers!(
     stop_all_stops_everything,
     doctor_explains_and_changes_nothing,
     doctor_fails_when_pgtmp_cannot_work,
+    bad_variables_stop_starts_only,
 );
 
 fn list_json(sandbox: &Sandbox) -> Vec<serde_json::Value> {
@@ -266,4 +267,52 @@ fn doctor_fails_when_pgtmp_cannot_work(invoker: &Invoker) {
                 .contains(&format!("a directory {server} can reach and write")),
         "{out}"
     );
+}
+
+/// A start option's PGTMP_* variable with an invalid value: a start refuses it naming the
+/// variable; commands that start nothing still work, and doctor reports it as a failure.
+fn bad_variables_stop_starts_only(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let out = run(sandbox.pgtmp().env("PGTMP_TIMEOUT", "soon"), PGTMP_LIMIT);
+    let line = check_failed(&out, 2);
+    assert!(
+        line.starts_with("pgtmp: error: PGTMP_TIMEOUT: ") && line.contains("unset PGTMP_TIMEOUT"),
+        "{line}"
+    );
+    sandbox.assert_nothing_left("a start with PGTMP_TIMEOUT=soon");
+    // The command line still wins over the variable.
+    let url = check_started(
+        &run(
+            sandbox
+                .pgtmp()
+                .env("PGTMP_TIMEOUT", "soon")
+                .args(["-w", "30"]),
+            PGTMP_LIMIT,
+        ),
+        invoker,
+    );
+    let out = run(
+        sandbox.pgtmp().env("PGTMP_FORMAT", "xml").arg("list"),
+        PGTMP_LIMIT,
+    );
+    assert!(out.success() && out.stdout.contains(&url), "{out}");
+    let out = run(
+        sandbox
+            .pgtmp()
+            .env("PGTMP_FORMAT", "xml")
+            .env("PGTMP_TIMEOUT", "soon")
+            .arg("doctor"),
+        PGTMP_LIMIT,
+    );
+    assert_eq!(out.code(), Some(1), "{out}");
+    for variable in ["PGTMP_FORMAT", "PGTMP_TIMEOUT"] {
+        assert!(
+            out.stdout
+                .contains(&format!("FAIL  {variable}: invalid value"))
+                && out.stdout.contains(&format!("fix: unset {variable}")),
+            "{out}"
+        );
+    }
+    let out = sandbox.run(&["stop", &url]);
+    assert!(out.success(), "{out}");
 }

@@ -43,6 +43,11 @@ impl Report {
 
 pub fn run(global: &GlobalArgs) -> Result<()> {
     let mut report = Report::default();
+    // A start would refuse these; doctor got past them to report everything else.
+    for message in crate::cli::set_aside_variables() {
+        let (problem, fix) = message.split_once("; unset ").unwrap_or((&message, ""));
+        report.fail(problem, &format!("unset {fix}"));
+    }
     let install = installations(&mut report, global);
     let accounts = accounts(&mut report, global);
     let state = state_dir(&mut report, accounts.as_ref());
