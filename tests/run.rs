@@ -105,6 +105,16 @@ fn exit_status_passes_through(invoker: &Invoker) {
     let out = sandbox.run(&["-w", "5", "run", "true"]);
     assert!(out.success(), "{out}");
     sandbox.assert_nothing_left("after pgtmp -w 5 run true");
+    // run prints no URL, so a format meant for starts (jdbc needs -t) does not get in the way.
+    let out = run(
+        sandbox
+            .pgtmp()
+            .env("PGTMP_FORMAT", "jdbc")
+            .args(["run", "true"]),
+        PGTMP_LIMIT,
+    );
+    assert!(out.success() && out.stderr.is_empty(), "{out}");
+    sandbox.assert_nothing_left("after PGTMP_FORMAT=jdbc pgtmp run true");
 }
 
 fn cmd_that_cannot_run(invoker: &Invoker) {

@@ -55,7 +55,12 @@ const REDIRECTING: &[&str] = &[
     "PGCHANNELBINDING",
 ];
 
-pub fn run(args: RunArgs, global: &GlobalArgs) -> Result<()> {
+pub fn run(mut args: RunArgs, global: &GlobalArgs) -> Result<()> {
+    // The format only shapes the line that says where a kept (-k) cluster is; without -k
+    // nothing is printed, so neither -F nor PGTMP_FORMAT can be at odds with the cluster.
+    if !args.start.keep {
+        args.start.format = None;
+    }
     let mut words = args.command.into_iter();
     let program = words
         .next()
