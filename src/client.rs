@@ -94,6 +94,8 @@ pub struct Activity {
     pub clients: i64,
     /// Seconds since the most recent client was last busy; 0 while one is; None without clients.
     pub idle_seconds: Option<f64>,
+    /// The server's version, e.g. "15.18", as the start's json prints it.
+    pub version: String,
 }
 
 /// Clients other than the watchdog, seen through a short session that the watchdog ignores.
@@ -106,7 +108,8 @@ pub fn activity(socket_dir: &Path, port: u16, user: &str) -> Result<Activity> {
     let row = client
         .query_one(
             "SELECT count(*), coalesce(bool_or(state IS DISTINCT FROM 'idle'), false), \
-             extract(epoch FROM now() - max(state_change))::float8 \
+             extract(epoch FROM now() - max(state_change))::float8, \
+             current_setting('server_version') \
              FROM pg_stat_activity \
              WHERE backend_type IN ('client backend', 'walsender') AND pid <> pg_backend_pid() \
              AND application_name IS DISTINCT FROM 'pgtmp watchdog'",
@@ -116,8 +119,10 @@ pub fn activity(socket_dir: &Path, port: u16, user: &str) -> Result<Activity> {
     let clients: i64 = row.get(0);
     let busy: bool = row.get(1);
     let idle: Option<f64> = row.get(2);
+    let version: String = row.get(3);
     Ok(Activity {
         clients,
+        version: crate::discover::parse_version(&version).unwrap_or(version),
         idle_seconds: match (clients, busy) {
             (0, _) => None,
             (_, true) => Some(0.0),

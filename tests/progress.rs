@@ -44,6 +44,13 @@ fn progress_on_a_terminal(invoker: &Invoker) {
         )),
         "{shown:?}"
     );
+    // gc says what it is doing while it sweeps, and prints its results after.
+    let shown = on_terminal(&sandbox, "gc");
+    assert!(
+        shown.starts_with(&format!("pgtmp: sweeping {}", sandbox.pgtmp_dir.display()))
+            && shown.contains("...\r\u{1b}[K"),
+        "{shown:?}"
+    );
 }
 
 fn no_progress_off_a_terminal(invoker: &Invoker) {
@@ -53,4 +60,6 @@ fn no_progress_off_a_terminal(invoker: &Invoker) {
     let dir = sandbox.path("d");
     let out = sandbox.run(&["-w", "60", "-d", dir.to_str().unwrap()]);
     check_started(&out, invoker);
+    let out = sandbox.run(&["gc"]);
+    assert!(out.success() && out.stderr.is_empty(), "{out}");
 }

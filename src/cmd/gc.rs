@@ -8,7 +8,13 @@ use std::io::Write;
 
 pub fn run(args: &GcArgs, global: &GlobalArgs) -> Result<()> {
     let session = Session::establish(global, None)?;
-    let actions = sweep::sweep(&session.state, args.dry_run, true)?;
+    let step = crate::progress::step(&format!(
+        "sweeping {} (stopping what dead runs left may take seconds)",
+        session.state.path.display()
+    ));
+    let actions = sweep::sweep(&session.state, args.dry_run, true);
+    drop(step);
+    let actions = actions?;
     let mut stdout = std::io::stdout().lock();
     for action in &actions {
         let line = match (args.dry_run, action.split_once(' ')) {

@@ -25,7 +25,8 @@ struct Entry {
     port: u16,
     tcp: bool,
     user: String,
-    version: Option<u32>,
+    /// The server's version ("15.18"); only the major version when the server cannot be asked.
+    version: Option<String>,
     age_seconds: Option<u64>,
     /// None when not known: no client now, and the watchdog has not looked (e.g. `-w 0`).
     idle_seconds: Option<u64>,
@@ -99,7 +100,10 @@ fn entry(dir: &Path, owner: u32) -> Option<Entry> {
         port: state.port,
         tcp: state.tcp,
         user: state.user,
-        version: instance.data_version().ok(),
+        version: activity
+            .as_ref()
+            .map(|a| a.version.clone())
+            .or_else(|| instance.data_version().ok().map(|v| v.to_string())),
         age_seconds: since(instance.started_at()),
         idle_seconds,
         connections: activity.map(|a| a.clients),
@@ -139,7 +143,7 @@ fn table(entries: &[Entry]) -> String {
         rows.push([
             e.url.clone(),
             e.server_pid.to_string(),
-            or_dash(e.version.map(|v| v.to_string())),
+            or_dash(e.version.clone()),
             or_dash(e.age_seconds.map(duration)),
             or_dash(e.idle_seconds.map(duration)),
             or_dash(e.connections.map(|c| c.to_string())),

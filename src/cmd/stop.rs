@@ -26,7 +26,7 @@ pub fn run(url: Option<String>, dir: Option<PathBuf>, global: &GlobalArgs) -> Re
         ),
         (None, None) => {
             return Err(exit::usage(
-                "say which cluster to stop: `pgtmp stop URL` or `pgtmp stop -d DIR`",
+                "say which cluster to stop: `pgtmp stop URL`, `pgtmp stop -d DIR`, or `pgtmp stop --all` for every one",
             ));
         }
     };
