@@ -192,6 +192,14 @@ pub fn shutdown(pid: i32, mut gone: impl FnMut() -> bool) -> Result<()> {
     }
 }
 
+/// True when the server in `data` is shutting down: its postmaster.pid says `stopping` (line
+/// 8), as after a SIGTERM sent by someone else. A smart shutdown waits for every session to end,
+/// the watchdog's own included, so the watchdog must notice and finish it.
+pub fn is_stopping(data: &Path) -> bool {
+    std::fs::read_to_string(data.join("postmaster.pid"))
+        .is_ok_and(|text| text.lines().nth(7).is_some_and(|l| l.trim() == "stopping"))
+}
+
 /// True when the log says the TCP port was taken (by someone who got there first).
 pub fn lost_port_race(log: &str) -> bool {
     log.contains("could not bind IPv4 address") && log.contains("Address already in use")

@@ -400,6 +400,10 @@ impl Watchdog {
                 // releases what a killed server cannot release itself, its shared memory.
                 break;
             }
+            if cluster::is_stopping(&self.plan.instance.data()) {
+                // Someone asked the server to stop (SIGTERM): finish what they started.
+                break;
+            }
             if !self.plan.instance.state_path().exists() {
                 // The directory was deleted under the server: stop it now rather than let it
                 // run on without its files.

@@ -18,6 +18,7 @@ both_invokers!(
     probe_is_invisible,
     survives_signals_to_the_callers_group,
     dead_postmaster_is_cleaned_up,
+    sigterm_to_the_server_ends_it,
     keep_leaves_a_restartable_directory,
 );
 
@@ -272,4 +273,20 @@ fn explicit_timeout_beats_the_environment() {
          the environment overrode the explicit -w 2",
         stop_bound()
     );
+}
+
+/// SIGTERM sent to the postmaster by someone else starts a smart shutdown, which waits for every
+/// session, the watchdog's own and an idle client's included: the watchdog notices and
+/// finishes it, and the directory goes.
+fn sigterm_to_the_server_ends_it(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let url = sandbox.start(&["-w", "600"]);
+    let dir = parse_socket_url(&url).dir;
+    let postmaster = postmaster_pid(&dir).expect("no postmaster.pid");
+    let mut session = sandbox.psql_session(&url);
+    assert_eq!(session.query_line("select 'in';"), "in");
+    signal(postmaster, Signal::SIGTERM);
+    let took = time_until_gone(&dir, postmaster, "after SIGTERM to the postmaster");
+    eprintln!("gone {took:?} after SIGTERM to the postmaster");
+    drop(session);
 }
