@@ -462,6 +462,11 @@ impl Watchdog {
             if busy != was_busy {
                 self.plan.instance.mark_idle(!busy);
                 was_busy = busy;
+                if !busy {
+                    // The last client left at some point since the previous poll: count from
+                    // now, so the cluster never stops before a whole timeout without clients.
+                    last_busy = Instant::now();
+                }
             }
             if busy {
                 last_busy = Instant::now();
