@@ -26,7 +26,7 @@ end
 
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s p -l port -d 'Listen on this TCP port on 127.0.0.1 (implies -t)' -r
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s w -l timeout -d 'Stop the cluster after this many seconds without a connected client; 0 = never [default: 60]' -r
-complete -c pgtmp -n "__fish_pgtmp_needs_command" -s o -l options -d 'Extra options for postgres, e.g. -o \'-c log_statement=all\'; applied last, so they win' -r
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -s o -l options -d 'Extra options for postgres, e.g. -o \'-c log_statement=all\'; applied last, so they win. Where the server listens and keeps its files (port, listen_addresses, unix_socket_directories, data_directory, *_file; -p -h -i -k -D) is refused: use -p, -t, -d' -r
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s d -l dir -d 'Use this directory instead of one from the pool; it is initialized if empty or missing, and deleted when the cluster stops unless -k is given' -r -F
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s F -l format -d 'How to print the cluster: a URI, a libpq DSN, a JDBC URL (needs -t), `export` lines for eval or a dotenv file, or JSON with every detail [default: uri]' -r -f -a "uri\t'postgresql:// URL (libpq, psql, most drivers)'
 dsn\t'libpq key=value connection string'
@@ -54,7 +54,7 @@ complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "schema" -d 'Create a fr
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "gc" -d 'Remove what killed or crashed runs left: servers without a watchdog, their directories, incomplete pool entries; prints one line per thing removed'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s p -l port -d 'Listen on this TCP port on 127.0.0.1 (implies -t)' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s w -l timeout -d 'Stop the cluster after this many seconds without a connected client; 0 = never [default: 60]' -r
-complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s o -l options -d 'Extra options for postgres, e.g. -o \'-c log_statement=all\'; applied last, so they win' -r
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s o -l options -d 'Extra options for postgres, e.g. -o \'-c log_statement=all\'; applied last, so they win. Where the server listens and keeps its files (port, listen_addresses, unix_socket_directories, data_directory, *_file; -p -h -i -k -D) is refused: use -p, -t, -d' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s d -l dir -d 'Use this directory instead of one from the pool; it is initialized if empty or missing, and deleted when the cluster stops unless -k is given' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s F -l format -d 'How to print the cluster: a URI, a libpq DSN, a JDBC URL (needs -t), `export` lines for eval or a dotenv file, or JSON with every detail [default: uri]' -r -f -a "uri\t'postgresql:// URL (libpq, psql, most drivers)'
 dsn\t'libpq key=value connection string'
@@ -80,7 +80,7 @@ complete -c pgtmp -n "__fish_pgtmp_using_subcommand initdb" -l run-as -d 'Accoun
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand initdb" -s h -l help -d 'Print help'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s p -l port -d 'Listen on this TCP port on 127.0.0.1 (implies -t)' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s w -l timeout -d 'Stop the cluster after this many seconds without a connected client; 0 = never [default: 60]' -r
-complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s o -l options -d 'Extra options for postgres, e.g. -o \'-c log_statement=all\'; applied last, so they win' -r
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s o -l options -d 'Extra options for postgres, e.g. -o \'-c log_statement=all\'; applied last, so they win. Where the server listens and keeps its files (port, listen_addresses, unix_socket_directories, data_directory, *_file; -p -h -i -k -D) is refused: use -p, -t, -d' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s d -l dir -d 'Use this directory instead of one from the pool; it is initialized if empty or missing, and deleted when the cluster stops unless -k is given' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s F -l format -d 'How to print the cluster: a URI, a libpq DSN, a JDBC URL (needs -t), `export` lines for eval or a dotenv file, or JSON with every detail [default: uri]' -r -f -a "uri\t'postgresql:// URL (libpq, psql, most drivers)'
 dsn\t'libpq key=value connection string'

@@ -168,7 +168,9 @@ pub struct StartArgs {
     #[arg(short = 'k', long = "keep", env = "PGTMP_KEEP")]
     pub keep: bool,
 
-    /// Extra options for postgres, e.g. -o '-c log_statement=all'; applied last, so they win
+    /// Extra options for postgres, e.g. -o '-c log_statement=all'; applied last, so they win.
+    /// Where the server listens and keeps its files (port, listen_addresses,
+    /// unix_socket_directories, data_directory, *_file; -p -h -i -k -D) is refused: use -p, -t, -d
     #[arg(
         short = 'o',
         long = "options",

@@ -1,6 +1,7 @@
 //! The postgres server process: its command line, start, readiness, and deliberate shutdown.
 
 use crate::discover::Installation;
+use crate::exit;
 use crate::instance::Instance;
 use crate::process;
 use anyhow::{Context, Result, bail};
@@ -35,16 +36,89 @@ pub struct ServerSpec<'a> {
     pub options: &'a [String],
 }
 
-/// Splits `-o` values into postgres arguments with shell quoting rules.
+/// Splits `-o` values into postgres arguments with shell quoting rules. Refuses, as a usage
+/// error, settings that decide where the server listens or keeps its files: the URL pgtmp
+/// prints depends on them, and pgtmp removes what it made.
 pub fn split_options(values: &[String]) -> Result<Vec<String>> {
     let mut words = Vec::new();
     for value in values {
-        let split = shlex::split(value).with_context(|| {
-            format!("-o '{value}' has an unbalanced quote; quote each setting, e.g. -o \"-c search_path='a,b'\"")
+        let split = shlex::split(value).ok_or_else(|| {
+            exit::usage(format!("-o '{value}' has an unbalanced quote; quote each setting, e.g. -o \"-c search_path='a,b'\""))
         })?;
+        if let Some((what, instead)) = reserved_option(&split) {
+            return Err(exit::usage(format!(
+                "-o '{value}' sets {what}, which pgtmp decides itself so that its URL is right; \
+                 {instead}, and drop it from -o"
+            )));
+        }
         words.extend(split);
     }
     Ok(words)
+}
+
+/// postgres' short options that take a value, as its getopt string has them
+/// ("B:bc:C:D:d:EeFf:h:ijk:lN:nOPp:r:S:sTt:W:-:"); `-` stands for `--name=value`.
+const SHORT_WITH_VALUE: &str = "BcCDdfhkNprStW-";
+
+/// The first argument in `words` that would set where the server listens or keeps its files,
+/// read as postgres reads its command line: `-c name=value`, `-cname=value`, `--name=value`
+/// (names case-insensitive, `-` for `_`), clustered short flags (`-Fp 6000`) and the short
+/// flags -D, -h, -i, -k, -p. Returns what it sets and which pgtmp option to use instead.
+pub fn reserved_option(words: &[String]) -> Option<(String, &'static str)> {
+    const PORT: &str = "use -p PORT for a TCP port";
+    const LISTEN: &str = "use -t for a TCP listener (on 127.0.0.1 only)";
+    const SOCKET: &str = "the socket is always in the cluster's directory; use -d DIR to choose it";
+    const FILES: &str = "use -d DIR to choose where the cluster's files are";
+    let setting = |name: &str| -> Option<&'static str> {
+        match name.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+            "port" => Some(PORT),
+            "listen_addresses" => Some(LISTEN),
+            "unix_socket_directories" => Some(SOCKET),
+            "data_directory" | "config_file" | "hba_file" | "ident_file" | "external_pid_file" => {
+                Some(FILES)
+            }
+            _ => None,
+        }
+    };
+    let mut rest = words.iter();
+    while let Some(word) = rest.next() {
+        if word == "--" {
+            break;
+        }
+        let Some(flags) = word.strip_prefix('-').filter(|f| !f.is_empty()) else {
+            continue;
+        };
+        for (at, flag) in flags.char_indices() {
+            if flag == 'i' {
+                return Some(("listen_addresses (-i)".to_string(), LISTEN));
+            }
+            if !SHORT_WITH_VALUE.contains(flag) {
+                continue;
+            }
+            let attached = &flags[at + flag.len_utf8()..];
+            let value = if attached.is_empty() {
+                rest.next().map(String::as_str).unwrap_or_default()
+            } else {
+                attached
+            };
+            let found = match flag {
+                'c' | '-' => {
+                    let name = value.split('=').next().unwrap_or_default();
+                    setting(name).map(|instead| (name.trim().to_string(), instead))
+                }
+                'p' => Some(("port (-p)".to_string(), PORT)),
+                'h' => Some(("listen_addresses (-h)".to_string(), LISTEN)),
+                'k' => Some(("unix_socket_directories (-k)".to_string(), SOCKET)),
+                'D' => Some(("the data directory (-D)".to_string(), FILES)),
+                _ => None,
+            };
+            if found.is_some() {
+                return found;
+            }
+            break;
+        }
+    }
+    None
 }
 
 impl ServerSpec<'_> {
@@ -278,7 +352,69 @@ mod tests {
 
     #[test]
     fn unbalanced_options_are_rejected() {
-        assert!(split_options(&["-c 'oops".to_string()]).is_err());
+        let err = split_options(&["-c 'oops".to_string()]).unwrap_err();
+        assert_eq!(exit::code_for(&err), exit::USAGE);
+    }
+
+    fn reserved(option: &str) -> Option<String> {
+        reserved_option(&shlex::split(option).unwrap()).map(|(what, _)| what)
+    }
+
+    #[test]
+    fn settings_that_move_the_server_are_refused_in_every_spelling() {
+        for option in [
+            "-c port=6000",
+            "-cport=6000",
+            "--port=6000",
+            "-c PORT=6000",
+            "-c 'Port = 6000'",
+            "-c fsync=off -c port=6000",
+            "-p 6000",
+            "-p6000",
+            "-Fp 6000",
+            "-Fp6000",
+            "-c listen_addresses=*",
+            "--listen-addresses=*",
+            "--LISTEN_ADDRESSES=*",
+            "-h 0.0.0.0",
+            "-i",
+            "-Fi",
+            "-c unix_socket_directories=/tmp",
+            "--unix-socket-directories=/tmp",
+            "-k /tmp",
+            "-k/tmp",
+            "-D /elsewhere",
+            "-c data_directory=/elsewhere",
+            "--config-file=/etc/x.conf",
+            "-c hba_file=/etc/hba",
+            "--ident_file=/etc/ident",
+            "--external-pid-file=/tmp/pid",
+        ] {
+            assert!(reserved(option).is_some(), "{option} should be refused");
+            let err = split_options(&[option.to_string()]).unwrap_err();
+            assert_eq!(exit::code_for(&err), exit::USAGE, "{option}");
+        }
+        let err = split_options(&["-c port=6000".to_string()]).unwrap_err();
+        assert!(format!("{err:#}").contains("-p PORT"), "{err:#}");
+    }
+
+    #[test]
+    fn other_settings_pass() {
+        for option in [
+            "-c fsync=on",
+            "-c work_mem=8MB -c log_statement=all",
+            "--work-mem=8MB",
+            "-c search_path='port,listen_addresses'",
+            "-c application_name=-p",
+            "-F",
+            "-B 100",
+            "-N 20 -S 1024",
+            "-c log_min_messages=debug1 -c portal_x.y=1",
+            "-d 1",
+            "-c ssl=off",
+        ] {
+            assert_eq!(reserved(option), None, "{option} should pass");
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ both_invokers!(
     missing_bindir,
     no_postgresql_found,
     pool_size_is_validated,
+    options_that_move_the_server,
 );
 
 fn give_to(path: &Path, invoker: &Invoker) {
@@ -242,4 +243,50 @@ fn pool_size_is_validated(invoker: &Invoker) {
             );
         }
     }
+}
+
+/// `-o` settings that decide where the server listens or keeps its files would break the URL
+/// (or listen on every interface): refused as usage errors, by start and run, before anything
+/// is made; the error names the pgtmp option to use instead.
+fn options_that_move_the_server(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let cases = [
+        ("-c port=6000", "-p PORT"),
+        ("-cport=6000", "-p PORT"),
+        ("--PORT=6000", "-p PORT"),
+        ("-c unix_socket_directories=/tmp", "-d DIR"),
+        ("--unix-socket-directories=/tmp", "-d DIR"),
+        ("-c listen_addresses=*", "-t"),
+        ("-i", "-t"),
+        ("-h 0.0.0.0", "-t"),
+        ("-k /tmp", "-d DIR"),
+        ("-D /tmp/elsewhere", "-d DIR"),
+        ("-c hba_file=/etc/passwd", "-d DIR"),
+    ];
+    for (option, instead) in cases {
+        for args in [
+            &["-w", "20", "-o", option][..],
+            &["run", "-o", option, "--", "true"],
+        ] {
+            let out = sandbox.run(args);
+            let line = check_failed(&out, 2);
+            assert!(
+                line.contains(option) && line.contains(instead),
+                "pgtmp {args:?}: the error should quote the option and suggest {instead}: {line}"
+            );
+            sandbox.assert_nothing_left(&format!("pgtmp {args:?}"));
+        }
+    }
+    let out = run(
+        sandbox
+            .pgtmp()
+            .env("PGTMP_OPTIONS", "-c port=6000")
+            .args(["-w", "20"]),
+        PGTMP_LIMIT,
+    );
+    check_failed(&out, 2);
+    sandbox.assert_nothing_left("PGTMP_OPTIONS='-c port=6000' pgtmp");
+    // Other settings still work.
+    let url = sandbox.start(&["-w", "20", "-o", "-c work_mem=8MB"]);
+    assert_eq!(sandbox.psql(&url, "show work_mem"), "8MB");
 }
