@@ -27,7 +27,7 @@ end
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s p -l port -d 'Listen on this TCP port on 127.0.0.1 (implies -t)' -r
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s w -l timeout -d 'Stop the cluster after this many seconds without a connected client; 0 = never [default: 60]' -r
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s o -l options -d 'Extra options for postgres, e.g. -o \'-c log_statement=all\'; applied last, so they win. Where the server listens and keeps its files (port, listen_addresses, unix_socket_directories, data_directory, *_file; -p -h -i -k -D) is refused: use -p, -t, -d' -r
-complete -c pgtmp -n "__fish_pgtmp_needs_command" -s d -l dir -d 'Use this directory instead of one from the pool; it is initialized if empty or missing, and deleted when the cluster stops unless -k is given' -r -F
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -s d -l dir -d 'Use this directory instead of one from the pool; it is initialized if empty or missing, and deleted when the cluster stops unless it was started with -k (now or before)' -r -F
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s F -l format -d 'How to print the cluster: a URI, a libpq DSN, a JDBC URL (needs -t), `export` lines for eval or a dotenv file, or JSON with every detail [default: uri]' -r -f -a "uri\t'postgresql:// URL (libpq, psql, most drivers)'
 dsn\t'libpq key=value connection string'
 jdbc\t'jdbc:postgresql:// URL; needs -t (JDBC cannot use Unix sockets)'
@@ -38,7 +38,7 @@ complete -c pgtmp -n "__fish_pgtmp_needs_command" -l now -d 'Make now() in `test
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]' -r
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s t -l tcp -d 'Listen on a free TCP port on 127.0.0.1 (password required) instead of only a Unix socket'
-complete -c pgtmp -n "__fish_pgtmp_needs_command" -s k -l keep -d 'Keep the cluster\'s directory when it stops, so `pgtmp start -d DIR` can start it again'
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -s k -l keep -d 'Keep the cluster\'s directory when it stops, so `pgtmp start -d DIR` can start it again (and keeps it again, with or without -k)'
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -l no-cache -d 'Load the -f files even if the schema cache holds their result, and do not cache it'
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s V -l version -d 'Print version'
@@ -55,7 +55,7 @@ complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "gc" -d 'Remove what kil
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s p -l port -d 'Listen on this TCP port on 127.0.0.1 (implies -t)' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s w -l timeout -d 'Stop the cluster after this many seconds without a connected client; 0 = never [default: 60]' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s o -l options -d 'Extra options for postgres, e.g. -o \'-c log_statement=all\'; applied last, so they win. Where the server listens and keeps its files (port, listen_addresses, unix_socket_directories, data_directory, *_file; -p -h -i -k -D) is refused: use -p, -t, -d' -r
-complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s d -l dir -d 'Use this directory instead of one from the pool; it is initialized if empty or missing, and deleted when the cluster stops unless -k is given' -r -F
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s d -l dir -d 'Use this directory instead of one from the pool; it is initialized if empty or missing, and deleted when the cluster stops unless it was started with -k (now or before)' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s F -l format -d 'How to print the cluster: a URI, a libpq DSN, a JDBC URL (needs -t), `export` lines for eval or a dotenv file, or JSON with every detail [default: uri]' -r -f -a "uri\t'postgresql:// URL (libpq, psql, most drivers)'
 dsn\t'libpq key=value connection string'
 jdbc\t'jdbc:postgresql:// URL; needs -t (JDBC cannot use Unix sockets)'
@@ -66,7 +66,7 @@ complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -l now -d 'Make now()
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s t -l tcp -d 'Listen on a free TCP port on 127.0.0.1 (password required) instead of only a Unix socket'
-complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s k -l keep -d 'Keep the cluster\'s directory when it stops, so `pgtmp start -d DIR` can start it again'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s k -l keep -d 'Keep the cluster\'s directory when it stops, so `pgtmp start -d DIR` can start it again (and keeps it again, with or without -k)'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -l no-cache -d 'Load the -f files even if the schema cache holds their result, and do not cache it'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s h -l help -d 'Print help'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -s d -l dir -d 'The cluster\'s directory instead of its URL' -r -F
@@ -81,7 +81,7 @@ complete -c pgtmp -n "__fish_pgtmp_using_subcommand initdb" -s h -l help -d 'Pri
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s p -l port -d 'Listen on this TCP port on 127.0.0.1 (implies -t)' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s w -l timeout -d 'Stop the cluster after this many seconds without a connected client; 0 = never [default: 60]' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s o -l options -d 'Extra options for postgres, e.g. -o \'-c log_statement=all\'; applied last, so they win. Where the server listens and keeps its files (port, listen_addresses, unix_socket_directories, data_directory, *_file; -p -h -i -k -D) is refused: use -p, -t, -d' -r
-complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s d -l dir -d 'Use this directory instead of one from the pool; it is initialized if empty or missing, and deleted when the cluster stops unless -k is given' -r -F
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s d -l dir -d 'Use this directory instead of one from the pool; it is initialized if empty or missing, and deleted when the cluster stops unless it was started with -k (now or before)' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s F -l format -d 'How to print the cluster: a URI, a libpq DSN, a JDBC URL (needs -t), `export` lines for eval or a dotenv file, or JSON with every detail [default: uri]' -r -f -a "uri\t'postgresql:// URL (libpq, psql, most drivers)'
 dsn\t'libpq key=value connection string'
 jdbc\t'jdbc:postgresql:// URL; needs -t (JDBC cannot use Unix sockets)'
@@ -92,7 +92,7 @@ complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -l now -d 'Make now() i
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s t -l tcp -d 'Listen on a free TCP port on 127.0.0.1 (password required) instead of only a Unix socket'
-complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s k -l keep -d 'Keep the cluster\'s directory when it stops, so `pgtmp start -d DIR` can start it again'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s k -l keep -d 'Keep the cluster\'s directory when it stops, so `pgtmp start -d DIR` can start it again (and keeps it again, with or without -k)'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -l no-cache -d 'Load the -f files even if the schema cache holds their result, and do not cache it'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand list" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F

@@ -165,6 +165,7 @@ pub struct StartArgs {
     pub timeout: Option<u64>,
 
     /// Keep the cluster's directory when it stops, so `pgtmp start -d DIR` can start it again
+    /// (and keeps it again, with or without -k)
     #[arg(short = 'k', long = "keep", env = "PGTMP_KEEP")]
     pub keep: bool,
 
@@ -181,7 +182,7 @@ pub struct StartArgs {
     pub options: Vec<String>,
 
     /// Use this directory instead of one from the pool; it is initialized if empty or missing,
-    /// and deleted when the cluster stops unless -k is given
+    /// and deleted when the cluster stops unless it was started with -k (now or before)
     #[arg(short = 'd', long = "dir", value_name = "DIR")]
     pub dir: Option<PathBuf>,
 

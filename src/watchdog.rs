@@ -533,7 +533,8 @@ impl Watchdog {
         if let Some(waiting) = &self.plan.waiting {
             waiting.retract(&self.plan.instance);
         }
-        if self.plan.keep {
+        // The mark, too: a kept directory stays kept whoever starts it again.
+        if self.plan.keep || self.plan.instance.is_kept() {
             self.plan.instance.remove_state();
             0
         } else {

@@ -13,6 +13,7 @@ both_invokers!(
     stop_by_tcp_url,
     stop_by_directory,
     stop_keeps_a_kept_directory,
+    a_kept_directory_stays_kept_when_started_again,
     stop_by_tcp_url_of_a_cluster_elsewhere,
 );
 
@@ -161,4 +162,48 @@ fn only_the_owner_can_stop_a_cluster() {
         "refused, but the error misstates why:\n{}",
         misleading.join("\n")
     );
+}
+
+/// A directory started once with -k is kept whenever it stops, also when it is started again
+/// without -k: by `pgtmp stop` and at the idle timeout.
+fn a_kept_directory_stays_kept_when_started_again(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let dir = sandbox.path("kept");
+    let dir_arg = dir.to_str().unwrap();
+    let url = sandbox.start(&["-k", "-d", dir_arg, "-w", "60"]);
+    sandbox.psql(
+        &url,
+        "create table survivor (x int); insert into survivor values (42)",
+    );
+    stop(&sandbox, &["-d", dir_arg], &dir);
+    assert!(
+        dir.join("data/PG_VERSION").is_file(),
+        "-k: {} removed",
+        dir.display()
+    );
+
+    let url = sandbox.start(&["-d", dir_arg, "-w", "60"]);
+    assert_eq!(sandbox.psql(&url, "select x from survivor"), "42");
+    stop(&sandbox, &["-d", dir_arg], &dir);
+    assert!(
+        dir.join("data/PG_VERSION").is_file(),
+        "pgtmp stop removed the kept directory {} started again without -k",
+        dir.display()
+    );
+
+    let url = sandbox.start(&["-d", dir_arg, "-w", "1"]);
+    let postmaster = postmaster_pid(&dir).expect("no postmaster.pid");
+    assert_eq!(sandbox.psql(&url, "select x from survivor"), "42");
+    assert!(
+        wait_until(Duration::from_secs(30), || !alive(postmaster)),
+        "the cluster did not stop at its idle timeout"
+    );
+    sandbox.assert_no_process(&dir, "after the idle timeout");
+    assert!(
+        dir.join("data/PG_VERSION").is_file(),
+        "the idle timeout removed the kept directory {} started again without -k",
+        dir.display()
+    );
+    let url = sandbox.start(&["-d", dir_arg, "-w", "60"]);
+    assert_eq!(sandbox.psql(&url, "select x from survivor"), "42");
 }

@@ -286,7 +286,8 @@ pub fn launch(
         port_fixed: args.port.is_some(),
         password: password.clone(),
         timeout: args.idle_timeout(),
-        keep: args.keep,
+        // A directory once started with -k stays kept, whether or not -k is given again.
+        keep: args.keep || (on_failure == OnFailure::Leave && instance.is_kept()),
         options: options.clone(),
         on_failure,
         create_test: taken == Taken::Initialized,

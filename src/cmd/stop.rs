@@ -112,7 +112,7 @@ fn stop(session: &Session, instance: &Instance) -> Result<()> {
         })?;
     }
     crate::shm::release(&state.segments, state.postmaster_pid);
-    if state.keep {
+    if state.keep || instance.is_kept() {
         instance.remove_state();
         Ok(())
     } else {
