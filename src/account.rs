@@ -7,7 +7,7 @@
 
 use crate::exit;
 use anyhow::{Context, Result, bail};
-use nix::unistd::{Gid, Uid, User, setgid, setgroups, setuid};
+use nix::unistd::{Gid, Uid, User, getgroups, setegid, seteuid, setgid, setgroups, setuid};
 
 /// An operating-system account.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +102,28 @@ pub fn become_account(account: &Account) -> Result<()> {
     setuid(account.uid)
         .with_context(|| format!("cannot switch to account {} (setuid)", account.name))?;
     Ok(())
+}
+
+/// Runs `check` with the effective ids of `account` and switches back afterwards, so that root
+/// can see what the server account may do before dropping privileges for good (and undo what
+/// it made if the answer is no). Runs `check` unchanged when already that account.
+/// Must run before any thread exists.
+pub fn check_as<T>(account: &Account, check: impl FnOnce() -> Result<T>) -> Result<T> {
+    let (uid, gid) = (Uid::effective(), Gid::effective());
+    if uid == account.uid {
+        return check();
+    }
+    let groups = getgroups().context("cannot read supplementary groups (getgroups)")?;
+    setgroups(&[account.gid]).context("cannot drop supplementary groups (setgroups)")?;
+    setegid(account.gid)
+        .with_context(|| format!("cannot switch to group {} (setegid)", account.gid))?;
+    seteuid(account.uid)
+        .with_context(|| format!("cannot switch to account {} (seteuid)", account.name))?;
+    let result = check();
+    seteuid(uid).context("cannot switch back to the invoking account (seteuid)")?;
+    setegid(gid).context("cannot switch back to the invoking group (setegid)")?;
+    setgroups(&groups).context("cannot restore supplementary groups (setgroups)")?;
+    result
 }
 
 #[cfg(test)]

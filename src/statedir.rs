@@ -2,7 +2,8 @@
 
 use crate::account::Account;
 use anyhow::{Context, Result, bail};
-use nix::unistd::{AccessFlags, access, chown};
+use nix::fcntl::{AT_FDCWD, AtFlags};
+use nix::unistd::{AccessFlags, chown, faccessat};
 use std::fs::{self, DirBuilder};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -74,8 +75,14 @@ pub struct StateDir {
 
 impl StateDir {
     /// Creates or checks the directory. Called before root drops its privileges, so that root
-    /// can hand a fresh (or empty) directory to the server account.
-    pub fn establish(path: PathBuf, invoker: &Account, server: &Account) -> Result<StateDir> {
+    /// can hand a fresh (or empty) directory to the server account. Also returns the topmost
+    /// directory it created, for `unmake` should the start fail its later checks.
+    pub fn establish(
+        path: PathBuf,
+        invoker: &Account,
+        server: &Account,
+    ) -> Result<(StateDir, Option<PathBuf>)> {
+        let made = topmost_missing(&path);
         match fs::metadata(&path) {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 DirBuilder::new()
@@ -88,14 +95,19 @@ impl StateDir {
                             path.display()
                         )
                     })?;
-                if invoker.uid != server.uid {
-                    chown(&path, Some(server.uid), Some(server.gid)).with_context(|| {
+                if invoker.uid != server.uid
+                    && let Err(err) = chown(&path, Some(server.uid), Some(server.gid))
+                {
+                    if let Some(top) = &made {
+                        unmake(&path, top);
+                    }
+                    return Err(err).with_context(|| {
                         format!(
                             "cannot hand PGTMP_DIR {} to account {}",
                             path.display(),
                             server.name
                         )
-                    })?;
+                    });
                 }
             }
             Err(err) => {
@@ -131,12 +143,20 @@ impl StateDir {
             }
             Ok(_) => {}
         }
-        Ok(StateDir { path })
+        let made = made.filter(|_| path.is_dir());
+        Ok((StateDir { path }, made))
     }
 
-    /// Checks, as the account that runs the server, that the directory can be used.
+    /// Checks, with the effective ids of the account that runs the server, that the directory
+    /// can be used.
     pub fn check_usable(&self, server: &Account) -> Result<()> {
-        access(&self.path, AccessFlags::W_OK | AccessFlags::X_OK).with_context(|| {
+        faccessat(
+            AT_FDCWD,
+            &self.path,
+            AccessFlags::W_OK | AccessFlags::X_OK,
+            AtFlags::AT_EACCESS,
+        )
+        .with_context(|| {
             format!(
                 "PGTMP_DIR {} is not writable by {}; set PGTMP_DIR to a directory {} can write{}",
                 self.path.display(),
@@ -186,6 +206,24 @@ impl StateDir {
             }
         }
         dirs
+    }
+}
+
+/// The topmost of `path` and its ancestors that does not exist yet: what creating `path` makes.
+fn topmost_missing(path: &Path) -> Option<PathBuf> {
+    path.ancestors()
+        .take_while(|dir| fs::symlink_metadata(dir).is_err())
+        .last()
+        .map(Path::to_path_buf)
+}
+
+/// Removes the directories from `path` up to `top` that `establish` made, as long as they
+/// are still empty: a start that fails its checks leaves nothing behind.
+pub fn unmake(path: &Path, top: &Path) {
+    for dir in path.ancestors() {
+        if fs::remove_dir(dir).is_err() || dir == top {
+            break;
+        }
     }
 }
 
@@ -262,6 +300,27 @@ mod tests {
         let mut expected = [root.path().join("abcd1234"), elsewhere.to_path_buf()];
         expected.sort();
         assert_eq!(found, expected);
+    }
+
+    #[test]
+    fn unmake_removes_what_was_made_and_nothing_else() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("a/b/c");
+        assert_eq!(topmost_missing(&path), Some(root.path().join("a")));
+        fs::create_dir_all(&path).unwrap();
+        assert_eq!(topmost_missing(&path), None);
+        unmake(&path, &root.path().join("a"));
+        assert!(!root.path().join("a").exists());
+        assert!(root.path().exists());
+
+        fs::create_dir_all(&path).unwrap();
+        fs::write(root.path().join("a/kept"), "").unwrap();
+        unmake(&path, &root.path().join("a"));
+        assert!(!root.path().join("a/b").exists());
+        assert!(
+            root.path().join("a/kept").exists(),
+            "a non-empty directory stays"
+        );
     }
 
     #[test]

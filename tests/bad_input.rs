@@ -290,3 +290,47 @@ fn options_that_move_the_server(invoker: &Invoker) {
     let url = sandbox.start(&["-w", "20", "-o", "-c work_mem=8MB"]);
     assert_eq!(sandbox.psql(&url, "show work_mem"), "8MB");
 }
+
+/// Root makes a missing PGTMP_DIR (or ${TMPDIR}/pgtmp-0) and its parents, then finds that the
+/// server account cannot use it: the start fails and removes every directory it made.
+/// Only root makes directories the server account cannot use; as anyone else the directory is
+/// either made and usable or not made at all.
+#[test]
+fn unusable_pgtmp_dir_made_by_root_is_removed() {
+    let invoker = Invoker::current();
+    if !invoker.is_root() {
+        return cannot_run_here("only root makes a PGTMP_DIR its server account cannot use");
+    }
+    let sandbox = Sandbox::new(&invoker);
+    let locked = sandbox.path("root-only");
+    fs::create_dir(&locked).unwrap();
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o700)).unwrap();
+    let pgtmp_dir = locked.join("x/sub");
+    let by_pgtmp_dir = run(
+        sandbox
+            .pgtmp()
+            .env("PGTMP_DIR", &pgtmp_dir)
+            .args(["-w", "20"]),
+        PGTMP_LIMIT,
+    );
+    let mut by_tmpdir = sandbox.pgtmp();
+    by_tmpdir.env_remove("PGTMP_DIR").env("TMPDIR", &locked);
+    let by_tmpdir = run(by_tmpdir.args(["-w", "20"]), PGTMP_LIMIT);
+    for (out, named) in [
+        (by_pgtmp_dir, pgtmp_dir.clone()),
+        (by_tmpdir, locked.join("pgtmp-0")),
+    ] {
+        let line = check_failed(&out, 1);
+        assert!(
+            line.contains("PGTMP_DIR") && line.contains(named.to_str().unwrap()),
+            "the error should name PGTMP_DIR {}: {line}",
+            named.display()
+        );
+        let left: Vec<_> = fs::read_dir(&locked)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(left.is_empty(), "the failed start left {left:?}");
+        sandbox.assert_nothing_left("pgtmp with a PGTMP_DIR the server cannot use");
+    }
+}

@@ -54,12 +54,21 @@ impl Session {
         let invoker = Account::current()?;
         let server = account::server_account(&invoker, global.run_as.as_deref())?;
         let path = statedir::location_for(invoker.uid.as_raw())?;
-        let state = StateDir::establish(path, &invoker, &server)?;
-        if let Some(dir) = dir.filter(|_| invoker.uid != server.uid) {
-            hand_over(dir, &server)?;
+        let (state, made) = StateDir::establish(path, &invoker, &server)?;
+        // Checked with the server account's ids while root can still remove what it made.
+        let checked = account::check_as(&server, || state.check_usable(&server)).and_then(|()| {
+            match dir.filter(|_| invoker.uid != server.uid) {
+                Some(dir) => hand_over(dir, &server),
+                None => Ok(()),
+            }
+        });
+        if let Err(err) = checked {
+            if let Some(top) = made {
+                statedir::unmake(&state.path, &top);
+            }
+            return Err(err);
         }
         account::become_account(&server)?;
-        state.check_usable(&server)?;
         Ok(Session {
             invoker,
             server,
