@@ -143,9 +143,24 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "PGTMP_BINDIR", value_name = "DIR")]
     pub bindir: Option<PathBuf>,
 
-    /// Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]
+    /// Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody];
+    /// PGTMP_RUN_AS is ignored when pgtmp is not invoked by root
     #[arg(long, global = true, env = "PGTMP_RUN_AS", value_name = "USER")]
     pub run_as: Option<String>,
+
+    /// Set when `run_as` came from PGTMP_RUN_AS rather than the command line.
+    #[arg(skip)]
+    pub run_as_from_env: bool,
+}
+
+impl GlobalArgs {
+    /// The --run-as that applies to an invoker: PGTMP_RUN_AS is meant for root (e.g. exported
+    /// in a CI image) and ignored for anyone else; a written --run-as always counts.
+    pub fn run_as_for(&self, invoker_is_root: bool) -> Option<&str> {
+        self.run_as
+            .as_deref()
+            .filter(|_| invoker_is_root || !self.run_as_from_env)
+    }
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -493,6 +508,8 @@ fn starts_a_cluster(args: &[std::ffi::OsString]) -> bool {
 
 /// Folds the options written before `start` (or `run`) into the subcommand's own.
 fn resolve(mut cli: Cli, matches: &ArgMatches) -> Cli {
+    // A global option's source is propagated to every level, wherever it was written.
+    cli.global.run_as_from_env = matches.value_source("run_as") == Some(ValueSource::EnvVariable);
     let later = match &mut cli.command {
         Some(Command::Start(later)) => Some((later, matches.subcommand_matches("start"))),
         Some(Command::Run(run)) => Some((&mut run.start, matches.subcommand_matches("run"))),

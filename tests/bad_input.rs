@@ -21,6 +21,7 @@ both_invokers!(
     no_postgresql_found,
     pool_size_is_validated,
     options_that_move_the_server,
+    run_as_from_the_environment_is_for_root,
 );
 
 fn give_to(path: &Path, invoker: &Invoker) {
@@ -332,5 +333,43 @@ fn unusable_pgtmp_dir_made_by_root_is_removed() {
             .collect();
         assert!(left.is_empty(), "the failed start left {left:?}");
         sandbox.assert_nothing_left("pgtmp with a PGTMP_DIR the server cannot use");
+    }
+}
+
+/// PGTMP_RUN_AS is for root (e.g. exported in a CI image): it picks root's server account and
+/// is ignored for anyone else, whose server runs as themselves; a written --run-as naming
+/// another account is still refused for them.
+fn run_as_from_the_environment_is_for_root(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let (other, other_uid) = if invoker.is_root() {
+        let user = Invoker::ordinary().expect("root has an ordinary account to run as");
+        (user.name, user.uid)
+    } else {
+        ("nobody".to_string(), u32::MAX)
+    };
+    let out = run(
+        sandbox
+            .pgtmp()
+            .env("PGTMP_RUN_AS", &other)
+            .args(["-w", "20"]),
+        PGTMP_LIMIT,
+    );
+    let url = check_started(&out, invoker);
+    let postmaster = postmaster_pid(&parse_socket_url(&url).dir).expect("no postmaster.pid");
+    let expected = if invoker.is_root() {
+        other_uid
+    } else {
+        invoker.uid
+    };
+    assert_eq!(
+        proc_uid(postmaster),
+        expected,
+        "PGTMP_RUN_AS={other} as {invoker}: the server runs as uid {expected}"
+    );
+    assert_eq!(sandbox.psql(&url, "select 1"), "1");
+    if !invoker.is_root() {
+        let out = sandbox.run(&["--run-as", &other, "-w", "20"]);
+        let line = check_failed(&out, 2);
+        assert!(line.contains("--run-as"), "{line}");
     }
 }

@@ -145,7 +145,7 @@ fn accounts(report: &mut Report, global: &GlobalArgs) -> Option<(Account, Accoun
             return None;
         }
     };
-    match account::server_account(&invoker, global.run_as.as_deref()) {
+    match account::server_account(&invoker, global.run_as_for(invoker.is_root())) {
         Ok(server) if invoker.is_root() => {
             report.pass(&format!(
                 "running as root: the server runs as {} (uid {}), commands of `pgtmp run` as root; database user {}",

@@ -52,7 +52,7 @@ impl Session {
     /// `dir` is a `-d` directory that root hands over to the server account if it is empty.
     pub fn establish(global: &GlobalArgs, dir: Option<&Path>) -> Result<Session> {
         let invoker = Account::current()?;
-        let server = account::server_account(&invoker, global.run_as.as_deref())?;
+        let server = account::server_account(&invoker, global.run_as_for(invoker.is_root()))?;
         let path = statedir::location_for(invoker.uid.as_raw())?;
         let (state, made) = StateDir::establish(path, &invoker, &server)?;
         // Checked with the server account's ids while root can still remove what it made.
