@@ -52,7 +52,8 @@ PGTMP_CACHE_DAYS        days a schema cache entry may go unused before gc remove
 PGTMP_TCP, PGTMP_PORT, PGTMP_TIMEOUT, PGTMP_KEEP, PGTMP_OPTIONS, PGTMP_FORMAT,
 PGTMP_NOW, PGTMP_NO_CACHE, PGTMP_BINDIR, PGTMP_RUN_AS
                         fallbacks for -t, -p, -w, -k, -o, -F, --now, --no-cache, --bindir,
-                        --run-as; an option written on the command line wins
+                        --run-as; an option written on the command line wins.
+                        PGTMP_TCP, PGTMP_KEEP, PGTMP_NO_CACHE: 1/0, yes/no, on/off, true/false
 PG*                     the caller's libpq variables are ignored by pgtmp and its servers",
     ),
     (
@@ -166,7 +167,7 @@ impl GlobalArgs {
 #[derive(Args, Debug, Clone, Default)]
 pub struct StartArgs {
     /// Listen on a free TCP port on 127.0.0.1 (password required) instead of only a Unix socket
-    #[arg(short = 't', long = "tcp", env = "PGTMP_TCP")]
+    #[arg(short = 't', long = "tcp", env = "PGTMP_TCP", value_parser = parse_switch)]
     pub tcp: bool,
 
     /// Listen on this TCP port on 127.0.0.1 (implies -t)
@@ -181,7 +182,7 @@ pub struct StartArgs {
 
     /// Keep the cluster's directory when it stops, so `pgtmp start -d DIR` can start it again
     /// (and keeps it again, with or without -k)
-    #[arg(short = 'k', long = "keep", env = "PGTMP_KEEP")]
+    #[arg(short = 'k', long = "keep", env = "PGTMP_KEEP", value_parser = parse_switch)]
     pub keep: bool,
 
     /// Extra options for postgres, e.g. -o '-c log_statement=all'; applied last, so they win.
@@ -224,7 +225,7 @@ pub struct StartArgs {
     pub now: Option<String>,
 
     /// Load the -f files even if the schema cache holds their result, and do not cache it
-    #[arg(long = "no-cache", env = "PGTMP_NO_CACHE")]
+    #[arg(long = "no-cache", env = "PGTMP_NO_CACHE", value_parser = parse_switch)]
     pub no_cache: bool,
 }
 
@@ -393,6 +394,15 @@ impl StartArgs {
 
     pub fn idle_timeout(&self) -> u64 {
         self.timeout.unwrap_or(DEFAULT_TIMEOUT)
+    }
+}
+
+/// An on/off value, as the PGTMP_* variables of flags take it (an empty one is off).
+fn parse_switch(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "1" | "yes" | "y" | "on" | "true" | "t" => Ok(true),
+        "0" | "no" | "n" | "off" | "false" | "f" | "" => Ok(false),
+        _ => Err("expected 1/0, yes/no, on/off or true/false".into()),
     }
 }
 

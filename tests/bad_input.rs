@@ -22,6 +22,7 @@ both_invokers!(
     pool_size_is_validated,
     options_that_move_the_server,
     run_as_from_the_environment_is_for_root,
+    switch_variables_take_the_usual_spellings,
 );
 
 fn give_to(path: &Path, invoker: &Invoker) {
@@ -371,5 +372,55 @@ fn run_as_from_the_environment_is_for_root(invoker: &Invoker) {
         let out = sandbox.run(&["--run-as", &other, "-w", "20"]);
         let line = check_failed(&out, 2);
         assert!(line.contains("--run-as"), "{line}");
+    }
+}
+
+/// PGTMP_TCP, PGTMP_KEEP and PGTMP_NO_CACHE take 1/0, yes/no, on/off, true/false (any case;
+/// empty is off); anything else is a usage error that says what is accepted.
+fn switch_variables_take_the_usual_spellings(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    for (value, on) in [
+        ("1", true),
+        ("0", false),
+        ("yes", true),
+        ("NO", false),
+        ("on", true),
+        ("off", false),
+        ("true", true),
+        ("False", false),
+        ("", false),
+    ] {
+        let out = run(
+            sandbox
+                .pgtmp()
+                .env("PGTMP_TCP", value)
+                .env("PGTMP_KEEP", value)
+                .env("PGTMP_NO_CACHE", value)
+                .args(["-w", "0", "-F", "json"]),
+            PGTMP_LIMIT,
+        );
+        let text = check_started(&out, invoker);
+        let json: serde_json::Value = serde_json::from_str(&text).expect("not JSON");
+        assert_eq!(
+            json["host"] == "127.0.0.1",
+            on,
+            "PGTMP_TCP={value:?}: {text}"
+        );
+        assert_eq!(json["keep"], on, "PGTMP_KEEP={value:?}: {text}");
+        let url = json["url"].as_str().unwrap();
+        assert_eq!(sandbox.psql(url, "select 1"), "1");
+        let stop = sandbox.run(&["stop", url]);
+        assert!(stop.success(), "{stop}");
+    }
+    for name in ["PGTMP_TCP", "PGTMP_KEEP", "PGTMP_NO_CACHE"] {
+        let out = run(
+            sandbox.pgtmp().env(name, "maybe").args(["-w", "20"]),
+            PGTMP_LIMIT,
+        );
+        let line = check_failed(&out, 2);
+        assert!(
+            line.contains("maybe") && line.contains("yes/no"),
+            "{name}=maybe: the error should name the value and what is accepted: {line}"
+        );
     }
 }
