@@ -33,6 +33,13 @@ pub fn instance_socket_len(state_dir: &Path) -> usize {
 pub fn location(pgtmp_dir: Option<&str>, tmpdir: Option<&str>, uid: u32) -> Result<PathBuf> {
     if let Some(dir) = pgtmp_dir.filter(|d| !d.is_empty()) {
         let dir = absolute(Path::new(dir))?;
+        if has_comma(&dir) {
+            bail!(
+                "PGTMP_DIR {} contains a comma, which splits the URL's host into two; \
+                 set PGTMP_DIR to a path without one",
+                dir.display()
+            );
+        }
         if instance_socket_len(&dir) > SOCKET_PATH_MAX {
             bail!(
                 "PGTMP_DIR {} is too long: its sockets would exceed the {SOCKET_PATH_MAX}-byte \
@@ -46,11 +53,17 @@ pub fn location(pgtmp_dir: Option<&str>, tmpdir: Option<&str>, uid: u32) -> Resu
     let name = format!("pgtmp-{uid}");
     let base = tmpdir.filter(|t| t.starts_with('/')).unwrap_or("/tmp");
     let preferred = Path::new(base).join(&name);
-    if instance_socket_len(&preferred) <= SOCKET_PATH_MAX {
+    if instance_socket_len(&preferred) <= SOCKET_PATH_MAX && !has_comma(&preferred) {
         Ok(preferred)
     } else {
         Ok(Path::new("/tmp").join(name))
     }
+}
+
+/// True when `path` holds a comma: libpq reads a comma in a URL's host as a list of hosts, so
+/// no socket directory may have one.
+pub fn has_comma(path: &Path) -> bool {
+    path.as_os_str().as_encoded_bytes().contains(&b',')
 }
 
 /// `location` for the account `uid`, from this process's PGTMP_DIR and TMPDIR.
@@ -257,6 +270,16 @@ mod tests {
         assert_eq!(
             location(Some(""), None, 7).unwrap(),
             Path::new("/tmp/pgtmp-7")
+        );
+    }
+
+    #[test]
+    fn commas_are_refused_or_avoided() {
+        let err = location(Some("/srv/a,b"), None, 5).unwrap_err();
+        assert!(format!("{err:#}").contains("comma"), "{err:#}");
+        assert_eq!(
+            location(None, Some("/var/a,b"), 5).unwrap(),
+            Path::new("/tmp/pgtmp-5")
         );
     }
 

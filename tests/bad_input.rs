@@ -23,6 +23,7 @@ both_invokers!(
     options_that_move_the_server,
     run_as_from_the_environment_is_for_root,
     switch_variables_take_the_usual_spellings,
+    paths_with_a_comma,
 );
 
 fn give_to(path: &Path, invoker: &Invoker) {
@@ -423,4 +424,29 @@ fn switch_variables_take_the_usual_spellings(invoker: &Invoker) {
             "{name}=maybe: the error should name the value and what is accepted: {line}"
         );
     }
+}
+
+/// libpq reads a comma in a URL's host as a list of hosts: a -d or PGTMP_DIR with one is
+/// refused before anything is made (-d as a usage error; PGTMP_DIR like its other errors).
+fn paths_with_a_comma(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let dir = sandbox.path("a,b");
+    let out = sandbox.run(&["-d", dir.to_str().unwrap(), "-w", "20"]);
+    let line = check_failed(&out, 2);
+    assert!(line.contains("comma") && line.contains("a,b"), "{line}");
+    assert!(!dir.exists(), "pgtmp -d {} made it", dir.display());
+    sandbox.assert_nothing_left("pgtmp -d a,b");
+
+    let state = sandbox.path("c,d");
+    let out = run(
+        sandbox.pgtmp().env("PGTMP_DIR", &state).args(["-w", "20"]),
+        PGTMP_LIMIT,
+    );
+    let line = check_failed(&out, 1);
+    assert!(
+        line.contains("comma") && line.contains("PGTMP_DIR"),
+        "{line}"
+    );
+    assert!(!state.exists(), "PGTMP_DIR={} was made", state.display());
+    sandbox.assert_nothing_left("PGTMP_DIR=c,d pgtmp");
 }

@@ -98,10 +98,17 @@ fn hand_over(dir: &Path, server: &Account) -> Result<()> {
     Ok(())
 }
 
-/// Makes a `-d` path absolute and checks that a socket inside it fits the kernel's limit.
+/// Makes a `-d` path absolute and checks that a socket inside it fits the kernel's limit and
+/// that the URL can name it.
 pub fn absolute_dir(dir: &Path) -> Result<PathBuf> {
     let dir =
         std::path::absolute(dir).with_context(|| format!("cannot resolve {}", dir.display()))?;
+    if statedir::has_comma(&dir) {
+        return Err(crate::exit::usage(format!(
+            "-d {}: the path contains a comma, which splits the URL's host into two; choose a directory without one",
+            dir.display()
+        )));
+    }
     if statedir::socket_path_len(&dir) > statedir::SOCKET_PATH_MAX {
         bail!(
             "-d {}: the path is too long for the server's Unix socket (at most {} bytes); use a shorter one",
