@@ -24,6 +24,7 @@ both_invokers!(
     run_as_from_the_environment_is_for_root,
     switch_variables_take_the_usual_spellings,
     paths_with_a_comma,
+    url_that_cannot_be_printed,
 );
 
 fn give_to(path: &Path, invoker: &Invoker) {
@@ -449,4 +450,22 @@ fn paths_with_a_comma(invoker: &Invoker) {
     );
     assert!(!state.exists(), "PGTMP_DIR={} was made", state.display());
     sandbox.assert_nothing_left("PGTMP_DIR=c,d pgtmp");
+}
+
+/// When the URL cannot be printed (stdout is /dev/full), nobody can use the cluster: it is
+/// stopped and removed before pgtmp exits 1, not left to its idle timeout.
+fn url_that_cannot_be_printed(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    for args in ["-w 300", "-t -w 300"] {
+        let out = run(
+            &mut sandbox.shell(&format!("\"$PGTMP\" {args} >/dev/full")),
+            PGTMP_LIMIT,
+        );
+        let line = check_failed(&out, 1);
+        assert!(
+            line.contains("cannot print the URL") && line.contains("stopped"),
+            "pgtmp {args} >/dev/full: {line}"
+        );
+        sandbox.assert_nothing_left(&format!("pgtmp {args} >/dev/full"));
+    }
 }

@@ -45,11 +45,19 @@ pub fn run(args: StartArgs, global: &GlobalArgs) -> Result<()> {
         .cluster
         .render(format, || launched.install.version().ok());
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{text}")
-        .and_then(|()| stdout.flush())
-        .context(
-            "cannot print the URL (stdout closed?); the cluster stops after its idle timeout",
-        )?;
+    if let Err(err) = writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+        // Nobody learns the URL: the cluster would only wait for its idle timeout.
+        let dir = launched.cluster.socket_dir.display().to_string();
+        let stopped = super::stop::stop_watchdog(launched.cluster.watchdog_pid, &dir);
+        let err = anyhow!(err).context(match stopped {
+            Ok(()) => "cannot print the URL (stdout closed or full?); the cluster was stopped"
+                .to_string(),
+            Err(stop_err) => format!(
+                "cannot print the URL (stdout closed or full?), nor stop the cluster ({stop_err:#}); stop it with `pgtmp stop -d {dir}`"
+            ),
+        });
+        return Err(err);
+    }
     drop(stdout);
     trace::phase("print");
     launched.refill_pool();
