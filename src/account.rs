@@ -68,6 +68,12 @@ pub fn server_account(invoker: &Account, run_as: Option<&str>) -> Result<Account
         };
     }
     if let Some(name) = run_as {
+        if name.is_empty() {
+            return Err(exit::usage(
+                "--run-as needs an account name, e.g. --run-as postgres; or leave it out to run \
+                 the server as postgres (else nobody)",
+            ));
+        }
         let account = Account::by_name(name)?.ok_or_else(|| {
             exit::usage(format!(
                 "--run-as {name}: no such account; create it (useradd --system {name}) or name an existing one"

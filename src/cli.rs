@@ -156,11 +156,12 @@ pub struct GlobalArgs {
 
 impl GlobalArgs {
     /// The --run-as that applies to an invoker: PGTMP_RUN_AS is meant for root (e.g. exported
-    /// in a CI image) and ignored for anyone else; a written --run-as always counts.
+    /// in a CI image) and ignored for anyone else, as is an empty one; a written --run-as
+    /// always counts.
     pub fn run_as_for(&self, invoker_is_root: bool) -> Option<&str> {
         self.run_as
             .as_deref()
-            .filter(|_| invoker_is_root || !self.run_as_from_env)
+            .filter(|name| !self.run_as_from_env || (invoker_is_root && !name.is_empty()))
     }
 }
 
@@ -415,13 +416,21 @@ fn parse_port(text: &str) -> Result<u16, String> {
 }
 
 fn parse_timeout(text: &str) -> Result<u64, String> {
-    match text.parse::<i64>() {
-        Ok(seconds) if seconds >= 0 => Ok(seconds as u64),
-        Ok(_) => Err("the idle timeout cannot be negative; use 0 to never stop".into()),
-        Err(_) => {
-            Err("expected the idle timeout in whole seconds, e.g. -w 60 (0 = never stop)".into())
-        }
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(
+            "expected the idle timeout in whole seconds, e.g. -w 60 (0 = never stop)".into(),
+        );
     }
+    if text.starts_with('-') {
+        return Err("the idle timeout cannot be negative; use 0 to never stop".into());
+    }
+    text.parse::<u64>().map_err(|_| {
+        format!(
+            "the idle timeout must be between 0 and {} seconds; use 0 to never stop",
+            u64::MAX
+        )
+    })
 }
 
 /// Parses the process arguments; on failure prints help, the version, or a one-line error

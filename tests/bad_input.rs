@@ -34,9 +34,14 @@ fn give_to(path: &Path, invoker: &Invoker) {
 /// Malformed command lines: exit 2, and the line names what was wrong.
 fn usage_errors(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["-w", "abc"], "abc"),
         (&["-w", "-5"], "-5"),
+        // Too large: the error gives the range.
+        (
+            &["-w", "99999999999999999999"],
+            "between 0 and 18446744073709551615",
+        ),
         (&["-p", "0"], "0"),
         (&["-p", "70000"], "70000"),
         (&["--frobnicate"], "--frobnicate"),
@@ -50,6 +55,21 @@ fn usage_errors(invoker: &Invoker) {
             "pgtmp {args:?}: the error should name {named:?}: {line}"
         );
         sandbox.assert_nothing_left(&format!("pgtmp {args:?}"));
+    }
+    // A privileged port, which the unprivileged server cannot listen on (unless the
+    // administrator lowered the limit, as some container runtimes do).
+    let lowest = fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|text| text.trim().parse::<u16>().ok())
+        .unwrap_or(1024);
+    if lowest > 80 {
+        let out = sandbox.run(&["-p", "80", "-w", "20"]);
+        let line = check_failed(&out, 2);
+        assert!(
+            line.contains("privileged") && line.contains(&format!("{lowest} or above")),
+            "pgtmp -p 80: {line}"
+        );
+        sandbox.assert_nothing_left("pgtmp -p 80");
     }
 }
 

@@ -121,7 +121,24 @@ pub fn absolute_dir(dir: &Path) -> Result<PathBuf> {
 
 /// What is at a `-d` path; something pgtmp must not touch is refused before anything is made.
 pub fn inspect_dir(dir: &Path) -> Result<Found> {
-    match Instance::inspect(dir)? {
+    let found = Instance::inspect(dir).map_err(|err| {
+        let denied = err.chain().any(|cause| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+        });
+        if !denied {
+            return err;
+        }
+        let me = Account::current().map_or_else(|_| "this account".to_string(), |a| a.name);
+        anyhow::anyhow!(
+            "-d {}: permission denied to account {me}, which needs to reach it (search permission \
+             on every parent directory); choose a directory {me} can reach, e.g. under /tmp or \
+             your home",
+            dir.display()
+        )
+    })?;
+    match found {
         Found::Foreign(reason) => Err(foreign(dir, &reason)),
         found => Ok(found),
     }

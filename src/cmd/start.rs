@@ -37,6 +37,15 @@ fn socket_port() -> u16 {
         .unwrap_or(5432)
 }
 
+/// The lowest port an unprivileged account may listen on (Linux lets the administrator lower
+/// it from 1024).
+fn unprivileged_port_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(1024)
+}
+
 pub fn run(args: StartArgs, global: &GlobalArgs) -> Result<()> {
     let format = args.format.unwrap_or_default();
     let launched = launch(&args, global, None)?;
@@ -150,6 +159,17 @@ pub fn launch(
     }
     let tcp = args.wants_tcp();
     trace::phase("discover");
+    if let Some(port) = args.port
+        && port < unprivileged_port_start()
+    {
+        return Err(exit::usage(format!(
+            "-p {port} is a privileged port (below {}), which the server, running as an \
+             unprivileged account, cannot listen on; choose a port of {} or above, or drop -p \
+             to get a free one",
+            unprivileged_port_start(),
+            unprivileged_port_start()
+        )));
+    }
     if let Some(port) = args.port
         && let Err(err) = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
     {
