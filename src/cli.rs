@@ -54,7 +54,8 @@ PGTMP_NOW, PGTMP_NO_CACHE, PGTMP_BINDIR, PGTMP_RUN_AS
                         fallbacks for -t, -p, -w, -k, -o, -F, --now, --no-cache, --bindir,
                         --run-as; an option written on the command line wins.
                         PGTMP_TCP, PGTMP_KEEP, PGTMP_NO_CACHE: 1/0, yes/no, on/off, true/false
-PG*                     the caller's libpq variables are ignored by pgtmp and its servers",
+PG*                     the caller's libpq variables are ignored by pgtmp and its servers,
+                        except PGPORT, which names the socket file so the port-less URL works",
     ),
     (
         "Files",
