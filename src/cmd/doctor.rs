@@ -8,8 +8,8 @@ use crate::exit::Passed;
 use crate::pool;
 use crate::statedir::{self, SOCKET_PATH_MAX};
 use anyhow::Result;
-use nix::sys::wait::{WaitStatus, waitpid};
-use nix::unistd::{AccessFlags, ForkResult, access};
+use nix::fcntl::{AT_FDCWD, AtFlags};
+use nix::unistd::{AccessFlags, faccessat};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -308,24 +308,12 @@ fn state_dir(
 }
 
 /// Whether `account` may access `path` with `flags` (which takes entering every directory
-/// above it), asked as that account: by a forked child that switches to it, when pgtmp runs as
-/// root for another account. Doctor is single-threaded, so forking is safe.
+/// above it), asked with that account's effective ids.
 fn accessible_as(account: &Account, path: &Path, flags: AccessFlags) -> bool {
-    if nix::unistd::Uid::effective() == account.uid {
-        return access(path, flags).is_ok();
-    }
-    // SAFETY: single-threaded; the child only switches accounts, calls access(2) and _exits.
-    match unsafe { nix::unistd::fork() } {
-        Ok(ForkResult::Child) => {
-            let ok = account::become_account(account).is_ok() && access(path, flags).is_ok();
-            // SAFETY: _exit skips the parent's atexit handlers and buffers, as a child must.
-            unsafe { nix::libc::_exit(if ok { 0 } else { 1 }) }
-        }
-        Ok(ForkResult::Parent { child }) => {
-            matches!(waitpid(child, None), Ok(WaitStatus::Exited(_, 0)))
-        }
-        Err(_) => false,
-    }
+    account::check_as(account, || {
+        Ok(faccessat(AT_FDCWD, path, flags, AtFlags::AT_EACCESS)?)
+    })
+    .is_ok()
 }
 
 /// The pools: ready entries and the last refill error of each.
