@@ -127,12 +127,20 @@ _pgtmp() {
             return 0
             ;;
         pgtmp__subcmd__clone)
-            opts="-h --drop --bindir --run-as --help"
+            opts="-F -h --drop --format --bindir --run-as --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --format)
+                    COMPREPLY=($(compgen -W "uri dsn jdbc env json" -- "${cur}"))
+                    return 0
+                    ;;
+                -F)
+                    COMPREPLY=($(compgen -W "uri dsn jdbc env json" -- "${cur}"))
+                    return 0
+                    ;;
                 --bindir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -250,18 +250,30 @@ pub struct ListArgs {
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct CloneArgs {
-    /// A URL of the cluster (as pgtmp printed it), or with --drop the clone's URL
+    /// A URL of the cluster as pgtmp printed it (uri, jdbc, dsn or json), or with --drop the
+    /// clone's URL
     #[arg(value_name = "URL")]
     pub url: String,
 
     /// Drop the clone named by URL now instead of at the end of the cluster
     #[arg(long = "drop")]
     pub drop: bool,
+
+    /// Print the clone's URL as `uri` or, for a TCP cluster, as `jdbc` [default: uri]
+    #[arg(
+        short = 'F',
+        long = "format",
+        value_name = "FORMAT",
+        value_enum,
+        hide_possible_values = true
+    )]
+    pub format: Option<Format>,
 }
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct SchemaArgs {
-    /// A URL pgtmp printed (of `test` or of a clone): the schema is made in its database
+    /// A URL pgtmp printed (of `test` or of a clone; uri, jdbc, dsn or json): the schema is made
+    /// in its database
     #[arg(value_name = "URL")]
     pub url: String,
 

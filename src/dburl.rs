@@ -2,6 +2,7 @@
 //! print, derived from the URL they were given, so they keep its form (socket, or TCP with its
 //! password, which pgtmp never stores).
 
+use crate::format::Format;
 use anyhow::{Result, bail};
 use percent_encoding::percent_decode_str;
 
@@ -41,16 +42,21 @@ fn join(head: &str, database: &str, query: &str) -> String {
     }
 }
 
-/// The same URL for another database of the cluster.
-pub fn with_database(url: &str, name: &str) -> Result<String> {
-    let (head, _, query) = split(url)?;
-    Ok(join(head, &crate::url::encode(name), query))
+/// Whether `pgtmp COMMAND -F FORMAT` prints JDBC (else a URI); other formats are refused.
+pub fn jdbc_wanted(format: Option<Format>, command: &str) -> Result<bool> {
+    match format.unwrap_or_default() {
+        Format::Uri => Ok(false),
+        Format::Jdbc => Ok(true),
+        other => Err(crate::exit::usage(format!(
+            "pgtmp {command} prints --format uri or jdbc, not {}; use one of those",
+            format!("{other:?}").to_lowercase()
+        ))),
+    }
 }
 
-/// The JDBC form of a TCP URL, with `currentSchema=PATH` (pgjdbc's way to set the
-/// search_path): `jdbc:postgresql://HOST:PORT/DB?user=..&password=..&currentSchema=..`.
+/// The JDBC form of a TCP URL: `jdbc:postgresql://HOST:PORT/DB?user=..&password=..`.
 /// A socket URL has no JDBC form: JDBC cannot use Unix sockets.
-pub fn jdbc_with_search_path(url: &str, path: &str) -> Result<String> {
+pub fn jdbc(url: &str) -> Result<String> {
     let (head, database, _) = split(url)?;
     let authority = head
         .trim_end_matches('/')
@@ -67,7 +73,16 @@ pub fn jdbc_with_search_path(url: &str, path: &str) -> Result<String> {
     // The user and password are percent-encoded in the URL already, with the same characters
     // left alone as a JDBC query value needs.
     Ok(format!(
-        "jdbc:postgresql://{hostport}/{database}?user={user}&password={password}&currentSchema={}",
+        "jdbc:postgresql://{hostport}/{database}?user={user}&password={password}"
+    ))
+}
+
+/// The JDBC form of a TCP URL, with `currentSchema=PATH` (pgjdbc's way to set the
+/// search_path): `jdbc:postgresql://HOST:PORT/DB?user=..&password=..&currentSchema=..`.
+pub fn jdbc_with_search_path(url: &str, path: &str) -> Result<String> {
+    Ok(format!(
+        "{}&currentSchema={}",
+        jdbc(url)?,
         crate::url::encode(&path.replace(' ', ""))
     ))
 }
@@ -116,17 +131,9 @@ mod tests {
     const TCP: &str = "postgresql://alice:pw@127.0.0.1:5555/test";
 
     #[test]
-    fn databases_are_read_and_replaced() {
+    fn databases_are_read() {
         assert_eq!(database(SOCKET).unwrap(), "test");
         assert_eq!(database(TCP).unwrap(), "test");
-        assert_eq!(
-            with_database(SOCKET, "test_abc").unwrap(),
-            "postgresql://alice@/test_abc?host=%2Ftmp%2Fpgtmp-1%2Fab"
-        );
-        assert_eq!(
-            with_database(TCP, "test_abc").unwrap(),
-            "postgresql://alice:pw@127.0.0.1:5555/test_abc"
-        );
         assert!(database("postgresql://alice@/?host=x").is_err());
         assert!(database("mysql://x/y").is_err());
     }

@@ -1,6 +1,6 @@
 //! Connection URLs: building the ones pgtmp prints and reading them back for `pgtmp stop`.
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use std::path::{Path, PathBuf};
 
@@ -45,33 +45,201 @@ pub enum Target {
     Tcp { host: String, port: u16 },
 }
 
-/// Reads a `postgresql://` or `postgres://` URL back into the place it points to.
-pub fn parse(url: &str) -> Result<Target> {
-    let Some(rest) = url
-        .strip_prefix("postgresql://")
-        .or_else(|| url.strip_prefix("postgres://"))
-    else {
-        bail!("'{url}' is not a postgresql:// URL; pass the URL pgtmp printed, or -d DIR");
-    };
-    let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let authority = before_query.split('/').next().unwrap_or("");
-    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host_param = query.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=')?;
-        (key == "host").then(|| percent_decode_str(value).decode_utf8_lossy().into_owned())
-    });
-    if let Some(host) = host_param.filter(|h| h.starts_with('/')) {
-        return Ok(Target::Socket(PathBuf::from(host)));
+/// A cluster's address as pgtmp prints it in any of its forms, read back.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Conn {
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// A socket directory (starts with `/`) or a host name; empty when not given.
+    pub host: String,
+    pub port: Option<u16>,
+    pub database: Option<String>,
+}
+
+const FORMS: &str = "pass a URL pgtmp printed (postgresql://..., jdbc:postgresql://..., \
+                     host=... key=value, or its JSON)";
+
+fn decode(text: &str) -> String {
+    percent_decode_str(text).decode_utf8_lossy().into_owned()
+}
+
+fn bad(text: &str, why: &str) -> anyhow::Error {
+    crate::exit::usage(format!("'{text}' {why}; {FORMS}"))
+}
+
+fn port_of(text: &str, port: &str) -> Result<u16> {
+    port.parse::<u16>()
+        .map_err(|_| bad(text, &format!("has an invalid port '{port}'")))
+}
+
+/// Reads any form pgtmp prints a cluster in: a `postgresql://` (or `postgres://`) URL, a
+/// `jdbc:postgresql://` URL, a libpq `key=value` string, or the JSON object of `--format json`.
+/// Invalid input is a usage error.
+pub fn read(text: &str) -> Result<Conn> {
+    let trimmed = text.trim();
+    if trimmed.starts_with('{') {
+        let value: serde_json::Value =
+            serde_json::from_str(trimmed).map_err(|_| bad(text, "is not valid JSON"))?;
+        let Some(url) = value.get("url").and_then(|u| u.as_str()) else {
+            return Err(bad(text, "has no \"url\""));
+        };
+        return read(url);
     }
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((host, port)) => match port.parse::<u16>() {
-            Ok(port) => (host.to_string(), port),
-            Err(_) => bail!("'{url}' has an invalid port '{port}'"),
-        },
-        None if !hostport.is_empty() => (hostport.to_string(), 5432),
-        None => bail!("'{url}' names neither a socket directory (?host=) nor a host and port"),
+    if let Some(rest) = trimmed.strip_prefix("jdbc:postgresql://") {
+        return read_uri(text, rest, true);
+    }
+    if let Some(rest) = trimmed
+        .strip_prefix("postgresql://")
+        .or_else(|| trimmed.strip_prefix("postgres://"))
+    {
+        return read_uri(text, rest, false);
+    }
+    if !trimmed.contains("://") && trimmed.contains('=') {
+        return read_dsn(text);
+    }
+    Err(bad(text, "is not a connection URL"))
+}
+
+/// The part of a URL after `scheme://`. JDBC URLs carry user and password only as parameters.
+fn read_uri(text: &str, rest: &str, jdbc: bool) -> Result<Conn> {
+    let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, path) = before_query.split_once('/').unwrap_or((before_query, ""));
+    let mut conn = Conn::default();
+    let hostport = match authority.rsplit_once('@') {
+        Some((userinfo, hostport)) if !jdbc => {
+            let (user, password) = match userinfo.split_once(':') {
+                Some((user, password)) => (user, Some(decode(password))),
+                None => (userinfo, None),
+            };
+            conn.user = Some(decode(user)).filter(|u| !u.is_empty());
+            conn.password = password;
+            hostport
+        }
+        _ => authority,
     };
-    Ok(Target::Tcp { host, port })
+    // An IPv6 literal is [..]:port; its colons are not the port's.
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (host, Some(port_of(text, port)?)),
+        _ => (hostport, None),
+    };
+    conn.host = decode(host);
+    conn.port = port;
+    conn.database = Some(decode(path)).filter(|d| !d.is_empty());
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = decode(value);
+        match key {
+            "host" => conn.host = value,
+            "port" => conn.port = Some(port_of(text, &value)?),
+            "user" => conn.user = Some(value),
+            "password" => conn.password = Some(value),
+            "dbname" => conn.database = Some(value),
+            _ => {}
+        }
+    }
+    if conn.host.is_empty() {
+        return Err(bad(
+            text,
+            "names neither a socket directory (?host=) nor a host and port",
+        ));
+    }
+    Ok(conn)
+}
+
+/// libpq's `key=value` form: values bare or in single quotes, `\` escaping the next character.
+fn read_dsn(text: &str) -> Result<Conn> {
+    let mut conn = Conn::default();
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            break;
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next() != Some('=') {
+            return Err(bad(text, &format!("has '{key}' without a value")));
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            loop {
+                match chars.next() {
+                    Some('\'') => break,
+                    Some('\\') => value.extend(chars.next()),
+                    Some(c) => value.push(c),
+                    None => return Err(bad(text, "has an unterminated quoted value")),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                if c == '\\' {
+                    value.extend(chars.next());
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        match key.as_str() {
+            "host" => conn.host = value,
+            "port" => conn.port = Some(port_of(text, &value)?),
+            "user" => conn.user = Some(value),
+            "password" => conn.password = Some(value),
+            "dbname" => conn.database = Some(value),
+            _ => {}
+        }
+    }
+    if conn.host.is_empty() {
+        return Err(bad(text, "names no host"));
+    }
+    Ok(conn)
+}
+
+impl Conn {
+    /// Where it points: what `pgtmp stop URL` needs to find the cluster.
+    pub fn target(&self) -> Target {
+        if self.host.starts_with('/') {
+            Target::Socket(PathBuf::from(&self.host))
+        } else {
+            Target::Tcp {
+                host: self.host.clone(),
+                port: self.port.unwrap_or(5432),
+            }
+        }
+    }
+
+    /// The `postgresql://` URL in the form pgtmp prints (see `socket_url`, `tcp_url`), for
+    /// `database` (default: the one named, else `test`), with no other parameters.
+    pub fn uri(&self, database: Option<&str>) -> String {
+        let database = encode(database.or(self.database.as_deref()).unwrap_or(DATABASE));
+        let user = self.user.as_deref().map(encode).unwrap_or_default();
+        if self.host.starts_with('/') {
+            let at = if user.is_empty() { "" } else { "@" };
+            let port = match self.port {
+                Some(port) if port != 5432 => format!("&port={port}"),
+                _ => String::new(),
+            };
+            return format!(
+                "postgresql://{user}{at}/{database}?host={}{port}",
+                encode(&self.host)
+            );
+        }
+        let userinfo = match (&self.user, &self.password) {
+            (_, Some(password)) => format!("{user}:{}@", encode(password)),
+            (Some(_), None) => format!("{user}@"),
+            (None, None) => String::new(),
+        };
+        let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
+        format!("postgresql://{userinfo}{}{port}/{database}", self.host)
+    }
+}
+
+/// Reads a URL (in any form `read` takes) back into the place it points to.
+pub fn parse(url: &str) -> Result<Target> {
+    Ok(read(url)?.target())
 }
 
 #[cfg(test)]
@@ -116,6 +284,69 @@ mod tests {
                 port: 5432
             }
         );
+    }
+
+    #[test]
+    fn every_printed_form_reads_back_to_the_same_url() {
+        let socket = socket_url("alice", Path::new("/tmp/pgtmp-1000/ab c"));
+        let tcp = tcp_url("a+b", "pw9", 5555);
+        for (text, want) in [
+            (socket.as_str(), socket.as_str()),
+            (tcp.as_str(), tcp.as_str()),
+            (
+                "host='/tmp/pgtmp-1000/ab c' port=5432 user=alice dbname=test",
+                &socket,
+            ),
+            (
+                "host=127.0.0.1 port=5555 user=a+b password=pw9 dbname=test",
+                &tcp,
+            ),
+            (
+                "jdbc:postgresql://127.0.0.1:5555/test?user=a%2Bb&password=pw9",
+                &tcp,
+            ),
+            (
+                "jdbc:postgresql://127.0.0.1:5555/test?user=a%2Bb&password=pw9&currentSchema=s_1",
+                &tcp,
+            ),
+            (
+                &format!("{socket}&options=-csearch_path%3Ds_1%2Cpublic"),
+                &socket,
+            ),
+            (&format!(r#"{{"url": "{tcp}", "port": 5555}}"#), &tcp),
+        ] {
+            assert_eq!(read(text).unwrap().uri(None), want, "{text}");
+        }
+        assert_eq!(
+            read(&tcp).unwrap().uri(Some("test_x")),
+            "postgresql://a%2Bb:pw9@127.0.0.1:5555/test_x"
+        );
+        assert_eq!(
+            read("host=/tmp/x port=6000 user=bob dbname=test_y")
+                .unwrap()
+                .uri(None),
+            "postgresql://bob@/test_y?host=%2Ftmp%2Fx&port=6000"
+        );
+    }
+
+    #[test]
+    fn dsn_values_are_unquoted() {
+        let conn = read(r"host = '/tmp/it\'s' user=o\'brien password='a b' dbname=test").unwrap();
+        assert_eq!(conn.host, "/tmp/it's");
+        assert_eq!(conn.user.as_deref(), Some("o'brien"));
+        assert_eq!(conn.password.as_deref(), Some("a b"));
+        assert!(read("host='/tmp/x").is_err());
+        assert!(read("host").is_err());
+        assert!(read("user=alice").is_err());
+    }
+
+    #[test]
+    fn garbage_is_a_usage_error_that_names_no_option() {
+        for text in ["garbage", "mysql://x/y", "{not json", r#"{"port": 1}"#, ""] {
+            let err = read(text).unwrap_err();
+            assert_eq!(crate::exit::code_for(&err), crate::exit::USAGE, "{text}");
+            assert!(!err.to_string().contains("-d"), "{err}");
+        }
     }
 
     #[test]

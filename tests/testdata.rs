@@ -23,6 +23,7 @@ both_invokers!(
     clone_without_files,
     schema_url_search_path,
     schema_jdbc_form_sets_current_schema,
+    clone_takes_every_printed_form,
     cache_hit_and_change_miss,
     concurrent_first_starts_build_one_entry,
 );
@@ -430,6 +431,70 @@ fn schema_jdbc_form_sets_current_schema(invoker: &Invoker) {
         "0",
         "no schema was made for a refused request"
     );
+}
+
+/// `pgtmp clone` and `pgtmp schema` take the cluster in every form pgtmp prints it (a schema
+/// URL, JDBC, DSN, JSON); a clone's URL is the cluster's form for the new database, without a
+/// schema URL's options, or with `-F jdbc` the JDBC form. Garbage is a usage error.
+fn clone_takes_every_printed_form(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let url = sandbox.start(&["-t", "-w", "30"]);
+    let tcp = parse_tcp_url(&url);
+    let schema_url = check_started(&sandbox.run(&["schema", &url]), invoker);
+    let clone = check_started(&sandbox.run(&["clone", &schema_url]), invoker);
+    let name = database_of(&clone);
+    assert_eq!(clone, url.replace("/test", &format!("/{name}")), "{clone}");
+    assert_eq!(sandbox.psql(&clone, "select current_schema()"), "public");
+    let jdbc = format!(
+        "jdbc:postgresql://127.0.0.1:{}/test?user={}&password={}",
+        tcp.port,
+        percent_encode(&tcp.user),
+        tcp.password
+    );
+    let printed = |format: &str| {
+        let out = sandbox.run(&["-t", "-w", "30", "-F", format]);
+        assert!(out.success() && out.stderr.is_empty(), "{out}");
+        out.stdout.trim().to_string()
+    };
+    for given in [jdbc.clone(), printed("dsn"), printed("json")] {
+        let clone = check_started(&sandbox.run(&["clone", &given]), invoker);
+        assert!(clone.starts_with("postgresql://"), "{given} gave {clone}");
+        assert_eq!(
+            sandbox.psql(&clone, "select current_database() like 'test\\_%'"),
+            "t"
+        );
+        let schema = check_started(&sandbox.run(&["schema", &given]), invoker);
+        assert!(
+            sandbox
+                .psql(&schema, "select current_schema()")
+                .starts_with("s_")
+        );
+    }
+    let as_jdbc = check_started(&sandbox.run(&["clone", "-F", "jdbc", &jdbc]), invoker);
+    let name = as_jdbc
+        .split('?')
+        .next()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap();
+    assert_eq!(as_jdbc, jdbc.replace("/test?", &format!("/{name}?")));
+    assert!(name.starts_with("test_"), "{as_jdbc}");
+    let dropped = sandbox.run(&["clone", "--drop", &as_jdbc]);
+    assert!(dropped.success() && dropped.stdout.is_empty(), "{dropped}");
+    assert_eq!(
+        sandbox.psql(
+            &url,
+            &format!("select count(*) from pg_database where datname = '{name}'")
+        ),
+        "0",
+        "--drop takes the JDBC form too"
+    );
+    let line = check_failed(&sandbox.run(&["clone", "garbage"]), 2);
+    assert!(line.contains("garbage") && !line.contains("-d"), "{line}");
+    let socket = sandbox.start(&["-w", "30"]);
+    let line = check_failed(&sandbox.run(&["clone", "-F", "jdbc", &socket]), 2);
+    assert!(line.contains("-t"), "{line}");
 }
 
 /// Entries published in the schema cache (not those still being built, `build.*`).

@@ -12,8 +12,17 @@ use anyhow::{Context, Result, bail};
 use std::io::Write;
 
 pub fn run(args: CloneArgs, global: &GlobalArgs) -> Result<()> {
+    let jdbc = dburl::jdbc_wanted(args.format, "clone")?;
+    // Any form pgtmp prints; a clone's URL is the cluster's URL form without the input's
+    // parameters (a schema URL's options name a schema the clone does not have).
+    let conn = crate::url::read(&args.url)?;
+    let cluster_url = conn.uri(None);
+    if jdbc && !args.drop {
+        // Refused before a clone is taken for nothing.
+        dburl::jdbc(&cluster_url)?;
+    }
     let session = Session::establish(global, None)?;
-    let (instance, state) = running_cluster(&session, &args.url)?;
+    let (instance, state) = running_cluster(&session, &cluster_url)?;
     let server = Server {
         socket_dir: &instance.dir,
         port: state.port,
@@ -21,11 +30,12 @@ pub fn run(args: CloneArgs, global: &GlobalArgs) -> Result<()> {
     };
     let mut client = testdata::connect(&server, "postgres")?;
     if args.drop {
-        return stock::drop_clone(&mut client, &dburl::database(&args.url)?);
+        return stock::drop_clone(&mut client, &dburl::database(&cluster_url)?);
     }
     let name = stock::claim(&mut client, &state.user)?;
     drop(client);
-    let url = dburl::with_database(&args.url, &name)?;
+    let url = conn.uri(Some(&name));
+    let url = if jdbc { dburl::jdbc(&url)? } else { url };
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{url}")
         .and_then(|()| stdout.flush())

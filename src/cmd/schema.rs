@@ -4,8 +4,6 @@
 use super::Session;
 use crate::cli::{GlobalArgs, SchemaArgs};
 use crate::dburl;
-use crate::exit;
-use crate::format::Format;
 use crate::initdb::quote_ident;
 use crate::instance::NAME_ALPHABET;
 use crate::secret;
@@ -14,23 +12,16 @@ use anyhow::{Context, Result};
 use std::io::Write;
 
 pub fn run(args: SchemaArgs, global: &GlobalArgs) -> Result<()> {
-    let jdbc = match args.format.unwrap_or_default() {
-        Format::Uri => false,
-        Format::Jdbc => true,
-        other => {
-            return Err(exit::usage(format!(
-                "pgtmp schema prints --format uri or jdbc, not {}; use one of those",
-                format!("{other:?}").to_lowercase()
-            )));
-        }
-    };
+    let jdbc = dburl::jdbc_wanted(args.format, "schema")?;
+    // Any form pgtmp prints, in its plain URI form: a schema URL's options are replaced below.
+    let url = crate::url::read(&args.url)?.uri(None);
     if jdbc {
         // Refused before a schema is made for nothing.
-        dburl::jdbc_with_search_path(&args.url, "public")?;
+        dburl::jdbc(&url)?;
     }
     let session = Session::establish(global, None)?;
-    let (instance, state) = super::clone::running_cluster(&session, &args.url)?;
-    let database = dburl::database(&args.url)?;
+    let (instance, state) = super::clone::running_cluster(&session, &url)?;
+    let database = dburl::database(&url)?;
     let server = Server {
         socket_dir: &instance.dir,
         port: state.port,
@@ -52,9 +43,9 @@ pub fn run(args: SchemaArgs, global: &GlobalArgs) -> Result<()> {
         format!("{schema}, {rest}")
     };
     let url = if jdbc {
-        dburl::jdbc_with_search_path(&args.url, &path)?
+        dburl::jdbc_with_search_path(&url, &path)?
     } else {
-        dburl::with_search_path(&args.url, &path)?
+        dburl::with_search_path(&url, &path)?
     };
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{url}")
