@@ -38,6 +38,7 @@ pub type Actions = Vec<String>;
 /// Sweeps PGTMP_DIR. `wait`: wait for starts that hold PGTMP_DIR (else skip the instance
 /// directories this time). `dry_run`: only say what would be done.
 pub fn sweep(state: &StateDir, dry_run: bool, wait: bool) -> Result<Actions> {
+    let cache_age = cache_max_age()?;
     let mut actions = Actions::new();
     let me = nix::unistd::geteuid().as_raw();
     // Under the gate, nobody is between making a directory and locking it: lock every idle
@@ -114,7 +115,7 @@ pub fn sweep(state: &StateDir, dry_run: bool, wait: bool) -> Result<Actions> {
             ));
         }
     }
-    match crate::cache::sweep(&state.path, cache_max_age(), dry_run) {
+    match crate::cache::sweep(&state.path, cache_age, dry_run) {
         Ok(entries) => {
             for entry in entries {
                 actions.push(format!(
@@ -131,12 +132,27 @@ pub fn sweep(state: &StateDir, dry_run: bool, wait: bool) -> Result<Actions> {
 /// Days a schema cache entry may go unused before a sweep removes it (PGTMP_CACHE_DAYS).
 pub const DEFAULT_CACHE_DAYS: u64 = 7;
 
-fn cache_max_age() -> Duration {
-    let days = std::env::var("PGTMP_CACHE_DAYS")
-        .ok()
-        .and_then(|d| d.parse::<u64>().ok())
-        .unwrap_or(DEFAULT_CACHE_DAYS);
-    Duration::from_secs(days * 86_400)
+/// The most PGTMP_CACHE_DAYS may say: ten years.
+const MAX_CACHE_DAYS: u64 = 3650;
+
+/// PGTMP_CACHE_DAYS from the environment, validated.
+pub fn cache_max_age() -> Result<Duration> {
+    cache_days(std::env::var("PGTMP_CACHE_DAYS").ok().as_deref())
+        .map(|days| Duration::from_secs(days * 86_400))
+}
+
+/// PGTMP_CACHE_DAYS, validated.
+fn cache_days(value: Option<&str>) -> Result<u64> {
+    match value {
+        None | Some("") => Ok(DEFAULT_CACHE_DAYS),
+        Some(text) => match text.parse::<u64>() {
+            Ok(days) if days <= MAX_CACHE_DAYS => Ok(days),
+            _ => Err(crate::exit::usage(format!(
+                "PGTMP_CACHE_DAYS={text} is not a whole number of days from 0 to {MAX_CACHE_DAYS}; \
+                 unset it for the default ({DEFAULT_CACHE_DAYS})"
+            ))),
+        },
+    }
 }
 
 fn acquire_gate(dir: &Path, wait: bool) -> Result<Option<DirLock>> {
@@ -372,6 +388,19 @@ pub fn in_background(state: &StateDir) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_days_are_validated() {
+        assert_eq!(cache_days(None).unwrap(), DEFAULT_CACHE_DAYS);
+        assert_eq!(cache_days(Some("")).unwrap(), DEFAULT_CACHE_DAYS);
+        assert_eq!(cache_days(Some("0")).unwrap(), 0);
+        assert_eq!(cache_days(Some("30")).unwrap(), 30);
+        for bad in ["abc", "-1", "1.5", "3651", " 7"] {
+            let err = cache_days(Some(bad)).unwrap_err();
+            assert_eq!(crate::exit::code_for(&err), crate::exit::USAGE, "{bad}");
+            assert!(err.to_string().contains("PGTMP_CACHE_DAYS"), "{err}");
+        }
+    }
 
     fn state_dir() -> (tempfile::TempDir, StateDir) {
         let root = tempfile::tempdir().unwrap();

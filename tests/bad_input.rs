@@ -25,6 +25,7 @@ both_invokers!(
     switch_variables_take_the_usual_spellings,
     paths_with_a_comma,
     url_that_cannot_be_printed,
+    cache_days_is_validated,
 );
 
 fn give_to(path: &Path, invoker: &Invoker) {
@@ -488,4 +489,29 @@ fn url_that_cannot_be_printed(invoker: &Invoker) {
         );
         sandbox.assert_nothing_left(&format!("pgtmp {args} >/dev/full"));
     }
+}
+
+/// A malformed PGTMP_CACHE_DAYS is refused by `pgtmp gc` and by a start (whose background
+/// sweep would use it), naming the variable, before anything is made or removed.
+fn cache_days_is_validated(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    for value in ["abc", "-1", "1.5", "99999"] {
+        for args in [&["-w", "5"][..], &["gc"]] {
+            let out = run(
+                sandbox.pgtmp().env("PGTMP_CACHE_DAYS", value).args(args),
+                PGTMP_LIMIT,
+            );
+            let line = check_failed(&out, 2);
+            assert!(
+                line.contains(&format!("PGTMP_CACHE_DAYS={value}")) && line.contains("unset it"),
+                "pgtmp {args:?}: {line}"
+            );
+            sandbox.assert_nothing_left(&format!("PGTMP_CACHE_DAYS={value} pgtmp {args:?}"));
+        }
+    }
+    let out = run(
+        sandbox.pgtmp().env("PGTMP_CACHE_DAYS", "0").arg("gc"),
+        PGTMP_LIMIT,
+    );
+    assert!(out.success(), "PGTMP_CACHE_DAYS=0 is valid:\n{out}");
 }

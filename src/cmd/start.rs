@@ -147,6 +147,7 @@ pub fn launch(
     let options = cluster::split_options(&args.options)?;
     let prestart = prestart::Settings::from_env()?;
     let pool_size = pool::size_from_env()?;
+    crate::sweep::cache_max_age()?;
     let install = discover::find(global.bindir.as_deref())?;
     let dir = args.dir.as_deref().map(super::absolute_dir).transpose()?;
     let found = dir.as_deref().map(super::inspect_dir).transpose()?;
