@@ -265,15 +265,26 @@ fn age(path: &Path, now: SystemTime) -> Option<Duration> {
     Some(now.duration_since(modified).unwrap_or_default())
 }
 
-/// Removes cache entries (with their ready copies) not used for `max_age`, and builds and
-/// copies abandoned for that long, under `state_dir` (PGTMP_DIR). Returns the entries removed
-/// (with `dry_run`, those that would be, removing nothing).
-/// An entry is first renamed away, so a start never sees half of one; a start copying from it
-/// at that moment falls back to loading the files.
-pub fn sweep(state_dir: &Path, max_age: Duration, dry_run: bool) -> Result<Vec<PathBuf>> {
+/// Ready copies of an entry not used for this long are removed (the entry stays until
+/// PGTMP_CACHE_DAYS): each is some 75 MB, worth keeping only while the schema is in use.
+pub const READY_IDLE: Duration = Duration::from_secs(3600);
+
+/// What a sweep of the cache removed (or, dry, would remove).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub entries: Vec<PathBuf>,
+    pub ready_copies: Vec<PathBuf>,
+}
+
+/// Removes cache entries (with their ready copies) not used for `max_age`, the ready copies
+/// of entries not used for [`READY_IDLE`], and builds and copies abandoned for `max_age`,
+/// under `state_dir` (PGTMP_DIR). With `dry_run` it only says what it would remove.
+/// An entry or copy is first renamed away, so a start never sees half of one; a start copying
+/// from an entry at that moment falls back to loading the files.
+pub fn sweep(state_dir: &Path, max_age: Duration, dry_run: bool) -> Result<Swept> {
     let root = root(state_dir);
     match fs::symlink_metadata(&root) {
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Swept::default()),
         _ if !ownership::is_own_dir(&root) => bail!(
             "{} is not a directory of this account's own (a symlink, or someone else's); remove it",
             root.display()
@@ -282,8 +293,9 @@ pub fn sweep(state_dir: &Path, max_age: Duration, dry_run: bool) -> Result<Vec<P
     }
     let entries = fs::read_dir(&root).with_context(|| format!("cannot read {}", root.display()))?;
     let now = SystemTime::now();
-    let old = |path: &Path| age(path, now).is_some_and(|a| a >= max_age);
-    let mut removed = Vec::new();
+    let older = |path: &Path, limit: Duration| age(path, now).is_some_and(|a| a >= limit);
+    let old = |path: &Path| older(path, max_age);
+    let mut swept = Swept::default();
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -304,16 +316,17 @@ pub fn sweep(state_dir: &Path, max_age: Duration, dry_run: bool) -> Result<Vec<P
             }
         } else {
             let used = path.join("used");
-            let stale = if used.exists() {
-                old(&used)
-            } else {
-                old(&path)
-            };
-            if !stale {
+            let last_use = if used.exists() { &used } else { &path };
+            if !old(last_use) {
+                if older(last_use, READY_IDLE) {
+                    swept
+                        .ready_copies
+                        .extend(remove_ready_copies(&root, &path, dry_run)?);
+                }
                 continue;
             }
             if dry_run {
-                removed.push(path);
+                swept.entries.push(path);
                 continue;
             }
             let Ok(_lock) = lock_file(
@@ -329,8 +342,32 @@ pub fn sweep(state_dir: &Path, max_age: Duration, dry_run: bool) -> Result<Vec<P
                 .with_context(|| format!("cannot remove {}", trash.display()))?;
             let _ = fs::remove_file(path.with_extension("lock"));
             let _ = fs::remove_file(path.with_extension("error"));
-            removed.push(path);
+            swept.entries.push(path);
         }
+    }
+    Ok(swept)
+}
+
+/// Removes the ready copies of the entry in `dir`, unless a refill is copying right now (it
+/// follows a use, so the entry is in use again). A start claiming a copy at the same moment
+/// wins it or finds it gone; either way it never sees half of one.
+fn remove_ready_copies(root: &Path, dir: &Path, dry_run: bool) -> Result<Vec<PathBuf>> {
+    let copies = pool::entries(dir, READY);
+    if dry_run || copies.is_empty() {
+        return Ok(copies);
+    }
+    let Ok(_lock) = lock_file(&dir.join("lock"), FlockArg::LockExclusiveNonblock) else {
+        return Ok(Vec::new());
+    };
+    let mut removed = Vec::new();
+    for copy in copies {
+        let trash = root.join(format!("{TRASH}{}", pool::new_name()?));
+        // Claimed by a start meanwhile: not ours to remove.
+        if fs::rename(&copy, &trash).is_err() {
+            continue;
+        }
+        fs::remove_dir_all(&trash).with_context(|| format!("cannot remove {}", trash.display()))?;
+        removed.push(copy);
     }
     Ok(removed)
 }
@@ -360,10 +397,13 @@ mod tests {
             .set_modified(SystemTime::now() - 3 * day)
             .unwrap();
         fs::File::create(root.path().join("cache/4567new.lock")).unwrap();
-        assert_eq!(sweep(root.path(), day, true).unwrap(), vec![old.clone()]);
+        assert_eq!(
+            sweep(root.path(), day, true).unwrap().entries,
+            vec![old.clone()]
+        );
         assert!(old.join("entry/data").is_dir(), "a dry run removes nothing");
         let removed = sweep(root.path(), day, false).unwrap();
-        assert_eq!(removed, vec![old.clone()]);
+        assert_eq!(removed.entries, vec![old.clone()]);
         assert!(!old.exists() && fresh.join("entry/data").is_dir());
         assert!(
             !orphan.exists(),
@@ -379,12 +419,53 @@ mod tests {
             1,
             "only the fresh entry is left"
         );
-        assert!(sweep(root.path(), day, false).unwrap().is_empty());
-        assert!(
-            sweep(&root.path().join("none"), day, false)
-                .unwrap()
-                .is_empty()
+        assert_eq!(sweep(root.path(), day, false).unwrap(), Swept::default());
+        assert_eq!(
+            sweep(&root.path().join("none"), day, false).unwrap(),
+            Swept::default()
         );
+    }
+
+    #[test]
+    fn sweep_removes_the_ready_copies_of_entries_idle_for_an_hour() {
+        let root = tempfile::tempdir().unwrap();
+        let week = Duration::from_secs(7 * 86_400);
+        let idle = entry(
+            root.path(),
+            "0123idle",
+            READY_IDLE + Duration::from_secs(60),
+        );
+        let busy = entry(root.path(), "4567busy", Duration::from_secs(60));
+        let copy = idle.join("ready.abcd1234");
+        let dry = sweep(root.path(), week, true).unwrap();
+        assert_eq!(dry.ready_copies, vec![copy.clone()]);
+        assert!(
+            dry.entries.is_empty() && copy.is_dir(),
+            "a dry run removes nothing"
+        );
+        // While a refill holds the lock, its copies stay.
+        let refill = lock_file(&idle.join("lock"), FlockArg::LockExclusiveNonblock).unwrap();
+        assert_eq!(sweep(root.path(), week, false).unwrap(), Swept::default());
+        drop(refill);
+        let swept = sweep(root.path(), week, false).unwrap();
+        assert_eq!(swept.ready_copies, vec![copy.clone()]);
+        assert!(swept.entries.is_empty());
+        assert!(!copy.exists(), "the idle entry's ready copy is gone");
+        assert!(
+            idle.join("entry/data").is_dir(),
+            "the idle entry itself stays"
+        );
+        assert!(
+            busy.join("ready.abcd1234/data").is_dir(),
+            "a busy entry keeps its copies"
+        );
+        let left: Vec<String> = fs::read_dir(root.path().join("cache"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with(TRASH))
+            .collect();
+        assert!(left.is_empty(), "no trash left: {left:?}");
     }
 
     #[test]

@@ -116,11 +116,17 @@ pub fn sweep(state: &StateDir, dry_run: bool, wait: bool) -> Result<Actions> {
         }
     }
     match crate::cache::sweep(&state.path, cache_age, dry_run) {
-        Ok(entries) => {
-            for entry in entries {
+        Ok(swept) => {
+            for entry in swept.entries {
                 actions.push(format!(
                     "removed unused schema cache entry {}",
                     entry.display()
+                ));
+            }
+            for copy in swept.ready_copies {
+                actions.push(format!(
+                    "removed ready copy {} of a schema cache entry idle for an hour",
+                    copy.display()
                 ));
             }
         }
