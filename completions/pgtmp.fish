@@ -51,7 +51,7 @@ complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "ls" -d 'List this accou
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "doctor" -d 'Check the installation, accounts, state directory and pool; say how to fix what is wrong'
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "clone" -d 'Print the URL of a fresh database in the cluster of URL: a copy of its loaded state'
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "schema" -d 'Create a fresh schema in URL\'s database and print a URL that puts it first on search_path'
-complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "gc" -d 'Remove what killed or crashed runs left: servers without a watchdog, their directories, incomplete pool entries; prints one line per thing removed'
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "gc" -d 'Remove what killed or crashed runs left: servers without a watchdog, their directories, incomplete pool entries; and schema cache entries unused for PGTMP_CACHE_DAYS days (default 7), their ready copies after an hour unused. Prints one line per thing removed'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s p -l port -d 'Listen on this TCP port on 127.0.0.1 (implies -t)' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s w -l timeout -d 'Stop the cluster after this many seconds without a connected client; 0 = never [default: 60]' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s o -l options -d 'Extra options for postgres, e.g. -o \'-c log_statement=all\'; applied last, so they win. Where the server listens and keeps its files (port, listen_addresses, unix_socket_directories, data_directory, *_file; -p -h -i -k -D) is refused: use -p, -t, -d' -r

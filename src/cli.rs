@@ -48,7 +48,7 @@ PGTMP_PRESTART          servers kept running, waiting to be claimed by a start (
 PGTMP_PRESTART_TIMEOUT  seconds a pre-started server waits for a claim [default: 600]
 PGTMP_TRACE             1 = print how long each phase of a start took, on stderr
 PGTMP_CACHE_DAYS        days a schema cache entry may go unused before gc removes it
-                        [default: 7]
+                        (its ready copies go after an hour unused) [default: 7]
 PGTMP_TCP, PGTMP_PORT, PGTMP_TIMEOUT, PGTMP_KEEP, PGTMP_OPTIONS, PGTMP_FORMAT,
 PGTMP_NOW, PGTMP_NO_CACHE, PGTMP_BINDIR, PGTMP_RUN_AS
                         fallbacks for -t, -p, -w, -k, -o, -F, --now, --no-cache, --bindir,
@@ -135,7 +135,8 @@ pub enum Command {
     /// Create a fresh schema in URL's database and print a URL that puts it first on search_path
     Schema(SchemaArgs),
     /// Remove what killed or crashed runs left: servers without a watchdog, their directories,
-    /// incomplete pool entries; prints one line per thing removed
+    /// incomplete pool entries; and schema cache entries unused for PGTMP_CACHE_DAYS days
+    /// (default 7), their ready copies after an hour unused. Prints one line per thing removed
     Gc(GcArgs),
 }
 
