@@ -190,24 +190,52 @@ pub fn find_psql(install: &Installation) -> Result<PathBuf> {
     })
 }
 
-/// psql's own error line ("psql:<stdin>:12: ERROR:  ...") names the line; the file is ours.
+/// psql's own error line names the file and line: `psql:<stdin>:12: ERROR:  ...` for the
+/// file pgtmp fed it (named as the user gave it), `psql:sub/part.sql:3: ...` for one pulled
+/// in with `\i`/`\ir` (relative to the directory psql ran in, the given file's). Either way
+/// the error reads `FILE:LINE: message`; an include psql could not open gets a hint.
 fn describe_failure(path: &Path, stderr: &str) -> String {
     let located = stderr.lines().find_map(|line| {
-        let rest = line.strip_prefix("psql:<stdin>:")?;
-        let (number, message) = rest.split_once(": ")?;
-        number
-            .parse::<u64>()
-            .ok()
-            .map(|n| (n, message.trim().to_string()))
+        let rest = line.strip_prefix("psql:")?;
+        // FILE:LINE: where FILE may itself hold colons: the first `:DIGITS: ` ends it.
+        rest.match_indices(':').find_map(|(at, _)| {
+            let after = &rest[at + 1..];
+            let (number, message) = after.split_once(": ")?;
+            let line = number.parse::<u64>().ok()?;
+            Some((&rest[..at], line, message.trim().to_string()))
+        })
     });
-    match located {
-        Some((line, message)) => format!("{}:{line}: {message}", path.display()),
-        None => format!(
+    let Some((file, line, message)) = located else {
+        return format!(
             "{}: psql failed: {}",
             path.display(),
             process::tail(stderr, 3)
-        ),
+        );
+    };
+    let shown = if file == "<stdin>" {
+        path.to_path_buf()
+    } else {
+        path.parent().unwrap_or(Path::new("")).join(file)
+    };
+    let mut text = format!("{}:{line}: {message}", shown.display());
+    if message.starts_with("error: ") && message.ends_with("No such file or directory") {
+        text.push_str(&format!(
+            " (pgtmp runs psql in the directory of {}, so \\i and \\ir both resolve \
+             relative to it, not to where you ran pgtmp; name the file relative to it, \
+             preferably with \\ir, or give an absolute path)",
+            path.display()
+        ));
+    } else if message.starts_with("error: ") && message.ends_with("Permission denied") {
+        let account = nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .ok()
+            .flatten()
+            .map_or_else(|| "the server account".to_string(), |u| u.name);
+        text.push_str(&format!(
+            " (psql reads included files itself, as {account} here; make the file and its \
+             directories readable by {account})"
+        ));
     }
+    text
 }
 
 /// A session on the server's socket.
@@ -324,6 +352,29 @@ mod tests {
         assert!(
             describe_failure(Path::new("a.sql"), "psql: error: connection refused")
                 .starts_with("a.sql: psql failed: psql: error")
+        );
+    }
+
+    #[test]
+    fn failures_in_included_files_name_that_file_and_line() {
+        let stderr = "psql:sub2/bad.sql:3: ERROR:  relation \"nope\" does not exist\n\
+                      LINE 1: select * from nope;\n";
+        assert_eq!(
+            describe_failure(Path::new("db/inc-bad.sql"), stderr),
+            "db/sub2/bad.sql:3: ERROR:  relation \"nope\" does not exist"
+        );
+        let missing = "psql:<stdin>:1: error: db/part.sql: No such file or directory\n";
+        let text = describe_failure(Path::new("db/main.sql"), missing);
+        assert!(
+            text.starts_with("db/main.sql:1: error: db/part.sql: No such file or directory (")
+                && text.contains("\\ir"),
+            "{text}"
+        );
+        let denied = "psql:<stdin>:2: error: part.sql: Permission denied\n";
+        let text = describe_failure(Path::new("main.sql"), denied);
+        assert!(
+            text.starts_with("main.sql:2: error: part.sql: Permission denied (psql reads"),
+            "{text}"
         );
     }
 

@@ -15,6 +15,7 @@ both_invokers!(
     files_into_a_new_dir_only,
     relative_include_is_cached,
     broken_file_leaves_nothing,
+    broken_included_file_is_named,
     broken_file_with_keep_stays,
     unreadable_file_is_refused,
     now_fixed_and_clock,
@@ -170,6 +171,45 @@ fn broken_file_leaves_nothing(invoker: &Invoker) {
         "the error names file, line and message: {line}"
     );
     sandbox.assert_nothing_left("a broken -f file");
+}
+
+/// An error in a file pulled in with `\ir` names that file (as a path from where pgtmp ran)
+/// and its line, like one in a `-f` file; an `\i` of a path relative to where pgtmp ran
+/// (psql resolves it from the file's directory) hints at `\ir`.
+fn broken_included_file_is_named(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let inv = &sandbox.invoker;
+    for dir in ["db", "db/sub"] {
+        fs::create_dir(sandbox.path(dir)).unwrap();
+        std::os::unix::fs::chown(sandbox.path(dir), Some(inv.uid), Some(inv.gid)).unwrap();
+    }
+    sql_file(&sandbox, "db/main.sql", "select 1;\n\\ir sub/bad.sql\n");
+    let bad = sql_file(
+        &sandbox,
+        "db/sub/bad.sql",
+        "select 1;\n\nselect * from nope;\n",
+    );
+    // psql reads included files itself: as the server account when invoked by root.
+    fs::set_permissions(&bad, fs::Permissions::from_mode(0o644)).unwrap();
+    sql_file(&sandbox, "db/rooted.sql", "\\i db/sub/bad.sql\n");
+    let run = |file: &str| {
+        let mut cmd = sandbox.pgtmp();
+        cmd.current_dir(&sandbox.root)
+            .args(["-w", "30", "-f", file]);
+        run(&mut cmd, PGTMP_LIMIT)
+    };
+    let line = check_failed(&run("db/main.sql"), 1);
+    assert!(
+        line.starts_with("pgtmp: error: db/sub/bad.sql:3: ERROR:  relation \"nope\""),
+        "{line}"
+    );
+    let line = check_failed(&run("db/rooted.sql"), 1);
+    assert!(
+        line.starts_with("pgtmp: error: db/rooted.sql:1: error: db/sub/bad.sql: No such file")
+            && line.contains("\\ir"),
+        "{line}"
+    );
+    sandbox.assert_nothing_left("a broken included file");
 }
 
 /// With -k a failing file leaves the cluster running for inspection; its URL is on stderr.
