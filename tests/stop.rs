@@ -11,6 +11,7 @@ use std::time::Duration;
 both_invokers!(
     stop_by_socket_url,
     stop_by_tcp_url,
+    stop_by_every_printed_form,
     stop_by_directory,
     stop_keeps_a_kept_directory,
     a_kept_directory_stays_kept_when_started_again,
@@ -50,6 +51,28 @@ fn stop_by_tcp_url(invoker: &Invoker) {
     let dir = sandbox.only_instance();
     stop(&sandbox, &[&url], &dir);
     assert!(!dir.exists(), "pgtmp stop TCP-URL left {}", dir.display());
+}
+
+/// Whatever form the start printed (`-F dsn`, `jdbc`, `json`, `env` lines are not one value),
+/// `pgtmp stop` takes it.
+fn stop_by_every_printed_form(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    for args in [
+        &["-F", "dsn"][..],
+        &["-t", "-F", "jdbc"],
+        &["-t", "-F", "json"],
+    ] {
+        let mut full = vec!["-w", "60"];
+        full.extend_from_slice(args);
+        let printed = sandbox.start(&full);
+        let dir = sandbox.only_instance();
+        stop(&sandbox, &[&printed], &dir);
+        assert!(
+            !dir.exists(),
+            "pgtmp stop {args:?} output left {}",
+            dir.display()
+        );
+    }
 }
 
 fn stop_by_directory(invoker: &Invoker) {
