@@ -122,6 +122,11 @@ impl TestData {
     }
 
     fn load_file(&self, server: &Server, file: &SchemaFile) -> Result<()> {
+        let _step = crate::progress::step(&format!(
+            "loading {} ({} KB)",
+            file.path.display(),
+            file.contents.len().div_ceil(1024)
+        ));
         // The contents go through stdin from an unnamed temporary file: psql may run as an
         // account that cannot read the path, and no thread is needed to feed a pipe.
         let mut input = tempfile::tempfile_in(server.socket_dir)
