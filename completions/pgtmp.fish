@@ -28,7 +28,7 @@ complete -c pgtmp -n "__fish_pgtmp_needs_command" -s p -l port -d 'Listen on thi
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s w -l timeout -d 'Stop the cluster after this many seconds without a connected client; 0 = never [default: 60]' -r
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s o -l options -d 'Extra options for postgres, e.g. -o \'-c log_statement=all\'; applied last, so they win. Where the server listens and keeps its files (port, listen_addresses, unix_socket_directories, data_directory, *_file; -p -h -i -k -D) is refused: use -p, -t, -d' -r
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s d -l dir -d 'Use this directory instead of one from the pool; it is initialized if empty or missing, and deleted when the cluster stops unless it was started with -k (now or before)' -r -F
-complete -c pgtmp -n "__fish_pgtmp_needs_command" -s F -l format -d 'How to print the cluster: a URI, a libpq DSN, a JDBC URL (needs -t), `export` lines for eval or a dotenv file, or JSON with every detail [default: uri]' -r -f -a "uri\t'postgresql:// URL (libpq, psql, most drivers)'
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -s F -l format -d 'How to print the cluster: `uri` (the default), `dsn` (libpq key=value), `jdbc` (needs -t), `env` (`export` lines for eval or a dotenv file) or `json` (every detail)' -r -f -a "uri\t'postgresql:// URL (libpq, psql, most drivers)'
 dsn\t'libpq key=value connection string'
 jdbc\t'jdbc:postgresql:// URL; needs -t (JDBC cannot use Unix sockets)'
 env\t'`export PG...=...` lines for `eval "$(pgtmp --format env)"` or a dotenv file (with -t also PGPASSWORD and JDBC_DATABASE_URL)'
@@ -56,7 +56,7 @@ complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s p -l port -d 'List
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s w -l timeout -d 'Stop the cluster after this many seconds without a connected client; 0 = never [default: 60]' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s o -l options -d 'Extra options for postgres, e.g. -o \'-c log_statement=all\'; applied last, so they win. Where the server listens and keeps its files (port, listen_addresses, unix_socket_directories, data_directory, *_file; -p -h -i -k -D) is refused: use -p, -t, -d' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s d -l dir -d 'Use this directory instead of one from the pool; it is initialized if empty or missing, and deleted when the cluster stops unless it was started with -k (now or before)' -r -F
-complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s F -l format -d 'How to print the cluster: a URI, a libpq DSN, a JDBC URL (needs -t), `export` lines for eval or a dotenv file, or JSON with every detail [default: uri]' -r -f -a "uri\t'postgresql:// URL (libpq, psql, most drivers)'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s F -l format -d 'How to print the cluster: `uri` (the default), `dsn` (libpq key=value), `jdbc` (needs -t), `env` (`export` lines for eval or a dotenv file) or `json` (every detail)' -r -f -a "uri\t'postgresql:// URL (libpq, psql, most drivers)'
 dsn\t'libpq key=value connection string'
 jdbc\t'jdbc:postgresql:// URL; needs -t (JDBC cannot use Unix sockets)'
 env\t'`export PG...=...` lines for `eval "$(pgtmp --format env)"` or a dotenv file (with -t also PGPASSWORD and JDBC_DATABASE_URL)'
@@ -82,7 +82,7 @@ complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s p -l port -d 'Listen
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s w -l timeout -d 'Stop the cluster after this many seconds without a connected client; 0 = never [default: 60]' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s o -l options -d 'Extra options for postgres, e.g. -o \'-c log_statement=all\'; applied last, so they win. Where the server listens and keeps its files (port, listen_addresses, unix_socket_directories, data_directory, *_file; -p -h -i -k -D) is refused: use -p, -t, -d' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s d -l dir -d 'Use this directory instead of one from the pool; it is initialized if empty or missing, and deleted when the cluster stops unless it was started with -k (now or before)' -r -F
-complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s F -l format -d 'How to print the cluster: a URI, a libpq DSN, a JDBC URL (needs -t), `export` lines for eval or a dotenv file, or JSON with every detail [default: uri]' -r -f -a "uri\t'postgresql:// URL (libpq, psql, most drivers)'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s F -l format -d 'How to print the cluster: `uri` (the default), `dsn` (libpq key=value), `jdbc` (needs -t), `env` (`export` lines for eval or a dotenv file) or `json` (every detail)' -r -f -a "uri\t'postgresql:// URL (libpq, psql, most drivers)'
 dsn\t'libpq key=value connection string'
 jdbc\t'jdbc:postgresql:// URL; needs -t (JDBC cannot use Unix sockets)'
 env\t'`export PG...=...` lines for `eval "$(pgtmp --format env)"` or a dotenv file (with -t also PGPASSWORD and JDBC_DATABASE_URL)'

@@ -67,6 +67,31 @@ $PGTMP_DIR/cache/<key>/         the schema cache: a loaded cluster (entry/) and 
 $PGTMP_DIR/.swept               when the last background sweep (pgtmp gc) ran",
     ),
     (
+        "Output formats",
+        "\
+uri    postgresql://USER@/test?host=SOCKETDIR, or with -t postgresql://USER:PASSWORD@127.0.0.1:PORT/test
+dsn    host=... port=... user=... [password=...] dbname=test (libpq key=value, quoted)
+jdbc   jdbc:postgresql://127.0.0.1:PORT/test?user=..&password=.. (needs -t)
+env    export PGHOST=... lines (PGPORT, PGUSER, PGDATABASE, DATABASE_URL; with -t PGPASSWORD,
+       JDBC_DATABASE_URL), single-quoted: for eval \"$(pgtmp -F env)\" or a dotenv file
+json   one object: url, dsn, jdbc (with -t), host, port, socket_dir, user, password (with -t),
+       database, data_dir, server_pid, watchdog_pid, version, bindir, timeout, keep
+pgtmp stop, clone and schema take the output of any of these but env as their URL.",
+    ),
+    (
+        "Seeing what runs",
+        "\
+pgtmp list (alias ls) shows this account's clusters in PGTMP_DIR, and those it started elsewhere
+with -d: URL, server PID, PostgreSQL VERSION, AGE, IDLE (time since a client was last busy; -
+when not known), CONNS (connected clients, the watchdog not counted) and SIZE on disk;
+--json prints the same as an array of objects. Looking counts as no client.
+pgtmp doctor checks, each with pass, warn or FAIL and the fix: the PostgreSQL installations found
+(in the order pgtmp looks) and the one used; the account pgtmp runs as and the one the server runs
+as; PGTMP_DIR, the socket path limit and whether the server account can reach and write it; the
+pools and their last refill error; PGTMP_* variables with invalid values; psql for the examples.
+It exits 1 when pgtmp cannot work, and changes nothing.",
+    ),
+    (
         "Exit status",
         "0 success, 1 failure, 2 invalid command line. pgtmp run exits with CMD's status \
 (128+N if CMD died of signal N), 127 if CMD is not found, 126 if it cannot be executed.",
@@ -205,8 +230,8 @@ pub struct StartArgs {
     #[arg(short = 'd', long = "dir", value_name = "DIR")]
     pub dir: Option<PathBuf>,
 
-    /// How to print the cluster: a URI, a libpq DSN, a JDBC URL (needs -t), `export` lines for
-    /// eval or a dotenv file, or JSON with every detail [default: uri]
+    /// How to print the cluster: `uri` (the default), `dsn` (libpq key=value), `jdbc` (needs
+    /// -t), `env` (`export` lines for eval or a dotenv file) or `json` (every detail)
     #[arg(
         short = 'F',
         long = "format",

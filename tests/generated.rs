@@ -40,7 +40,9 @@ fn render(
 /// One page: the main command, then each subcommand's synopsis and options, then the
 /// hand-written sections shared with `--help`.
 fn man_page() -> String {
-    let cmd = Cli::command();
+    let mut cmd = Cli::command();
+    // Global options (--bindir, --run-as) then show in each subcommand's synopsis too.
+    cmd.build();
     let man = clap_mangen::Man::new(cmd.clone())
         .date("")
         .manual("pgtmp manual");
@@ -54,8 +56,30 @@ fn man_page() -> String {
         let sub_man =
             clap_mangen::Man::new(sub.clone().bin_name(format!("pgtmp {}", sub.get_name())));
         page += &format!(".SH \"PGTMP {}\"\n", sub.get_name().to_uppercase());
-        let synopsis = render(&sub_man, clap_mangen::Man::render_synopsis_section);
-        page += &synopsis.replacen(".SH SYNOPSIS\n", "", 1);
+        let mut synopsis = render(&sub_man, clap_mangen::Man::render_synopsis_section).replacen(
+            ".SH SYNOPSIS\n",
+            "",
+            1,
+        );
+        // clap_mangen writes a positional that takes several values like one that takes one.
+        for arg in sub.get_positionals() {
+            if arg.get_num_args().is_some_and(|n| n.max_values() > 1) {
+                let name = arg
+                    .get_value_names()
+                    .and_then(|n| n.first())
+                    .map_or_else(|| arg.get_id().as_str().to_uppercase(), |n| n.to_string());
+                let one = format!("<\\fI{name}\\fR>");
+                synopsis = synopsis.replacen(&one, &format!("{one}..."), 1);
+            }
+        }
+        page += &synopsis;
+        let aliases: Vec<String> = sub
+            .get_visible_aliases()
+            .map(|a| format!("\\fBpgtmp {a}\\fR"))
+            .collect();
+        if !aliases.is_empty() {
+            page += &format!(".PP\nAlso: {}.\n", aliases.join(", "));
+        }
         page += ".PP\n";
         page += &render(&sub_man, clap_mangen::Man::render_description_section).replacen(
             ".SH DESCRIPTION\n",
@@ -69,8 +93,14 @@ fn man_page() -> String {
         );
     }
     for (title, body) in EXTRA_SECTIONS {
+        // Tables and examples keep their lines; a single paragraph is filled to the width.
+        let (before, after) = if body.contains('\n') {
+            (".nf", "\n.fi")
+        } else {
+            (".PP", "")
+        };
         page += &format!(
-            ".SH \"{}\"\n.nf\n{}\n.fi\n",
+            ".SH \"{}\"\n{before}\n{}{after}\n",
             title.to_uppercase(),
             roff_escape(body)
         );

@@ -47,9 +47,15 @@ fn progress_on_a_terminal(invoker: &Invoker) {
     // Loading a schema file says so (it may be a large dump), and is erased too.
     std::fs::write(sandbox.path("schema.sql"), "create table t (i int);\n").unwrap();
     let schema = sandbox.path("schema.sql");
-    let shown = on_terminal(&sandbox, &format!("-w 60 --no-cache -f {}", schema.display()));
+    let shown = on_terminal(
+        &sandbox,
+        &format!("-w 60 --no-cache -f {}", schema.display()),
+    );
     assert!(
-        shown.contains(&format!("pgtmp: loading {} (1 KB)...\r\u{1b}[K", schema.display())),
+        shown.contains(&format!(
+            "pgtmp: loading {} (1 KB)...\r\u{1b}[K",
+            schema.display()
+        )),
         "{shown:?}"
     );
     // gc says what it is doing while it sweeps, and prints its results after.
