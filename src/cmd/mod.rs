@@ -163,11 +163,10 @@ pub fn prepare_dir(
     let on_failure = match found {
         Found::Missing => {
             DirBuilder::new().recursive(true).mode(0o700).create(dir).with_context(|| {
+                let server = &session.server.name;
                 format!(
-                    "cannot create {} as account {}; create it and make {} its owner, or choose another directory",
+                    "cannot create {} as account {server}, which the server runs as; choose a directory {server} can reach and write (e.g. under /tmp), or create this one with {server} as its owner in a place {server} can reach",
                     dir.display(),
-                    session.server.name,
-                    session.server.name
                 )
             })?;
             OnFailure::Remove
