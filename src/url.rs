@@ -127,15 +127,7 @@ fn read_uri(text: &str, rest: &str, jdbc: bool) -> Result<Conn> {
     conn.database = Some(decode(path)).filter(|d| !d.is_empty());
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = decode(value);
-        match key {
-            "host" => conn.host = value,
-            "port" => conn.port = Some(port_of(text, &value)?),
-            "user" => conn.user = Some(value),
-            "password" => conn.password = Some(value),
-            "dbname" => conn.database = Some(value),
-            _ => {}
-        }
+        conn.set(text, key, decode(value))?;
     }
     if conn.host.is_empty() {
         return Err(bad(
@@ -144,6 +136,21 @@ fn read_uri(text: &str, rest: &str, jdbc: bool) -> Result<Conn> {
         ));
     }
     Ok(conn)
+}
+
+impl Conn {
+    /// Takes one libpq parameter (from a URI's query or a DSN) of `text`; others are ignored.
+    fn set(&mut self, text: &str, key: &str, value: String) -> Result<()> {
+        match key {
+            "host" => self.host = value,
+            "port" => self.port = Some(port_of(text, &value)?),
+            "user" => self.user = Some(value),
+            "password" => self.password = Some(value),
+            "dbname" => self.database = Some(value),
+            _ => {}
+        }
+        Ok(())
+    }
 }
 
 /// libpq's `key=value` form: values bare or in single quotes, `\` escaping the next character.
@@ -183,14 +190,7 @@ fn read_dsn(text: &str) -> Result<Conn> {
                 }
             }
         }
-        match key.as_str() {
-            "host" => conn.host = value,
-            "port" => conn.port = Some(port_of(text, &value)?),
-            "user" => conn.user = Some(value),
-            "password" => conn.password = Some(value),
-            "dbname" => conn.database = Some(value),
-            _ => {}
-        }
+        conn.set(text, &key, value)?;
     }
     if conn.host.is_empty() {
         return Err(bad(text, "names no host"));
