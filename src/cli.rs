@@ -242,6 +242,11 @@ pub struct StartArgs {
     )]
     pub format: Option<Format>,
 
+    /// Whether -F was written on the command line rather than taken from PGTMP_FORMAT (known
+    /// for `pgtmp run` and `pgtmp start`, whose options are merged).
+    #[arg(skip)]
+    pub format_written: bool,
+
     /// Load this SQL file into `test` with psql before printing the URL; repeat for more files,
     /// loaded in order
     #[arg(short = 'f', long = "schema-file", value_name = "FILE")]
@@ -421,6 +426,7 @@ impl StartArgs {
                 later_written.format,
             ),
             // Files written before and after `start` are all loaded, in the order written.
+            format_written: written.format || later_written.format,
             schema_files: [self.schema_files, later.schema_files].concat(),
             now: pick(self.now, written.now, later.now, later_written.now),
             no_cache: written.no_cache || later.no_cache,

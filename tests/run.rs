@@ -130,9 +130,16 @@ fn cmd_that_cannot_run(invoker: &Invoker) {
     let line = check_failed(&out, 2);
     assert!(line.contains("CMD"), "{line}");
     // A start option that is refused: the start's own error and code.
-    let out = sandbox.run(&["run", "-F", "jdbc", "--", "true"]);
+    let out = sandbox.run(&["run", "-o", "-c port=6000", "--", "true"]);
+    let line = check_failed(&out, 2);
+    assert!(line.contains("-o") && line.contains("-p"), "{line}");
+    let out = sandbox.run(&["run", "-k", "-F", "jdbc", "--", "true"]);
     let line = check_failed(&out, 2);
     assert!(line.contains("-t"), "{line}");
+    // -F shapes only what -k prints: without -k it is a mistake.
+    let out = sandbox.run(&["run", "-F", "json", "--", "true"]);
+    let line = check_failed(&out, 2);
+    assert!(line.contains("-k"), "{line}");
     // A start that fails: its error, exit 1, and CMD never runs.
     let marker = sandbox.path("ran");
     let script = format!("touch '{}'", marker.display());

@@ -56,9 +56,14 @@ const REDIRECTING: &[&str] = &[
 ];
 
 pub fn run(mut args: RunArgs, global: &GlobalArgs) -> Result<()> {
-    // The format only shapes the line that says where a kept (-k) cluster is; without -k
-    // nothing is printed, so neither -F nor PGTMP_FORMAT can be at odds with the cluster.
+    // The format only shapes the line that says where a kept (-k) cluster is. Without -k
+    // nothing is printed: a written -F is a mistake, PGTMP_FORMAT (meant for starts) is ignored.
     if !args.start.keep {
+        if args.start.format_written {
+            return Err(exit::usage(
+                "pgtmp run prints no URL: -F only shapes the line -k prints about the kept cluster; drop -F, or add -k",
+            ));
+        }
         args.start.format = None;
     }
     let mut words = args.command.into_iter();
