@@ -110,6 +110,20 @@ pub fn become_account(account: &Account) -> Result<()> {
     Ok(())
 }
 
+/// initdb refuses to run as a uid without an entry in the user database ("could not look up
+/// effective user ID"), as containers sometimes run: say so before anything is made. Root's
+/// server account is always looked up by name, so this is about ordinary invokers.
+pub fn check_has_entry() -> Result<()> {
+    let uid = Uid::effective();
+    if uid.is_root() || matches!(User::from_uid(uid), Ok(Some(_))) {
+        return Ok(());
+    }
+    bail!(
+        "uid {uid} has no entry in the user database (/etc/passwd), and initdb refuses to run \
+         without one; add one (e.g. useradd --uid {uid} NAME), or run pgtmp as an account that has one"
+    )
+}
+
 /// Runs `check` with the effective ids of `account` and switches back afterwards, so that root
 /// can see what the server account may do before dropping privileges for good (and undo what
 /// it made if the answer is no). Runs `check` unchanged when already that account.

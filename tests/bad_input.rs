@@ -8,6 +8,7 @@ use common::*;
 use std::fs;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 
 both_invokers!(
@@ -314,6 +315,34 @@ fn options_that_move_the_server(invoker: &Invoker) {
     // Other settings still work.
     let url = sandbox.start(&["-w", "20", "-o", "-c work_mem=8MB"]);
     assert_eq!(sandbox.psql(&url, "show work_mem"), "8MB");
+}
+
+/// A uid without a passwd entry (as some containers run): initdb cannot run for it, so a start
+/// says so up front and makes nothing, not even PGTMP_DIR.
+#[test]
+fn uid_without_a_passwd_entry() {
+    let invoker = Invoker::current();
+    if !invoker.is_root() {
+        return cannot_run_here("only root can run pgtmp as a uid without a passwd entry");
+    }
+    let uid = (20000..30000)
+        .find(|&uid| {
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).is_ok_and(|u| u.is_none())
+        })
+        .expect("a free uid");
+    let sandbox = Sandbox::new(&invoker);
+    fs::set_permissions(&sandbox.root, fs::Permissions::from_mode(0o777)).unwrap();
+    for args in [&["-w", "20"][..], &["initdb"]] {
+        let mut cmd = sandbox.pgtmp();
+        cmd.uid(uid).gid(uid).args(args);
+        let out = run(&mut cmd, PGTMP_LIMIT);
+        let line = check_failed(&out, 1);
+        assert!(
+            line.contains(&format!("uid {uid} has no entry")) && line.contains("useradd"),
+            "{line}"
+        );
+        assert!(!sandbox.pgtmp_dir.exists(), "pgtmp {args:?} made PGTMP_DIR");
+    }
 }
 
 /// Root makes a missing PGTMP_DIR (or ${TMPDIR}/pgtmp-0) and its parents, then finds that the

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 pub fn run(dir: Option<PathBuf>, global: &GlobalArgs) -> Result<()> {
     let install = discover::find(global.bindir.as_deref())?;
+    crate::account::check_has_entry()?;
     let path = match dir {
         Some(dir) => {
             let dir = super::absolute_dir(&dir)?;

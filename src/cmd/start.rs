@@ -195,6 +195,7 @@ pub fn launch(
     let password = if tcp { Some(secret::password()?) } else { None };
     let name = pool::new_name()?;
 
+    crate::account::check_has_entry()?;
     let session = Session::establish(global, dir.as_deref())?;
     let user = session.user().to_string();
     trace::phase("session");
