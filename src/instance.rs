@@ -317,7 +317,9 @@ fn parse_state(text: &str) -> Result<State> {
         keep: num("keep")? != 0,
         owner_uid: u32::try_from(num("owner_uid")?).context("owner_uid out of range")?,
         user: get("user")?.to_string(),
-        timeout: num("timeout")? as u64,
+        timeout: get("timeout")?
+            .parse()
+            .context("timeout is not a number of seconds")?,
         watchdog_start: get("watchdog_start").ok().and_then(|t| t.parse().ok()),
         postmaster_start: get("postmaster_start").ok().and_then(|t| t.parse().ok()),
         segments: shm::from_fields(
@@ -361,6 +363,13 @@ mod tests {
         assert_eq!(instance.read_state().unwrap(), None);
         instance.write_state(&sample()).unwrap();
         assert_eq!(instance.read_state().unwrap(), Some(sample()));
+        // Every timeout -w accepts, the largest included.
+        let longest = State {
+            timeout: u64::MAX,
+            ..sample()
+        };
+        instance.write_state(&longest).unwrap();
+        assert_eq!(instance.read_state().unwrap(), Some(longest));
     }
 
     #[test]
