@@ -64,7 +64,7 @@ const SHORT_WITH_VALUE: &str = "BcCDdfhkNprStW-";
 /// read as postgres reads its command line: `-c name=value`, `-cname=value`, `--name=value`
 /// (names case-insensitive, `-` for `_`), clustered short flags (`-Fp 6000`) and the short
 /// flags -D, -h, -i, -k, -p. Returns what it sets and which pgtmp option to use instead.
-pub fn reserved_option(words: &[String]) -> Option<(String, &'static str)> {
+fn reserved_option(words: &[String]) -> Option<(String, &'static str)> {
     const PORT: &str = "use -p PORT for a TCP port";
     const LISTEN: &str = "use -t for a TCP listener (on 127.0.0.1 only)";
     const SOCKET: &str = "the socket is always in the cluster's directory; use -d DIR to choose it";

@@ -231,10 +231,8 @@ fn describe_failure(path: &Path, stderr: &str) -> String {
             path.display()
         ));
     } else if message.starts_with("error: ") && message.ends_with("Permission denied") {
-        let account = nix::unistd::User::from_uid(nix::unistd::geteuid())
-            .ok()
-            .flatten()
-            .map_or_else(|| "the server account".to_string(), |u| u.name);
+        let account = crate::account::Account::current()
+            .map_or_else(|_| "the server account".to_string(), |a| a.name);
         text.push_str(&format!(
             " (psql reads included files itself, as {account} here; make the file and its \
              directories readable by {account})"

@@ -161,7 +161,7 @@ fn accounts(report: &mut Report, global: &GlobalArgs) -> Option<(Account, Accoun
             Some((invoker, server))
         }
         Err(err) => {
-            let fix = match global.run_as.as_deref() {
+            let fix = match global.run_as_for(invoker.is_root()) {
                 Some(name) if invoker.is_root() => format!(
                     "create account {name} (useradd --system {name}), or name an existing one with --run-as/PGTMP_RUN_AS"
                 ),
