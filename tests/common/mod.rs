@@ -2,7 +2,7 @@
 //! the real PostgreSQL server and check the result with the real `psql`.
 //!
 //! - [`Invoker`]: who runs pgtmp. Tests run as the current account and, when that is root, also
-//!   as an ordinary account (`$PGTMP_TEST_USER`, else `pgtmp-test`, else `nobody`); the
+//!   as an ordinary account (`$PGTMP_TEST_USER`, else `pgtmp-test`, made if missing); the
 //!   [`both_invokers!`] macro makes an `as_self` and an `as_user` test of one scenario.
 //! - [`Sandbox`]: one private temporary directory per test holding its PGTMP_DIR (and any `-d`
 //!   directories). Dropping it stops every cluster and refill still running under it, then
@@ -103,30 +103,38 @@ impl Invoker {
         Invoker::from_user(user, false)
     }
 
-    /// The ordinary account, when the suite runs as root; None otherwise.
+    /// The ordinary account, when the suite runs as root; None otherwise. It is
+    /// `$PGTMP_TEST_USER`, else `pgtmp-test`, which the suite creates when it is missing (so
+    /// that `cargo test` works as root on a fresh machine).
     pub fn ordinary() -> Option<Invoker> {
         if !Uid::current().is_root() {
             return None;
         }
-        let wanted = std::env::var("PGTMP_TEST_USER")
+        let name = std::env::var("PGTMP_TEST_USER")
             .ok()
-            .filter(|n| !n.is_empty());
-        let user = match &wanted {
-            Some(name) => User::from_name(name)
-                .ok()
-                .flatten()
-                .unwrap_or_else(|| panic!("PGTMP_TEST_USER={name}: no such account")),
-            None => ["pgtmp-test", "nobody"]
-                .iter()
-                .find_map(|name| User::from_name(name).ok().flatten())
-                .expect("neither a 'pgtmp-test' nor a 'nobody' account exists to test as"),
-        };
-        assert!(
-            !user.uid.is_root(),
-            "the ordinary test account {} must not be root",
-            user.name
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "pgtmp-test".into());
+        Some(Invoker::from_user(ensure_account(&name), true))
+    }
+
+    /// A second ordinary account that plays the attacker in the security tests, when the suite
+    /// runs as root; None otherwise. It is `$PGTMP_TEST_ATTACKER`, else `pgtmp-attacker`,
+    /// created when missing. Never the same account as [`Invoker::ordinary`].
+    pub fn attacker() -> Option<Invoker> {
+        if !Uid::current().is_root() {
+            return None;
+        }
+        let name = std::env::var("PGTMP_TEST_ATTACKER")
+            .ok()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "pgtmp-attacker".into());
+        let attacker = Invoker::from_user(ensure_account(&name), true);
+        let ordinary = Invoker::ordinary().expect("root has an ordinary account");
+        assert_ne!(
+            attacker.uid, ordinary.uid,
+            "the attacker account must differ from the test account"
         );
-        Some(Invoker::from_user(user, true))
+        Some(attacker)
     }
 
     fn from_user(user: User, switched: bool) -> Invoker {
@@ -191,6 +199,35 @@ impl fmt::Display for Invoker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} (uid {})", self.name, self.uid)
     }
+}
+
+/// The account `name`, created (with a home directory, as an ordinary login account) when it
+/// does not exist yet. Only root gets here. Several test binaries may race to create it, so a
+/// failed `useradd` is fine as long as the account exists afterwards.
+fn ensure_account(name: &str) -> User {
+    let lookup = || User::from_name(name).ok().flatten();
+    if let Some(user) = lookup() {
+        return checked_ordinary(user);
+    }
+    let out = Command::new("useradd")
+        .args(["--create-home", "--shell", "/bin/bash", name])
+        .output();
+    match lookup() {
+        Some(user) => checked_ordinary(user),
+        None => panic!(
+            "the test account {name} does not exist and `useradd {name}` failed ({out:?}); \
+             create it, or set PGTMP_TEST_USER / PGTMP_TEST_ATTACKER to existing ordinary accounts"
+        ),
+    }
+}
+
+fn checked_ordinary(user: User) -> User {
+    assert!(
+        !user.uid.is_root(),
+        "the ordinary test account {} must not be root",
+        user.name
+    );
+    user
 }
 
 fn shared_binary_dir(pid: u32) -> PathBuf {
