@@ -22,6 +22,7 @@ pub mod pool;
 pub mod prestart;
 pub mod process;
 pub mod progress;
+pub mod safefs;
 pub mod secret;
 pub mod selfpipe;
 pub mod shm;
