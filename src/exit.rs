@@ -19,6 +19,12 @@ impl fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// Says on stderr, once, something the user should know that does not stop the command.
+pub fn warn(message: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "pgtmp: warning: {message}");
+}
+
 /// Builds an `anyhow::Error` that exits with the usage code.
 pub fn usage(message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UsageError(message.into()))

@@ -14,12 +14,11 @@
 //!
 //! While a pgtmp process looks after the directory it holds a flock on it (see ownership.rs).
 
+use crate::safefs::{self, Dir};
 use crate::shm::{self, Segments};
 use anyhow::{Context, Result, bail};
-use std::fs;
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 const MARKER: &str = "PGTMP";
 const PREPARING: &str = "PGTMP.preparing";
@@ -80,73 +79,76 @@ impl Instance {
         self.dir.join("postgres.log")
     }
 
-    fn marker(&self) -> PathBuf {
-        self.dir.join(MARKER)
-    }
-
     pub fn state_path(&self) -> PathBuf {
         self.dir.join(STATE)
     }
 
-    fn keep_path(&self) -> PathBuf {
-        self.dir.join(KEEP)
+    /// The directory itself, opened without following a symlink: every file-system action on
+    /// it goes through this handle (see safefs.rs).
+    pub fn open(&self) -> Result<Dir> {
+        Dir::open(&self.dir)
     }
 
     /// Records that this directory is to be kept (-k), before any process looks after it.
     pub fn mark_kept(&self) -> Result<()> {
-        fs::write(
-            self.keep_path(),
-            "started with pgtmp -k: kept when its cluster stops\n",
+        self.open()?.write_atomic(
+            KEEP,
+            b"started with pgtmp -k: kept when its cluster stops\n",
         )
-        .with_context(|| format!("cannot write {}", self.keep_path().display()))
     }
 
     /// True when the directory was started with -k.
     pub fn is_kept(&self) -> bool {
-        fs::symlink_metadata(self.keep_path()).is_ok()
+        self.open()
+            .is_ok_and(|dir| dir.stat_at(KEEP).is_ok_and(|st| st.is_some()))
     }
 
     /// A complete cluster directory made by pgtmp.
     pub fn is_cluster(&self) -> bool {
-        self.marker().is_file() && self.data().join("PG_VERSION").is_file()
+        let Ok(dir) = self.open() else {
+            return false;
+        };
+        dir.has_file(MARKER)
+            && dir
+                .open_dir_if_exists("data")
+                .is_ok_and(|data| data.is_some_and(|d| d.has_file("PG_VERSION")))
     }
 
     /// Marks the directory complete.
     pub fn write_marker(&self) -> Result<()> {
-        fs::write(
-            self.marker(),
-            "pgtmp instance directory; removed when its cluster stops\n",
-        )
-        .with_context(|| format!("cannot write {}", self.marker().display()))?;
-        self.prepared();
+        let dir = self.open()?;
+        dir.write_atomic(
+            MARKER,
+            b"pgtmp instance directory; removed when its cluster stops\n",
+        )?;
+        let _ = dir.remove_file(PREPARING);
         Ok(())
     }
 
     /// Records, before anything else goes into the directory, that pgtmp is filling it.
     pub fn mark_preparing(&self) -> Result<()> {
-        let path = self.dir.join(PREPARING);
-        fs::write(&path, "pgtmp is preparing this directory\n")
-            .with_context(|| format!("cannot write {}", path.display()))
+        self.open()?
+            .write_atomic(PREPARING, b"pgtmp is preparing this directory\n")
     }
 
     /// Removes the mark of [`Instance::mark_preparing`]: the directory is complete.
     pub fn prepared(&self) {
-        let _ = fs::remove_file(self.dir.join(PREPARING));
+        if let Ok(dir) = self.open() {
+            let _ = dir.remove_file(PREPARING);
+        }
     }
 
     /// True when pgtmp marked the directory as being filled (and did not finish, or is still
     /// at it).
     pub fn is_being_prepared(&self) -> bool {
-        fs::symlink_metadata(self.dir.join(PREPARING)).is_ok_and(|m| m.is_file())
+        self.open().is_ok_and(|dir| dir.has_file(PREPARING))
     }
 
-    /// Makes `dir` (which must not exist) a private directory marked as being prepared.
+    /// Makes `dir` (which must not exist) a private directory marked as being prepared. It is
+    /// made in its parent's handle, so a directory someone else made there first is refused.
     pub fn create(dir: &Path) -> Result<Instance> {
-        use std::os::unix::fs::DirBuilderExt;
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let (parent, name) = split(dir)?;
+        Dir::open(parent)?.make_dir(name, 0o700)?;
         let instance = Instance::new(dir);
         if let Err(err) = instance.mark_preparing() {
             let _ = instance.remove();
@@ -158,24 +160,35 @@ impl Instance {
     /// The major version the data directory was made by.
     pub fn data_version(&self) -> Result<u32> {
         let path = self.data().join("PG_VERSION");
-        let text =
-            fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = self
+            .open()?
+            .open_dir("data")?
+            .read_text("PG_VERSION")?
+            .with_context(|| format!("{} is missing", path.display()))?;
         crate::discover::parse_major(&text)
             .with_context(|| format!("{} is malformed", path.display()))
     }
 
-    /// Classifies what is at `dir` for `-d`.
+    /// Classifies what is at `dir` for `-d`. A symlink there is refused, not followed.
     pub fn inspect(dir: &Path) -> Result<Found> {
-        let meta = match fs::metadata(dir) {
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Found::Missing),
-            other => other.with_context(|| format!("cannot inspect {}", dir.display()))?,
+        let (parent, name) = split(dir)?;
+        let Some(parent) = Dir::open_if_exists(parent)? else {
+            return Ok(Found::Missing);
         };
-        if !meta.is_dir() {
-            return Ok(Found::Foreign("is not a directory".into()));
+        match parent.stat_at(name)? {
+            None => return Ok(Found::Missing),
+            Some(st) if safefs::is_symlink(&st) => {
+                return Ok(Found::Foreign(
+                    "is a symbolic link, which pgtmp never follows; name the real directory".into(),
+                ));
+            }
+            Some(st) if !safefs::is_dir(&st) => {
+                return Ok(Found::Foreign("is not a directory".into()));
+            }
+            Some(_) => {}
         }
-        let mut entries =
-            fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
-        if entries.next().is_none() {
+        let handle = parent.open_dir(name)?;
+        if handle.is_empty()? {
             return Ok(Found::Empty);
         }
         let instance = Instance::new(dir);
@@ -185,7 +198,7 @@ impl Instance {
         if instance.is_being_prepared() {
             return Ok(Found::Unfinished);
         }
-        if dir.join("PG_VERSION").is_file() {
+        if handle.has_file("PG_VERSION") {
             return Ok(Found::Foreign(
                 "is a bare PostgreSQL data directory, not one made by pgtmp".into(),
             ));
@@ -197,8 +210,7 @@ impl Instance {
 
     /// Makes the directory private again (the socket lives in it and is trust-authenticated).
     pub fn make_private(&self) -> Result<()> {
-        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("cannot set mode 0700 on {}", self.dir.display()))
+        self.open()?.chmod(0o700)
     }
 
     pub fn write_state(&self, state: &State) -> Result<()> {
@@ -221,25 +233,24 @@ impl Instance {
         self.write_file(&self.state_path(), text.as_bytes())
     }
 
-    /// Writes `path` (in this directory) beside and renames it over, so readers never see half
-    /// a file; tempfile creates it with mode 0600.
+    /// Writes `path` (a file directly in this directory) beside and renames it over, so
+    /// readers never see half a file; made with mode 0600, never through a symlink.
     pub fn write_file(&self, path: &Path, contents: &[u8]) -> Result<()> {
-        let mut file = tempfile::NamedTempFile::new_in(&self.dir)
-            .with_context(|| format!("cannot create a file in {}", self.dir.display()))?;
-        file.write_all(contents)
-            .with_context(|| format!("cannot write {}", file.path().display()))?;
-        file.persist(path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(())
+        let name = path
+            .file_name()
+            .filter(|_| path.parent() == Some(self.dir.as_path()))
+            .with_context(|| {
+                format!("{} is not a file of {}", path.display(), self.dir.display())
+            })?;
+        self.open()?.write_atomic(name, contents)
     }
 
-    /// The state of a running cluster, or None when no watchdog has recorded one.
+    /// The state of a running cluster, or None when no watchdog has recorded one. Read with
+    /// bounds (a regular file of the directory's owner, small), so a planted FIFO, device or
+    /// symlink is an error, never followed.
     pub fn read_state(&self) -> Result<Option<State>> {
-        let text = match fs::read_to_string(self.state_path()) {
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            other => {
-                other.with_context(|| format!("cannot read {}", self.state_path().display()))?
-            }
+        let Some(text) = self.open()?.read_text(STATE)? else {
+            return Ok(None);
         };
         parse_state(&text)
             .map(Some)
@@ -247,54 +258,65 @@ impl Instance {
     }
 
     pub fn remove_state(&self) {
-        let _ = fs::remove_file(self.state_path());
-        let _ = fs::remove_file(self.dir.join(IDLE));
+        if let Ok(dir) = self.open() {
+            let _ = dir.remove_file(STATE);
+            let _ = dir.remove_file(IDLE);
+        }
+    }
+
+    /// When `name` in this directory was last modified.
+    fn modified(&self, name: &str) -> Option<SystemTime> {
+        let st = self.open().ok()?.stat_at(name).ok()??;
+        let secs = u64::try_from(st.st_mtime).ok()?;
+        let nanos = u32::try_from(st.st_mtime_nsec).ok()?;
+        SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
     }
 
     /// When the watchdog recorded the state: when the server became ready.
-    pub fn started_at(&self) -> Option<std::time::SystemTime> {
-        fs::metadata(self.state_path()).ok()?.modified().ok()
+    pub fn started_at(&self) -> Option<SystemTime> {
+        self.modified(STATE)
     }
 
     /// Records whether the watchdog sees clients: the `idle` file exists, made when the last
     /// one left, while there are none. Best effort: it only informs `pgtmp list`.
     pub fn mark_idle(&self, idle: bool) {
-        let path = self.dir.join(IDLE);
+        let Ok(dir) = self.open() else {
+            return;
+        };
         let _ = if idle {
-            fs::write(path, "")
+            dir.write_atomic(IDLE, b"")
         } else {
-            fs::remove_file(path)
+            dir.remove_file(IDLE)
         };
     }
 
     /// Since when the watchdog has seen no client, if it has looked.
-    pub fn idle_since(&self) -> Option<std::time::SystemTime> {
-        fs::metadata(self.dir.join(IDLE)).ok()?.modified().ok()
+    pub fn idle_since(&self) -> Option<SystemTime> {
+        self.modified(IDLE)
     }
 
-    /// Deletes the whole directory. `remove_dir_all` does not follow symlinks inside it.
+    /// Deletes the whole directory, through its parent's handle: a symlink inside (or at its
+    /// path) is removed, never followed, and nothing outside it is touched.
     pub fn remove(&self) -> Result<()> {
-        match fs::remove_dir_all(&self.dir) {
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            other => other.with_context(|| format!("cannot remove {}", self.dir.display())),
+        let (parent, name) = split(&self.dir)?;
+        match Dir::open_if_exists(parent)? {
+            Some(parent) => parent.remove_tree(name),
+            None => Ok(()),
         }
     }
 
     /// Deletes everything inside the directory but the directory itself (for a `-d DIR` that
     /// existed, empty, before pgtmp filled it).
     pub fn empty_out(&self) -> Result<()> {
-        for entry in fs::read_dir(&self.dir)
-            .with_context(|| format!("cannot read {}", self.dir.display()))?
-        {
-            let path = entry?.path();
-            let result = if path.is_dir() && !path.is_symlink() {
-                fs::remove_dir_all(&path)
-            } else {
-                fs::remove_file(&path)
-            };
-            result.with_context(|| format!("cannot remove {}", path.display()))?;
-        }
-        Ok(())
+        self.open()?.empty_out()
+    }
+}
+
+/// An instance path as its parent directory and name.
+fn split(dir: &Path) -> Result<(&Path, &std::ffi::OsStr)> {
+    match (dir.parent(), dir.file_name()) {
+        (Some(parent), Some(name)) => Ok((parent, name)),
+        _ => bail!("{} cannot be a cluster directory", dir.display()),
     }
 }
 
@@ -336,6 +358,7 @@ fn parse_state(text: &str) -> Result<State> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn sample() -> State {
         State {

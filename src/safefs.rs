@@ -37,6 +37,26 @@ const DIR_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_NOFOLLOW)
     .union(OFlag::O_CLOEXEC);
 
+/// The parent of a path is only looked up in, which takes search permission alone: O_PATH
+/// (Linux) needs no read permission.
+#[cfg(target_os = "linux")]
+const PARENT_FLAGS: OFlag = OFlag::O_PATH
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_CLOEXEC);
+#[cfg(not(target_os = "linux"))]
+const PARENT_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_CLOEXEC);
+
+/// True when the error (anywhere in its chain) is the system's "permission denied".
+pub fn is_permission_denied(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+    })
+}
+
 /// What a symlink or a non-directory where a directory was expected means to the user.
 fn not_a_dir(path: &Path, errno: Errno) -> anyhow::Error {
     match errno {
@@ -75,6 +95,11 @@ pub fn is_dir(st: &FileStat) -> bool {
     file_type(st) == SFlag::S_IFDIR
 }
 
+/// True for the stat of a symlink itself.
+pub fn is_symlink(st: &FileStat) -> bool {
+    file_type(st) == SFlag::S_IFLNK
+}
+
 /// The permission bits of a stat (without the file type).
 pub fn mode_of(st: &FileStat) -> u32 {
     st.st_mode & 0o7777
@@ -90,15 +115,19 @@ impl Dir {
     /// Like [`Dir::open`], but None when nothing is at `path`.
     pub fn open_if_exists(path: &Path) -> Result<Option<Dir>> {
         let (parent, name) = split(path)?;
-        let parent_fd =
-            match nix::fcntl::open(parent, DIR_FLAGS & !OFlag::O_NOFOLLOW, Mode::empty()) {
-                Ok(fd) => fd,
-                Err(Errno::ENOENT) => return Ok(None),
-                Err(errno) => {
-                    return Err(std::io::Error::from(errno))
-                        .with_context(|| format!("cannot open {}", parent.display()));
-                }
-            };
+        let flags = if name.is_some() {
+            PARENT_FLAGS
+        } else {
+            DIR_FLAGS & !OFlag::O_NOFOLLOW
+        };
+        let parent_fd = match nix::fcntl::open(parent, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(errno) => {
+                return Err(std::io::Error::from(errno))
+                    .with_context(|| format!("cannot open {}", parent.display()));
+            }
+        };
         match name {
             None => Ok(Some(Dir {
                 fd: parent_fd,

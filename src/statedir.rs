@@ -1,11 +1,13 @@
 //! PGTMP_DIR: the one directory holding pgtmp's pools and running clusters for an account.
 
 use crate::account::Account;
+use crate::safefs::{self, Dir};
 use anyhow::{Context, Result, bail};
 use nix::fcntl::{AT_FDCWD, AtFlags};
-use nix::unistd::{AccessFlags, chown, faccessat};
+use nix::sys::stat::FileStat;
+use nix::unistd::{AccessFlags, faccessat};
 use std::fs::{self, DirBuilder};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 /// Length of an instance directory's name under PGTMP_DIR.
@@ -79,6 +81,126 @@ fn absolute(path: &Path) -> Result<PathBuf> {
     std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))
 }
 
+/// True when PGTMP_DIR is not set, so that the state directory's place was chosen by pgtmp
+/// (under TMPDIR or /tmp) and its parent must be checked too.
+pub fn chosen_automatically() -> bool {
+    std::env::var_os("PGTMP_DIR").is_none_or(|d| d.is_empty())
+}
+
+/// What pgtmp may do with what it found at a state directory's path. The start acts on it,
+/// `doctor` reports it: both decide with [`judge_parent`] and [`judge_existing`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The server account's own and private: used as it is.
+    Use,
+    /// Root's own, empty and private: root hands it to the server account.
+    HandOver,
+}
+
+/// Why a state directory (or the place for one) cannot be used, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub what: String,
+    pub fix: String,
+}
+
+impl Problem {
+    fn new(what: String, fix: String) -> Problem {
+        Problem { what, fix }
+    }
+
+    pub fn into_error(self) -> anyhow::Error {
+        anyhow::anyhow!("{}; {}", self.what, self.fix)
+    }
+}
+
+/// Whether the parent of an automatically chosen state directory keeps others from replacing
+/// it: it must belong to root or to the accounts involved, and be writable by nobody else or
+/// have the sticky bit (as /tmp has), under which only an entry's owner (and the directory's)
+/// can rename or remove it.
+pub fn judge_parent(
+    parent: &Path,
+    st: &FileStat,
+    invoker: &Account,
+    server: &Account,
+) -> Result<(), Problem> {
+    let mode = safefs::mode_of(st);
+    let trusted_owner = [0, invoker.uid.as_raw(), server.uid.as_raw()].contains(&st.st_uid);
+    let sticky = mode & 0o1000 != 0;
+    if trusted_owner && (mode & 0o022 == 0 || sticky) {
+        return Ok(());
+    }
+    let why = if !trusted_owner {
+        format!("belongs to uid {}, another account", st.st_uid)
+    } else {
+        format!("is writable by other accounts without the sticky bit (mode {mode:o})")
+    };
+    Err(Problem::new(
+        format!(
+            "the state directory's parent {} {why}, so another account could replace the state directory",
+            parent.display()
+        ),
+        format!(
+            "set TMPDIR to a private directory, or PGTMP_DIR to a directory of {}'s own, or `chmod +t {}`",
+            server.name,
+            parent.display()
+        ),
+    ))
+}
+
+/// Whether an existing state directory can be used: it must be a directory of the server
+/// account's, mode 0700, so that nobody else can have planted anything in it. Root also
+/// accepts an empty, private directory of its own, which it hands over; it never adopts one
+/// that anybody else made.
+pub fn judge_existing(
+    path: &Path,
+    st: &FileStat,
+    empty: bool,
+    invoker: &Account,
+    server: &Account,
+) -> Result<Verdict, Problem> {
+    let mode = safefs::mode_of(st);
+    let shown = path.display();
+    if !safefs::is_dir(st) {
+        return Err(Problem::new(
+            format!("PGTMP_DIR {shown} is not a directory"),
+            "remove it or set PGTMP_DIR elsewhere".into(),
+        ));
+    }
+    if st.st_uid == server.uid.as_raw() {
+        if mode & 0o777 != 0o700 {
+            return Err(Problem::new(
+                format!(
+                    "PGTMP_DIR {shown} has mode {mode:o}, not 0700, so other accounts could plant files in it"
+                ),
+                format!("make it private with `chmod 700 {shown}`, or remove it"),
+            ));
+        }
+        return Ok(Verdict::Use);
+    }
+    if invoker.is_root() && st.st_uid == 0 && empty {
+        if mode & 0o022 != 0 {
+            return Err(Problem::new(
+                format!(
+                    "PGTMP_DIR {shown} is writable by other accounts (mode {mode:o}), so they could have planted files in it"
+                ),
+                format!("make it private with `chmod 700 {shown}`, or remove it"),
+            ));
+        }
+        return Ok(Verdict::HandOver);
+    }
+    Err(Problem::new(
+        format!(
+            "PGTMP_DIR {shown} belongs to uid {}, not to {} who runs the server",
+            st.st_uid, server.name
+        ),
+        format!(
+            "remove it, or set PGTMP_DIR to a directory of {}'s own",
+            server.name
+        ),
+    ))
+}
+
 /// The state directory of this run, created if needed and checked to belong to the account
 /// the server runs as.
 #[derive(Debug, Clone)]
@@ -90,74 +212,100 @@ impl StateDir {
     /// Creates or checks the directory. Called before root drops its privileges, so that root
     /// can hand a fresh (or empty) directory to the server account. Also returns the topmost
     /// directory it created, for `unmake` should the start fail its later checks.
+    ///
+    /// Every step works on directory handles: a symlink at the path is refused, never
+    /// followed, and the directory checked is the one handed over and used.
     pub fn establish(
         path: PathBuf,
         invoker: &Account,
         server: &Account,
     ) -> Result<(StateDir, Option<PathBuf>)> {
-        let made = topmost_missing(&path);
-        match fs::metadata(&path) {
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(&path)
-                    .with_context(|| {
-                        format!(
-                            "cannot create PGTMP_DIR {}; set PGTMP_DIR to a directory you can write",
-                            path.display()
-                        )
-                    })?;
-                if invoker.uid != server.uid
-                    && let Err(err) = chown(&path, Some(server.uid), Some(server.gid))
-                {
-                    if let Some(top) = &made {
-                        unmake(&path, top);
-                    }
-                    return Err(err).with_context(|| {
-                        format!(
-                            "cannot hand PGTMP_DIR {} to account {}",
-                            path.display(),
-                            server.name
-                        )
-                    });
-                }
-            }
-            Err(err) => {
-                return Err(err)
-                    .with_context(|| format!("cannot inspect PGTMP_DIR {}", path.display()));
-            }
-            Ok(meta) if !meta.is_dir() => bail!(
-                "PGTMP_DIR {} is not a directory; remove it or set PGTMP_DIR elsewhere",
+        let (parent, name) = match (path.parent(), path.file_name()) {
+            (Some(parent), Some(name)) => (parent, name),
+            _ => bail!(
+                "PGTMP_DIR {} cannot be /; set PGTMP_DIR to a directory of its own",
                 path.display()
             ),
-            Ok(meta) if meta.uid() != server.uid.as_raw() => {
-                let empty = fs::read_dir(&path)
-                    .map(|mut d| d.next().is_none())
-                    .unwrap_or(false);
-                if invoker.is_root() && empty {
-                    chown(&path, Some(server.uid), Some(server.gid)).with_context(|| {
-                        format!(
-                            "cannot hand PGTMP_DIR {} to account {}",
-                            path.display(),
-                            server.name
-                        )
-                    })?;
-                } else {
-                    bail!(
-                        "PGTMP_DIR {} belongs to uid {}, not to {} who runs the server; remove it \
-                         or set PGTMP_DIR to a directory of {}'s own",
-                        path.display(),
-                        meta.uid(),
-                        server.name,
-                        server.name
-                    );
-                }
-            }
-            Ok(_) => {}
+        };
+        let made_parents = topmost_missing(parent);
+        if made_parents.is_some() {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .with_context(|| {
+                    format!(
+                        "cannot create {}; set PGTMP_DIR to a directory you can write",
+                        parent.display()
+                    )
+                })?;
         }
-        let made = made.filter(|_| path.is_dir());
-        Ok((StateDir { path }, made))
+        let outcome = Self::establish_in(parent, name, invoker, server);
+        match outcome {
+            Ok(made) => Ok((
+                StateDir { path: path.clone() },
+                made_parents.or(made.then(|| path.clone())),
+            )),
+            Err(err) => {
+                if let Some(top) = &made_parents {
+                    unmake(parent, top);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Makes or checks `parent/name`; true when it made it.
+    fn establish_in(
+        parent: &Path,
+        name: &std::ffi::OsStr,
+        invoker: &Account,
+        server: &Account,
+    ) -> Result<bool> {
+        let parent_dir = Dir::open(parent).with_context(|| {
+            format!(
+                "cannot open the state directory's parent {}",
+                parent.display()
+            )
+        })?;
+        if chosen_automatically() {
+            judge_parent(parent, &parent_dir.stat()?, invoker, server)
+                .map_err(Problem::into_error)?;
+        }
+        let path = parent.join(name);
+        match parent_dir.make_dir(name, 0o700) {
+            Ok(dir) => {
+                // Ours, just made: private whatever the umask, and the server account's.
+                let handed = dir.chmod(0o700).and_then(|()| {
+                    if invoker.uid == server.uid {
+                        Ok(())
+                    } else {
+                        dir.chown(server.uid, server.gid, &server.name)
+                    }
+                });
+                if let Err(err) = handed {
+                    let _ = parent_dir.remove_empty_dir(name);
+                    return Err(err);
+                }
+                Ok(true)
+            }
+            Err(err) if !already_exists(&err) => Err(err.context(format!(
+                "cannot create PGTMP_DIR {}; set PGTMP_DIR to a directory you can write",
+                path.display()
+            ))),
+            Err(_) => {
+                let dir = parent_dir
+                    .open_dir(name)
+                    .map_err(|err| anyhow::anyhow!("PGTMP_DIR {err:#}"))?;
+                let verdict = judge_existing(&path, &dir.stat()?, dir.is_empty()?, invoker, server)
+                    .map_err(Problem::into_error)?;
+                if verdict == Verdict::HandOver {
+                    dir.chmod(0o700)?;
+                    dir.chown(server.uid, server.gid, &server.name)?;
+                }
+                Ok(false)
+            }
+        }
     }
 
     /// Checks, with the effective ids of the account that runs the server, that the directory
@@ -201,25 +349,48 @@ impl StateDir {
     }
 
     /// The directories of this account's clusters: those under PGTMP_DIR and the registered
-    /// ones elsewhere. Running or not; callers read each one's state.
+    /// ones elsewhere. Running or not; callers read each one's state. A registration that is
+    /// not a small regular file of the directory's owner (a FIFO, a device, a symlink) is
+    /// skipped with a warning, never followed.
     pub fn clusters(&self) -> Vec<PathBuf> {
-        let Ok(entries) = fs::read_dir(&self.path) else {
+        let Ok(Some(dir)) = Dir::open_if_exists(&self.path) else {
             return Vec::new();
         };
         let mut dirs = Vec::new();
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let path = entry.path();
-            if name.starts_with(REGISTERED) {
-                if let Ok(dir) = registered_dir(&path) {
-                    dirs.push(dir);
+        for name in dir.names().unwrap_or_default() {
+            let text = name.to_string_lossy();
+            if text.starts_with(REGISTERED) {
+                match read_registration(&dir, &name) {
+                    Ok(Some(target)) => dirs.push(target),
+                    Ok(None) => {}
+                    Err(err) => crate::exit::warn(&format!("skipping {err:#}")),
                 }
-            } else if name.len() == INSTANCE_NAME_LEN && path.is_dir() {
-                dirs.push(path);
+            } else if text.len() == INSTANCE_NAME_LEN
+                && dir
+                    .stat_at(&name)
+                    .is_ok_and(|st| st.is_some_and(|st| safefs::is_dir(&st)))
+            {
+                dirs.push(self.path.join(&name));
             }
         }
         dirs
     }
+}
+
+/// The cluster directory a registration in `dir` names, read with bounds.
+fn read_registration(dir: &Dir, name: &std::ffi::OsStr) -> Result<Option<PathBuf>> {
+    Ok(dir
+        .read_text(name)?
+        .map(|text| PathBuf::from(text.trim_end_matches('\n'))))
+}
+
+/// True when the error (anywhere in its chain) says something was there already.
+fn already_exists(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::AlreadyExists)
+    })
 }
 
 /// The topmost of `path` and its ancestors that does not exist yet: what creating `path` makes.
@@ -243,10 +414,13 @@ pub fn unmake(path: &Path, top: &Path) {
 /// Prefix of the files registering clusters that live outside PGTMP_DIR.
 pub const REGISTERED: &str = "elsewhere.";
 
-/// The cluster directory a registration file names.
-pub fn registered_dir(registration: &Path) -> std::io::Result<PathBuf> {
-    let text = fs::read_to_string(registration)?;
-    Ok(PathBuf::from(text.trim_end_matches('\n')))
+/// The cluster directory a registration file names, read with bounds (see [`Dir::read_small`]).
+pub fn registered_dir(registration: &Path) -> Result<PathBuf> {
+    let (Some(parent), Some(name)) = (registration.parent(), registration.file_name()) else {
+        bail!("{} is not a registration", registration.display());
+    };
+    read_registration(&Dir::open(parent)?, name)?
+        .with_context(|| format!("{} does not exist", registration.display()))
 }
 
 #[cfg(test)]
@@ -344,6 +518,63 @@ mod tests {
             root.path().join("a/kept").exists(),
             "a non-empty directory stays"
         );
+    }
+
+    fn account(uid: u32) -> Account {
+        Account {
+            uid: nix::unistd::Uid::from_raw(uid),
+            gid: nix::unistd::Gid::from_raw(uid),
+            name: format!("user{uid}"),
+        }
+    }
+
+    /// The stat of a real directory with `mode`, owned by this process's account.
+    fn stat_with_mode(mode: u32) -> (tempfile::TempDir, FileStat) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(mode)).unwrap();
+        let st = nix::sys::stat::stat(dir.path()).unwrap();
+        (dir, st)
+    }
+
+    #[test]
+    fn state_dirs_must_be_the_servers_and_private() {
+        let me = nix::unistd::geteuid().as_raw();
+        let server = account(me);
+        let other = account(me.wrapping_add(1));
+        let path = Path::new("/x/p");
+        let (_d, private) = stat_with_mode(0o700);
+        assert_eq!(
+            judge_existing(path, &private, false, &server, &server),
+            Ok(Verdict::Use)
+        );
+        let (_d, open) = stat_with_mode(0o777);
+        let problem = judge_existing(path, &open, true, &server, &server).unwrap_err();
+        assert!(problem.fix.contains("chmod 700"), "{problem:?}");
+        let (_d, group) = stat_with_mode(0o750);
+        assert!(judge_existing(path, &group, true, &server, &server).is_err());
+        // Someone else's directory is never used, empty or not.
+        let problem = judge_existing(path, &private, true, &other, &other).unwrap_err();
+        assert!(problem.what.contains("belongs to uid"), "{problem:?}");
+    }
+
+    #[test]
+    fn parents_must_keep_others_from_replacing_the_state_dir() {
+        let me = nix::unistd::geteuid().as_raw();
+        let mine = account(me);
+        let other = account(me.wrapping_add(1));
+        let parent = Path::new("/x");
+        let (_d, private) = stat_with_mode(0o755);
+        assert!(judge_parent(parent, &private, &mine, &mine).is_ok());
+        let (_d, sticky) = stat_with_mode(0o1777);
+        assert!(judge_parent(parent, &sticky, &mine, &mine).is_ok());
+        let (_d, open) = stat_with_mode(0o777);
+        let problem = judge_parent(parent, &open, &mine, &mine).unwrap_err();
+        assert!(problem.what.contains("sticky"), "{problem:?}");
+        if me != 0 {
+            // Another account's private directory: it could replace the state directory.
+            assert!(judge_parent(parent, &private, &other, &other).is_err());
+        }
     }
 
     #[test]

@@ -6,12 +6,12 @@ use crate::cli::GlobalArgs;
 use crate::discover::{self, Installation};
 use crate::exit::Passed;
 use crate::pool;
-use crate::statedir::{self, SOCKET_PATH_MAX};
+use crate::safefs::Dir;
+use crate::statedir::{self, SOCKET_PATH_MAX, Verdict};
 use anyhow::Result;
 use nix::fcntl::{AT_FDCWD, AtFlags};
 use nix::unistd::{AccessFlags, faccessat};
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 /// The report: checks in order; any fatal failure makes the exit status 1.
@@ -203,6 +203,14 @@ fn state_dir(
         path.display()
     ));
     let (invoker, server) = accounts?;
+    if statedir::chosen_automatically()
+        && let Some(parent) = path.parent()
+        && let Ok(Some(dir)) = Dir::open_if_exists(parent)
+        && let Ok(st) = dir.stat()
+        && let Err(problem) = statedir::judge_parent(parent, &st, invoker, server)
+    {
+        report.fail(&problem.what, &problem.fix);
+    }
     let unreachable = |report: &mut Report, what: &str| {
         report.fail(
             &format!("PGTMP_DIR {}: {what}", path.display()),
@@ -212,99 +220,98 @@ fn state_dir(
             ),
         )
     };
-    match fs::metadata(&path) {
-        Err(_) => {
-            // The first start makes it: as root, only the directory itself (handed to the
-            // server account), which must be able to reach it; otherwise as the account itself.
-            let parent = path.parent().unwrap_or(Path::new("/"));
-            let existing = path
-                .ancestors()
-                .skip(1)
-                .find(|a| a.exists())
-                .unwrap_or(parent);
-            if invoker.is_root() && existing != parent {
-                unreachable(
-                    report,
-                    &format!(
-                        "{} is missing, and directories root would make for it are private to root",
-                        parent.display()
-                    ),
-                );
-            } else if invoker.is_root() && !accessible_as(server, existing, AccessFlags::X_OK) {
-                unreachable(
-                    report,
-                    &format!("{} cannot enter {}", server.name, existing.display()),
-                );
-            } else if !invoker.is_root()
-                && !accessible_as(server, existing, AccessFlags::W_OK | AccessFlags::X_OK)
-            {
-                unreachable(
-                    report,
-                    &format!(
-                        "does not exist, and {} cannot create it in {}",
-                        server.name,
-                        existing.display()
-                    ),
-                );
-            } else {
-                report.pass(&format!(
-                    "PGTMP_DIR {} does not exist yet; the first start creates it (mode 0700, owner {})",
-                    path.display(),
-                    server.name
-                ));
-            }
-        }
-        Ok(meta) if !meta.is_dir() => report.fail(
-            &format!("PGTMP_DIR {} is not a directory", path.display()),
+    // Judged exactly as a start judges it (statedir::judge_existing), through a handle.
+    match Dir::open_if_exists(&path) {
+        Err(err) if crate::safefs::is_permission_denied(&err) => unreachable(
+            report,
+            &format!("{} cannot reach it ({err:#})", server.name),
+        ),
+        Err(err) => report.fail(
+            &format!("PGTMP_DIR {err:#}"),
             "remove it, or set PGTMP_DIR elsewhere",
         ),
-        Ok(meta) if meta.uid() != server.uid.as_raw() => {
-            let empty = fs::read_dir(&path).is_ok_and(|mut d| d.next().is_none());
-            if invoker.is_root() && empty {
-                report.pass(&format!(
-                    "PGTMP_DIR {} is empty; the next start hands it to {}",
+        Ok(None) => missing_state_dir(report, &path, invoker, server),
+        Ok(Some(dir)) => {
+            let verdict =
+                dir.stat().ok().zip(dir.is_empty().ok()).map(|(st, empty)| {
+                    statedir::judge_existing(&path, &st, empty, invoker, server)
+                });
+            match verdict {
+                None => unreachable(report, "cannot be read"),
+                Some(Err(problem)) => report.fail(&problem.what, &problem.fix),
+                Some(Ok(Verdict::HandOver)) => report.pass(&format!(
+                    "PGTMP_DIR {} is root's, empty and private; the next start hands it to {}",
                     path.display(),
                     server.name
-                ));
-            } else {
-                report.fail(
-                    &format!(
-                        "PGTMP_DIR {} belongs to uid {}, not to {} who runs the server",
-                        path.display(),
-                        meta.uid(),
-                        server.name
-                    ),
-                    &format!(
-                        "remove it, or set PGTMP_DIR to a directory of {}'s own",
-                        server.name
-                    ),
-                );
+                )),
+                Some(Ok(Verdict::Use))
+                    if !accessible_as(server, &path, AccessFlags::W_OK | AccessFlags::X_OK) =>
+                {
+                    unreachable(
+                        report,
+                        &format!(
+                            "{} cannot reach it (a directory above it is closed to {})",
+                            server.name, server.name
+                        ),
+                    )
+                }
+                Some(Ok(Verdict::Use)) => report.pass(&format!(
+                    "PGTMP_DIR {} belongs to {}, is private (0700) and writable",
+                    path.display(),
+                    server.name
+                )),
             }
         }
-        Ok(meta) if meta.permissions().mode() & 0o300 != 0o300 => report.fail(
+    }
+    Some(statedir::StateDir { path })
+}
+
+/// A state directory that does not exist yet: whether the first start can make it. As root,
+/// only the directory itself is made (and handed to the server account, which must be able
+/// to reach it); otherwise the account makes it, and any missing parent, itself.
+fn missing_state_dir(report: &mut Report, path: &Path, invoker: &Account, server: &Account) {
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let existing = path
+        .ancestors()
+        .skip(1)
+        .find(|a| a.exists())
+        .unwrap_or(parent);
+    let problem = if invoker.is_root() && existing != parent {
+        Some(format!(
+            "{} is missing, and directories root would make for it are private to root",
+            parent.display()
+        ))
+    } else if invoker.is_root() && !accessible_as(server, existing, AccessFlags::X_OK) {
+        Some(format!(
+            "{} cannot enter {}",
+            server.name,
+            existing.display()
+        ))
+    } else if !invoker.is_root()
+        && !accessible_as(server, existing, AccessFlags::W_OK | AccessFlags::X_OK)
+    {
+        Some(format!(
+            "does not exist, and {} cannot create it in {}",
+            server.name,
+            existing.display()
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(what) => report.fail(
+            &format!("PGTMP_DIR {}: {what}", path.display()),
             &format!(
-                "PGTMP_DIR {} is not writable by its owner {}",
-                path.display(),
+                "set PGTMP_DIR to a directory {} can reach and write, e.g. /tmp/pgtmp",
                 server.name
             ),
-            &format!("chmod 700 {}", path.display()),
         ),
-        Ok(_) if !accessible_as(server, &path, AccessFlags::W_OK | AccessFlags::X_OK) => {
-            unreachable(
-                report,
-                &format!(
-                    "{} cannot reach it (a directory above it is closed to {})",
-                    server.name, server.name
-                ),
-            )
-        }
-        Ok(_) => report.pass(&format!(
-            "PGTMP_DIR {} belongs to {} and is writable",
+        None => report.pass(&format!(
+            "PGTMP_DIR {} does not exist yet; the first start creates it (mode 0700, owner {})",
             path.display(),
             server.name
         )),
     }
-    Some(statedir::StateDir { path })
 }
 
 /// Whether `account` may access `path` with `flags` (which takes entering every directory

@@ -18,9 +18,8 @@ use crate::instance::{Found, Instance};
 use crate::statedir::{self, StateDir};
 use crate::watchdog::OnFailure;
 use anyhow::{Context, Result, bail};
-use nix::unistd::chown;
 use std::fs::DirBuilder;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 pub fn dispatch(cli: Cli) -> Result<()> {
@@ -84,18 +83,29 @@ impl Session {
 
 /// Gives an existing empty `-d` directory to the server account, as root, before dropping
 /// privileges. A missing one is created later by the server account itself, so that it can
-/// also remove it again.
+/// also remove it again. Works on the directory's handle: a symlink at the path is refused,
+/// so root never hands over what a planted link points to, and only a directory of root's
+/// own (or the server account's) is taken: never one that another account made.
 fn hand_over(dir: &Path, server: &Account) -> Result<()> {
-    if let Ok(Found::Empty) = Instance::inspect(dir) {
-        let meta =
-            std::fs::metadata(dir).with_context(|| format!("cannot inspect {}", dir.display()))?;
-        if meta.uid() != server.uid.as_raw() {
-            chown(dir, Some(server.uid), Some(server.gid)).with_context(|| {
-                format!("cannot hand {} to account {}", dir.display(), server.name)
-            })?;
-        }
+    let Ok(Found::Empty) = inspect_dir(dir) else {
+        return Ok(());
+    };
+    let handle = crate::safefs::Dir::open(dir)?;
+    let st = handle.stat()?;
+    if st.st_uid == server.uid.as_raw() {
+        return Ok(());
     }
-    Ok(())
+    if st.st_uid != 0 || crate::safefs::mode_of(&st) & 0o022 != 0 {
+        return Err(anyhow::anyhow!(
+            "-d {}: the directory belongs to uid {} (mode {:o}); root hands the server account {} only an empty private directory of its own: remove it, or give a missing directory",
+            dir.display(),
+            st.st_uid,
+            crate::safefs::mode_of(&st),
+            server.name
+        ));
+    }
+    handle.chmod(0o700)?;
+    handle.chown(server.uid, server.gid, &server.name)
 }
 
 /// Makes a `-d` path absolute and checks that a socket inside it fits the kernel's limit and
@@ -122,12 +132,7 @@ pub fn absolute_dir(dir: &Path) -> Result<PathBuf> {
 /// What is at a `-d` path; something pgtmp must not touch is refused before anything is made.
 pub fn inspect_dir(dir: &Path) -> Result<Found> {
     let found = Instance::inspect(dir).map_err(|err| {
-        let denied = err.chain().any(|cause| {
-            cause
-                .downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
-        });
-        if !denied {
+        if !crate::safefs::is_permission_denied(&err) {
             return err;
         }
         let me = Account::current().map_or_else(|_| "this account".to_string(), |a| a.name);
@@ -160,9 +165,12 @@ pub fn prepare_dir(
     session: &Session,
 ) -> Result<OnFailure> {
     let instance = Instance::new(dir);
+    if found != Found::Missing {
+        claim_existing(dir, &found, &session.server)?;
+    }
     let on_failure = match found {
         Found::Missing => {
-            DirBuilder::new().recursive(true).mode(0o700).create(dir).with_context(|| {
+            make_missing_dir(dir).with_context(|| {
                 let server = &session.server.name;
                 format!(
                     "cannot create {} as account {server}, which the server runs as; choose a directory {server} can reach and write (e.g. under /tmp), or create this one with {server} as its owner in a place {server} can reach",
@@ -195,6 +203,55 @@ pub fn prepare_dir(
         return Err(err);
     }
     Ok(on_failure)
+}
+
+/// Proves that an existing `-d` directory is the server account's own before pgtmp puts a
+/// cluster in it (or starts the one there): nobody else may have made it or be able to write
+/// into it. An empty one is made private first and then checked to be still empty, so nothing
+/// can be slipped in between.
+fn claim_existing(dir: &Path, found: &Found, server: &Account) -> Result<()> {
+    let handle = crate::safefs::Dir::open(dir)?;
+    let st = handle.stat()?;
+    if st.st_uid != nix::unistd::geteuid().as_raw() {
+        return Err(anyhow::anyhow!(
+            "-d {}: the directory belongs to uid {}, not to {}, who runs the server; pgtmp uses only directories of its own: remove it, or give a missing directory",
+            dir.display(),
+            st.st_uid,
+            server.name
+        ));
+    }
+    if *found == Found::Empty {
+        handle.chmod(0o700)?;
+        if !handle.is_empty()? {
+            bail!(
+                "-d {}: something appeared in the directory while pgtmp was checking it; give an empty or missing directory",
+                dir.display()
+            );
+        }
+    } else if crate::safefs::mode_of(&st) & 0o022 != 0 {
+        return Err(anyhow::anyhow!(
+            "-d {}: the directory is writable by other accounts (mode {:o}), so they could have changed the cluster in it; make it private with `chmod 700 {}`",
+            dir.display(),
+            crate::safefs::mode_of(&st),
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Creates a missing `-d` directory: its parents as needed, the directory itself exclusively
+/// in its parent's handle, so that one another account made there first is never used.
+fn make_missing_dir(dir: &Path) -> Result<()> {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        bail!("{} cannot be a cluster directory", dir.display());
+    };
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    crate::safefs::Dir::open(parent)?.make_dir(name, 0o700)?;
+    Ok(())
 }
 
 /// Checks that `-d DIR` names a cluster that pgtmp can start: made by the same major version
