@@ -154,7 +154,7 @@ impl Cache {
             .with_context(|| format!("cannot create {}", building.display()))?;
         let result = self.build_in(&building, install, user, options, data);
         if result.is_err() {
-            let _ = fs::remove_dir_all(&building);
+            let _ = crate::safefs::remove_tree_at(&building);
         }
         result
     }
@@ -234,7 +234,7 @@ impl Cache {
             }
             // Someone else published it first (e.g. without taking the lock after a sweep).
             Err(_) if self.exists() => {
-                let _ = fs::remove_dir_all(building);
+                let _ = crate::safefs::remove_tree_at(building);
                 Ok(())
             }
             Err(err) => Err(err).with_context(|| format!("cannot publish {}", self.dir.display())),
@@ -251,7 +251,7 @@ impl Cache {
             return Ok(());
         };
         for stale in self.children(BUILDING) {
-            let _ = fs::remove_dir_all(stale);
+            let _ = crate::safefs::remove_tree_at(&stale);
         }
         while self.children(READY).len() < size {
             pool::add_ready_copy(&self.dir, &self.entry().dir)?;
@@ -308,11 +308,11 @@ pub fn sweep(state_dir: &Path, max_age: Duration, dry_run: bool) -> Result<Swept
         }
         if name.starts_with(TRASH) {
             if !dry_run {
-                let _ = fs::remove_dir_all(&path);
+                let _ = crate::safefs::remove_tree_at(&path);
             }
         } else if name.starts_with(BUILD) {
             if !dry_run && old(&path) {
-                let _ = fs::remove_dir_all(&path);
+                let _ = crate::safefs::remove_tree_at(&path);
             }
         } else {
             let used = path.join("used");
@@ -338,8 +338,7 @@ pub fn sweep(state_dir: &Path, max_age: Duration, dry_run: bool) -> Result<Swept
             let trash = root.join(format!("{TRASH}{}", pool::new_name()?));
             fs::rename(&path, &trash)
                 .with_context(|| format!("cannot move {} away", path.display()))?;
-            fs::remove_dir_all(&trash)
-                .with_context(|| format!("cannot remove {}", trash.display()))?;
+            crate::safefs::remove_tree_at(&trash)?;
             let _ = fs::remove_file(path.with_extension("lock"));
             let _ = fs::remove_file(path.with_extension("error"));
             swept.entries.push(path);
@@ -366,7 +365,7 @@ fn remove_ready_copies(root: &Path, dir: &Path, dry_run: bool) -> Result<Vec<Pat
         if fs::rename(&copy, &trash).is_err() {
             continue;
         }
-        fs::remove_dir_all(&trash).with_context(|| format!("cannot remove {}", trash.display()))?;
+        crate::safefs::remove_tree_at(&trash)?;
         removed.push(copy);
     }
     Ok(removed)

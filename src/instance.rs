@@ -298,11 +298,7 @@ impl Instance {
     /// Deletes the whole directory, through its parent's handle: a symlink inside (or at its
     /// path) is removed, never followed, and nothing outside it is touched.
     pub fn remove(&self) -> Result<()> {
-        let (parent, name) = split(&self.dir)?;
-        match Dir::open_if_exists(parent)? {
-            Some(parent) => parent.remove_tree(name),
-            None => Ok(()),
-        }
+        safefs::remove_tree_at(&self.dir)
     }
 
     /// Deletes everything inside the directory but the directory itself (for a `-d DIR` that

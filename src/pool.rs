@@ -154,12 +154,12 @@ fn build(building: &Path, done: &Path, make: impl FnOnce(&Path) -> Result<()>) -
         .create(building)
         .with_context(|| format!("cannot create {}", building.display()))?;
     if let Err(err) = make(building) {
-        let _ = fs::remove_dir_all(building);
+        let _ = crate::safefs::remove_tree_at(building);
         return Err(err);
     }
     let published = fs::rename(building, done);
     if published.is_err() {
-        let _ = fs::remove_dir_all(building);
+        let _ = crate::safefs::remove_tree_at(building);
     }
     published.with_context(|| format!("cannot publish {}", done.display()))
 }
@@ -206,7 +206,7 @@ pub fn remove_vanished(pools: &Path, dry_run: bool) -> Vec<PathBuf> {
                 .any(|e| crate::prestart::is_token(&e.path()))
         });
         if let Ok(false) = waiting
-            && (dry_run || fs::remove_dir_all(&dir).is_ok())
+            && (dry_run || crate::safefs::remove_tree_at(&dir).is_ok())
         {
             removed.push(dir);
         }
@@ -325,7 +325,7 @@ impl Pool {
             .into_iter()
             .chain(self.entries(TEMPLATE_BUILDING))
         {
-            let _ = fs::remove_dir_all(stale);
+            let _ = crate::safefs::remove_tree_at(&stale);
         }
         if let Some(pools) = self.dir.parent() {
             remove_vanished(pools, false);

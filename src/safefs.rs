@@ -213,16 +213,23 @@ impl Dir {
     /// already (`AlreadyExists` in the chain), so a directory someone else made first is
     /// never mistaken for this one; the opened directory is checked to be this account's.
     pub fn make_dir(&self, name: impl AsRef<Path>, mode: u32) -> Result<Dir> {
+        self.make_dir_for(name, mode, nix::unistd::geteuid())
+    }
+
+    /// [`Dir::make_dir`] for a directory that is to be handed to `heir`: it may already be
+    /// `heir`'s when opened (another start of the same account made and handed it over in
+    /// the meantime), but nobody else's.
+    pub fn make_dir_for(&self, name: impl AsRef<Path>, mode: u32, heir: Uid) -> Result<Dir> {
         let name = name.as_ref();
         let path = self.child_path(name);
         mkdirat(&self.fd, name, Mode::from_bits_truncate(mode))
             .map_err(std::io::Error::from)
             .with_context(|| format!("cannot create {}", path.display()))?;
         let dir = self.open_dir(name)?;
-        let st = dir.stat()?;
-        if st.st_uid != nix::unistd::geteuid().as_raw() {
+        let owner = dir.stat()?.st_uid;
+        if owner != nix::unistd::geteuid().as_raw() && owner != heir.as_raw() {
             bail!(
-                "{} was replaced by another account's directory right after pgtmp made it; remove it and try again",
+                "{} was replaced by the directory of uid {owner} right after pgtmp made it; remove it and try again",
                 path.display()
             );
         }
@@ -434,6 +441,18 @@ impl Dir {
         nix::sys::stat::fchmod(&self.fd, Mode::from_bits_truncate(mode))
             .map_err(std::io::Error::from)
             .with_context(|| format!("cannot set mode {mode:o} on {}", self.path.display()))
+    }
+}
+
+/// Removes the tree at `path` through its parent's handle (see [`Dir::remove_tree`]): a
+/// symlink at `path` or inside it goes itself, never what it points to. Nothing there is fine.
+pub fn remove_tree_at(path: &Path) -> Result<()> {
+    let (parent, Some(name)) = split(path)? else {
+        bail!("refusing to remove /");
+    };
+    match Dir::open_if_exists(parent)? {
+        Some(parent) => parent.remove_tree(name),
+        None => Ok(()),
     }
 }
 

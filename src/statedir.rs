@@ -273,7 +273,7 @@ impl StateDir {
                 .map_err(Problem::into_error)?;
         }
         let path = parent.join(name);
-        match parent_dir.make_dir(name, 0o700) {
+        match parent_dir.make_dir_for(name, 0o700, server.uid) {
             Ok(dir) => {
                 // Ours, just made: private whatever the umask, and the server account's.
                 let handed = dir.chmod(0o700).and_then(|()| {
