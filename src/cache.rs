@@ -214,7 +214,10 @@ impl Cache {
             Ok(Startup::Ready) => data.load(&target).and_then(|()| stock::refill(&target)),
             Ok(_) => Err(anyhow::anyhow!(
                 "postgres did not start for the schema cache: {}",
-                cluster::failure_lines(&fs::read_to_string(entry.log()).unwrap_or_default())
+                cluster::failure_lines(
+                    &crate::safefs::read_tail_at(&entry.log(), cluster::LOG_TAIL)
+                        .unwrap_or_default()
+                )
             )),
             Err(err) => Err(err),
         };

@@ -200,7 +200,7 @@ pub fn wait_ready(child: &mut Child, instance: &Instance, limit: Duration) -> Re
     let pid = child.id().to_string();
     let deadline = Instant::now() + limit;
     loop {
-        if let Ok(text) = std::fs::read_to_string(&pid_file) {
+        if let Ok(Some(text)) = crate::safefs::read_text_at(&pid_file) {
             let mut lines = text.lines();
             // The pid line guards against a stale file left by an earlier run.
             if lines.next() == Some(pid.as_str())
@@ -270,14 +270,20 @@ pub fn shutdown(pid: i32, mut gone: impl FnMut() -> bool) -> Result<()> {
 /// 8), as after a SIGTERM sent by someone else. A smart shutdown waits for every session to end,
 /// the watchdog's own included, so the watchdog must notice and finish it.
 pub fn is_stopping(data: &Path) -> bool {
-    std::fs::read_to_string(data.join("postmaster.pid"))
-        .is_ok_and(|text| text.lines().nth(7).is_some_and(|l| l.trim() == "stopping"))
+    crate::safefs::read_text_at(&data.join("postmaster.pid"))
+        .ok()
+        .flatten()
+        .is_some_and(|text| text.lines().nth(7).is_some_and(|l| l.trim() == "stopping"))
 }
 
 /// True when the log says the TCP port was taken (by someone who got there first).
 pub fn lost_port_race(log: &str) -> bool {
     log.contains("could not bind IPv4 address") && log.contains("Address already in use")
 }
+
+/// How much of the end of a server log is read to find why it failed: the reason is in its
+/// last lines, and a log can grow without bound.
+pub const LOG_TAIL: u64 = 64 * 1024;
 
 /// The lines of a failed start that say why: FATAL, ERROR, PANIC and their DETAIL/HINT, and
 /// anything postgres printed without a log prefix (e.g. invalid command-line options).

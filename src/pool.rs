@@ -180,7 +180,7 @@ pub fn remove_vanished(pools: &Path, dry_run: bool) -> Vec<PathBuf> {
         if !ownership::is_own_dir(&dir) {
             continue;
         }
-        let Ok(text) = fs::read_to_string(dir.join(INSTALL)) else {
+        let Ok(Some(text)) = crate::safefs::read_text_at(&dir.join(INSTALL)) else {
             continue; // being created, or not a pool: leave it
         };
         let mut lines = text.lines();

@@ -118,8 +118,9 @@ impl Claim {
 
     /// The claim a start left for the watchdog of `instance`, if there is one.
     pub fn read(instance: &Instance) -> Option<Claim> {
-        fs::read_to_string(instance.dir.join(CLAIM_FILE))
+        crate::safefs::read_text_at(&instance.dir.join(CLAIM_FILE))
             .ok()
+            .flatten()
             .and_then(|text| Claim::parse(&text))
     }
 
@@ -234,8 +235,8 @@ pub fn claim(
         }
         let password = if tcp {
             let path = instance.dir.join(PASSWORD_FILE);
-            let password = fs::read_to_string(&path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
+            let password = crate::safefs::read_text_at(&path)?
+                .with_context(|| format!("{} is missing", path.display()))?;
             let _ = fs::remove_file(&path);
             Some(password)
         } else {

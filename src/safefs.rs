@@ -255,12 +255,11 @@ impl Dir {
             .is_some_and(|st| file_type(&st) == SFlag::S_IFREG)
     }
 
-    /// Reads the file `name`, None when it does not exist. Only a regular file (no symlink,
-    /// FIFO or device) that belongs to this directory's owner and holds at most `limit` bytes
-    /// is read; anything else is an error naming it. It is opened with O_NONBLOCK, so that
-    /// even opening a FIFO cannot block, and a regular file's read never waits.
-    pub fn read_small(&self, name: impl AsRef<Path>, limit: usize) -> Result<Option<Vec<u8>>> {
-        let name = name.as_ref();
+    /// Opens the file `name` for reading, None when it does not exist. Only a regular file
+    /// (no symlink, FIFO or device) that belongs to this directory's owner is opened; anything
+    /// else is an error naming it. It is opened with O_NONBLOCK, so that even opening a FIFO
+    /// cannot block, and a regular file's read never waits.
+    fn open_file(&self, name: &Path) -> Result<Option<(std::fs::File, FileStat)>> {
         let path = self.child_path(name);
         let flags = OFlag::O_RDONLY
             | OFlag::O_NOFOLLOW
@@ -294,24 +293,50 @@ impl Dir {
                 st.st_uid
             );
         }
-        if st.st_size < 0 || st.st_size as u64 > limit as u64 {
-            bail!(
+        Ok(Some((std::fs::File::from(fd), st)))
+    }
+
+    /// Reads the file `name`, None when it does not exist: only a regular file of this
+    /// directory's owner (see `open_file`) that holds at most `limit` bytes.
+    pub fn read_small(&self, name: impl AsRef<Path>, limit: usize) -> Result<Option<Vec<u8>>> {
+        let name = name.as_ref();
+        let path = self.child_path(name);
+        let Some((file, st)) = self.open_file(name)? else {
+            return Ok(None);
+        };
+        let too_large = || {
+            anyhow::anyhow!(
                 "{} is larger than {limit} bytes; it is not pgtmp's",
                 path.display()
-            );
+            )
+        };
+        if st.st_size < 0 || st.st_size as u64 > limit as u64 {
+            return Err(too_large());
         }
         let mut bytes = Vec::with_capacity(st.st_size as usize);
-        std::fs::File::from(fd)
-            .take(limit as u64 + 1)
+        file.take(limit as u64 + 1)
             .read_to_end(&mut bytes)
             .with_context(|| format!("cannot read {}", path.display()))?;
         if bytes.len() > limit {
-            bail!(
-                "{} is larger than {limit} bytes; it is not pgtmp's",
-                path.display()
-            );
+            return Err(too_large());
         }
         Ok(Some(bytes))
+    }
+
+    /// The last `limit` bytes (at most) of the log file `name`, as text; empty when it does
+    /// not exist. The same file checks as [`Dir::read_small`].
+    pub fn read_tail(&self, name: impl AsRef<Path>, limit: u64) -> Result<String> {
+        use std::io::{Seek, SeekFrom};
+        let name = name.as_ref();
+        let Some((mut file, st)) = self.open_file(name)? else {
+            return Ok(String::new());
+        };
+        let start = u64::try_from(st.st_size).unwrap_or(0).saturating_sub(limit);
+        let mut bytes = Vec::new();
+        file.seek(SeekFrom::Start(start))
+            .and_then(|_| file.take(limit).read_to_end(&mut bytes))
+            .with_context(|| format!("cannot read {}", self.child_path(name).display()))?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// [`Dir::read_small`] of a text file of pgtmp's.
@@ -453,6 +478,28 @@ pub fn remove_tree_at(path: &Path) -> Result<()> {
     match Dir::open_if_exists(parent)? {
         Some(parent) => parent.remove_tree(name),
         None => Ok(()),
+    }
+}
+
+/// [`Dir::read_text`] of the file at `path`, through its parent's handle.
+pub fn read_text_at(path: &Path) -> Result<Option<String>> {
+    let (parent, Some(name)) = split(path)? else {
+        bail!("/ is not a file");
+    };
+    match Dir::open_if_exists(parent)? {
+        Some(parent) => parent.read_text(name),
+        None => Ok(None),
+    }
+}
+
+/// [`Dir::read_tail`] of the log at `path`, through its parent's handle.
+pub fn read_tail_at(path: &Path, limit: u64) -> Result<String> {
+    let (parent, Some(name)) = split(path)? else {
+        bail!("/ is not a file");
+    };
+    match Dir::open_if_exists(parent)? {
+        Some(parent) => parent.read_tail(name, limit),
+        None => Ok(String::new()),
     }
 }
 

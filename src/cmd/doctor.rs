@@ -359,12 +359,12 @@ fn pools(report: &mut Report, state: &statedir::StateDir, install: &Installation
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        match fs::read_to_string(dir.join("refill.error")) {
-            Ok(error) => report.warn(
+        match crate::safefs::read_text_at(&dir.join("refill.error")) {
+            Ok(Some(error)) => report.warn(
                 &format!("pool {name}: {ready} of {size} ready, {template}, {waiting} pre-started; the last refill failed: {}", error.trim()),
                 "fix the cause above; starts meanwhile prepare their directory in the foreground (slower)",
             ),
-            Err(_) => report.pass(&format!(
+            _ => report.pass(&format!(
                 "pool {name}: {ready} of {size} ready, {template}, {waiting} pre-started"
             )),
         }
