@@ -1,6 +1,6 @@
 //! `pgtmp stop`, `stop --all` and `list` against directories and files someone else planted:
 //! no unrelated process is signalled, nothing that is not the invoker's cluster is touched,
-//! nothing hangs or reads without end.
+//! nothing hangs or reads without end. Also -k on either side of `stop`.
 
 #[macro_use]
 mod common;
@@ -17,6 +17,7 @@ use std::time::Duration;
 both_invokers!(
     a_planted_copy_of_the_invokers_own_is_refused,
     an_edited_state_file_signals_nobody_else,
+    stop_keeps_with_k_on_either_side,
 );
 
 /// Longer than any of these commands may take when nothing makes them hang.
@@ -340,4 +341,56 @@ fn planted_registrations_neither_hang_nor_flood() {
         "stop --all left the real cluster running"
     );
     assert!(!dir.exists(), "stop --all left {}", dir.display());
+}
+
+/// `pgtmp -k -d DIR stop` (pg_tmp's spelling), `pgtmp stop -k -d DIR` and `pgtmp stop -k URL`
+/// stop the server and keep the directory with its data, which starts again.
+fn stop_keeps_with_k_on_either_side(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    // A directory of its own for each form: a kept directory stays kept once stopped.
+    let first = sandbox.path("first");
+    let second = sandbox.path("second");
+    let (first, second) = (first.to_str().unwrap(), second.to_str().unwrap());
+    let forms: [(Option<&str>, &[&str]); 3] = [
+        (Some(first), &["-k", "-d", first, "stop"]),
+        (Some(second), &["stop", "-k", "-d", second]),
+        (None, &["stop", "-k", "URL"]),
+    ];
+    for (n, (elsewhere, form)) in forms.into_iter().enumerate() {
+        let url = match elsewhere {
+            Some(dir) => sandbox.start(&["-w", "60", "-d", dir]),
+            None => sandbox.start(&["-w", "60"]),
+        };
+        let dir = parse_socket_url(&url).dir;
+        sandbox.psql(&url, &format!("create table kept{n} (x int)"));
+        let postmaster = postmaster_pid(&dir).unwrap();
+        let args: Vec<&str> = form
+            .iter()
+            .map(|&a| if a == "URL" { url.as_str() } else { a })
+            .collect();
+        let out = sandbox.run(&args);
+        assert!(
+            out.success() && out.stderr.is_empty(),
+            "pgtmp {args:?}:\n{out}"
+        );
+        assert!(!alive(postmaster), "pgtmp {args:?} left the server running");
+        sandbox.assert_no_process(&dir, "after the stop");
+        assert!(
+            dir.join("data/PG_VERSION").is_file(),
+            "pgtmp {args:?} removed {}",
+            dir.display()
+        );
+        let again = sandbox.start(&["-w", "60", "-d", dir.to_str().unwrap()]);
+        assert_eq!(
+            sandbox.psql(&again, &format!("select count(*) from kept{n}")),
+            "0",
+            "pgtmp {args:?} kept the directory but not its data"
+        );
+        let out = sandbox.run(&["stop", &again]);
+        assert!(out.success(), "{out}");
+        if elsewhere.is_none() {
+            // Kept in PGTMP_DIR; the next start must not take it for its own.
+            fs::remove_dir_all(&dir).unwrap();
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! `pgtmp stop URL | -d DIR | --all`: stop the invoker's clusters now.
+//! `pgtmp stop URL | -d DIR | --all [-k]`: stop the invoker's clusters now, and with -k keep
+//! their directories.
 //!
 //! Only a directory proven to be one of this account's clusters is acted on (see
 //! clusters.rs), and only a process proven to be its watchdog or postmaster is signalled,
@@ -6,7 +7,7 @@
 //! a state file naming an unrelated process, makes pgtmp refuse, never signal.
 
 use super::Session;
-use crate::cli::GlobalArgs;
+use crate::cli::{GlobalArgs, StopArgs};
 use crate::clusters::{self, ClusterDir};
 use crate::exit;
 use crate::ownership;
@@ -14,15 +15,14 @@ use crate::url::{self, Target};
 use crate::{cluster, process};
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::Signal;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Longest a watchdog may take to stop its server (fast, then immediate shutdown, then kill).
 const STOP_LIMIT: Duration = Duration::from_secs(30);
 
-pub fn run(url: Option<String>, dir: Option<PathBuf>, global: &GlobalArgs) -> Result<()> {
+pub fn run(args: StopArgs, global: &GlobalArgs) -> Result<()> {
     let session = Session::establish(global, None)?;
-    let cluster = match (url, dir) {
+    let cluster = match (args.url, args.dir) {
         (Some(url), _) => find_by_url(&session, &url)?,
         (None, Some(dir)) => {
             let dir = std::path::absolute(&dir)
@@ -35,12 +35,12 @@ pub fn run(url: Option<String>, dir: Option<PathBuf>, global: &GlobalArgs) -> Re
             ));
         }
     };
-    stop(&session, &cluster)
+    stop(&session, &cluster, args.keep)
 }
 
-/// `pgtmp stop --all`: every running cluster of the invoking account. One that stops by
-/// itself meanwhile is not an error.
-pub fn all(global: &GlobalArgs) -> Result<()> {
+/// `pgtmp stop --all`: every running cluster of the invoking account; with `keep` their
+/// directories stay. One that stops by itself meanwhile is not an error.
+pub fn all(keep: bool, global: &GlobalArgs) -> Result<()> {
     let session = Session::establish(global, None)?;
     let Some(state) = clusters::open_state_dir(&session.state.path)? else {
         return Ok(());
@@ -53,7 +53,7 @@ pub fn all(global: &GlobalArgs) -> Result<()> {
                 && (process::alive(s.watchdog_pid) || process::alive(s.postmaster_pid))
         });
         if running
-            && let Err(err) = stop(&session, &cluster)
+            && let Err(err) = stop(&session, &cluster, keep)
             && cluster.read_state().ok().flatten().is_some()
         {
             failures.push(format!("{err:#}"));
@@ -69,8 +69,9 @@ pub fn all(global: &GlobalArgs) -> Result<()> {
     Ok(())
 }
 
-/// Stops one cluster of the invoker's and waits until it is gone.
-fn stop(session: &Session, cluster: &ClusterDir) -> Result<()> {
+/// Stops one cluster of the invoker's and waits until it is gone; with `keep` its directory
+/// stays (as with a start's -k).
+fn stop(session: &Session, cluster: &ClusterDir, keep: bool) -> Result<()> {
     let dir = cluster.path.display().to_string();
     if !cluster.is_cluster() {
         bail!("{dir} is not a pgtmp cluster directory; pass the URL pgtmp printed");
@@ -89,6 +90,10 @@ fn stop(session: &Session, cluster: &ClusterDir) -> Result<()> {
     let watchdog =
         ownership::prove_watchdog(&cluster.dir, state.watchdog_pid, state.watchdog_start, me)?;
     if let Some(watchdog) = watchdog {
+        // The watchdog keeps a directory so marked when it stops, whatever it was started with.
+        if keep {
+            instance.mark_kept()?;
+        }
         // It stops the server and removes the directory, exactly as at its timeout.
         watchdog.signal(Signal::SIGTERM)?;
         return wait_gone(state.watchdog_pid, &dir, STOP_LIMIT);
@@ -107,6 +112,9 @@ fn stop(session: &Session, cluster: &ClusterDir) -> Result<()> {
         }
         None => None,
     };
+    if keep {
+        instance.mark_kept()?;
+    }
     if let Some(server) = &server {
         cluster::shutdown(server, || !process::alive(state.postmaster_pid))?;
     }
