@@ -72,7 +72,7 @@ complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s h -l help -d 'Prin
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -s d -l dir -d 'The cluster\'s directory instead of its URL' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]; PGTMP_RUN_AS is ignored when pgtmp is not invoked by root' -r
-complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -l all -d 'Stop every running cluster of this account'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -l all -d 'Stop every running cluster of this account, all at once'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -s k -l keep -d 'Keep the cluster\'s directory and data, so `pgtmp -d DIR` can start it again (and keeps it again, with or without -k)'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand initdb" -s d -l dir -d 'Prepare this directory (empty or missing) instead of a new one under PGTMP_DIR' -r -F

@@ -334,7 +334,7 @@ pub struct StopArgs {
     #[arg(short = 'd', long = "dir", value_name = "DIR")]
     pub dir: Option<PathBuf>,
 
-    /// Stop every running cluster of this account
+    /// Stop every running cluster of this account, all at once
     #[arg(long = "all", conflicts_with_all = ["url", "dir"])]
     pub all: bool,
 

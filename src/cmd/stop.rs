@@ -38,27 +38,47 @@ pub fn run(args: StopArgs, global: &GlobalArgs) -> Result<()> {
     stop(&session, &cluster, args.keep)
 }
 
-/// `pgtmp stop --all`: every running cluster of the invoking account; with `keep` their
-/// directories stay. One that stops by itself meanwhile is not an error.
+/// `pgtmp stop --all`: every running cluster of the invoking account, all at once. One that
+/// stops by itself meanwhile is not an error; every one that fails is reported.
+///
+/// Threads are fine here: the session switch is done before any exists, and nothing forks
+/// afterwards.
 pub fn all(keep: bool, global: &GlobalArgs) -> Result<()> {
     let session = Session::establish(global, None)?;
     let Some(state) = clusters::open_state_dir(&session.state.path)? else {
         return Ok(());
     };
-    let mut failures = Vec::new();
-    for cluster in clusters::all(&state) {
+    let running: Vec<ClusterDir> = clusters::all(&state)
+        .into_iter()
         // Without a state: being prepared, or stopped already.
-        let running = cluster.running_state().is_some_and(|s| {
-            s.owner_uid == session.invoker.uid.as_raw()
-                && (process::alive(s.watchdog_pid) || process::alive(s.postmaster_pid))
-        });
-        if running
-            && let Err(err) = stop(&session, &cluster, keep)
-            && cluster.read_state().ok().flatten().is_some()
-        {
-            failures.push(format!("{err:#}"));
-        }
-    }
+        .filter(|cluster| {
+            cluster.running_state().is_some_and(|s| {
+                s.owner_uid == session.invoker.uid.as_raw()
+                    && (process::alive(s.watchdog_pid) || process::alive(s.postmaster_pid))
+            })
+        })
+        .collect();
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let stops: Vec<_> = running
+            .iter()
+            .map(|cluster| {
+                let session = &session;
+                scope.spawn(move || match stop(session, cluster, keep) {
+                    Err(err) if cluster.read_state().ok().flatten().is_some() => {
+                        Some(format!("{err:#}"))
+                    }
+                    _ => None,
+                })
+            })
+            .collect();
+        stops
+            .into_iter()
+            .filter_map(|stop| {
+                stop.join()
+                    .unwrap_or_else(|_| Some("a stop panicked".into()))
+            })
+            .collect()
+    });
     if !failures.is_empty() {
         bail!(
             "{} cluster(s) did not stop: {}",
