@@ -431,7 +431,7 @@ _pgtmp() {
             return 0
             ;;
         pgtmp__subcmd__stop)
-            opts="-d -h --dir --all --bindir --run-as --help"
+            opts="-d -k -h --dir --all --keep --bindir --run-as --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

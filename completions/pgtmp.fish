@@ -43,7 +43,7 @@ complete -c pgtmp -n "__fish_pgtmp_needs_command" -l no-cache -d 'Load the -f fi
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s V -l version -d 'Print version'
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "start" -d 'Start a throwaway cluster and print its URL (the default command)'
-complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "stop" -d 'Stop a cluster now and remove its directory (unless it was started with -k)'
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "stop" -d 'Stop a cluster now and remove its directory (kept with -k, or if it was started with -k)'
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "initdb" -d 'Prepare a data directory without starting it and print its path'
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "run" -d 'Start a cluster, run CMD with PGHOST, PGPORT, PGUSER, PGDATABASE and DATABASE_URL set, then stop the cluster and exit with CMD\'s status'
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "list" -d 'List this account\'s running clusters'
@@ -72,8 +72,9 @@ complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s h -l help -d 'Prin
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -s d -l dir -d 'The cluster\'s directory instead of its URL' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]; PGTMP_RUN_AS is ignored when pgtmp is not invoked by root' -r
-complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -l all -d 'Stop every running cluster of this account'
-complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -s h -l help -d 'Print help'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -l all -d 'Stop every running cluster of this account, all at once'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -s k -l keep -d 'Keep the cluster\'s directory and data, so `pgtmp -d DIR` can start it again (and keeps it again, with or without -k)'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand initdb" -s d -l dir -d 'Prepare this directory (empty or missing) instead of a new one under PGTMP_DIR' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand initdb" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand initdb" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]; PGTMP_RUN_AS is ignored when pgtmp is not invoked by root' -r

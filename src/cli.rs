@@ -134,7 +134,11 @@ pub struct Cli {
 pub enum Command {
     /// Start a throwaway cluster and print its URL (the default command)
     Start(StartArgs),
-    /// Stop a cluster now and remove its directory (unless it was started with -k)
+    /// Stop a cluster now and remove its directory (kept with -k, or if it was started with -k)
+    ///
+    /// Only a cluster of the invoking account's, in PGTMP_DIR or started there with -d, is
+    /// stopped. -k and -d may also be written before `stop`, as pg_tmp takes them
+    /// (`pgtmp -k -d DIR stop`); no other start option applies to it.
     Stop(StopArgs),
     /// Prepare a data directory without starting it and print its path
     Initdb(InitdbArgs),
@@ -330,9 +334,14 @@ pub struct StopArgs {
     #[arg(short = 'd', long = "dir", value_name = "DIR")]
     pub dir: Option<PathBuf>,
 
-    /// Stop every running cluster of this account
+    /// Stop every running cluster of this account, all at once
     #[arg(long = "all", conflicts_with_all = ["url", "dir"])]
     pub all: bool,
+
+    /// Keep the cluster's directory and data, so `pgtmp -d DIR` can start it again (and keeps
+    /// it again, with or without -k)
+    #[arg(short = 'k', long = "keep")]
+    pub keep: bool,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -495,7 +504,12 @@ where
             .try_get_matches_from(&args)
             .and_then(|matches| Ok((Cli::from_arg_matches(&matches)?, matches)));
         let err = match parsed {
-            Ok((cli, matches)) => return Ok(resolve(cli, &matches)),
+            Ok((cli, matches)) => {
+                return resolve(cli, &matches).map_err(|message| {
+                    eprintln!("pgtmp: error: {message}; see 'pgtmp stop --help'");
+                    ExitCode::from(crate::exit::USAGE)
+                });
+            }
             Err(err) => err,
         };
         if let ErrorKind::DisplayHelp | ErrorKind::DisplayVersion = err.kind() {
@@ -570,8 +584,10 @@ fn starts_a_cluster(args: &[std::ffi::OsString]) -> bool {
     named.is_none_or(|c| matches!(c.get_name(), "start" | "run"))
 }
 
-/// Folds the options written before `start` (or `run`) into the subcommand's own.
-fn resolve(mut cli: Cli, matches: &ArgMatches) -> Cli {
+/// Folds the options written before `start` (or `run`, or `stop`) into the subcommand's own;
+/// an option written before `stop` that it cannot honour is an error (the message), never
+/// ignored.
+fn resolve(mut cli: Cli, matches: &ArgMatches) -> Result<Cli, String> {
     // A global option's source is propagated to every level, wherever it was written.
     cli.global.run_as_from_env = matches.value_source("run_as") == Some(ValueSource::EnvVariable);
     let later = match &mut cli.command {
@@ -587,7 +603,49 @@ fn resolve(mut cli: Cli, matches: &ArgMatches) -> Cli {
             Written::of(sub),
         );
     }
-    cli
+    if let Some(Command::Stop(stop)) = &mut cli.command {
+        resolve_stop(stop, std::mem::take(&mut cli.start), matches)?;
+    }
+    Ok(cli)
+}
+
+/// `pgtmp -k -d DIR stop` is pg_tmp's way to stop a cluster and keep it: -k and -d written
+/// before `stop` count as stop's own. Any other option written there (or --bindir, which
+/// stop has no use for) is refused, as is a second cluster named before `stop`.
+fn resolve_stop(
+    stop: &mut StopArgs,
+    before: StartArgs,
+    matches: &ArgMatches,
+) -> Result<(), String> {
+    let written = Written::of(matches);
+    let by_hand = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+    let unused = [
+        (written.tcp, "-t/--tcp"),
+        (written.port, "-p/--port"),
+        (written.timeout, "-w/--timeout"),
+        (written.options, "-o/--options"),
+        (written.format, "-F/--format"),
+        (written.schema_files, "-f/--schema-file"),
+        (written.now, "--now"),
+        (written.no_cache, "--no-cache"),
+        (by_hand("bindir"), "--bindir"),
+    ];
+    if let Some((_, name)) = unused.iter().find(|(set, _)| *set) {
+        return Err(format!(
+            "{name} does not apply to `pgtmp stop`, which takes URL, -d DIR, --all and -k"
+        ));
+    }
+    stop.keep |= written.keep;
+    if let Some(dir) = before.dir.filter(|_| written.dir) {
+        if stop.dir.is_some() || stop.url.is_some() || stop.all {
+            return Err(format!(
+                "-d {} before `stop` names a cluster, and so does what follows `stop`; name one",
+                dir.display()
+            ));
+        }
+        stop.dir = Some(dir);
+    }
+    Ok(())
 }
 
 /// clap's rendering spans several lines (usage, tips); keep the sentence naming the problem
@@ -686,6 +744,44 @@ mod tests {
         assert_eq!(run.command, ["-weird", "-t"]);
         assert!(parse_from(["pgtmp", "run"]).is_err());
         assert!(parse_from(["pgtmp", "stop", "--all", "-d", "x"]).is_err());
+    }
+
+    #[test]
+    fn stop_takes_k_and_d_on_either_side_and_refuses_the_rest() {
+        for args in [
+            &["-k", "-d", "x", "stop"][..],
+            &["stop", "-k", "-d", "x"],
+            &["-k", "stop", "-d", "x"],
+            &["-d", "x", "stop", "-k"],
+        ] {
+            let Some(Command::Stop(stop)) = parse_ok(args).command else {
+                panic!("expected stop")
+            };
+            assert!(stop.keep, "{args:?}");
+            assert_eq!(
+                stop.dir.as_deref(),
+                Some(std::path::Path::new("x")),
+                "{args:?}"
+            );
+        }
+        let Some(Command::Stop(stop)) = parse_ok(&["stop", "-k", "URL"]).command else {
+            panic!("expected stop")
+        };
+        assert!(stop.keep && stop.url.as_deref() == Some("URL"));
+        for args in [
+            &["-t", "stop", "URL"][..],
+            &["-w", "5", "stop", "URL"],
+            &["--bindir", "/x", "stop", "URL"],
+            &["stop", "URL", "--bindir", "/x"],
+            &["-d", "x", "stop", "URL"],
+            &["-d", "x", "stop", "-d", "y"],
+            &["-d", "x", "stop", "--all"],
+        ] {
+            assert!(
+                parse_from(std::iter::once("pgtmp").chain(args.iter().copied())).is_err(),
+                "{args:?}"
+            );
+        }
     }
 
     #[test]

@@ -232,15 +232,17 @@ pub fn exited(server: &mut Child) -> bool {
 /// Stops a server this process started, as `shutdown` does.
 pub fn stop_child(server: &mut Child) {
     let pid = server.id() as i32;
-    let _ = shutdown(pid, || exited(server));
+    let _ = shutdown(&pid, || exited(server));
 }
 
 /// Stops a server on purpose, escalating if it does not go:
 /// SIGINT (fast shutdown: disconnect clients, checkpoint, exit), then SIGQUIT (immediate
 /// shutdown: no checkpoint, recovery on a later start), then SIGKILL.
 /// See https://www.postgresql.org/docs/current/server-shutdown.html.
-/// `gone` reports whether the process has exited (and, for a child, reaps it).
-pub fn shutdown(pid: i32, mut gone: impl FnMut() -> bool) -> Result<()> {
+/// `gone` reports whether the process has exited (and, for a child, reaps it). `server` is a
+/// proven process handle, or the pid of a child not reaped yet (see [`process::Target`]).
+pub fn shutdown(server: &impl process::Target, mut gone: impl FnMut() -> bool) -> Result<()> {
+    let pid = server.pid();
     let steps = [
         (Signal::SIGINT, Duration::from_secs(10)),
         (Signal::SIGQUIT, Duration::from_secs(5)),
@@ -250,7 +252,7 @@ pub fn shutdown(pid: i32, mut gone: impl FnMut() -> bool) -> Result<()> {
         if gone() {
             return Ok(());
         }
-        process::signal(pid, sig)?;
+        server.send(sig)?;
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if gone() {

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod cluster;
+pub mod clusters;
 pub mod cmd;
 pub mod copytree;
 pub mod dburl;

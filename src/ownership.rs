@@ -153,19 +153,127 @@ pub fn same_process(pid: i32, started: Option<u64>) -> bool {
     started.is_some() && is_mine(pid, started)
 }
 
-/// True when a live pgtmp looks after `dir` (it holds the lock) and the watchdog pid recorded
-/// for it is still that process (its start time matches, where one was recorded): only then
-/// may the pid be signalled.
-pub fn is_proven_watchdog(dir: &Path, pid: i32, started: Option<u64>) -> bool {
-    is_locked(dir) && (started.is_none() || same_process(pid, started))
-}
-
 /// True when `pid` is alive, belongs to this account and, when `started` is known, was
 /// started then.
 fn is_mine(pid: i32, started: Option<u64>) -> bool {
     crate::process::alive(pid)
         && process_uid(pid) == Some(nix::unistd::geteuid().as_raw())
         && started.is_none_or(|s| start_time(pid) == Some(s))
+}
+
+/// A process proven to be the watchdog or the postmaster of one directory, held by a handle
+/// taken before the proof: a signal sent through it reaches that process or none.
+#[derive(Debug)]
+pub struct Proven {
+    process: crate::process::Pidfd,
+}
+
+impl Proven {
+    pub fn pid(&self) -> i32 {
+        self.process.pid()
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) -> Result<()> {
+        self.process.signal(sig)
+    }
+}
+
+impl crate::process::Target for Proven {
+    fn pid(&self) -> i32 {
+        self.process.pid()
+    }
+
+    fn send(&self, sig: nix::sys::signal::Signal) -> Result<()> {
+        self.process.signal(sig)
+    }
+}
+
+/// Most descriptors of a process looked at for the directory's: a watchdog has a handful.
+const FD_SCAN_LIMIT: usize = 4096;
+
+/// The watchdog of the directory `dir`, if `pid` is proven to be it: the process has the
+/// recorded start time (required), runs as `uid` (real and effective), and holds an open
+/// descriptor on this very directory (the watchdog keeps the directory's lock descriptor for
+/// its whole life, see watchdog.rs). A lock held on the directory proves nothing by itself:
+/// anyone who can open it can lock it.
+pub fn prove_watchdog(
+    dir: &crate::safefs::Dir,
+    pid: i32,
+    started: Option<u64>,
+    uid: nix::unistd::Uid,
+) -> Result<Option<Proven>> {
+    let Some(started) = started else {
+        return Ok(None);
+    };
+    let Some(process) = crate::process::Pidfd::open(pid)? else {
+        return Ok(None);
+    };
+    let st = dir.stat()?;
+    let proven = is_process_of(pid, started, uid) && holds(pid, st.st_dev, st.st_ino);
+    Ok(proven.then_some(Proven { process }))
+}
+
+/// The postmaster of the data directory `data`, if `pid` is proven to be it: the process has
+/// the recorded start time (where one was recorded: postmaster.pid records none), runs as
+/// `uid`, has `-D DATA` on its command line and works in this very directory (postgres
+/// changes into its data directory at once).
+pub fn prove_postmaster(
+    data: &crate::safefs::Dir,
+    pid: i32,
+    started: Option<u64>,
+    uid: nix::unistd::Uid,
+) -> Result<Option<Proven>> {
+    let Some(process) = crate::process::Pidfd::open(pid)? else {
+        return Ok(None);
+    };
+    let st = data.stat()?;
+    let started_then = started.is_none_or(|s| is_process_of(pid, s, uid));
+    let proven = started_then
+        && uids(pid) == Some((uid.as_raw(), uid.as_raw()))
+        && serves(pid, data.path())
+        && std::fs::metadata(format!("/proc/{pid}/cwd"))
+            .is_ok_and(|cwd| cwd.dev() == st.st_dev && cwd.ino() == st.st_ino);
+    Ok(proven.then_some(Proven { process }))
+}
+
+/// True when `pid` is alive, was started at `started` and runs as `uid`.
+fn is_process_of(pid: i32, started: u64, uid: nix::unistd::Uid) -> bool {
+    crate::process::alive(pid)
+        && start_time(pid) == Some(started)
+        && uids(pid) == Some((uid.as_raw(), uid.as_raw()))
+}
+
+/// The real and effective uid of a process (the `Uid:` line of /proc/PID/status).
+fn uids(pid: i32) -> Option<(u32, u32)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let mut ids = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .map(|id| id.parse::<u32>().ok());
+    Some((ids.next()??, ids.next()??))
+}
+
+/// True when the process has an open descriptor on the file `dev`/`ino`. Only the process's
+/// own account (or root) may look; for anyone else this is false.
+fn holds(pid: i32, dev: u64, ino: u64) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().take(FD_SCAN_LIMIT).any(|fd| {
+        // metadata follows the descriptor's link to the open file itself.
+        std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+    })
+}
+
+/// True when the command line of `pid` has `-D DATA`.
+fn serves(pid: i32, data: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let data = data.as_os_str().as_encoded_bytes();
+    args.windows(2).any(|w| w[0] == b"-D" && w[1] == data)
 }
 
 #[cfg(target_os = "linux")]
@@ -184,15 +292,7 @@ fn process_uid(_pid: i32) -> Option<u32> {
 /// `data` (its command line has `-D DATA`), started at `started` when that is known. A pid
 /// reused by any other process fails this test.
 pub fn is_postmaster_of(pid: i32, data: &Path, started: Option<u64>) -> bool {
-    if !is_mine(pid, started) {
-        return false;
-    }
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-    let data = data.as_os_str().as_encoded_bytes();
-    args.windows(2).any(|w| w[0] == b"-D" && w[1] == data)
+    is_mine(pid, started) && serves(pid, data)
 }
 
 /// The postmaster's pid from a data directory's postmaster.pid, if it names a live postmaster
@@ -200,6 +300,17 @@ pub fn is_postmaster_of(pid: i32, data: &Path, started: Option<u64>) -> bool {
 pub fn running_postmaster(data: &Path) -> Option<i32> {
     let (pid, _) = postmaster_file(data)?;
     is_postmaster_of(pid, data, None).then_some(pid)
+}
+
+/// The postmaster that the postmaster.pid of data directory `data` names, if it is proven to
+/// serve that very directory (see [`prove_postmaster`]; postmaster.pid records no start time)
+/// and to run as this account.
+pub fn proven_postmaster_of(data: &Path) -> Option<Proven> {
+    let (pid, _) = postmaster_file(data)?;
+    let dir = crate::safefs::Dir::open(data).ok()?;
+    prove_postmaster(&dir, pid, None, nix::unistd::geteuid())
+        .ok()
+        .flatten()
 }
 
 /// What a data directory's postmaster.pid says: the postmaster's pid and its System V shared

@@ -22,7 +22,6 @@ use crate::exit;
 use crate::instance::{Instance, State};
 use crate::ownership;
 use crate::pool::{self, Pool};
-use crate::process;
 use crate::secret;
 use crate::statedir::StateDir;
 use crate::watchdog::{self, OnFailure, Plan};
@@ -229,10 +228,18 @@ pub fn claim(
         if fs::rename(&token, &claimed).is_err() {
             continue; // someone else was faster, or it just gave up
         }
-        if !ownership::is_proven_watchdog(&instance.dir, state.watchdog_pid, state.watchdog_start) {
+        let watchdog = crate::safefs::Dir::open(&instance.dir).and_then(|dir| {
+            ownership::prove_watchdog(
+                &dir,
+                state.watchdog_pid,
+                state.watchdog_start,
+                nix::unistd::geteuid(),
+            )
+        });
+        let Ok(Some(watchdog)) = watchdog else {
             let _ = fs::remove_file(&claimed);
             continue;
-        }
+        };
         let password = if tcp {
             let path = instance.dir.join(PASSWORD_FILE);
             let password = crate::safefs::read_text_at(&path)?
@@ -244,7 +251,7 @@ pub fn claim(
         };
         claim.write(&instance)?;
         // A wake-up only: the watchdog also looks for the claim on every tick.
-        let _ = process::signal(state.watchdog_pid, Signal::SIGUSR1);
+        let _ = watchdog.signal(Signal::SIGUSR1);
         return Ok(Some(Claimed {
             instance,
             state,

@@ -1,9 +1,12 @@
 //! Subprocesses and signals: a clean environment for PostgreSQL programs, errors that carry
-//! the program's own words, and liveness checks.
+//! the program's own words, liveness checks, and process handles (pidfds) that a signal can
+//! reach only the process they were taken on.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -95,6 +98,116 @@ pub fn signal(pid: i32, sig: Signal) -> Result<()> {
     }
 }
 
+/// A handle on one process: taken before the process is checked and used to signal it after,
+/// so that the check and the signal concern the same process even if it exits and its pid is
+/// reused in between (a Linux pidfd: a signal through it reaches that process or nobody).
+/// Where the kernel has no pidfds (ENOSYS, or not Linux) it holds only the pid, and signals
+/// go through kill(2).
+#[derive(Debug)]
+pub struct Pidfd {
+    pid: i32,
+    fd: Option<OwnedFd>,
+}
+
+impl Pidfd {
+    /// A handle on the process `pid`, or None when there is none.
+    pub fn open(pid: i32) -> Result<Option<Pidfd>> {
+        if pid <= 0 {
+            return Ok(None);
+        }
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::FromRawFd;
+            // SAFETY: pidfd_open(2) takes a pid and flags (0: a blocking handle) and passes no
+            // memory; it returns a new descriptor or -1 with errno set.
+            let ret = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
+            if ret >= 0 {
+                // SAFETY: the kernel has just returned this descriptor; it is open and nothing
+                // else owns it, so the OwnedFd is its only owner and closes it once.
+                let fd = unsafe { OwnedFd::from_raw_fd(ret as std::os::fd::RawFd) };
+                return Ok(Some(Pidfd { pid, fd: Some(fd) }));
+            }
+            match Errno::last() {
+                Errno::ESRCH => return Ok(None),
+                Errno::ENOSYS => {}
+                errno => {
+                    return Err(errno)
+                        .with_context(|| format!("cannot open a handle on process {pid}"));
+                }
+            }
+        }
+        Ok(alive(pid).then_some(Pidfd { pid, fd: None }))
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Sends `sig` to the process of this handle; one that has exited meanwhile is fine (and
+    /// no other process that got its pid is reached).
+    pub fn signal(&self, sig: Signal) -> Result<()> {
+        let Some(fd) = &self.fd else {
+            return signal(self.pid, sig);
+        };
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: pidfd_send_signal(2) with a pidfd this handle owns and keeps open for
+            // the call, a valid signal number, a null siginfo (the kernel then fills it in as
+            // kill(2) would) and no flags; it writes no memory of ours.
+            let ret = unsafe {
+                nix::libc::syscall(
+                    nix::libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    sig as nix::libc::c_int,
+                    std::ptr::null::<nix::libc::siginfo_t>(),
+                    0,
+                )
+            };
+            match ret {
+                0 => Ok(()),
+                _ => match Errno::last() {
+                    Errno::ESRCH => Ok(()),
+                    errno => bail!("cannot send {sig} to process {}: {errno}", self.pid),
+                },
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = fd;
+            signal(self.pid, sig)
+        }
+    }
+}
+
+/// What a signal can be sent to: a process handle, or a plain pid where the pid cannot be
+/// reused meanwhile (a child this process has not reaped yet).
+pub trait Target {
+    fn pid(&self) -> i32;
+    fn send(&self, sig: Signal) -> Result<()>;
+}
+
+impl Target for Pidfd {
+    fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    fn send(&self, sig: Signal) -> Result<()> {
+        self.signal(sig)
+    }
+}
+
+/// A child's pid: the kernel keeps it for the child until its parent reaps it.
+impl Target for i32 {
+    fn pid(&self) -> i32 {
+        *self
+    }
+
+    fn send(&self, sig: Signal) -> Result<()> {
+        signal(*self, sig)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +230,20 @@ mod tests {
         }
         assert!(!alive(pid));
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn a_handle_signals_its_process_and_nobody_after_it() {
+        let mut child = Command::new("sleep").arg("10").spawn().unwrap();
+        let pid = child.id() as i32;
+        let handle = Pidfd::open(pid).unwrap().expect("the child exists");
+        assert_eq!(handle.pid(), pid);
+        handle.signal(Signal::SIGKILL).unwrap();
+        child.wait().unwrap();
+        // Reaped: the handle names a process that is gone, which is not an error.
+        handle.signal(Signal::SIGTERM).unwrap();
+        assert!(Pidfd::open(pid).unwrap().is_none() || !alive(pid));
+        assert!(Pidfd::open(0).unwrap().is_none());
     }
 
     #[test]

@@ -250,7 +250,7 @@ fn stop_orphaned_server(
         if dry_run {
             return Ok(());
         }
-        cluster::shutdown(pid, || !process::alive(pid))?;
+        cluster::shutdown(&pid, || !process::alive(pid))?;
     }
     // A killed server leaves its shared memory, and its backends exit shortly after it.
     let (segments, creator) = match state {

@@ -127,10 +127,11 @@ pub fn launch(plan: Plan) -> Result<Started> {
                             // It died without a word (killed, or could not detach), so it
                             // cleaned up nothing. A server it started gets SIGQUIT from the
                             // kernel (Linux); the directory goes only once the server has.
-                            if let Some(pid) =
-                                crate::ownership::running_postmaster(&plan.instance.data())
+                            if let Some(server) =
+                                crate::ownership::proven_postmaster_of(&plan.instance.data())
                             {
-                                let _ = cluster::shutdown(pid, || !crate::process::alive(pid));
+                                let pid = server.pid();
+                                let _ = cluster::shutdown(&server, || !crate::process::alive(pid));
                             }
                             // A postmaster too young to have written postmaster.pid, or its
                             // children, may still be at work in the directory: removing it
@@ -152,6 +153,14 @@ pub fn launch(plan: Plan) -> Result<Started> {
         }
         Forked::Child => {
             drop(reader);
+            // A process that switched accounts (root handing the server to `postgres`) is not
+            // dumpable, which hides its /proc/PID/fd even from its own account; `pgtmp stop`
+            // proves a watchdog by the directory descriptor it holds (the lock, kept in
+            // `plan.lock` for the watchdog's whole life), so it must be able to look. The
+            // switch is for good and nothing of the invoker's is held, so nothing is exposed
+            // that the server account could not reach anyway.
+            #[cfg(target_os = "linux")]
+            let _ = nix::sys::prctl::set_dumpable(true);
             let mut clock = trace::Clock::start();
             clock.phase("fork");
             let code = match Watchdog::start(plan, writer, clock) {
@@ -553,6 +562,8 @@ impl Watchdog {
 fn end_orphans() {
     let orphans = crate::ownership::children(std::process::id() as i32);
     for &pid in &orphans {
+        // Children of this process, not reaped yet (only this loop reaps them): their pids
+        // cannot have been reused, so a plain pid reaches them.
         let _ = crate::process::signal(pid, nix::sys::signal::Signal::SIGKILL);
     }
     for pid in orphans {

@@ -119,6 +119,8 @@ fn list_tolerates_clusters_in_odd_states(invoker: &Invoker) {
         fs::create_dir(&dir).unwrap();
         if let Some(state) = state {
             fs::write(dir.join("pgtmp.state"), state).unwrap();
+            // The server account's, as a watchdog writes it: list reads no other account's.
+            std::os::unix::fs::chown(dir.join("pgtmp.state"), Some(server_uid), None).unwrap();
         }
         std::os::unix::fs::chown(&dir, Some(server_uid), None).unwrap();
     }

@@ -50,7 +50,7 @@ pub fn run(args: CloneArgs, global: &GlobalArgs) -> Result<()> {
 
 /// The running cluster a URL points to, which must be the invoker's.
 pub fn running_cluster(session: &Session, url: &str) -> Result<(Instance, State)> {
-    let instance = super::stop::find_by_url(session, url)?;
+    let instance = super::stop::find_by_url(session, url)?.instance();
     let dir = instance.dir.display();
     let state = match instance.read_state() {
         Ok(Some(state)) => state,

@@ -2,11 +2,12 @@
 
 use crate::account::Account;
 use crate::client;
-use crate::instance::Instance;
-use crate::process;
-use crate::statedir::{self, StateDir};
+use crate::clusters::{self, ClusterDir};
+use crate::ownership;
+use crate::statedir;
 use crate::url;
 use anyhow::{Context, Result};
+use nix::unistd::Uid;
 use serde::Serialize;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -37,15 +38,25 @@ struct Entry {
     keep: bool,
 }
 
-/// Only reads: nothing is created, and root needs no account switch to read.
+/// Only reads: nothing is created, and root needs no account switch to read. Root reads a
+/// directory the server account owns, so everything is read with bounds, and whatever is
+/// not as pgtmp makes it is skipped with a warning (see clusters.rs).
 pub fn run(json: bool) -> Result<()> {
     let invoker = Account::current()?;
     let path = statedir::location_for(invoker.uid.as_raw())?;
-    let state = StateDir { path };
+    let state = match clusters::open_state_dir(&path) {
+        Ok(state) => state,
+        Err(err) => {
+            clusters::warn_skipping(&path, &err);
+            None
+        }
+    };
     let mut entries: Vec<Entry> = state
-        .clusters()
-        .into_iter()
-        .filter_map(|dir| entry(&dir, invoker.uid.as_raw()))
+        .as_ref()
+        .map(clusters::all)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|cluster| entry(cluster, invoker.uid.as_raw()))
         .collect();
     entries.sort_by_key(|e| std::cmp::Reverse(e.age_seconds));
     let text = if json {
@@ -61,13 +72,22 @@ pub fn run(json: bool) -> Result<()> {
 }
 
 /// A running cluster of `owner`'s, or None for anything else: being prepared, waiting to be
-/// claimed (pre-started), stopping already, gone meanwhile, or another account's.
-fn entry(dir: &Path, owner: u32) -> Option<Entry> {
-    let instance = Instance::new(dir);
-    let state = instance.read_state().ok()??;
+/// claimed (pre-started), stopping already, gone meanwhile, or another account's. Running
+/// means that its recorded watchdog is proven to look after this directory.
+fn entry(cluster: &ClusterDir, owner: u32) -> Option<Entry> {
+    let dir = cluster.path.as_path();
+    let instance = cluster.instance();
+    let state = cluster.running_state()?;
+    let account = Uid::from_raw(cluster.dir.stat().ok()?.st_uid);
+    let proven = ownership::prove_watchdog(
+        &cluster.dir,
+        state.watchdog_pid,
+        state.watchdog_start,
+        account,
+    );
     // A pre-started server is nobody's cluster until a start claims it.
     if state.owner_uid != owner
-        || !process::alive(state.watchdog_pid)
+        || !matches!(proven, Ok(Some(_)))
         || crate::prestart::is_waiting(&instance)
     {
         return None;
@@ -103,7 +123,7 @@ fn entry(dir: &Path, owner: u32) -> Option<Entry> {
         version: activity
             .as_ref()
             .map(|a| a.version.clone())
-            .or_else(|| instance.data_version().ok().map(|v| v.to_string())),
+            .or_else(|| cluster.data_version().map(|v| v.to_string())),
         age_seconds: since(instance.started_at()),
         idle_seconds,
         connections: activity.map(|a| a.clients),

@@ -27,8 +27,8 @@ pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         None => start::run(cli.start, &global),
         Some(Command::Start(args)) => start::run(args, &global),
-        Some(Command::Stop(args)) if args.all => stop::all(&global),
-        Some(Command::Stop(args)) => stop::run(args.url, args.dir.or(cli.start.dir), &global),
+        Some(Command::Stop(args)) if args.all => stop::all(args.keep, &global),
+        Some(Command::Stop(args)) => stop::run(args, &global),
         Some(Command::Initdb(args)) => initdb::run(args.dir.or(cli.start.dir), &global),
         Some(Command::Run(args)) => run::run(args, &global),
         Some(Command::List(args)) => list::run(args.json),

@@ -1,59 +1,84 @@
-//! `pgtmp stop URL | -d DIR | --all`: stop the invoker's clusters now.
+//! `pgtmp stop URL | -d DIR | --all [-k]`: stop the invoker's clusters now, and with -k keep
+//! their directories.
+//!
+//! Only a directory proven to be one of this account's clusters is acted on (see
+//! clusters.rs), and only a process proven to be its watchdog or postmaster is signalled,
+//! through a handle taken before the proof (ownership.rs): a directory someone else made, or
+//! a state file naming an unrelated process, makes pgtmp refuse, never signal.
 
 use super::Session;
-use crate::cli::GlobalArgs;
-use crate::cluster;
+use crate::cli::{GlobalArgs, StopArgs};
+use crate::clusters::{self, ClusterDir};
 use crate::exit;
-use crate::instance::Instance;
 use crate::ownership;
-use crate::process;
 use crate::url::{self, Target};
+use crate::{cluster, process};
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::Signal;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Longest a watchdog may take to stop its server (fast, then immediate shutdown, then kill).
 const STOP_LIMIT: Duration = Duration::from_secs(30);
 
-pub fn run(url: Option<String>, dir: Option<PathBuf>, global: &GlobalArgs) -> Result<()> {
+pub fn run(args: StopArgs, global: &GlobalArgs) -> Result<()> {
     let session = Session::establish(global, None)?;
-    let instance = match (url, dir) {
+    let cluster = match (args.url, args.dir) {
         (Some(url), _) => find_by_url(&session, &url)?,
-        (None, Some(dir)) => Instance::new(
-            std::path::absolute(&dir)
-                .with_context(|| format!("cannot resolve {}", dir.display()))?,
-        ),
+        (None, Some(dir)) => {
+            let dir = std::path::absolute(&dir)
+                .with_context(|| format!("cannot resolve {}", dir.display()))?;
+            clusters::own(&session.state.path, &dir)?
+        }
         (None, None) => {
             return Err(exit::usage(
                 "say which cluster to stop: `pgtmp stop URL`, `pgtmp stop -d DIR`, or `pgtmp stop --all` for every one",
             ));
         }
     };
-    stop(&session, &instance)
+    stop(&session, &cluster, args.keep)
 }
 
-/// `pgtmp stop --all`: every running cluster of the invoking account. One that stops by
-/// itself meanwhile is not an error.
-pub fn all(global: &GlobalArgs) -> Result<()> {
+/// `pgtmp stop --all`: every running cluster of the invoking account, all at once. One that
+/// stops by itself meanwhile is not an error; every one that fails is reported.
+///
+/// Threads are fine here: the session switch is done before any exists, and nothing forks
+/// afterwards.
+pub fn all(keep: bool, global: &GlobalArgs) -> Result<()> {
     let session = Session::establish(global, None)?;
-    let mut failures = Vec::new();
-    for dir in session.state.clusters() {
-        let instance = Instance::new(dir);
-        let Ok(Some(state)) = instance.read_state() else {
-            // Being prepared, or stopped already.
-            continue;
-        };
-        let running = process::alive(state.watchdog_pid) || process::alive(state.postmaster_pid);
-        if state.owner_uid != session.invoker.uid.as_raw() || !running {
-            continue;
-        }
-        if let Err(err) = stop(&session, &instance)
-            && instance.read_state().ok().flatten().is_some()
-        {
-            failures.push(format!("{err:#}"));
-        }
-    }
+    let Some(state) = clusters::open_state_dir(&session.state.path)? else {
+        return Ok(());
+    };
+    let running: Vec<ClusterDir> = clusters::all(&state)
+        .into_iter()
+        // Without a state: being prepared, or stopped already.
+        .filter(|cluster| {
+            cluster.running_state().is_some_and(|s| {
+                s.owner_uid == session.invoker.uid.as_raw()
+                    && (process::alive(s.watchdog_pid) || process::alive(s.postmaster_pid))
+            })
+        })
+        .collect();
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let stops: Vec<_> = running
+            .iter()
+            .map(|cluster| {
+                let session = &session;
+                scope.spawn(move || match stop(session, cluster, keep) {
+                    Err(err) if cluster.read_state().ok().flatten().is_some() => {
+                        Some(format!("{err:#}"))
+                    }
+                    _ => None,
+                })
+            })
+            .collect();
+        stops
+            .into_iter()
+            .filter_map(|stop| {
+                stop.join()
+                    .unwrap_or_else(|_| Some("a stop panicked".into()))
+            })
+            .collect()
+    });
     if !failures.is_empty() {
         bail!(
             "{} cluster(s) did not stop: {}",
@@ -64,24 +89,14 @@ pub fn all(global: &GlobalArgs) -> Result<()> {
     Ok(())
 }
 
-/// Stops one cluster of the invoker's and waits until it is gone.
-fn stop(session: &Session, instance: &Instance) -> Result<()> {
-    let dir = instance.dir.display().to_string();
-    match std::fs::metadata(&instance.dir) {
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            bail!("no cluster in {dir}: it has stopped already, or never existed")
-        }
-        Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => bail!(
-            "cannot read {dir}: the cluster belongs to another account; only its owner can stop it"
-        ),
-        _ => {}
+/// Stops one cluster of the invoker's and waits until it is gone; with `keep` its directory
+/// stays (as with a start's -k).
+fn stop(session: &Session, cluster: &ClusterDir, keep: bool) -> Result<()> {
+    let dir = cluster.path.display().to_string();
+    if !cluster.is_cluster() {
+        bail!("{dir} is not a pgtmp cluster directory; pass the URL pgtmp printed");
     }
-    if !instance.is_cluster() {
-        bail!(
-            "{dir} is not a pgtmp cluster directory (or not one you can read); pass the URL pgtmp printed"
-        );
-    }
-    let Some(state) = instance.read_state()? else {
+    let Some(state) = cluster.read_state()? else {
         bail!("no cluster is running in {dir}; it has stopped already");
     };
     if state.owner_uid != session.invoker.uid.as_raw() {
@@ -90,38 +105,50 @@ fn stop(session: &Session, instance: &Instance) -> Result<()> {
             state.owner_uid
         );
     }
-    // A live watchdog holds the directory's lock; its pid is signalled only if its start time
-    // proves it is still the same process.
-    if ownership::is_proven_watchdog(&instance.dir, state.watchdog_pid, state.watchdog_start) {
-        // The watchdog stops the server and removes the directory, exactly as at its timeout.
-        return stop_watchdog(state.watchdog_pid, &dir);
+    let me = nix::unistd::geteuid();
+    let instance = cluster.instance();
+    let watchdog =
+        ownership::prove_watchdog(&cluster.dir, state.watchdog_pid, state.watchdog_start, me)?;
+    if let Some(watchdog) = watchdog {
+        // The watchdog keeps a directory so marked when it stops, whatever it was started with.
+        if keep {
+            instance.mark_kept()?;
+        }
+        // It stops the server and removes the directory, exactly as at its timeout.
+        watchdog.signal(Signal::SIGTERM)?;
+        return wait_gone(state.watchdog_pid, &dir, STOP_LIMIT);
     }
-    if ownership::is_locked(&instance.dir) {
+    if ownership::is_locked(&cluster.path) {
         bail!(
-            "the cluster in {dir} is being started or stopped by another pgtmp right now; try again"
+            "the cluster in {dir} is held by a pgtmp process that is not the watchdog its state names (pid {}): it is being started or stopped right now, or its state file was changed; try again, or let it stop at its idle timeout",
+            state.watchdog_pid
         );
     }
     // No watchdog: do its work, on a server proven to be the one recorded.
-    if ownership::is_postmaster_of(
-        state.postmaster_pid,
-        &instance.data(),
-        state.postmaster_start,
-    ) {
-        cluster::shutdown(state.postmaster_pid, || {
-            !process::alive(state.postmaster_pid)
-        })?;
+    let data = cluster.data()?;
+    let server = match state.postmaster_start {
+        Some(started) => {
+            ownership::prove_postmaster(&data, state.postmaster_pid, Some(started), me)?
+        }
+        None => None,
+    };
+    if keep {
+        instance.mark_kept()?;
+    }
+    if let Some(server) = &server {
+        cluster::shutdown(server, || !process::alive(state.postmaster_pid))?;
     }
     crate::shm::release(&state.segments, state.postmaster_pid);
     if state.keep || instance.is_kept() {
         instance.remove_state();
         Ok(())
     } else {
-        instance.remove()
+        cluster.remove()
     }
 }
 
-/// Asks a watchdog to stop its server and dispose of the directory, exactly as at its timeout,
-/// and waits until it has.
+/// Asks a watchdog this process has just launched or claimed to stop its server and dispose
+/// of the directory, exactly as at its timeout, and waits until it has.
 pub fn stop_watchdog(pid: i32, dir: &str) -> Result<()> {
     process::signal(pid, Signal::SIGTERM)?;
     wait_gone(pid, dir, STOP_LIMIT)
@@ -142,22 +169,25 @@ pub fn wait_gone(pid: i32, dir: &str, limit: Duration) -> Result<()> {
     Ok(())
 }
 
-pub fn find_by_url(session: &Session, text: &str) -> Result<Instance> {
+/// The cluster a URL names, proven to be one of the invoker's.
+pub fn find_by_url(session: &Session, text: &str) -> Result<ClusterDir> {
     match url::parse(text)? {
-        Target::Socket(dir) => Ok(Instance::new(dir)),
+        Target::Socket(dir) => clusters::own(&session.state.path, &dir),
         Target::Tcp { host, port } => {
             if !matches!(host.as_str(), "127.0.0.1" | "localhost") {
                 bail!(
                     "{host} is not this machine's loopback address; pgtmp clusters listen on 127.0.0.1 only"
                 );
             }
-            for dir in session.state.clusters() {
-                let instance = Instance::new(dir);
-                if let Ok(Some(state)) = instance.read_state()
-                    && state.tcp
-                    && state.port == port
-                {
-                    return Ok(instance);
+            if let Some(state) = clusters::open_state_dir(&session.state.path)? {
+                for cluster in clusters::all(&state) {
+                    if let Ok(Some(s)) = cluster.read_state()
+                        && s.tcp
+                        && s.port == port
+                    {
+                        // Found by its registration or in PGTMP_DIR; checked like any other.
+                        return clusters::own(&session.state.path, &cluster.path);
+                    }
                 }
             }
             bail!(
