@@ -98,8 +98,35 @@ pub struct Activity {
     pub version: String,
 }
 
+/// [`activity`], given up on after `limit`: the connect timeout bounds only the connection
+/// itself, and whatever answers on the socket (a server stuck, or a listener the directory's
+/// owner planted in root's cluster directory) must not hang `pgtmp list`. A session that does
+/// not answer in time is left to end with the process.
+pub fn activity_within(
+    socket_dir: &Path,
+    port: u16,
+    user: &str,
+    limit: Duration,
+) -> Result<Activity> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (dir, user) = (socket_dir.to_path_buf(), user.to_string());
+    std::thread::Builder::new()
+        .name("activity".into())
+        .spawn(move || {
+            let _ = tx.send(activity(&dir, port, &user));
+        })
+        .context("cannot start a thread to ask the server")?;
+    rx.recv_timeout(limit).unwrap_or_else(|_| {
+        Err(anyhow::anyhow!(
+            "the server in {} did not answer within {} s",
+            socket_dir.display(),
+            limit.as_secs()
+        ))
+    })
+}
+
 /// Clients other than the watchdog, seen through a short session that the watchdog ignores.
-pub fn activity(socket_dir: &Path, port: u16, user: &str) -> Result<Activity> {
+fn activity(socket_dir: &Path, port: u16, user: &str) -> Result<Activity> {
     let mut client = config(socket_dir, port, user, "postgres", "pgtmp list")
         .options(SESSION_OPTIONS)
         .connect_timeout(Duration::from_secs(2))

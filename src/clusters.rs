@@ -5,17 +5,13 @@
 //! there (a FIFO, a device, a symlink, a huge file) can make pgtmp hang, read without end or
 //! act on another directory.
 
-use crate::instance::{Instance, State};
+use crate::instance::{Instance, MARKER, STATE, State};
 use crate::safefs::{self, Dir};
-use crate::shm;
 use crate::statedir::{INSTANCE_NAME_LEN, REGISTERED};
 use anyhow::{Context, Result, bail};
 use nix::unistd::Uid;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-
-const MARKER: &str = "PGTMP";
-const STATE: &str = "pgtmp.state";
 
 /// One cluster directory, opened.
 #[derive(Debug)]
@@ -59,7 +55,7 @@ impl ClusterDir {
     /// warning.
     pub fn running_state(&self) -> Option<State> {
         match self.dir.read_text(STATE) {
-            Ok(text) => parse_state(&text?).ok(),
+            Ok(text) => State::parse(&text?).ok(),
             Err(err) => {
                 warn_skipping(&self.path, &err);
                 None
@@ -90,7 +86,7 @@ impl ClusterDir {
         let path = self.dir.child_path(STATE);
         match self.dir.read_text(STATE)? {
             None => Ok(None),
-            Some(text) => parse_state(&text)
+            Some(text) => State::parse(&text)
                 .map(Some)
                 .with_context(|| format!("{} is malformed", path.display())),
         }
@@ -99,7 +95,7 @@ impl ClusterDir {
 
 /// Prints a warning about something skipped; the rest goes on.
 pub fn warn_skipping(what: &Path, err: &anyhow::Error) {
-    eprintln!("pgtmp: warning: skipping {}: {err:#}", what.display());
+    crate::exit::warn(&format!("skipping {}: {err:#}", what.display()));
 }
 
 /// Opens PGTMP_DIR itself (None when it does not exist), refusing a symlink, and checks that
@@ -271,12 +267,7 @@ pub fn own(state_path: &Path, path: &Path) -> Result<ClusterDir> {
 
 /// Why a directory could not be opened, in words.
 fn denied_or(err: &anyhow::Error) -> String {
-    let denied = err.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
-    });
-    if denied {
+    if safefs::is_permission_denied(err) {
         "it belongs to another account (permission denied), and only its owner can use it".into()
     } else {
         format!("{err:#}")
@@ -313,47 +304,6 @@ fn known_as(state: &Dir, dir: &Dir, me: Uid) -> Result<Option<PathBuf>> {
     Ok(None)
 }
 
-/// Reads the state file's text as instance.rs writes it.
-///
-/// The same format as `Instance::read_state` reads, which is private there and reads by path
-/// without bounds; this one exists only until instance.rs offers a parser for text read
-/// through a handle.
-fn parse_state(text: &str) -> Result<State> {
-    let get = |key: &str| -> Result<&str> {
-        text.lines()
-            .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
-            .with_context(|| format!("no {key}"))
-    };
-    let num = |key: &str| -> Result<i64> {
-        get(key)?
-            .parse::<i64>()
-            .with_context(|| format!("{key} is not a number"))
-    };
-    let state = State {
-        watchdog_pid: i32::try_from(num("watchdog_pid")?).context("watchdog_pid out of range")?,
-        postmaster_pid: i32::try_from(num("postmaster_pid")?)
-            .context("postmaster_pid out of range")?,
-        port: u16::try_from(num("port")?).context("port out of range")?,
-        tcp: num("tcp")? != 0,
-        keep: num("keep")? != 0,
-        owner_uid: u32::try_from(num("owner_uid")?).context("owner_uid out of range")?,
-        user: get("user")?.to_string(),
-        timeout: get("timeout")?
-            .parse()
-            .context("timeout is not a number of seconds")?,
-        watchdog_start: get("watchdog_start").ok().and_then(|t| t.parse().ok()),
-        postmaster_start: get("postmaster_start").ok().and_then(|t| t.parse().ok()),
-        segments: shm::from_fields(
-            get("shm_sysv_id").unwrap_or(""),
-            get("shm_posix").unwrap_or(""),
-        ),
-    };
-    if state.watchdog_pid <= 0 || state.postmaster_pid <= 0 {
-        bail!("process ids must be positive");
-    }
-    Ok(state)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,7 +330,7 @@ mod tests {
             timeout: u64::MAX,
             watchdog_start: Some(123),
             postmaster_start: None,
-            segments: shm::Segments {
+            segments: crate::shm::Segments {
                 sysv_id: Some(7),
                 posix: vec!["PostgreSQL.99".into()],
             },

@@ -20,9 +20,9 @@ use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-const MARKER: &str = "PGTMP";
+pub const MARKER: &str = "PGTMP";
 const PREPARING: &str = "PGTMP.preparing";
-const STATE: &str = "pgtmp.state";
+pub const STATE: &str = "pgtmp.state";
 const IDLE: &str = "idle";
 const KEEP: &str = "pgtmp.keep";
 
@@ -252,7 +252,7 @@ impl Instance {
         let Some(text) = self.open()?.read_text(STATE)? else {
             return Ok(None);
         };
-        parse_state(&text)
+        State::parse(&text)
             .map(Some)
             .with_context(|| format!("{} is malformed", self.state_path().display()))
     }
@@ -316,39 +316,45 @@ fn split(dir: &Path) -> Result<(&Path, &std::ffi::OsStr)> {
     }
 }
 
-fn parse_state(text: &str) -> Result<State> {
-    let get = |key: &str| -> Result<&str> {
-        text.lines()
-            .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
-            .with_context(|| format!("no {key}"))
-    };
-    let num = |key: &str| -> Result<i64> {
-        get(key)?
-            .parse::<i64>()
-            .with_context(|| format!("{key} is not a number"))
-    };
-    let state = State {
-        watchdog_pid: num("watchdog_pid")? as i32,
-        postmaster_pid: num("postmaster_pid")? as i32,
-        port: u16::try_from(num("port")?).context("port out of range")?,
-        tcp: num("tcp")? != 0,
-        keep: num("keep")? != 0,
-        owner_uid: u32::try_from(num("owner_uid")?).context("owner_uid out of range")?,
-        user: get("user")?.to_string(),
-        timeout: get("timeout")?
-            .parse()
-            .context("timeout is not a number of seconds")?,
-        watchdog_start: get("watchdog_start").ok().and_then(|t| t.parse().ok()),
-        postmaster_start: get("postmaster_start").ok().and_then(|t| t.parse().ok()),
-        segments: shm::from_fields(
-            get("shm_sysv_id").unwrap_or(""),
-            get("shm_posix").unwrap_or(""),
-        ),
-    };
-    if state.watchdog_pid <= 0 || state.postmaster_pid <= 0 {
-        bail!("process ids must be positive");
+impl State {
+    /// Reads the text [`Instance::write_state`] writes (read through a handle, with bounds,
+    /// by the caller).
+    pub fn parse(text: &str) -> Result<State> {
+        let get = |key: &str| -> Result<&str> {
+            text.lines()
+                .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+                .with_context(|| format!("no {key}"))
+        };
+        let num = |key: &str| -> Result<i64> {
+            get(key)?
+                .parse::<i64>()
+                .with_context(|| format!("{key} is not a number"))
+        };
+        let state = State {
+            watchdog_pid: i32::try_from(num("watchdog_pid")?)
+                .context("watchdog_pid out of range")?,
+            postmaster_pid: i32::try_from(num("postmaster_pid")?)
+                .context("postmaster_pid out of range")?,
+            port: u16::try_from(num("port")?).context("port out of range")?,
+            tcp: num("tcp")? != 0,
+            keep: num("keep")? != 0,
+            owner_uid: u32::try_from(num("owner_uid")?).context("owner_uid out of range")?,
+            user: get("user")?.to_string(),
+            timeout: get("timeout")?
+                .parse()
+                .context("timeout is not a number of seconds")?,
+            watchdog_start: get("watchdog_start").ok().and_then(|t| t.parse().ok()),
+            postmaster_start: get("postmaster_start").ok().and_then(|t| t.parse().ok()),
+            segments: shm::from_fields(
+                get("shm_sysv_id").unwrap_or(""),
+                get("shm_posix").unwrap_or(""),
+            ),
+        };
+        if state.watchdog_pid <= 0 || state.postmaster_pid <= 0 {
+            bail!("process ids must be positive");
+        }
+        Ok(state)
     }
-    Ok(state)
 }
 
 #[cfg(test)]

@@ -347,34 +347,6 @@ impl StateDir {
         (dir.parent() != Some(self.path.as_path()))
             .then(|| self.path.join(format!("{REGISTERED}{name}")))
     }
-
-    /// The directories of this account's clusters: those under PGTMP_DIR and the registered
-    /// ones elsewhere. Running or not; callers read each one's state. A registration that is
-    /// not a small regular file of the directory's owner (a FIFO, a device, a symlink) is
-    /// skipped with a warning, never followed.
-    pub fn clusters(&self) -> Vec<PathBuf> {
-        let Ok(Some(dir)) = Dir::open_if_exists(&self.path) else {
-            return Vec::new();
-        };
-        let mut dirs = Vec::new();
-        for name in dir.names().unwrap_or_default() {
-            let text = name.to_string_lossy();
-            if text.starts_with(REGISTERED) {
-                match read_registration(&dir, &name) {
-                    Ok(Some(target)) => dirs.push(target),
-                    Ok(None) => {}
-                    Err(err) => crate::exit::warn(&format!("skipping {err:#}")),
-                }
-            } else if text.len() == INSTANCE_NAME_LEN
-                && dir
-                    .stat_at(&name)
-                    .is_ok_and(|st| st.is_some_and(|st| safefs::is_dir(&st)))
-            {
-                dirs.push(self.path.join(&name));
-            }
-        }
-        dirs
-    }
 }
 
 /// The cluster directory a registration in `dir` names, read with bounds.
@@ -475,28 +447,6 @@ mod tests {
         let deep = format!("/{}", "d".repeat(120));
         let err = location(Some(&deep), None, 5).unwrap_err();
         assert!(format!("{err:#}").contains("socket path limit"));
-    }
-
-    #[test]
-    fn clusters_elsewhere_are_registered_and_listed() {
-        let root = tempfile::tempdir().unwrap();
-        let state = StateDir {
-            path: root.path().to_path_buf(),
-        };
-        fs::create_dir(root.path().join("abcd1234")).unwrap();
-        fs::create_dir(root.path().join("pool")).unwrap();
-        assert_eq!(
-            state.registration_for(&root.path().join("abcd1234"), "abcd1234"),
-            None
-        );
-        let elsewhere = Path::new("/srv/my cluster");
-        let registration = state.registration_for(elsewhere, "zzzz9999").unwrap();
-        fs::write(&registration, format!("{}\n", elsewhere.display())).unwrap();
-        let mut found = state.clusters();
-        found.sort();
-        let mut expected = [root.path().join("abcd1234"), elsewhere.to_path_buf()];
-        expected.sort();
-        assert_eq!(found, expected);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use serde::Serialize;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// One running cluster as listed.
 #[derive(Debug, Serialize)]
@@ -107,7 +107,8 @@ fn entry(cluster: &ClusterDir, owner: u32) -> Option<Entry> {
         time.and_then(|t| now.duration_since(t).ok())
             .map(|d| d.as_secs())
     };
-    let activity = client::activity(dir, state.port, &state.user).ok();
+    let activity =
+        client::activity_within(dir, state.port, &state.user, Duration::from_secs(3)).ok();
     let idle_seconds = match &activity {
         Some(a) if a.clients > 0 => a.idle_seconds.map(|s| s as u64),
         _ => since(instance.idle_since()),
