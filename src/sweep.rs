@@ -11,6 +11,10 @@
 //! - registrations of clusters outside PGTMP_DIR (`-d`) whose watchdog is gone, after stopping
 //!   their server the same way; nothing outside PGTMP_DIR is ever removed;
 //! - incomplete pool entries (`pool/<key>/new.*`) while no refiller holds that pool's lock.
+//!
+//! Before a directory that may hold a data directory is removed, the shared memory that killed
+//! processes left for it (an initdb's backends record nothing) is released: see
+//! [`shm::release_left_in`].
 
 use crate::cluster;
 use crate::instance::{Instance, NAME_ALPHABET, State};
@@ -209,6 +213,11 @@ fn sweep_instance(instance: &Instance, dry_run: bool, actions: &mut Actions) -> 
         // An orphaned initdb, or backends of a killed server: the next sweep gets it.
         bail!("processes still run in it");
     }
+    if !dry_run {
+        // What a killed initdb (or any process that recorded nothing) left: found only while
+        // the data directory exists.
+        shm::release_left_in(&instance.data());
+    }
     if instance.is_kept() {
         if state.is_some() {
             if !dry_run {
@@ -333,8 +342,11 @@ fn sweep_pools(state: &StateDir, dry_run: bool, actions: &mut Actions) {
                     ));
                     continue;
                 }
-                if !dry_run && fs::remove_dir_all(&path).is_err() {
-                    continue;
+                if !dry_run {
+                    shm::release_left_in(&path.join("data"));
+                    if fs::remove_dir_all(&path).is_err() {
+                        continue;
+                    }
                 }
                 actions.push(format!("removed incomplete pool entry {}", path.display()));
             }
