@@ -106,7 +106,9 @@ pub fn create_test_database(install: &Installation, instance: &Instance, user: &
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .context("cannot run postgres --single to create database test")?;
+        .map_err(|err| {
+            crate::exit::spawn_error(err, "cannot run postgres --single to create database test")
+        })?;
     let statement = format!("{}\n", create_test_sql(user));
     if let Some(mut stdin) = child.stdin.take() {
         stdin

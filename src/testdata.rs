@@ -190,7 +190,7 @@ impl TestData {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .output()
-            .with_context(|| format!("cannot run {}", self.psql.display()))?;
+            .map_err(|err| exit::spawn_error(err, format!("cannot run {}", self.psql.display())))?;
         if out.status.success() {
             return Ok(());
         }
