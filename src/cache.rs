@@ -154,6 +154,8 @@ impl Cache {
             .with_context(|| format!("cannot create {}", building.display()))?;
         let result = self.build_in(&building, install, user, options, data);
         if result.is_err() {
+            // The builder's server may have died without releasing its shared memory.
+            crate::shm::release_left_in(&built_data(&building));
             let _ = crate::safefs::remove_tree_at(&building);
         }
         result
@@ -263,6 +265,11 @@ impl Cache {
     }
 }
 
+/// The data directory of the entry being built in `building`.
+fn built_data(building: &Path) -> PathBuf {
+    Instance::new(building.join("entry")).data()
+}
+
 fn age(path: &Path, now: SystemTime) -> Option<Duration> {
     let modified = fs::metadata(path).and_then(|m| m.modified()).ok()?;
     Some(now.duration_since(modified).unwrap_or_default())
@@ -314,6 +321,12 @@ pub fn sweep(state_dir: &Path, max_age: Duration, dry_run: bool) -> Result<Swept
                 let _ = crate::safefs::remove_tree_at(&path);
             }
         } else if name.starts_with(BUILD) {
+            // A build whose builder was killed is removed only when old, but the shared memory
+            // its initdb or server left is released at once (that of a live build is attached
+            // to a live process, which keeps it; see shm::release_left_in).
+            if !dry_run {
+                crate::shm::release_left_in(&built_data(&path));
+            }
             if !dry_run && old(&path) {
                 let _ = crate::safefs::remove_tree_at(&path);
             }

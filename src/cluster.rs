@@ -23,6 +23,34 @@ const TEST_SETTINGS: &[&str] = &[
     "log_destination=stderr",
 ];
 
+/// Open files a server needs: PostgreSQL 15 refuses to start with fewer than 58 it can still
+/// open (48 plus 10 reserved), counted after the ones it inherited.
+const MIN_OPEN_FILES: u64 = 64;
+/// How far the soft limit is raised when it is below [`MIN_OPEN_FILES`] (if the hard limit
+/// allows): what most systems give by default.
+const RAISED_OPEN_FILES: u64 = 1024;
+
+/// Makes sure a server can be started within RLIMIT_NOFILE, before anything is made: a soft
+/// limit below what PostgreSQL needs is raised up to the hard limit, and a hard limit below it
+/// is refused with the fix. Without this the start would fail halfway, where too few
+/// descriptors can even keep the half-made directory from being removed.
+pub fn ensure_open_files() -> Result<()> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) =
+        getrlimit(Resource::RLIMIT_NOFILE).context("cannot read the open files limit")?;
+    if soft >= MIN_OPEN_FILES {
+        return Ok(());
+    }
+    if hard < MIN_OPEN_FILES {
+        bail!(
+            "only {hard} open files are allowed (ulimit -n), but PostgreSQL needs at least \
+             {MIN_OPEN_FILES}: raise ulimit -n"
+        );
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, RAISED_OPEN_FILES.min(hard), hard)
+        .context("cannot raise the open files limit (ulimit -n)")
+}
+
 /// What a server is started with.
 pub struct ServerSpec<'a> {
     pub install: &'a Installation,
@@ -180,8 +208,10 @@ impl ServerSpec<'_> {
                 });
             }
         }
-        cmd.spawn()
-            .with_context(|| format!("cannot start {}", self.install.postgres().display()))
+        cmd.spawn().map_err(|err| {
+            let what = format!("cannot start {}", self.install.postgres().display());
+            crate::exit::spawn_error(err, what)
+        })
     }
 }
 

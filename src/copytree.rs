@@ -32,14 +32,20 @@ pub fn copy_contents(src: &Path, dst: &Path) -> Result<()> {
     }
     let chunk = files.len().div_ceil(threads);
     std::thread::scope(|scope| {
+        // A thread that cannot be made (RLIMIT_NPROC, memory) is an error, not a panic; the
+        // threads already made are joined first, when the scope ends.
         let workers: Vec<_> = files
             .chunks(chunk)
-            .map(|part| scope.spawn(move || copy_files(part)))
+            .map(|part| {
+                std::thread::Builder::new()
+                    .spawn_scoped(scope, move || copy_files(part))
+                    .map_err(|err| crate::exit::spawn_error(err, "cannot start a copying thread"))
+            })
             .collect();
         workers
             .into_iter()
             .map(|worker| {
-                worker
+                worker?
                     .join()
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("a copying thread panicked")))
             })

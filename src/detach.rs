@@ -1,6 +1,6 @@
 //! Detaching: forking a child that outlives the caller and never holds its terminal or pipes.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use fork::Fork;
 use std::sync::OnceLock;
 
@@ -46,7 +46,7 @@ pub fn fork_detached() -> Result<Forked> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
-    match fork::fork().context("cannot fork")? {
+    match fork::fork().map_err(|err| crate::exit::spawn_error(err, "cannot fork"))? {
         Fork::Parent(pid) => Ok(Forked::Parent(pid)),
         Fork::Child => {
             if fork::setsid().is_err()

@@ -30,6 +30,21 @@ pub fn usage(message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UsageError(message.into()))
 }
 
+/// The error of starting a process or thread (`what`: "cannot fork", "cannot run initdb"...),
+/// naming the limit that was reached and how to raise it, when it was one: fork(2) and
+/// pthread_create(3) fail with EAGAIN at RLIMIT_NPROC (`ulimit -u`), and starting a program
+/// with EMFILE when the descriptors for its pipes are exhausted (`ulimit -n`).
+pub fn spawn_error(err: std::io::Error, what: impl fmt::Display) -> anyhow::Error {
+    let hint = match err.raw_os_error() {
+        Some(nix::libc::EAGAIN) => " (too many processes: raise ulimit -u)",
+        Some(nix::libc::EMFILE) => " (too many open files: raise ulimit -n)",
+        Some(nix::libc::ENFILE) => " (the system ran out of open files)",
+        Some(nix::libc::ENOMEM) => " (out of memory)",
+        _ => "",
+    };
+    anyhow::Error::new(err).context(format!("{what}{hint}"))
+}
+
 /// An exit status to pass on without a message: what a command run by `pgtmp run` returned,
 /// or a failure that has already been reported.
 #[derive(Debug)]
@@ -81,5 +96,22 @@ mod tests {
             .unwrap_err();
         assert_eq!(code_for(&err), USAGE);
         assert_eq!(code_for(&anyhow::anyhow!("disk full")), FAILURE);
+    }
+
+    #[test]
+    fn spawn_errors_name_the_limit_to_raise() {
+        let again = std::io::Error::from_raw_os_error(nix::libc::EAGAIN);
+        let text = format!("{:#}", spawn_error(again, "cannot fork"));
+        assert!(
+            text.starts_with("cannot fork (too many processes: raise ulimit -u): "),
+            "{text}"
+        );
+        let missing = std::io::Error::from_raw_os_error(nix::libc::ENOENT);
+        let text = format!("{:#}", spawn_error(missing, "cannot run psql"));
+        assert!(text.starts_with("cannot run psql: "), "{text}");
+        assert_eq!(
+            code_for(&spawn_error(std::io::Error::other("x"), "y")),
+            FAILURE
+        );
     }
 }

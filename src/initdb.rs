@@ -3,9 +3,11 @@
 use crate::discover::Installation;
 use crate::instance::Instance;
 use crate::process;
+use crate::shm;
 use anyhow::{Context, Result, bail};
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
 use std::process::Stdio;
 
 /// Authentication: trust on the Unix socket, whose 0700 directory keeps other accounts out;
@@ -44,9 +46,16 @@ fn init_cluster(install: &Installation, instance: &Instance, user: &str) -> Resu
     instance.make_private()?;
     instance.mark_preparing()?;
     let data = instance.data();
+    // Made here rather than by initdb: a failing initdb then removes only what is inside it,
+    // and the directory, whose inode is what ties the shared memory its killed (or panicked)
+    // backends left to it, stays until that is released.
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&data)
+        .with_context(|| format!("cannot create {}", data.display()))?;
     // --no-sync: the directory is throwaway; fsync would only add seconds. C locale and UTF8
     // make clusters identical on every machine, whatever the caller's LANG.
-    process::run_checked(
+    let initialized = process::run_checked(
         process::pg_command(&install.initdb())
             .arg("--pgdata")
             .arg(&data)
@@ -67,7 +76,11 @@ fn init_cluster(install: &Installation, instance: &Instance, user: &str) -> Resu
             .arg("--no-sync")
             .current_dir(&instance.dir),
         "initdb",
-    )?;
+    );
+    if let Err(err) = initialized {
+        shm::release_left_in(&data);
+        return Err(err);
+    }
     let hba = data.join("pg_hba.conf");
     fs::write(&hba, PG_HBA).with_context(|| format!("cannot write {}", hba.display()))?;
     crate::testpause::point("initialized");
@@ -93,7 +106,9 @@ pub fn create_test_database(install: &Installation, instance: &Instance, user: &
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .context("cannot run postgres --single to create database test")?;
+        .map_err(|err| {
+            crate::exit::spawn_error(err, "cannot run postgres --single to create database test")
+        })?;
     let statement = format!("{}\n", create_test_sql(user));
     if let Some(mut stdin) = child.stdin.take() {
         stdin
@@ -109,6 +124,8 @@ pub fn create_test_database(install: &Installation, instance: &Instance, user: &
         String::from_utf8_lossy(&out.stderr)
     );
     if !out.status.success() || text.contains("ERROR:") || text.contains("FATAL:") {
+        // A backend that died of a PANIC (a full disk) or a signal leaves its shared memory.
+        shm::release_left_in(&instance.data());
         bail!("creating database test failed: {}", process::tail(&text, 4));
     }
     Ok(())

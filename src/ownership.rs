@@ -288,20 +288,6 @@ fn process_uid(_pid: i32) -> Option<u32> {
     None
 }
 
-/// True when `pid` is a live postgres postmaster of this account serving the data directory
-/// `data` (its command line has `-D DATA`), started at `started` when that is known. A pid
-/// reused by any other process fails this test.
-pub fn is_postmaster_of(pid: i32, data: &Path, started: Option<u64>) -> bool {
-    is_mine(pid, started) && serves(pid, data)
-}
-
-/// The postmaster's pid from a data directory's postmaster.pid, if it names a live postmaster
-/// of that directory (proven as in [`is_postmaster_of`]).
-pub fn running_postmaster(data: &Path) -> Option<i32> {
-    let (pid, _) = postmaster_file(data)?;
-    is_postmaster_of(pid, data, None).then_some(pid)
-}
-
 /// The postmaster that the postmaster.pid of data directory `data` names, if it is proven to
 /// serve that very directory (see [`prove_postmaster`]; postmaster.pid records no start time)
 /// and to run as this account.
@@ -316,7 +302,7 @@ pub fn proven_postmaster_of(data: &Path) -> Option<Proven> {
 /// What a data directory's postmaster.pid says: the postmaster's pid and its System V shared
 /// memory id (line 7, after the key), if any.
 pub fn postmaster_file(data: &Path) -> Option<(i32, Option<i32>)> {
-    let text = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
+    let text = crate::safefs::read_text_at(&data.join("postmaster.pid")).ok()??;
     let pid = text.lines().next()?.trim().parse().ok()?;
     let sysv = text
         .lines()
@@ -388,10 +374,9 @@ mod tests {
     #[test]
     fn a_process_that_is_not_postgres_is_no_postmaster() {
         let me = std::process::id() as i32;
-        assert!(!is_postmaster_of(me, Path::new("/nonexistent/data"), None));
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("postmaster.pid"), format!("{me}\n")).unwrap();
-        assert_eq!(running_postmaster(dir.path()), None);
+        assert!(proven_postmaster_of(dir.path()).is_none());
     }
 
     #[test]

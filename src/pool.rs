@@ -206,12 +206,20 @@ pub fn remove_vanished(pools: &Path, dry_run: bool) -> Vec<PathBuf> {
                 .any(|e| crate::prestart::is_token(&e.path()))
         });
         if let Ok(false) = waiting
-            && (dry_run || crate::safefs::remove_tree_at(&dir).is_ok())
+            && (dry_run || remove_pool(&dir))
         {
             removed.push(dir);
         }
     }
     removed
+}
+
+/// Removes a pool, first releasing the shared memory killed initdb runs left for its entries.
+fn remove_pool(dir: &Path) -> bool {
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        crate::shm::release_left_in(&Instance::new(entry.path()).data());
+    }
+    crate::safefs::remove_tree_at(dir).is_ok()
 }
 
 /// A fresh random name for an instance directory or pool entry.
@@ -325,6 +333,7 @@ impl Pool {
             .into_iter()
             .chain(self.entries(TEMPLATE_BUILDING))
         {
+            crate::shm::release_left_in(&Instance::new(&stale).data());
             let _ = crate::safefs::remove_tree_at(&stale);
         }
         if let Some(pools) = self.dir.parent() {

@@ -38,10 +38,13 @@ pub fn pg_command(program: &Path) -> Command {
 pub fn run_checked(cmd: &mut Command, what: &str) -> Result<Output> {
     let out = match cmd.output() {
         Ok(out) => out,
-        Err(err) => bail!(
-            "cannot run {what} ({}): {err}",
-            cmd.get_program().to_string_lossy()
-        ),
+        Err(err) => {
+            let program = cmd.get_program().to_string_lossy();
+            return Err(crate::exit::spawn_error(
+                err,
+                format!("cannot run {what} ({program})"),
+            ));
+        }
     };
     if !out.status.success() {
         // stderr last: it says why (initdb's stdout ends with the step that failed).

@@ -11,6 +11,10 @@
 //! - registrations of clusters outside PGTMP_DIR (`-d`) whose watchdog is gone, after stopping
 //!   their server the same way; nothing outside PGTMP_DIR is ever removed;
 //! - incomplete pool entries (`pool/<key>/new.*`) while no refiller holds that pool's lock.
+//!
+//! Before a directory that may hold a data directory is removed, the shared memory that killed
+//! processes left for it (an initdb's backends record nothing) is released: see
+//! [`shm::release_left_in`].
 
 use crate::cluster;
 use crate::instance::{Instance, NAME_ALPHABET, State};
@@ -20,6 +24,7 @@ use crate::shm;
 use crate::statedir::{self, INSTANCE_NAME_LEN, REGISTERED, StateDir};
 use anyhow::{Result, bail};
 use nix::fcntl::{Flock, FlockArg};
+use nix::unistd::geteuid;
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -209,6 +214,11 @@ fn sweep_instance(instance: &Instance, dry_run: bool, actions: &mut Actions) -> 
         // An orphaned initdb, or backends of a killed server: the next sweep gets it.
         bail!("processes still run in it");
     }
+    if !dry_run {
+        // What a killed initdb (or any process that recorded nothing) left: found only while
+        // the data directory exists.
+        shm::release_left_in(&instance.data());
+    }
     if instance.is_kept() {
         if state.is_some() {
             if !dry_run {
@@ -238,11 +248,17 @@ fn stop_orphaned_server(
     actions: &mut Actions,
 ) -> Result<()> {
     let data = instance.data();
-    let recorded = state
-        .filter(|s| ownership::is_postmaster_of(s.postmaster_pid, &data, s.postmaster_start))
-        .map(|s| s.postmaster_pid);
-    let running = recorded.or_else(|| ownership::running_postmaster(&data));
-    if let Some(pid) = running {
+    // Proven through a pidfd taken before the checks, so the shutdown reaches that very
+    // process or none (see ownership::prove_postmaster).
+    let recorded = state.and_then(|s| {
+        let dir = crate::safefs::Dir::open(&data).ok()?;
+        ownership::prove_postmaster(&dir, s.postmaster_pid, s.postmaster_start, geteuid())
+            .ok()
+            .flatten()
+    });
+    let running = recorded.or_else(|| ownership::proven_postmaster_of(&data));
+    if let Some(server) = running {
+        let pid = server.pid();
         actions.push(format!(
             "stopped server (pid {pid}) of {}",
             instance.dir.display()
@@ -250,7 +266,7 @@ fn stop_orphaned_server(
         if dry_run {
             return Ok(());
         }
-        cluster::shutdown(&pid, || !process::alive(pid))?;
+        cluster::shutdown(&server, || !process::alive(pid))?;
     }
     // A killed server leaves its shared memory, and its backends exit shortly after it.
     let (segments, creator) = match state {
@@ -333,8 +349,11 @@ fn sweep_pools(state: &StateDir, dry_run: bool, actions: &mut Actions) {
                     ));
                     continue;
                 }
-                if !dry_run && fs::remove_dir_all(&path).is_err() {
-                    continue;
+                if !dry_run {
+                    shm::release_left_in(&path.join("data"));
+                    if crate::safefs::remove_tree_at(&path).is_err() {
+                        continue;
+                    }
                 }
                 actions.push(format!("removed incomplete pool entry {}", path.display()));
             }

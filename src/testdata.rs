@@ -67,6 +67,48 @@ pub struct TestData {
     pub psql: PathBuf,
 }
 
+/// Reads a `-f` file, which must be a regular file (a symlink to one is fine): a FIFO would
+/// block the start forever and a device like /dev/zero never end. It is opened with O_NONBLOCK
+/// so that opening a FIFO returns at once (a regular file ignores the flag), checked on the
+/// opened descriptor, and read from that same descriptor, so nothing can be swapped in
+/// between.
+fn read_schema_file(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let unreadable = |err: std::io::Error| {
+        exit::usage(format!(
+            "-f {}: cannot read it ({err}); give an SQL file you can read",
+            path.display()
+        ))
+    };
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(unreadable)?;
+    let kind = file.metadata().map_err(unreadable)?.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "something else"
+        };
+        return Err(exit::usage(format!(
+            "-f {} is {what}, not a regular file; pass an SQL file",
+            path.display()
+        )));
+    }
+    let mut contents = Vec::new();
+    file.read_to_end(&mut contents).map_err(unreadable)?;
+    Ok(contents)
+}
+
 /// A running server to load into, reached on its Unix socket.
 pub struct Server<'a> {
     pub socket_dir: &'a Path,
@@ -85,12 +127,7 @@ impl TestData {
         let now = args.now.as_deref().map(Now::parse).transpose()?;
         let mut files = Vec::new();
         for path in &args.schema_files {
-            let contents = fs::read(path).map_err(|err| {
-                exit::usage(format!(
-                    "-f {}: cannot read it ({err}); give an SQL file you can read",
-                    path.display()
-                ))
-            })?;
+            let contents = read_schema_file(path)?;
             // Absolute now: the background cache build runs with `/` as working directory.
             let dir = std::path::absolute(path)
                 .ok()
@@ -153,7 +190,7 @@ impl TestData {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .output()
-            .with_context(|| format!("cannot run {}", self.psql.display()))?;
+            .map_err(|err| exit::spawn_error(err, format!("cannot run {}", self.psql.display())))?;
         if out.status.success() {
             return Ok(());
         }

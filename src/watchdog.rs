@@ -95,8 +95,15 @@ pub struct Started {
 /// Forks the watchdog and waits for its report. Returns once the server accepts connections,
 /// or with the reason it could not start (by then everything has been cleaned up).
 pub fn launch(plan: Plan) -> Result<Started> {
-    let (mut reader, writer) = std::io::pipe().context("cannot create a pipe to the watchdog")?;
-    match detach::fork_detached()? {
+    let (forked, mut reader, writer) = match fork_watchdog() {
+        Ok(forked) => forked,
+        Err(err) => {
+            // No watchdog, so nobody else will: the directory goes as after any failed start.
+            dispose_after_failure(&plan);
+            return Err(err);
+        }
+    };
+    match forked {
         Forked::Parent(pid) => {
             drop(writer);
             let mut report = String::new();
@@ -172,6 +179,13 @@ pub fn launch(plan: Plan) -> Result<Started> {
             std::process::exit(code);
         }
     }
+}
+
+/// The pipe the watchdog reports on, and the fork that makes the watchdog.
+fn fork_watchdog() -> Result<(Forked, std::io::PipeReader, std::io::PipeWriter)> {
+    let (reader, writer) = std::io::pipe()
+        .map_err(|err| crate::exit::spawn_error(err, "cannot create a pipe to the watchdog"))?;
+    Ok((detach::fork_detached()?, reader, writer))
 }
 
 struct Watchdog {

@@ -10,6 +10,7 @@ use anyhow::Result;
 use std::path::PathBuf;
 
 pub fn run(dir: Option<PathBuf>, global: &GlobalArgs) -> Result<()> {
+    crate::cluster::ensure_open_files()?;
     let install = discover::find(global.bindir.as_deref())?;
     crate::account::check_has_entry()?;
     let path = match dir {

@@ -165,7 +165,7 @@ fn start_in_child(
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
     }
-    let pid = match fork::fork().context("cannot fork")? {
+    let pid = match fork::fork().map_err(|err| exit::spawn_error(err, "cannot fork"))? {
         fork::Fork::Child => {
             // Interrupted like any `pgtmp start`; the watchdog sees the lifeline cut then.
             Signals::restore_defaults();

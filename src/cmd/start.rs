@@ -144,6 +144,7 @@ pub fn launch(
 ) -> Result<Launched> {
     // Everything that can be refused without touching anything is checked first.
     format::check(args.format.unwrap_or_default(), args.wants_tcp())?;
+    cluster::ensure_open_files()?;
     let options = cluster::split_options(&args.options)?;
     let prestart = prestart::Settings::from_env()?;
     let pool_size = pool::size_from_env()?;
