@@ -189,6 +189,9 @@ pub fn prepare_dir(
                     dir.display()
                 );
             }
+            // Its killed initdb may have left shared memory, proven to be of this very data
+            // directory by the segment's header: released before the directory goes.
+            crate::shm::release_left_in(&instance.data());
             instance.empty_out()?;
             OnFailure::EmptyOut
         }
