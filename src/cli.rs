@@ -92,6 +92,17 @@ pools and their last refill error; PGTMP_* variables with invalid values; psql f
 It exits 1 when pgtmp cannot work, and changes nothing.",
     ),
     (
+        "Security",
+        "\
+pgtmp acts only on what belongs to the account the server runs as, and works from directory
+handles: a symlink where it expects its own directory is refused, never followed. PGTMP_DIR must
+be that account's with mode 0700 (pgtmp makes it so; another account's is never adopted), and
+an automatically placed one needs a TMPDIR that is private or has the sticky bit. State files are
+read only when they are small regular files of their directory's owner. A pid is signalled only
+when proven to be the watchdog or server of that very directory (start time, account, and the
+directory it holds or runs in), through a pidfd. See SECURITY.md for the threat model.",
+    ),
+    (
         "Exit status",
         "0 success, 1 failure, 2 invalid command line. pgtmp run exits with CMD's status \
 (128+N if CMD died of signal N), 127 if CMD is not found, 126 if it cannot be executed.",
