@@ -1,46 +1,32 @@
 //! pgtmp: private, throwaway PostgreSQL clusters in milliseconds.
 //!
-//! The crate is organised by what each module owns; `run` is the only entry point the binary uses.
+//! The crate is layered; each layer only uses the ones below it:
+//!
+//! ```text
+//! cli        the command line and PGTMP_* settings
+//! cmd        one thin file per subcommand
+//! lifecycle  watchdog, pre-started servers, lifeline
+//! server     PostgreSQL programs     state  on-disk state (safefs)     testdata  -f, clones
+//! output     formats, URLs, exit     os     processes, accounts, signals
+//! ```
+//!
+//! `run` is the only entry point the binary uses; `cli` is public for the generated manual.
 
-pub mod account;
-pub mod cache;
 pub mod cli;
-pub mod client;
-pub mod cluster;
-pub mod clusters;
-pub mod cmd;
-pub mod copytree;
-pub mod dburl;
-pub mod detach;
-pub mod discover;
-pub mod exit;
-pub mod format;
-pub mod initdb;
-pub mod instance;
-pub mod lifeline;
-pub mod ownership;
-pub mod pool;
-pub mod prestart;
-pub mod process;
-pub mod progress;
-pub mod safefs;
-pub mod secret;
-pub mod selfpipe;
-pub mod shm;
-pub mod statedir;
-pub mod stock;
-pub mod sweep;
-pub mod testdata;
-pub mod testpause;
-pub mod trace;
-pub mod url;
-pub mod watchdog;
+mod cmd;
+mod lifecycle;
+mod os;
+mod output;
+mod server;
+mod state;
+mod testdata;
 
+use output::{exit, trace};
 use std::process::ExitCode;
 
 /// Parses the command line, runs the command, prints any error once and returns the exit code.
 pub fn run() -> ExitCode {
-    detach::note_inherited_fds();
+    os::detach::note_inherited_fds();
     trace::begin();
     let cli = match cli::parse() {
         Ok(cli) => cli,

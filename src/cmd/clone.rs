@@ -3,11 +3,11 @@
 
 use super::Session;
 use crate::cli::{CloneArgs, GlobalArgs};
-use crate::dburl;
-use crate::detach::{self, Forked};
-use crate::instance::{Instance, State};
-use crate::stock;
-use crate::testdata::{self, Server};
+use crate::os::detach::{self, Forked};
+use crate::state::instance::{Instance, State};
+use crate::testdata::dburl;
+use crate::testdata::files::{self, Server};
+use crate::testdata::stock;
 use anyhow::{Context, Result, bail};
 use std::io::Write;
 
@@ -15,7 +15,7 @@ pub fn run(args: CloneArgs, global: &GlobalArgs) -> Result<()> {
     let jdbc = dburl::jdbc_wanted(args.format, "clone")?;
     // Any form pgtmp prints; a clone's URL is the cluster's URL form without the input's
     // parameters (a schema URL's options name a schema the clone does not have).
-    let conn = crate::url::read(&args.url)?;
+    let conn = crate::output::url::read(&args.url)?;
     let cluster_url = conn.uri(None);
     if jdbc && !args.drop {
         // Refused before a clone is taken for nothing.
@@ -28,7 +28,7 @@ pub fn run(args: CloneArgs, global: &GlobalArgs) -> Result<()> {
         port: state.port,
         user: &state.user,
     };
-    let mut client = testdata::connect(&server, "postgres")?;
+    let mut client = files::connect(&server, "postgres")?;
     if args.drop {
         return stock::drop_clone(&mut client, &dburl::database(&cluster_url)?);
     }
@@ -76,7 +76,7 @@ pub fn running_cluster(session: &Session, url: &str) -> Result<(Instance, State)
             state.owner_uid
         );
     }
-    if !crate::process::alive(state.watchdog_pid) {
+    if !crate::os::process::alive(state.watchdog_pid) {
         bail!("the cluster in {dir} is not running (its watchdog has gone)");
     }
     Ok((instance, state))

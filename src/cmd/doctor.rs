@@ -1,13 +1,13 @@
 //! `pgtmp doctor`: what pgtmp would use and whether it can work, each check passing or failing
 //! with the fix. Only looks: it starts nothing, creates nothing and changes nothing.
 
-use crate::account::{self, Account};
 use crate::cli::GlobalArgs;
-use crate::discover::{self, Installation};
-use crate::exit::Passed;
-use crate::pool;
-use crate::safefs::Dir;
-use crate::statedir::{self, SOCKET_PATH_MAX, Verdict};
+use crate::lifecycle::pool;
+use crate::os::account::{self, Account};
+use crate::output::exit::Passed;
+use crate::server::discover::{self, Installation};
+use crate::state::safefs::Dir;
+use crate::state::statedir::{self, SOCKET_PATH_MAX, Verdict};
 use anyhow::Result;
 use nix::fcntl::{AT_FDCWD, AtFlags};
 use nix::unistd::{AccessFlags, faccessat};
@@ -63,7 +63,7 @@ pub fn run(global: &GlobalArgs) -> Result<()> {
     }
     if report.fatal {
         println!("pgtmp cannot work here until the failures above are fixed");
-        return Err(Passed(crate::exit::FAILURE).into());
+        return Err(Passed(crate::output::exit::FAILURE).into());
     }
     println!("pgtmp can work here");
     Ok(())
@@ -222,7 +222,7 @@ fn state_dir(
     };
     // Judged exactly as a start judges it (statedir::judge_existing), through a handle.
     match Dir::open_if_exists(&path) {
-        Err(err) if crate::safefs::is_permission_denied(&err) => unreachable(
+        Err(err) if crate::state::safefs::is_permission_denied(&err) => unreachable(
             report,
             &format!("{} cannot reach it ({err:#})", server.name),
         ),
@@ -348,18 +348,18 @@ fn pools(report: &mut Report, state: &statedir::StateDir, install: &Installation
         return;
     }
     for dir in dirs {
-        let ready = crate::pool::entries(&dir, "ready.").len();
+        let ready = crate::lifecycle::pool::entries(&dir, "ready.").len();
         let template = if dir.join("template").is_dir() {
             "template made"
         } else {
             "no template yet"
         };
-        let waiting = crate::pool::entries(&dir, "waiting.").len();
+        let waiting = crate::lifecycle::pool::entries(&dir, "waiting.").len();
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        match crate::safefs::read_text_at(&dir.join("refill.error")) {
+        match crate::state::safefs::read_text_at(&dir.join("refill.error")) {
             Ok(Some(error)) => report.warn(
                 &format!("pool {name}: {ready} of {size} ready, {template}, {waiting} pre-started; the last refill failed: {}", error.trim()),
                 "fix the cause above; starts meanwhile prepare their directory in the foreground (slower)",

@@ -2,13 +2,13 @@
 
 use super::Session;
 use crate::cli::{GcArgs, GlobalArgs};
-use crate::sweep;
+use crate::lifecycle::sweep;
 use anyhow::{Context, Result};
 use std::io::Write;
 
 pub fn run(args: &GcArgs, global: &GlobalArgs) -> Result<()> {
     let session = Session::establish(global, None)?;
-    let step = crate::progress::step(&format!(
+    let step = crate::output::progress::step(&format!(
         "sweeping {} (stopping what dead runs left may take seconds)",
         session.state.path.display()
     ));

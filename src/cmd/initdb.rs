@@ -2,17 +2,17 @@
 
 use super::Session;
 use crate::cli::GlobalArgs;
-use crate::discover;
-use crate::initdb;
-use crate::ownership;
-use crate::pool::{self, Pool, Taken};
+use crate::lifecycle::pool::{self, Pool, Taken};
+use crate::server::discover;
+use crate::server::initdb;
+use crate::state::ownership;
 use anyhow::Result;
 use std::path::PathBuf;
 
 pub fn run(dir: Option<PathBuf>, global: &GlobalArgs) -> Result<()> {
-    crate::cluster::ensure_open_files()?;
+    crate::server::cluster::ensure_open_files()?;
     let install = discover::find(global.bindir.as_deref())?;
-    crate::account::check_has_entry()?;
+    crate::os::account::check_has_entry()?;
     let path = match dir {
         Some(dir) => {
             let dir = super::absolute_dir(&dir)?;

@@ -1,11 +1,11 @@
 //! `pgtmp list` (`ls`): this account's running clusters, as a table or JSON.
 
-use crate::account::Account;
-use crate::client;
-use crate::clusters::{self, ClusterDir};
-use crate::ownership;
-use crate::statedir;
-use crate::url;
+use crate::os::account::Account;
+use crate::output::url;
+use crate::server::client;
+use crate::state::clusters::{self, ClusterDir};
+use crate::state::ownership;
+use crate::state::statedir;
 use anyhow::{Context, Result};
 use nix::unistd::Uid;
 use serde::Serialize;
@@ -88,7 +88,7 @@ fn entry(cluster: &ClusterDir, owner: u32) -> Option<Entry> {
     // A pre-started server is nobody's cluster until a start claims it.
     if state.owner_uid != owner
         || !matches!(proven, Ok(Some(_)))
-        || crate::prestart::is_waiting(&instance)
+        || crate::lifecycle::claim::is_waiting(&instance)
     {
         return None;
     }

@@ -11,12 +11,12 @@ mod schema;
 mod start;
 mod stop;
 
-use crate::account::{self, Account};
 use crate::cli::{Cli, Command, GlobalArgs};
-use crate::discover::Installation;
-use crate::instance::{Found, Instance};
-use crate::statedir::{self, StateDir};
-use crate::watchdog::OnFailure;
+use crate::lifecycle::watchdog::OnFailure;
+use crate::os::account::{self, Account};
+use crate::server::discover::Installation;
+use crate::state::instance::{Found, Instance};
+use crate::state::statedir::{self, StateDir};
 use anyhow::{Context, Result, bail};
 use std::fs::DirBuilder;
 use std::os::unix::fs::DirBuilderExt;
@@ -90,17 +90,17 @@ fn hand_over(dir: &Path, server: &Account) -> Result<()> {
     let Ok(Found::Empty) = inspect_dir(dir) else {
         return Ok(());
     };
-    let handle = crate::safefs::Dir::open(dir)?;
+    let handle = crate::state::safefs::Dir::open(dir)?;
     let st = handle.stat()?;
     if st.st_uid == server.uid.as_raw() {
         return Ok(());
     }
-    if st.st_uid != 0 || crate::safefs::mode_of(&st) & 0o022 != 0 {
+    if st.st_uid != 0 || crate::state::safefs::mode_of(&st) & 0o022 != 0 {
         return Err(anyhow::anyhow!(
             "-d {}: the directory belongs to uid {} (mode {:o}); root hands the server account {} only an empty private directory of its own: remove it, or give a missing directory",
             dir.display(),
             st.st_uid,
-            crate::safefs::mode_of(&st),
+            crate::state::safefs::mode_of(&st),
             server.name
         ));
     }
@@ -114,7 +114,7 @@ pub fn absolute_dir(dir: &Path) -> Result<PathBuf> {
     let dir =
         std::path::absolute(dir).with_context(|| format!("cannot resolve {}", dir.display()))?;
     if statedir::has_comma(&dir) {
-        return Err(crate::exit::usage(format!(
+        return Err(crate::output::exit::usage(format!(
             "-d {}: the path contains a comma, which splits the URL's host into two; choose a directory without one",
             dir.display()
         )));
@@ -132,7 +132,7 @@ pub fn absolute_dir(dir: &Path) -> Result<PathBuf> {
 /// What is at a `-d` path; something pgtmp must not touch is refused before anything is made.
 pub fn inspect_dir(dir: &Path) -> Result<Found> {
     let found = Instance::inspect(dir).map_err(|err| {
-        if !crate::safefs::is_permission_denied(&err) {
+        if !crate::state::safefs::is_permission_denied(&err) {
             return err;
         }
         let me = Account::current().map_or_else(|_| "this account".to_string(), |a| a.name);
@@ -183,7 +183,7 @@ pub fn prepare_dir(
         Found::Unfinished => {
             // A start killed while preparing it: made again from scratch, unless a pgtmp is
             // at it right now.
-            if crate::ownership::processes_inside(dir) {
+            if crate::state::ownership::processes_inside(dir) {
                 bail!(
                     "-d {}: another pgtmp is preparing this directory; wait for it, or choose another directory",
                     dir.display()
@@ -191,18 +191,18 @@ pub fn prepare_dir(
             }
             // Its killed initdb may have left shared memory, proven to be of this very data
             // directory by the segment's header: released before the directory goes.
-            crate::shm::release_left_in(&instance.data());
+            crate::server::shm::release_left_in(&instance.data());
             instance.empty_out()?;
             OnFailure::EmptyOut
         }
         Found::Cluster => return Ok(OnFailure::Leave),
         Found::Foreign(reason) => return Err(foreign(dir, &reason)),
     };
-    let step = crate::progress::step(&format!("initializing {}", dir.display()));
-    let prepared = crate::initdb::prepare(install, &instance, session.user());
+    let step = crate::output::progress::step(&format!("initializing {}", dir.display()));
+    let prepared = crate::server::initdb::prepare(install, &instance, session.user());
     drop(step);
     if let Err(err) = prepared {
-        crate::watchdog::dispose(&instance, on_failure);
+        crate::lifecycle::watchdog::dispose(&instance, on_failure);
         return Err(err);
     }
     Ok(on_failure)
@@ -213,7 +213,7 @@ pub fn prepare_dir(
 /// into it. An empty one is made private first and then checked to be still empty, so nothing
 /// can be slipped in between.
 fn claim_existing(dir: &Path, found: &Found, server: &Account) -> Result<()> {
-    let handle = crate::safefs::Dir::open(dir)?;
+    let handle = crate::state::safefs::Dir::open(dir)?;
     let st = handle.stat()?;
     if st.st_uid != nix::unistd::geteuid().as_raw() {
         return Err(anyhow::anyhow!(
@@ -231,11 +231,11 @@ fn claim_existing(dir: &Path, found: &Found, server: &Account) -> Result<()> {
                 dir.display()
             );
         }
-    } else if crate::safefs::mode_of(&st) & 0o022 != 0 {
+    } else if crate::state::safefs::mode_of(&st) & 0o022 != 0 {
         return Err(anyhow::anyhow!(
             "-d {}: the directory is writable by other accounts (mode {:o}), so they could have changed the cluster in it; make it private with `chmod 700 {}`",
             dir.display(),
-            crate::safefs::mode_of(&st),
+            crate::state::safefs::mode_of(&st),
             dir.display()
         ));
     }
@@ -253,7 +253,7 @@ fn make_missing_dir(dir: &Path) -> Result<()> {
         .mode(0o700)
         .create(parent)
         .with_context(|| format!("cannot create {}", parent.display()))?;
-    crate::safefs::Dir::open(parent)?.make_dir(name, 0o700)?;
+    crate::state::safefs::Dir::open(parent)?.make_dir(name, 0o700)?;
     Ok(())
 }
 
@@ -263,7 +263,7 @@ pub fn check_startable(install: &Installation, instance: &Instance) -> Result<()
     let dir = instance.dir.display();
     if instance.read_state()?.is_some() {
         // Its watchdog holds the directory's lock for as long as it lives.
-        if crate::ownership::is_locked(&instance.dir) {
+        if crate::state::ownership::is_locked(&instance.dir) {
             bail!(
                 "a cluster is already running in {dir}; stop it first with `pgtmp stop -d {dir}`"
             );

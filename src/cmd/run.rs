@@ -15,11 +15,11 @@
 
 use super::start;
 use crate::cli::{GlobalArgs, RunArgs};
-use crate::discover::Installation;
-use crate::exit::{self, Passed};
-use crate::format::{Cluster, Format};
-use crate::lifeline::{self, Holder};
-use crate::process;
+use crate::lifecycle::lifeline::{self, Holder};
+use crate::os::process;
+use crate::output::exit::{self, Passed};
+use crate::output::format::{Cluster, Format};
+use crate::server::discover::Installation;
 use anyhow::{Context, Result, anyhow, bail};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
@@ -319,7 +319,7 @@ struct Signals {
 
 impl Signals {
     fn install() -> Result<Signals> {
-        let (read, write) = crate::selfpipe::pipe()?;
+        let (read, write) = crate::os::selfpipe::pipe()?;
         SIGNAL_FD.store(write.as_raw_fd(), Ordering::Relaxed);
         // No SA_RESTART: waitpid returns EINTR, so a signal during the start is seen at once.
         let action = SigAction::new(

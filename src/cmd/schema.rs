@@ -3,18 +3,18 @@
 
 use super::Session;
 use crate::cli::{GlobalArgs, SchemaArgs};
-use crate::dburl;
-use crate::initdb::quote_ident;
-use crate::instance::NAME_ALPHABET;
-use crate::secret;
-use crate::testdata::{self, Server};
+use crate::os::secret;
+use crate::server::initdb::quote_ident;
+use crate::state::instance::NAME_ALPHABET;
+use crate::testdata::dburl;
+use crate::testdata::files::{self, Server};
 use anyhow::{Context, Result};
 use std::io::Write;
 
 pub fn run(args: SchemaArgs, global: &GlobalArgs) -> Result<()> {
     let jdbc = dburl::jdbc_wanted(args.format, "schema")?;
     // Any form pgtmp prints, in its plain URI form: a schema URL's options are replaced below.
-    let url = crate::url::read(&args.url)?.uri(None);
+    let url = crate::output::url::read(&args.url)?.uri(None);
     if jdbc {
         // Refused before a schema is made for nothing.
         dburl::jdbc(&url)?;
@@ -27,7 +27,7 @@ pub fn run(args: SchemaArgs, global: &GlobalArgs) -> Result<()> {
         port: state.port,
         user: &state.user,
     };
-    let mut client = testdata::connect(&server, &database)?;
+    let mut client = files::connect(&server, &database)?;
     let schema = format!("s_{}", secret::random_string(NAME_ALPHABET, 8)?);
     client
         .batch_execute(&format!("CREATE SCHEMA {}", quote_ident(&schema)))

@@ -2,26 +2,27 @@
 //! path `pgtmp run` shares.
 
 use super::Session;
-use crate::cache::{self, Cache};
 use crate::cli::{GlobalArgs, StartArgs};
-use crate::cluster;
-use crate::detach::{self, Forked};
-use crate::discover::{self, Installation};
-use crate::exit;
-use crate::format::{self, Cluster};
-use crate::instance::Instance;
-use crate::ownership;
-use crate::pool::{self, Pool, Taken};
-use crate::prestart::{self, Claim};
-use crate::secret;
-use crate::statedir::StateDir;
-use crate::stock;
-use crate::sweep;
-use crate::testdata::{Server, TestData};
-use crate::testpause;
-use crate::trace;
-use crate::url;
-use crate::watchdog::{self, OnFailure, Plan};
+use crate::lifecycle::cache::{self, Cache};
+use crate::lifecycle::claim::Claim;
+use crate::lifecycle::pool::{self, Pool, Taken};
+use crate::lifecycle::prestart;
+use crate::lifecycle::sweep;
+use crate::lifecycle::watchdog::{self, OnFailure, Plan};
+use crate::os::detach::{self, Forked};
+use crate::os::secret;
+use crate::os::testpause;
+use crate::output::exit;
+use crate::output::format::{self, Cluster};
+use crate::output::trace;
+use crate::output::url;
+use crate::server::cluster;
+use crate::server::discover::{self, Installation};
+use crate::state::instance::Instance;
+use crate::state::ownership;
+use crate::state::statedir::StateDir;
+use crate::testdata::files::{Server, TestData};
+use crate::testdata::stock;
 use anyhow::{Context, Result, anyhow, bail};
 use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener};
@@ -148,13 +149,13 @@ pub fn launch(
     let options = cluster::split_options(&args.options)?;
     let prestart = prestart::Settings::from_env()?;
     let pool_size = pool::size_from_env()?;
-    crate::sweep::cache_max_age()?;
+    crate::lifecycle::sweep::cache_max_age()?;
     let install = discover::find(global.bindir.as_deref())?;
     let dir = args.dir.as_deref().map(super::absolute_dir).transpose()?;
     let found = dir.as_deref().map(super::inspect_dir).transpose()?;
     // -f files are read now, as the invoking account.
-    let data = TestData::from_args(args, &install)?;
-    if data.is_some() && found == Some(crate::instance::Found::Cluster) {
+    let data = TestData::read(&args.schema_files, args.now.as_deref(), &install)?;
+    if data.is_some() && found == Some(crate::state::instance::Found::Cluster) {
         return Err(exit::usage(
             "-f and --now prepare a new cluster, but -d names an existing one; give an empty or missing directory",
         ));
@@ -196,7 +197,7 @@ pub fn launch(
     let password = if tcp { Some(secret::password()?) } else { None };
     let name = pool::new_name()?;
 
-    crate::account::check_has_entry()?;
+    crate::os::account::check_has_entry()?;
     let session = Session::establish(global, dir.as_deref())?;
     let user = session.user().to_string();
     trace::phase("session");
@@ -325,7 +326,7 @@ pub fn launch(
         registration: session.state.registration_for(&instance.dir, &name),
         waiting: None,
         lifeline,
-        lock,
+        _lock: lock,
     };
     let started = watchdog::launch(plan)?;
     let url = match &password {

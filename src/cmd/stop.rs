@@ -8,11 +8,12 @@
 
 use super::Session;
 use crate::cli::{GlobalArgs, StopArgs};
-use crate::clusters::{self, ClusterDir};
-use crate::exit;
-use crate::ownership;
-use crate::url::{self, Target};
-use crate::{cluster, process};
+use crate::os::process;
+use crate::output::exit;
+use crate::output::url::{self, Target};
+use crate::server::cluster;
+use crate::state::clusters::{self, ClusterDir};
+use crate::state::ownership;
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
@@ -138,7 +139,7 @@ fn stop(session: &Session, cluster: &ClusterDir, keep: bool) -> Result<()> {
     if let Some(server) = &server {
         cluster::shutdown(server, || !process::alive(state.postmaster_pid))?;
     }
-    crate::shm::release(&state.segments, state.postmaster_pid);
+    crate::server::shm::release(&state.segments, state.postmaster_pid);
     if state.keep || instance.is_kept() {
         instance.remove_state();
         Ok(())

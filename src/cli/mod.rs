@@ -1,0 +1,843 @@
+//! The command line: every subcommand and option, their help text and PGTMP_* fallbacks.
+
+use crate::output::format::Format;
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+// Idle timeout used when neither -w nor PGTMP_TIMEOUT is given (the watchdog's default).
+use crate::lifecycle::watchdog::DEFAULT_TIMEOUT;
+
+const LONG_ABOUT: &str = "\
+Start a private, throwaway PostgreSQL cluster and print its connection URL.
+
+pgtmp takes a pre-initialized data directory from a pool, starts postgres on a Unix socket in a \
+private 0700 directory (or on a free loopback TCP port with -t), prints one URL on stdout and \
+exits at once. A detached watchdog stops the cluster and deletes its directory once no client \
+has been connected for the idle timeout (-w).";
+
+/// Sections shown after the options in `--help` and as sections of the man page.
+pub const EXTRA_SECTIONS: &[(&str, &str)] = &[
+    (
+        "Examples",
+        "\
+url=$(pgtmp) && psql \"$url\" -c 'select 1'
+url=$(pgtmp -t -w 300)        # TCP on 127.0.0.1 with a password, e.g. for JDBC
+pgtmp -k -d ./pgdata          # a cluster in ./pgdata that survives its stop
+pgtmp stop \"$url\"             # stop now instead of at the idle timeout
+pgtmp run -- make test        # a cluster just for this command (PGHOST... set)
+eval \"$(pgtmp -F env)\"        # PGHOST, PGPORT, PGUSER, PGDATABASE, DATABASE_URL
+pgtmp -t -F jdbc              # jdbc:postgresql://127.0.0.1:PORT/test?user=..&password=..
+pgtmp list                    # what runs; pgtmp stop --all stops it all
+pgtmp doctor                  # what pgtmp would use, and what to fix
+
+url=$(pgtmp -f schema.sql)    # schema loaded (then cached) before the URL is printed
+db=$(pgtmp clone \"$url\")      # a fresh copy of the loaded state, for one test
+pgtmp --now '2024-01-01 12:00:00+00'   # now() frozen in test and its clones",
+    ),
+    (
+        "Environment",
+        "\
+PGTMP_DIR               where pools and clusters live [default: ${TMPDIR:-/tmp}/pgtmp-<uid>]
+PGTMP_POOL_SIZE         prepared data directories kept per installation, about 35 MB each
+                        (and per cached schema, at most 2) [default: 8]
+PGTMP_PRESTART          servers kept running, waiting to be claimed by a start (per mode:
+                        socket or TCP) [default: 0]
+PGTMP_PRESTART_TIMEOUT  seconds a pre-started server waits for a claim [default: 600]
+PGTMP_TRACE             1 = print how long each phase of a start took, on stderr
+PGTMP_CACHE_DAYS        days a schema cache entry may go unused before gc removes it
+                        (its ready copies go after an hour unused) [default: 7]
+PGTMP_TCP, PGTMP_PORT, PGTMP_TIMEOUT, PGTMP_KEEP, PGTMP_OPTIONS, PGTMP_FORMAT,
+PGTMP_NOW, PGTMP_NO_CACHE, PGTMP_BINDIR, PGTMP_RUN_AS
+                        fallbacks for -t, -p, -w, -k, -o, -F, --now, --no-cache, --bindir,
+                        --run-as; an option written on the command line wins.
+                        PGTMP_TCP, PGTMP_KEEP, PGTMP_NO_CACHE: 1/0, yes/no, on/off, true/false
+PG*                     the caller's libpq variables are ignored by pgtmp and its servers,
+                        except PGPORT, which names the socket file so the port-less URL works",
+    ),
+    (
+        "Files",
+        "\
+$PGTMP_DIR/<name>/              one cluster: socket directory (0700), data/, postgres.log
+$PGTMP_DIR/pool/<key>/ready.*   prepared data directories waiting to be claimed
+$PGTMP_DIR/cache/<key>/         the schema cache: a loaded cluster (entry/) and ready copies
+
+$PGTMP_DIR/.swept               when the last background sweep (pgtmp gc) ran",
+    ),
+    (
+        "Output formats",
+        "\
+uri    postgresql://USER@/test?host=SOCKETDIR, or with -t postgresql://USER:PASSWORD@127.0.0.1:PORT/test
+dsn    host=... port=... user=... [password=...] dbname=test (libpq key=value, quoted)
+jdbc   jdbc:postgresql://127.0.0.1:PORT/test?user=..&password=.. (needs -t)
+env    export PGHOST=... lines (PGPORT, PGUSER, PGDATABASE, DATABASE_URL; with -t PGPASSWORD,
+       JDBC_DATABASE_URL), single-quoted: for eval \"$(pgtmp -F env)\" or a dotenv file
+json   one object: url, dsn, jdbc (with -t), host, port, socket_dir, user, password (with -t),
+       database, data_dir, server_pid, watchdog_pid, version, bindir, timeout, keep
+pgtmp stop, clone and schema take the output of any of these but env as their URL.",
+    ),
+    (
+        "Seeing what runs",
+        "\
+pgtmp list (alias ls) shows this account's clusters in PGTMP_DIR, and those it started elsewhere
+with -d: URL, server PID, PostgreSQL VERSION, AGE, IDLE (time since a client was last busy; -
+when not known), CONNS (connected clients, the watchdog not counted) and SIZE on disk;
+--json prints the same as an array of objects. Looking counts as no client.
+pgtmp doctor checks, each with pass, warn or FAIL and the fix: the PostgreSQL installations found
+(in the order pgtmp looks) and the one used; the account pgtmp runs as and the one the server runs
+as; PGTMP_DIR, the socket path limit and whether the server account can reach and write it; the
+pools and their last refill error; PGTMP_* variables with invalid values; psql for the examples.
+It exits 1 when pgtmp cannot work, and changes nothing.",
+    ),
+    (
+        "Security",
+        "\
+pgtmp acts only on what belongs to the account the server runs as, and works from directory
+handles: a symlink where it expects its own directory is refused, never followed. PGTMP_DIR must
+be that account's with mode 0700 (pgtmp makes it so; another account's is never adopted), and
+an automatically placed one needs a TMPDIR that is private or has the sticky bit. State files are
+read only when they are small regular files of their directory's owner. A pid is signalled only
+when proven to be the watchdog or server of that very directory (start time, account, and the
+directory it holds or runs in), through a pidfd. See SECURITY.md for the threat model.",
+    ),
+    (
+        "Exit status",
+        "0 success, 1 failure, 2 invalid command line. pgtmp run exits with CMD's status \
+(128+N if CMD died of signal N), 127 if CMD is not found, 126 if it cannot be executed.",
+    ),
+];
+
+fn after_help() -> String {
+    EXTRA_SECTIONS
+        .iter()
+        .map(|(title, body)| {
+            let body: Vec<String> = body.lines().map(|line| format!("  {line}")).collect();
+            format!("{title}:\n{}", body.join("\n"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pgtmp",
+    version,
+    about = "Private, throwaway PostgreSQL clusters in milliseconds",
+    long_about = LONG_ABOUT,
+    after_help = after_help(),
+    disable_help_subcommand = true,
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Options for the default command, `start`, written before it as pg_tmp accepts them.
+    #[command(flatten)]
+    pub start: StartArgs,
+
+    #[command(flatten)]
+    pub global: GlobalArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start a throwaway cluster and print its URL (the default command)
+    Start(StartArgs),
+    /// Stop a cluster now and remove its directory (kept with -k, or if it was started with -k)
+    ///
+    /// Only a cluster of the invoking account's, in PGTMP_DIR or started there with -d, is
+    /// stopped. -k and -d may also be written before `stop`, as pg_tmp takes them
+    /// (`pgtmp -k -d DIR stop`); no other start option applies to it.
+    Stop(StopArgs),
+    /// Prepare a data directory without starting it and print its path
+    Initdb(InitdbArgs),
+    /// Start a cluster, run CMD with PGHOST, PGPORT, PGUSER, PGDATABASE and DATABASE_URL set,
+    /// then stop the cluster and exit with CMD's status
+    ///
+    /// CMD gets DATABASE_URL, PGHOST, PGPORT, PGUSER, PGDATABASE and, with -t, PGPASSWORD and
+    /// JDBC_DATABASE_URL, so a bare `psql` connects; libpq variables that would point elsewhere (PGHOSTADDR,
+    /// PGSERVICE, PGSSLMODE...) are removed. CMD runs as the invoking account, root included;
+    /// only the server runs as an unprivileged account. The cluster is stopped and removed when
+    /// CMD exits, whatever the reason: SIGINT, SIGTERM and SIGHUP sent to pgtmp are passed on
+    /// to CMD (a terminal's Ctrl-C reaches it directly) and pgtmp waits for it; should pgtmp
+    /// itself be killed, the cluster stops at once anyway. The idle timeout applies only after
+    /// CMD, with -k, which keeps the cluster running and says on stderr where it is.
+    Run(RunArgs),
+    /// List this account's running clusters
+    #[command(visible_alias = "ls")]
+    List(ListArgs),
+    /// Check the installation, accounts, state directory and pool; say how to fix what is wrong
+    Doctor,
+    /// Print the URL of a fresh database in the cluster of URL: a copy of its loaded state
+    Clone(CloneArgs),
+    /// Create a fresh schema in URL's database and print a URL that puts it first on search_path
+    Schema(SchemaArgs),
+    /// Remove what killed or crashed runs left: servers without a watchdog, their directories,
+    /// incomplete pool entries; and schema cache entries unused for PGTMP_CACHE_DAYS days
+    /// (default 7), their ready copies after an hour unused. Prints one line per thing removed
+    Gc(GcArgs),
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct GlobalArgs {
+    /// Directory holding initdb and postgres; skips the search for an installation
+    #[arg(long, global = true, env = "PGTMP_BINDIR", value_name = "DIR")]
+    pub bindir: Option<PathBuf>,
+
+    /// Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody];
+    /// PGTMP_RUN_AS is ignored when pgtmp is not invoked by root
+    #[arg(long, global = true, env = "PGTMP_RUN_AS", value_name = "USER")]
+    pub run_as: Option<String>,
+
+    /// Set when `run_as` came from PGTMP_RUN_AS rather than the command line.
+    #[arg(skip)]
+    pub run_as_from_env: bool,
+}
+
+impl GlobalArgs {
+    /// The --run-as that applies to an invoker: PGTMP_RUN_AS is meant for root (e.g. exported
+    /// in a CI image) and ignored for anyone else, as is an empty one; a written --run-as
+    /// always counts.
+    pub fn run_as_for(&self, invoker_is_root: bool) -> Option<&str> {
+        self.run_as
+            .as_deref()
+            .filter(|name| !self.run_as_from_env || (invoker_is_root && !name.is_empty()))
+    }
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct StartArgs {
+    /// Listen on a free TCP port on 127.0.0.1 (password required) instead of only a Unix socket
+    #[arg(short = 't', long = "tcp", env = "PGTMP_TCP", value_parser = parse_switch)]
+    pub tcp: bool,
+
+    /// Listen on this TCP port on 127.0.0.1 (implies -t)
+    #[arg(short = 'p', long = "port", env = "PGTMP_PORT", value_name = "PORT",
+          allow_hyphen_values = true, value_parser = parse_port)]
+    pub port: Option<u16>,
+
+    /// Stop the cluster after this many seconds without a connected client; 0 = never [default: 60]
+    #[arg(short = 'w', long = "timeout", env = "PGTMP_TIMEOUT", value_name = "SECONDS",
+          allow_hyphen_values = true, value_parser = parse_timeout)]
+    pub timeout: Option<u64>,
+
+    /// Keep the cluster's directory when it stops, so `pgtmp start -d DIR` can start it again
+    /// (and keeps it again, with or without -k)
+    #[arg(short = 'k', long = "keep", env = "PGTMP_KEEP", value_parser = parse_switch)]
+    pub keep: bool,
+
+    /// Extra options for postgres, e.g. -o '-c log_statement=all'; applied last, so they win.
+    /// Where the server listens and keeps its files (port, listen_addresses,
+    /// unix_socket_directories, data_directory, *_file; -p -h -i -k -D) is refused: use -p, -t, -d
+    #[arg(
+        short = 'o',
+        long = "options",
+        env = "PGTMP_OPTIONS",
+        value_name = "OPTIONS",
+        allow_hyphen_values = true
+    )]
+    pub options: Vec<String>,
+
+    /// Use this directory instead of one from the pool; it is initialized if empty or missing,
+    /// and deleted when the cluster stops unless it was started with -k (now or before)
+    #[arg(short = 'd', long = "dir", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// How to print the cluster: `uri` (the default), `dsn` (libpq key=value), `jdbc` (needs
+    /// -t), `env` (`export` lines for eval or a dotenv file) or `json` (every detail)
+    #[arg(
+        short = 'F',
+        long = "format",
+        env = "PGTMP_FORMAT",
+        value_name = "FORMAT",
+        value_enum,
+        hide_possible_values = true
+    )]
+    pub format: Option<Format>,
+
+    /// Whether -F was written on the command line rather than taken from PGTMP_FORMAT (known
+    /// for `pgtmp run` and `pgtmp start`, whose options are merged).
+    #[arg(skip)]
+    pub format_written: bool,
+
+    /// Load this SQL file into `test` with psql before printing the URL; repeat for more files,
+    /// loaded in order
+    #[arg(short = 'f', long = "schema-file", value_name = "FILE")]
+    pub schema_files: Vec<PathBuf>,
+
+    /// Make now() in `test` and its clones return this timestamp, or follow the clock with
+    /// `--now clock`
+    #[arg(long = "now", env = "PGTMP_NOW", value_name = "TIMESTAMP")]
+    pub now: Option<String>,
+
+    /// Load the -f files even if the schema cache holds their result, and do not cache it
+    #[arg(long = "no-cache", env = "PGTMP_NO_CACHE", value_parser = parse_switch)]
+    pub no_cache: bool,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub start: StartArgs,
+
+    /// The command to run, and its arguments (write `--` before it if it starts with `-`)
+    #[arg(value_name = "CMD", required = true, trailing_var_arg = true, num_args = 1..)]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct ListArgs {
+    /// Print a JSON array instead of a table
+    #[arg(long = "json")]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct CloneArgs {
+    /// A URL of the cluster as pgtmp printed it (uri, jdbc, dsn or json), or with --drop the
+    /// clone's URL
+    #[arg(value_name = "URL")]
+    pub url: String,
+
+    /// Drop the clone named by URL now instead of at the end of the cluster
+    #[arg(long = "drop")]
+    pub drop: bool,
+
+    /// Print the clone's URL as `uri` or, for a TCP cluster, as `jdbc` [default: uri]
+    #[arg(
+        short = 'F',
+        long = "format",
+        value_name = "FORMAT",
+        value_enum,
+        hide_possible_values = true
+    )]
+    pub format: Option<Format>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct SchemaArgs {
+    /// A URL pgtmp printed (of `test` or of a clone; uri, jdbc, dsn or json): the schema is made
+    /// in its database
+    #[arg(value_name = "URL")]
+    pub url: String,
+
+    /// Print the schema's URL as `uri` (libpq `options`) or, for a TCP cluster, as `jdbc`
+    /// (`currentSchema`) [default: uri]
+    #[arg(
+        short = 'F',
+        long = "format",
+        value_name = "FORMAT",
+        value_enum,
+        hide_possible_values = true
+    )]
+    pub format: Option<Format>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct StopArgs {
+    /// The URL pgtmp printed for the cluster
+    #[arg(value_name = "URL", conflicts_with = "dir")]
+    pub url: Option<String>,
+
+    /// The cluster's directory instead of its URL
+    #[arg(short = 'd', long = "dir", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// Stop every running cluster of this account, all at once
+    #[arg(long = "all", conflicts_with_all = ["url", "dir"])]
+    pub all: bool,
+
+    /// Keep the cluster's directory and data, so `pgtmp -d DIR` can start it again (and keeps
+    /// it again, with or without -k)
+    #[arg(short = 'k', long = "keep")]
+    pub keep: bool,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct InitdbArgs {
+    /// Prepare this directory (empty or missing) instead of a new one under PGTMP_DIR
+    #[arg(short = 'd', long = "dir", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct GcArgs {
+    /// Only print what would be removed
+    #[arg(short = 'n', long = "dry-run")]
+    pub dry_run: bool,
+}
+
+/// Which start options were written on the command line rather than taken from PGTMP_*.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    pub tcp: bool,
+    pub port: bool,
+    pub timeout: bool,
+    pub keep: bool,
+    pub options: bool,
+    pub dir: bool,
+    pub format: bool,
+    pub schema_files: bool,
+    pub now: bool,
+    pub no_cache: bool,
+}
+
+impl Written {
+    fn of(matches: &ArgMatches) -> Written {
+        let written = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+        Written {
+            tcp: written("tcp"),
+            port: written("port"),
+            timeout: written("timeout"),
+            keep: written("keep"),
+            options: written("options"),
+            dir: written("dir"),
+            format: written("format"),
+            schema_files: written("schema_files"),
+            now: written("now"),
+            no_cache: written("no_cache"),
+        }
+    }
+}
+
+/// One of two copies of an option: the later one, unless only the earlier was written on the
+/// command line (the later then holds the PGTMP_* value, which a written option beats).
+fn pick<T>(earlier: T, earlier_written: bool, later: T, later_written: bool) -> T {
+    if earlier_written && !later_written {
+        earlier
+    } else {
+        later
+    }
+}
+
+impl StartArgs {
+    /// Combines options given before `start` (pg_tmp style) with those after it. Both copies
+    /// fall back to the same PGTMP_* variables; anything written on the command line beats
+    /// them, and between two written values the later wins (`-o` values add up).
+    pub fn merged_with(
+        self,
+        written: Written,
+        later: StartArgs,
+        later_written: Written,
+    ) -> StartArgs {
+        let options = match (written.options, later_written.options) {
+            (true, true) => [self.options, later.options].concat(),
+            (a, b) => pick(self.options, a, later.options, b),
+        };
+        StartArgs {
+            // A flag written anywhere is on; otherwise both copies hold the PGTMP_* value.
+            tcp: written.tcp || later.tcp,
+            port: pick(self.port, written.port, later.port, later_written.port),
+            timeout: pick(
+                self.timeout,
+                written.timeout,
+                later.timeout,
+                later_written.timeout,
+            ),
+            keep: written.keep || later.keep,
+            options,
+            dir: pick(self.dir, written.dir, later.dir, later_written.dir),
+            format: pick(
+                self.format,
+                written.format,
+                later.format,
+                later_written.format,
+            ),
+            // Files written before and after `start` are all loaded, in the order written.
+            format_written: written.format || later_written.format,
+            schema_files: [self.schema_files, later.schema_files].concat(),
+            now: pick(self.now, written.now, later.now, later_written.now),
+            no_cache: written.no_cache || later.no_cache,
+        }
+    }
+
+    /// TCP is on with -t, or implied by -p.
+    pub fn wants_tcp(&self) -> bool {
+        self.tcp || self.port.is_some()
+    }
+
+    pub fn idle_timeout(&self) -> u64 {
+        self.timeout.unwrap_or(DEFAULT_TIMEOUT)
+    }
+}
+
+/// An on/off value, as the PGTMP_* variables of flags take it (an empty one is off).
+fn parse_switch(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "1" | "yes" | "y" | "on" | "true" | "t" => Ok(true),
+        "0" | "no" | "n" | "off" | "false" | "f" | "" => Ok(false),
+        _ => Err("expected 1/0, yes/no, on/off or true/false".into()),
+    }
+}
+
+fn parse_port(text: &str) -> Result<u16, String> {
+    match text.parse::<i64>() {
+        Ok(port) if (1..=65535).contains(&port) => Ok(port as u16),
+        Ok(_) => Err("a TCP port must be between 1 and 65535; omit -p to get a free one".into()),
+        Err(_) => Err("expected a TCP port number (1-65535), e.g. -p 5433".into()),
+    }
+}
+
+fn parse_timeout(text: &str) -> Result<u64, String> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(
+            "expected the idle timeout in whole seconds, e.g. -w 60 (0 = never stop)".into(),
+        );
+    }
+    if text.starts_with('-') {
+        return Err("the idle timeout cannot be negative; use 0 to never stop".into());
+    }
+    text.parse::<u64>().map_err(|_| {
+        format!(
+            "the idle timeout must be between 0 and {} seconds; use 0 to never stop",
+            u64::MAX
+        )
+    })
+}
+
+/// Parses the process arguments; on failure prints help, the version, or a one-line error
+/// and returns the exit code to use.
+pub fn parse() -> Result<Cli, ExitCode> {
+    parse_from(std::env::args_os())
+}
+
+pub fn parse_from<I, T>(args: I) -> Result<Cli, ExitCode>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    loop {
+        let parsed = Cli::command()
+            .try_get_matches_from(&args)
+            .and_then(|matches| Ok((Cli::from_arg_matches(&matches)?, matches)));
+        let err = match parsed {
+            Ok((cli, matches)) => {
+                return resolve(cli, &matches).map_err(|message| {
+                    eprintln!("pgtmp: error: {message}; see 'pgtmp stop --help'");
+                    ExitCode::from(crate::output::exit::USAGE)
+                });
+            }
+            Err(err) => err,
+        };
+        if let ErrorKind::DisplayHelp | ErrorKind::DisplayVersion = err.kind() {
+            // Printing help to a closed pipe is not worth an error of its own.
+            let _ = err.print();
+            return Err(ExitCode::SUCCESS);
+        }
+        let message = one_line(&err);
+        let Some(variable) = from_variable(&err) else {
+            eprintln!("pgtmp: error: {message}");
+            return Err(ExitCode::from(crate::output::exit::USAGE));
+        };
+        let message = format!(
+            "{variable}: {}; unset {variable} or give it a valid value (see 'pgtmp --help')",
+            message.trim_end_matches("; see 'pgtmp --help'")
+        );
+        if starts_a_cluster(&args) {
+            eprintln!("pgtmp: error: {message}");
+            return Err(ExitCode::from(crate::output::exit::USAGE));
+        }
+        // A command that starts nothing does not need it: set it aside (doctor reports it).
+        if let Ok(mut set_aside) = SET_ASIDE.lock() {
+            set_aside.push(message);
+        }
+        // SAFETY: nothing has started a thread yet; the command line is parsed first thing.
+        unsafe { std::env::remove_var(&variable) };
+    }
+}
+
+/// Messages about PGTMP_* variables of start options whose values are invalid, set aside by a
+/// command that starts no cluster (so that `pgtmp doctor` or `pgtmp list` still work).
+static SET_ASIDE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// What [`parse_from`] set aside: one message per variable, naming it and the fix.
+pub fn set_aside_variables() -> Vec<String> {
+    SET_ASIDE.lock().map(|v| v.clone()).unwrap_or_default()
+}
+
+/// The PGTMP_* variable a rejected value came from, when it came from one rather than from the
+/// command line (a flag takes no value on the command line; an option's value is compared).
+fn from_variable(err: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = arg.split(['=', ' ']).next()?.strip_prefix("--")?;
+    let command = Cli::command();
+    let env = command
+        .get_arguments()
+        .chain(command.get_subcommands().flat_map(|c| c.get_arguments()))
+        .find(|a| a.get_long() == Some(long))?
+        .get_env()?
+        .to_str()?
+        .to_string();
+    let set = std::env::var(&env).ok()?;
+    let value = match err.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(value)) => value.as_str(),
+        _ => "",
+    };
+    (set == value).then_some(env)
+}
+
+/// True unless the first subcommand named is one that starts no cluster.
+fn starts_a_cluster(args: &[std::ffi::OsString]) -> bool {
+    let command = Cli::command();
+    let named = args.iter().skip(1).find_map(|arg| {
+        let arg = arg.to_str()?;
+        command
+            .get_subcommands()
+            .find(|c| c.get_name() == arg || c.get_all_aliases().any(|a| a == arg))
+    });
+    named.is_none_or(|c| matches!(c.get_name(), "start" | "run"))
+}
+
+/// Folds the options written before `start` (or `run`, or `stop`) into the subcommand's own;
+/// an option written before `stop` that it cannot honour is an error (the message), never
+/// ignored.
+fn resolve(mut cli: Cli, matches: &ArgMatches) -> Result<Cli, String> {
+    // A global option's source is propagated to every level, wherever it was written.
+    cli.global.run_as_from_env = matches.value_source("run_as") == Some(ValueSource::EnvVariable);
+    let later = match &mut cli.command {
+        Some(Command::Start(later)) => Some((later, matches.subcommand_matches("start"))),
+        Some(Command::Run(run)) => Some((&mut run.start, matches.subcommand_matches("run"))),
+        _ => None,
+    };
+    if let Some((later, Some(sub))) = later {
+        // Only the subcommand's arguments are read from here on.
+        *later = std::mem::take(&mut cli.start).merged_with(
+            Written::of(matches),
+            std::mem::take(later),
+            Written::of(sub),
+        );
+    }
+    if let Some(Command::Stop(stop)) = &mut cli.command {
+        resolve_stop(stop, std::mem::take(&mut cli.start), matches)?;
+    }
+    Ok(cli)
+}
+
+/// `pgtmp -k -d DIR stop` is pg_tmp's way to stop a cluster and keep it: -k and -d written
+/// before `stop` count as stop's own. Any other option written there (or --bindir, which
+/// stop has no use for) is refused, as is a second cluster named before `stop`.
+fn resolve_stop(
+    stop: &mut StopArgs,
+    before: StartArgs,
+    matches: &ArgMatches,
+) -> Result<(), String> {
+    let written = Written::of(matches);
+    let by_hand = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+    let unused = [
+        (written.tcp, "-t/--tcp"),
+        (written.port, "-p/--port"),
+        (written.timeout, "-w/--timeout"),
+        (written.options, "-o/--options"),
+        (written.format, "-F/--format"),
+        (written.schema_files, "-f/--schema-file"),
+        (written.now, "--now"),
+        (written.no_cache, "--no-cache"),
+        (by_hand("bindir"), "--bindir"),
+    ];
+    if let Some((_, name)) = unused.iter().find(|(set, _)| *set) {
+        return Err(format!(
+            "{name} does not apply to `pgtmp stop`, which takes URL, -d DIR, --all and -k"
+        ));
+    }
+    stop.keep |= written.keep;
+    if let Some(dir) = before.dir.filter(|_| written.dir) {
+        if stop.dir.is_some() || stop.url.is_some() || stop.all {
+            return Err(format!(
+                "-d {} before `stop` names a cluster, and so does what follows `stop`; name one",
+                dir.display()
+            ));
+        }
+        stop.dir = Some(dir);
+    }
+    Ok(())
+}
+
+/// clap's rendering spans several lines (usage, tips); keep the sentence naming the problem
+/// and point at the help for the fix.
+fn one_line(err: &clap::Error) -> String {
+    let text = err.render().to_string();
+    let first = text
+        .lines()
+        .find(|line| !line.trim().is_empty())
+        .unwrap_or("invalid command line");
+    let mut first = first.trim().trim_start_matches("error: ").to_string();
+    if first.ends_with(':') {
+        // "the following required arguments were not provided:" names them on the next line.
+        let named: Vec<&str> = text
+            .lines()
+            .skip_while(|line| !line.trim().ends_with(':'))
+            .skip(1)
+            .take_while(|line| line.starts_with("  "))
+            .map(str::trim)
+            .collect();
+        first = format!("{} {}", first, named.join(" "));
+    }
+    match err.kind() {
+        ErrorKind::ValueValidation => first,
+        _ => format!("{first}; see 'pgtmp --help'"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse_ok(args: &[&str]) -> Cli {
+        match parse_from(std::iter::once("pgtmp").chain(args.iter().copied())) {
+            Ok(cli) => cli,
+            Err(code) => panic!("arguments {args:?} should parse, got {code:?}"),
+        }
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults() {
+        let cli = parse_ok(&[]);
+        assert!(cli.command.is_none());
+        assert!(!cli.start.wants_tcp());
+        assert_eq!(cli.start.idle_timeout(), 60);
+    }
+
+    #[test]
+    fn port_implies_tcp() {
+        assert!(parse_ok(&["-p", "5599"]).start.wants_tcp());
+    }
+
+    #[test]
+    fn pg_tmp_style_options_before_subcommand_merge() {
+        let cli = parse_ok(&["-k", "-w", "5", "start", "-t", "-o", "-c work_mem=8MB"]);
+        let Some(Command::Start(merged)) = cli.command else {
+            panic!("expected start")
+        };
+        assert!(merged.keep && merged.tcp);
+        assert_eq!(merged.timeout, Some(5));
+        assert_eq!(merged.options, vec!["-c work_mem=8MB".to_string()]);
+        let cli = parse_ok(&[
+            "-w", "5", "-o", "-c a=1", "start", "-w", "7", "-o", "-c b=2",
+        ]);
+        let Some(Command::Start(merged)) = cli.command else {
+            panic!("expected start")
+        };
+        assert_eq!(merged.timeout, Some(7));
+        assert_eq!(merged.options, ["-c a=1", "-c b=2"]);
+    }
+
+    #[test]
+    fn run_takes_start_options_before_and_after_it() {
+        let cli = parse_ok(&[
+            "-F", "dsn", "-w", "5", "run", "-t", "psql", "-c", "select 1",
+        ]);
+        let Some(Command::Run(run)) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(run.start.format, Some(Format::Dsn));
+        assert_eq!(run.start.timeout, Some(5));
+        assert!(run.start.tcp);
+        // Everything from CMD on belongs to CMD, options included.
+        assert_eq!(run.command, ["psql", "-c", "select 1"]);
+        let cli = parse_ok(&["run", "--", "-weird", "-t"]);
+        let Some(Command::Run(run)) = cli.command else {
+            panic!("expected run")
+        };
+        assert!(!run.start.tcp);
+        assert_eq!(run.command, ["-weird", "-t"]);
+        assert!(parse_from(["pgtmp", "run"]).is_err());
+        assert!(parse_from(["pgtmp", "stop", "--all", "-d", "x"]).is_err());
+    }
+
+    #[test]
+    fn stop_takes_k_and_d_on_either_side_and_refuses_the_rest() {
+        for args in [
+            &["-k", "-d", "x", "stop"][..],
+            &["stop", "-k", "-d", "x"],
+            &["-k", "stop", "-d", "x"],
+            &["-d", "x", "stop", "-k"],
+        ] {
+            let Some(Command::Stop(stop)) = parse_ok(args).command else {
+                panic!("expected stop")
+            };
+            assert!(stop.keep, "{args:?}");
+            assert_eq!(
+                stop.dir.as_deref(),
+                Some(std::path::Path::new("x")),
+                "{args:?}"
+            );
+        }
+        let Some(Command::Stop(stop)) = parse_ok(&["stop", "-k", "URL"]).command else {
+            panic!("expected stop")
+        };
+        assert!(stop.keep && stop.url.as_deref() == Some("URL"));
+        for args in [
+            &["-t", "stop", "URL"][..],
+            &["-w", "5", "stop", "URL"],
+            &["--bindir", "/x", "stop", "URL"],
+            &["stop", "URL", "--bindir", "/x"],
+            &["-d", "x", "stop", "URL"],
+            &["-d", "x", "stop", "-d", "y"],
+            &["-d", "x", "stop", "--all"],
+        ] {
+            assert!(
+                parse_from(std::iter::once("pgtmp").chain(args.iter().copied())).is_err(),
+                "{args:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn written_options_beat_the_environment_copy() {
+        let env_copy = StartArgs {
+            timeout: Some(300),
+            options: vec!["-c env=1".into()],
+            ..Default::default()
+        };
+        let written = StartArgs {
+            timeout: Some(2),
+            port: Some(5433),
+            ..Default::default()
+        };
+        let merged = written.merged_with(
+            Written {
+                timeout: true,
+                port: true,
+                ..Default::default()
+            },
+            env_copy,
+            Written::default(),
+        );
+        assert_eq!(merged.timeout, Some(2));
+        assert_eq!(merged.port, Some(5433));
+        assert_eq!(merged.options, ["-c env=1"]);
+    }
+
+    #[test]
+    fn values_are_validated() {
+        assert!(parse_timeout("abc").is_err());
+        assert!(parse_timeout("-5").is_err());
+        assert_eq!(parse_timeout("0"), Ok(0));
+        assert!(parse_port("0").is_err());
+        assert!(parse_port("70000").is_err());
+        assert_eq!(parse_port("65535"), Ok(65535));
+    }
+
+    #[test]
+    fn errors_render_on_one_line() {
+        let err = Cli::try_parse_from(["pgtmp", "-w", "-5"]).unwrap_err();
+        let line = one_line(&err);
+        assert!(!line.contains('\n'));
+        assert!(line.contains("negative"), "{line}");
+        let err = Cli::try_parse_from(["pgtmp", "--frobnicate"]).unwrap_err();
+        assert!(one_line(&err).contains("--frobnicate"));
+    }
+}

@@ -1,0 +1,121 @@
+//! The files by which a start claims a pre-started server and that server's watchdog learns
+//! of it (see prestart.rs for the whole protocol): shared by both sides, so that neither needs
+//! the other's module.
+
+use crate::state::instance::Instance;
+use anyhow::{Context, Result};
+use std::fs;
+use std::path::PathBuf;
+
+const CLAIM_FILE: &str = "claim";
+/// A waiting TCP cluster's password (0600), removed by the claim.
+pub const PASSWORD_FILE: &str = "password";
+const WAITING_MARK: &str = "waiting";
+
+/// True for a pre-started server nobody has claimed yet.
+pub fn is_waiting(instance: &Instance) -> bool {
+    instance.dir.join(WAITING_MARK).exists()
+}
+
+/// What a start asks of the server it claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub timeout: u64,
+    pub keep: bool,
+}
+
+impl Claim {
+    fn render(&self) -> String {
+        format!("timeout={}\nkeep={}\n", self.timeout, self.keep as u8)
+    }
+
+    fn parse(text: &str) -> Option<Claim> {
+        let get = |key: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+        };
+        Some(Claim {
+            timeout: get("timeout")?.parse().ok()?,
+            keep: get("keep")? == "1",
+        })
+    }
+
+    /// The claim a start left for the watchdog of `instance`, if there is one.
+    pub fn read(instance: &Instance) -> Option<Claim> {
+        crate::state::safefs::read_text_at(&instance.dir.join(CLAIM_FILE))
+            .ok()
+            .flatten()
+            .and_then(|text| Claim::parse(&text))
+    }
+
+    pub fn write(&self, instance: &Instance) -> Result<()> {
+        instance.write_file(&instance.dir.join(CLAIM_FILE), self.render().as_bytes())
+    }
+}
+
+/// Where the watchdog of a waiting server finds out whether it was claimed.
+#[derive(Debug, Clone)]
+pub struct Waiting {
+    /// `waiting.<mode>.<name>`: present while unclaimed.
+    pub token: PathBuf,
+    /// `claimed.<name>`: what a claim renames the token to.
+    pub claimed: PathBuf,
+}
+
+impl Waiting {
+    /// Announces the server as ready to be claimed; `password` is a TCP cluster's.
+    pub fn publish(&self, instance: &Instance, password: Option<&str>) -> Result<()> {
+        if let Some(password) = password {
+            instance.write_file(&instance.dir.join(PASSWORD_FILE), password.as_bytes())?;
+        }
+        let mark = instance.dir.join(WAITING_MARK);
+        fs::write(&mark, "").with_context(|| format!("cannot write {}", mark.display()))?;
+        fs::File::create_new(&self.token)
+            .with_context(|| format!("cannot create {}", self.token.display()))?;
+        Ok(())
+    }
+
+    /// Gives up waiting: true if the server is now the watchdog's to stop, false if a start
+    /// claimed it first.
+    pub fn withdraw(&self) -> bool {
+        match fs::remove_file(&self.token) {
+            Ok(()) => true,
+            Err(err) => err.kind() != std::io::ErrorKind::NotFound,
+        }
+    }
+
+    /// The claim, once a start has made it; removes its traces.
+    pub fn take_claim(&self, instance: &Instance) -> Option<Claim> {
+        if self.token.exists() {
+            return None;
+        }
+        let claim = Claim::read(instance)?;
+        let _ = fs::remove_file(instance.dir.join(CLAIM_FILE));
+        let _ = fs::remove_file(instance.dir.join(WAITING_MARK));
+        let _ = fs::remove_file(&self.claimed);
+        Some(claim)
+    }
+
+    /// Removes whatever is left of the announcement (the server stops).
+    pub fn retract(&self, instance: &Instance) {
+        let _ = fs::remove_file(&self.token);
+        let _ = fs::remove_file(&self.claimed);
+        let _ = fs::remove_file(instance.dir.join(PASSWORD_FILE));
+        let _ = fs::remove_file(instance.dir.join(WAITING_MARK));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_round_trip() {
+        let claim = Claim {
+            timeout: 7,
+            keep: true,
+        };
+        assert_eq!(Claim::parse(&claim.render()), Some(claim));
+        assert_eq!(Claim::parse("timeout=x\nkeep=0\n"), None);
+    }
+}

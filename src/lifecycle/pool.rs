@@ -1,0 +1,429 @@
+//! The pool: prepared data directories per installation, claimed atomically by rename and
+//! refilled by a detached, low-priority process that copies a per-installation template.
+//!
+//! ```text
+//! PGTMP_DIR/pool/<key>/     key: hash of the installation and the superuser name
+//!   lock                    held by the one refiller at work
+//!   install                 the installation's bin directory, to notice when it goes away
+//!   template/               made once by initdb; never started, only copied
+//!   template.new.<name>/    the template being made
+//!   new.<name>/             a copy being made; never handed out
+//!   ready.<name>/           complete; a start renames it to PGTMP_DIR/<name>
+//!   refill.error            why the last refill failed, if it did
+//! ```
+//!
+//! initdb runs in the foreground only on the very first start for an installation; every
+//! later directory is a copy of the template, made in the background if the pool has time and
+//! in the foreground if a burst of starts has emptied it.
+
+use crate::os::detach::{self, Forked};
+use crate::os::secret;
+use crate::output::exit;
+use crate::server::discover::Installation;
+use crate::server::initdb;
+use crate::state::copytree;
+use crate::state::instance::{Instance, NAME_ALPHABET};
+use crate::state::ownership::{self, lock_file};
+use crate::state::statedir::{INSTANCE_NAME_LEN, StateDir};
+use anyhow::{Context, Result};
+use nix::fcntl::{Flock, FlockArg};
+use std::fs::{self, DirBuilder};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+/// Ready entries kept per installation unless PGTMP_POOL_SIZE says otherwise. Chosen from
+/// scripts/bench: with 2, a burst of 8 starts copies the template six times at once and the
+/// slowest start takes over a second on a 2-core machine; with 8 every start of the burst,
+/// and at least half of 20 back-to-back starts, claims a ready entry. Each entry is about
+/// 35 MB of disk.
+pub const DEFAULT_SIZE: usize = 8;
+/// Bumped whenever what a prepared entry contains changes, so old entries are not reused.
+const ENTRY_FORMAT: &str = "2";
+
+const READY: &str = "ready.";
+pub const BUILDING: &str = "new.";
+const TEMPLATE: &str = "template";
+pub const TEMPLATE_BUILDING: &str = "template.new.";
+const INSTALL: &str = "install";
+
+/// How a directory handed out by [`Pool::take`] was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// A ready entry, claimed.
+    Claimed,
+    /// Copied from the template in the foreground: the pool was empty.
+    Copied,
+    /// Made by initdb in the foreground, without database `test`, which the start must create:
+    /// nothing was prepared for this installation yet.
+    Initialized,
+}
+
+pub struct Pool {
+    pub dir: PathBuf,
+    pub size: usize,
+}
+
+/// FNV-1a: a stable hash (std's hasher may change between Rust releases).
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// PGTMP_POOL_SIZE from the environment, validated.
+pub fn size_from_env() -> Result<usize> {
+    configured_size(std::env::var("PGTMP_POOL_SIZE").ok().as_deref())
+}
+
+/// PGTMP_POOL_SIZE, validated.
+pub fn configured_size(value: Option<&str>) -> Result<usize> {
+    match value {
+        None | Some("") => Ok(DEFAULT_SIZE),
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if n <= 64 => Ok(n),
+            _ => Err(exit::usage(format!(
+                "PGTMP_POOL_SIZE={text} is not a number of entries from 0 to 64; unset it for the default ({DEFAULT_SIZE})"
+            ))),
+        },
+    }
+}
+
+/// The name of the pool of `install` for superuser `user`: it changes when the installation's
+/// binaries change (an upgrade), so entries made by other binaries are never handed out.
+fn key(install: &Installation, user: &str) -> Result<String> {
+    let hash = fnv1a(&format!(
+        "{}\0{user}\0{ENTRY_FORMAT}",
+        install.fingerprint()?
+    ));
+    Ok(format!("{hash:016x}"))
+}
+
+/// The paths in `dir` whose names start with `prefix` (`ready.`, `new.`, ...).
+pub fn entries(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Moves one of the `ready.*` copies in `dir` (a pool, or a schema cache entry's copies) to
+/// `dest`, which must not exist; false if there was none. rename(2) is atomic, so when several
+/// callers race for one copy exactly one gets it and the others try the next.
+pub fn claim_ready(dir: &Path, dest: &Path) -> Result<bool> {
+    let mut ready = entries(dir, READY);
+    // Start at a random copy so that concurrent callers rarely collide at all.
+    let mut offset = [0u8; 1];
+    secret::random_bytes(&mut offset)?;
+    if !ready.is_empty() {
+        let start = offset[0] as usize % ready.len();
+        ready.rotate_left(start);
+    }
+    for entry in ready {
+        match fs::rename(&entry, dest) {
+            Ok(()) => return Ok(true),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => {
+                return Err(err).with_context(|| {
+                    format!("cannot claim {} as {}", entry.display(), dest.display())
+                });
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Adds a `ready.*` copy of `template` to `dir`, made as `new.*` and published by rename.
+pub fn add_ready_copy(dir: &Path, template: &Path) -> Result<()> {
+    let name = new_name()?;
+    let building = dir.join(format!("{BUILDING}{name}"));
+    let ready = dir.join(format!("{READY}{name}"));
+    build(&building, &ready, |made| {
+        copytree::copy_contents(template, made)
+    })
+}
+
+/// Makes a directory at `building` with `make` and publishes it as `done` by rename, so
+/// nobody ever sees it half-made; on failure nothing is left.
+fn build(building: &Path, done: &Path, make: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    DirBuilder::new()
+        .mode(0o700)
+        .create(building)
+        .with_context(|| format!("cannot create {}", building.display()))?;
+    if let Err(err) = make(building) {
+        let _ = crate::state::safefs::remove_tree_at(building);
+        return Err(err);
+    }
+    let published = fs::rename(building, done);
+    if published.is_err() {
+        let _ = crate::state::safefs::remove_tree_at(building);
+    }
+    published.with_context(|| format!("cannot publish {}", done.display()))
+}
+
+/// Removes the pools of installations that are gone or whose binaries changed (an upgrade
+/// gives the same bin directory another key): nothing would ever claim their entries. Pools
+/// being refilled, or with pre-started servers waiting, are left for a later pass. Returns the
+/// pools removed (with `dry_run`, those that would be, removing nothing).
+pub fn remove_vanished(pools: &Path, dry_run: bool) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    if !ownership::is_own_dir(pools) {
+        return removed;
+    }
+    let Ok(dirs) = fs::read_dir(pools) else {
+        return removed;
+    };
+    for dir in dirs.filter_map(|e| e.ok()).map(|e| e.path()) {
+        if !ownership::is_own_dir(&dir) {
+            continue;
+        }
+        let Ok(Some(text)) = crate::state::safefs::read_text_at(&dir.join(INSTALL)) else {
+            continue; // being created, or not a pool: leave it
+        };
+        let mut lines = text.lines();
+        let (Some(bindir), Some(user)) = (lines.next(), lines.next()) else {
+            continue;
+        };
+        let install = Installation {
+            bindir: PathBuf::from(bindir),
+        };
+        let current = key(&install, user).ok();
+        if current.as_deref() == dir.file_name().and_then(|n| n.to_str()) {
+            continue;
+        }
+        let Ok(lock) = fs::File::open(dir.join("lock")) else {
+            continue;
+        };
+        let Ok(_held) = Flock::lock(lock, FlockArg::LockExclusiveNonblock) else {
+            continue;
+        };
+        let waiting = fs::read_dir(&dir)
+            .map(|entries| entries.filter_map(|e| e.ok()).any(|e| is_token(&e.path())));
+        if let Ok(false) = waiting
+            && (dry_run || remove_pool(&dir))
+        {
+            removed.push(dir);
+        }
+    }
+    removed
+}
+
+/// Removes a pool, first releasing the shared memory killed initdb runs left for its entries.
+fn remove_pool(dir: &Path) -> bool {
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        crate::server::shm::release_left_in(&Instance::new(entry.path()).data());
+    }
+    crate::state::safefs::remove_tree_at(dir).is_ok()
+}
+
+/// A fresh random name for an instance directory or pool entry.
+pub fn new_name() -> Result<String> {
+    secret::random_string(NAME_ALPHABET, INSTANCE_NAME_LEN)
+}
+
+impl Pool {
+    /// The pool of `install` for `user`, keeping `size` entries ready (see `size_from_env`).
+    pub fn open(state: &StateDir, install: &Installation, user: &str, size: usize) -> Result<Pool> {
+        let pools = state.pools();
+        ownership::own_dir(&pools)?;
+        let dir = pools.join(key(install, user)?);
+        ownership::own_dir(&dir)?;
+        let install_file = dir.join(INSTALL);
+        if !install_file.exists() {
+            let text = format!("{}\n{user}\n", install.bindir.display());
+            fs::write(&install_file, text)
+                .with_context(|| format!("cannot write {}", install_file.display()))?;
+        }
+        Ok(Pool { dir, size })
+    }
+
+    fn template(&self) -> PathBuf {
+        self.dir.join(TEMPLATE)
+    }
+
+    /// The template is published by rename only once complete, so being there is enough.
+    pub fn has_template(&self) -> bool {
+        Instance::new(self.template()).is_cluster()
+    }
+
+    fn entries(&self, prefix: &str) -> Vec<PathBuf> {
+        entries(&self.dir, prefix)
+    }
+
+    pub fn ready_count(&self) -> usize {
+        self.entries(READY).len()
+    }
+
+    /// Moves a ready entry to `dest` (which must not exist); see [`claim_ready`].
+    pub fn claim(&self, dest: &Path) -> Result<Option<Instance>> {
+        Ok(claim_ready(&self.dir, dest)?.then(|| Instance::new(dest)))
+    }
+
+    /// A prepared directory at `dest`: a ready entry if there is one, else a copy of the
+    /// template made now (a burst of calls drained the pool), else a directory made by initdb
+    /// now (the first call for this installation).
+    pub fn take(
+        &self,
+        dest: &Path,
+        install: &Installation,
+        user: &str,
+    ) -> Result<(Instance, Taken)> {
+        if let Some(instance) = self.claim(dest)? {
+            return Ok((instance, Taken::Claimed));
+        }
+        let instance = self.make_at(dest, |instance| {
+            if self.has_template() {
+                copytree::copy_contents(&self.template(), &instance.dir).map(|()| Taken::Copied)
+            } else {
+                let _step = crate::output::progress::step(
+                    "initializing a data directory (nothing prepared yet)",
+                );
+                initdb::prepare_without_test(install, instance, user).map(|()| Taken::Initialized)
+            }
+        })?;
+        Ok(instance)
+    }
+
+    /// A ready entry or a copy of the template at `dest`; None when there is neither (nothing
+    /// was prepared for this installation yet).
+    pub fn take_prepared(&self, dest: &Path) -> Result<Option<Instance>> {
+        if let Some(instance) = self.claim(dest)? {
+            return Ok(Some(instance));
+        }
+        if !self.has_template() {
+            return Ok(None);
+        }
+        let (instance, ()) = self.make_at(dest, |instance| {
+            copytree::copy_contents(&self.template(), &instance.dir)
+        })?;
+        Ok(Some(instance))
+    }
+
+    /// Creates `dest` and fills it with `make`; removes it again if that fails.
+    fn make_at<T>(
+        &self,
+        dest: &Path,
+        make: impl FnOnce(&Instance) -> Result<T>,
+    ) -> Result<(Instance, T)> {
+        let instance = Instance::create(dest)?;
+        match make(&instance) {
+            Ok(made) => {
+                instance.prepared();
+                Ok((instance, made))
+            }
+            Err(err) => {
+                let _ = instance.remove();
+                Err(err)
+            }
+        }
+    }
+
+    /// Prepares entries until `size` are ready. Refillers take turns on the lock; each counts
+    /// again once it holds it, so a claim made while another refiller worked is never missed.
+    pub fn refill(&self, install: &Installation, user: &str) -> Result<()> {
+        let _lock = lock_file(&self.dir.join("lock"), FlockArg::LockExclusive)?;
+        // Holding the lock, any entry still being built was left by a refiller that died.
+        for stale in self
+            .entries(BUILDING)
+            .into_iter()
+            .chain(self.entries(TEMPLATE_BUILDING))
+        {
+            crate::server::shm::release_left_in(&Instance::new(&stale).data());
+            let _ = crate::state::safefs::remove_tree_at(&stale);
+        }
+        if let Some(pools) = self.dir.parent() {
+            remove_vanished(pools, false);
+        }
+        if self.size > 0 {
+            self.build_template(install, user)?;
+        }
+        while self.ready_count() < self.size {
+            self.build_one()?;
+        }
+        let _ = fs::remove_file(self.dir.join("refill.error"));
+        Ok(())
+    }
+
+    /// Makes the template unless it exists: initdb and database `test`, never started.
+    fn build_template(&self, install: &Installation, user: &str) -> Result<()> {
+        if self.has_template() {
+            return Ok(());
+        }
+        let building = self.dir.join(format!("{TEMPLATE_BUILDING}{}", new_name()?));
+        build(&building, &self.template(), |dir| {
+            initdb::prepare(install, &Instance::new(dir), user)
+        })
+    }
+
+    /// Adds one ready entry, a copy of the template.
+    fn build_one(&self) -> Result<()> {
+        add_ready_copy(&self.dir, &self.template())
+    }
+
+    /// Starts a detached, low-priority refill unless the pool is already full. A failure is
+    /// recorded in `refill.error`: the next start is then merely slower, never broken.
+    pub fn refill_in_background(&self, install: &Installation, user: &str) {
+        if self.ready_count() >= self.size {
+            return;
+        }
+        if let Ok(Forked::Child) = detach::fork_detached() {
+            detach::lower_priority();
+            let code = match self.refill(install, user) {
+                Ok(()) => 0,
+                Err(err) => {
+                    let _ = fs::write(self.dir.join("refill.error"), format!("{err:#}\n"));
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
+    }
+}
+
+/// Prefixes of the token files that pre-started servers keep in their pool's directory while
+/// they wait for a claim, and once claimed (see lifecycle/prestart.rs).
+pub const WAITING: &str = "waiting.";
+pub const CLAIMED: &str = "claimed.";
+
+/// True for a token path of a waiting or claimed server (for sweeping dead ones).
+pub fn is_token(path: &Path) -> bool {
+    path.file_name()
+        .map(|n| n.to_string_lossy())
+        .is_some_and(|n| n.starts_with(WAITING) || n.starts_with(CLAIMED))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_size_is_validated() {
+        assert_eq!(configured_size(None).unwrap(), DEFAULT_SIZE);
+        assert_eq!(configured_size(Some("0")).unwrap(), 0);
+        assert!(configured_size(Some("abc")).is_err());
+        assert!(configured_size(Some("1000")).is_err());
+    }
+
+    #[test]
+    fn hash_is_stable() {
+        assert_eq!(fnv1a(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a("a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn claims_are_exclusive() {
+        let root = tempfile::tempdir().unwrap();
+        let pool = Pool {
+            dir: root.path().join("pool"),
+            size: 1,
+        };
+        fs::create_dir_all(pool.dir.join("ready.aaaa")).unwrap();
+        fs::create_dir_all(pool.dir.join("new.bbbb")).unwrap();
+        let first = pool.claim(&root.path().join("one")).unwrap();
+        assert_eq!(first, Some(Instance::new(root.path().join("one"))));
+        assert_eq!(pool.claim(&root.path().join("two")).unwrap(), None);
+    }
+}

@@ -1,0 +1,705 @@
+//! The watchdog: a detached process that starts the server, reports readiness to the waiting
+//! `pgtmp`, then stops the server and removes its directory once it has been idle too long,
+//! when asked to (`pgtmp stop`), or when the server dies by itself.
+//!
+//! The watchdog is the server's parent, so it learns of the server's death at once (SIGCHLD),
+//! and on Linux the server dies with it (parent-death signal).
+
+use crate::lifecycle::claim::{Claim, Waiting};
+use crate::lifecycle::lifeline::{self, Pull};
+use crate::os::detach::{self, Forked};
+use crate::os::secret;
+use crate::output::trace;
+use crate::server::client::Session;
+use crate::server::cluster::{self, ServerSpec, Startup};
+use crate::server::discover::Installation;
+use crate::server::initdb;
+use crate::server::shm;
+use crate::state::instance::{Instance, State};
+use crate::state::ownership;
+use anyhow::{Context, Result, anyhow, bail};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::process::Child;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Seconds without a client after which a cluster stops, unless -w says otherwise.
+pub const DEFAULT_TIMEOUT: u64 = 60;
+
+/// How often the watchdog looks at the server: it acts within this long of the deadline.
+const TICK: Duration = Duration::from_millis(200);
+/// How long a server may take to become ready (crash recovery of a kept cluster included).
+const STARTUP_LIMIT: Duration = Duration::from_secs(120);
+/// Attempts at an automatically chosen TCP port that someone else took first.
+const PORT_ATTEMPTS: usize = 5;
+
+/// What to do with the directory when the start fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// pgtmp made the directory for this start: delete it.
+    Remove,
+    /// The directory existed empty (`-d`): delete what pgtmp put in it.
+    EmptyOut,
+    /// An existing cluster (`-d` of a kept directory): leave it as it was.
+    Leave,
+}
+
+/// Everything the watchdog needs to start and look after one cluster.
+pub struct Plan {
+    pub install: Installation,
+    pub instance: Instance,
+    pub user: String,
+    pub owner_uid: u32,
+    pub tcp: bool,
+    pub port: u16,
+    /// True when the user chose the port (-p): then a taken port is an error, not a retry.
+    pub port_fixed: bool,
+    pub password: Option<String>,
+    pub timeout: u64,
+    pub keep: bool,
+    pub options: Vec<String>,
+    pub on_failure: OnFailure,
+    /// The directory has no database `test` yet (made by initdb just now): create it before
+    /// reporting ready.
+    pub create_test: bool,
+    /// A file in PGTMP_DIR pointing at a cluster that lives elsewhere, kept while it runs.
+    pub registration: Option<PathBuf>,
+    /// A pre-started server: it waits in the pool for a start to claim it (whose -w and -k
+    /// then apply) and stops after `timeout` seconds if none does.
+    pub waiting: Option<Waiting>,
+    /// `pgtmp run`'s lifeline: while held, the idle timeout is suspended; once cut, the
+    /// cluster stops.
+    pub lifeline: Option<OwnedFd>,
+    /// The directory's lock (ownership.rs), taken by the start and held by the watchdog for
+    /// its whole life: a sweep never touches a directory while it is held, and `pgtmp stop`
+    /// proves the watchdog by this open descriptor. Held, never read.
+    pub _lock: crate::state::ownership::DirLock,
+}
+
+/// How long pgtmp waits for the server of a watchdog that died during the start to go (it has
+/// SIGQUIT from the kernel) before it removes the directory anyway.
+const LOST_WATCHDOG_LIMIT: Duration = Duration::from_secs(10);
+
+/// How long a claimed server waits for the claim's details before it assumes the defaults.
+const CLAIM_LIMIT: Duration = Duration::from_secs(10);
+
+/// What the waiting `pgtmp` learns.
+pub struct Started {
+    pub port: u16,
+    pub watchdog_pid: i32,
+    pub server_pid: i32,
+}
+
+/// Forks the watchdog and waits for its report. Returns once the server accepts connections,
+/// or with the reason it could not start (by then everything has been cleaned up).
+pub fn launch(plan: Plan) -> Result<Started> {
+    let (forked, mut reader, writer) = match fork_watchdog() {
+        Ok(forked) => forked,
+        Err(err) => {
+            // No watchdog, so nobody else will: the directory goes as after any failed start.
+            dispose_after_failure(&plan);
+            return Err(err);
+        }
+    };
+    match forked {
+        Forked::Parent(pid) => {
+            drop(writer);
+            let mut report = String::new();
+            reader
+                .read_to_string(&mut report)
+                .context("cannot read the watchdog's report")?;
+            match report.split_once(' ') {
+                Some(("ready", rest)) => {
+                    let mut words = rest.split_whitespace();
+                    let port = words.next().and_then(|w| w.parse::<u16>().ok());
+                    let server_pid = words.next().and_then(|w| w.parse::<i32>().ok());
+                    let (Some(port), Some(server_pid)) = (port, server_pid) else {
+                        bail!("the watchdog reported a malformed line: {report:?}");
+                    };
+                    trace::replay(words.next().unwrap_or(""));
+                    Ok(Started {
+                        port,
+                        watchdog_pid: pid,
+                        server_pid,
+                    })
+                }
+                other => {
+                    // The watchdog has cleaned up and exited; reap it so nothing is left.
+                    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+                    match other {
+                        Some(("error", message)) => bail!("{}", message.trim_end()),
+                        _ => {
+                            // It died without a word (killed, or could not detach), so it
+                            // cleaned up nothing. A server it started gets SIGQUIT from the
+                            // kernel (Linux); the directory goes only once the server has.
+                            if let Some(server) =
+                                crate::state::ownership::proven_postmaster_of(&plan.instance.data())
+                            {
+                                let pid = server.pid();
+                                let _ =
+                                    cluster::shutdown(&server, || !crate::os::process::alive(pid));
+                            }
+                            // A postmaster too young to have written postmaster.pid, or its
+                            // children, may still be at work in the directory: removing it
+                            // under them would leave it half there.
+                            let deadline = Instant::now() + LOST_WATCHDOG_LIMIT;
+                            while crate::state::ownership::processes_inside(&plan.instance.dir)
+                                && Instant::now() < deadline
+                            {
+                                std::thread::sleep(Duration::from_millis(5));
+                            }
+                            dispose_after_failure(&plan);
+                            bail!(
+                                "the watchdog exited before the server was ready (was it killed?); try again"
+                            )
+                        }
+                    }
+                }
+            }
+        }
+        Forked::Child => {
+            drop(reader);
+            // A process that switched accounts (root handing the server to `postgres`) is not
+            // dumpable, which hides its /proc/PID/fd even from its own account; `pgtmp stop`
+            // proves a watchdog by the directory descriptor it holds (the lock, kept in
+            // `plan.lock` for the watchdog's whole life), so it must be able to look. The
+            // switch is for good and nothing of the invoker's is held, so nothing is exposed
+            // that the server account could not reach anyway.
+            #[cfg(target_os = "linux")]
+            let _ = nix::sys::prctl::set_dumpable(true);
+            let mut clock = trace::Clock::start();
+            clock.phase("fork");
+            let code = match Watchdog::start(plan, writer, clock) {
+                Ok((mut watchdog, true)) => watchdog.supervise(),
+                // Nobody received the URL (pgtmp was killed while it waited): stop now.
+                Ok((mut watchdog, false)) => watchdog.stop(),
+                Err(()) => 1,
+            };
+            std::process::exit(code);
+        }
+    }
+}
+
+/// The pipe the watchdog reports on, and the fork that makes the watchdog.
+fn fork_watchdog() -> Result<(Forked, std::io::PipeReader, std::io::PipeWriter)> {
+    let (reader, writer) = std::io::pipe().map_err(|err| {
+        crate::output::exit::spawn_error(err, "cannot create a pipe to the watchdog")
+    })?;
+    Ok((detach::fork_detached()?, reader, writer))
+}
+
+struct Watchdog {
+    plan: Plan,
+    server: Child,
+    port: u16,
+    session: Option<Session>,
+    signals: SignalPipe,
+    /// The server's shared memory, recorded once it was ready.
+    segments: crate::state::segments::Segments,
+}
+
+impl Watchdog {
+    /// Starts the server and reports to the waiting pgtmp; true if the report was delivered.
+    /// On failure the directory is disposed of before the error is reported, so the caller
+    /// returns to a clean slate.
+    fn start(
+        plan: Plan,
+        mut report: std::io::PipeWriter,
+        mut clock: trace::Clock,
+    ) -> std::result::Result<(Watchdog, bool), ()> {
+        // The backends of a postmaster killed by someone become this process's children
+        // instead of init's, so that `end_orphans` can stop them.
+        #[cfg(target_os = "linux")]
+        let _ = nix::sys::prctl::set_child_subreaper(true);
+        let signals = match SignalPipe::install() {
+            Ok(s) => s,
+            Err(err) => {
+                dispose_after_failure(&plan);
+                let _ = writeln!(report, "error {err:#}");
+                return Err(());
+            }
+        };
+        let result = Self::start_server(&plan, &mut clock).and_then(|(server, port)| {
+            let mut watchdog = Watchdog {
+                plan,
+                server,
+                port,
+                session: None,
+                signals,
+                segments: crate::state::segments::Segments::default(),
+            };
+            watchdog.handshake()?;
+            clock.phase("handshake");
+            Ok(watchdog)
+        });
+        match result {
+            Ok(watchdog) => {
+                crate::os::testpause::point("ready");
+                let delivered = writeln!(
+                    report,
+                    "ready {} {} {}",
+                    watchdog.port,
+                    watchdog.server.id(),
+                    clock.encode()
+                )
+                .is_ok();
+                Ok((watchdog, delivered))
+            }
+            Err(failure) => {
+                let _ = writeln!(report, "error {failure:#}");
+                Err(())
+            }
+        }
+    }
+
+    /// Spawns postgres and waits for it, retrying with another port when an automatically
+    /// chosen one was taken between choosing and binding.
+    fn start_server(plan: &Plan, clock: &mut trace::Clock) -> Result<(Child, u16)> {
+        let cleanup = |server: Option<&mut Child>| {
+            if let Some(server) = server {
+                cluster::stop_child(server);
+            }
+            dispose_after_failure(plan);
+        };
+        let mut log = match open_log(&plan.instance) {
+            Ok(log) => log,
+            Err(err) => {
+                cleanup(None);
+                return Err(err);
+            }
+        };
+        let mut port = plan.port;
+        for attempt in 1..=PORT_ATTEMPTS {
+            let log_start = log.seek(SeekFrom::End(0)).unwrap_or(0);
+            let spec = ServerSpec {
+                install: &plan.install,
+                instance: &plan.instance,
+                socket_dir: &plan.instance.dir,
+                port,
+                tcp: plan.tcp,
+                options: &plan.options,
+            };
+            let mut server = match spec.spawn(&log) {
+                Ok(server) => {
+                    clock.phase("spawn");
+                    server
+                }
+                Err(err) => {
+                    cleanup(None);
+                    return Err(err);
+                }
+            };
+            crate::os::testpause::point("spawned");
+            match cluster::wait_ready(&mut server, &plan.instance, STARTUP_LIMIT) {
+                Ok(Startup::Ready) => {
+                    clock.phase("ready");
+                    return Ok((server, port));
+                }
+                Ok(Startup::Exited) => {
+                    let text = read_from(&mut log, log_start);
+                    let full = disk_full(&plan.instance);
+                    let retry = plan.tcp && !plan.port_fixed && attempt < PORT_ATTEMPTS;
+                    if retry
+                        && cluster::lost_port_race(&text)
+                        && let Some(next) = portpicker::pick_unused_port()
+                    {
+                        port = next;
+                        continue;
+                    }
+                    cleanup(None);
+                    if plan.tcp && cluster::lost_port_race(&text) {
+                        bail!(
+                            "port {port} is already in use on 127.0.0.1; choose another with -p, \
+                             or leave -p out to get a free one"
+                        );
+                    }
+                    if text.trim().is_empty() {
+                        bail!(
+                            "postgres exited at once without writing to {}{}",
+                            plan.instance.log().display(),
+                            if full {
+                                ": No space left on device; free some space"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
+                    bail!(
+                        "postgres did not start{}: {}",
+                        if plan.options.is_empty() {
+                            ""
+                        } else {
+                            " (check the -o options)"
+                        },
+                        cluster::failure_lines(&text)
+                    );
+                }
+                Ok(Startup::TimedOut) => {
+                    cleanup(Some(&mut server));
+                    bail!(
+                        "postgres was not ready after {} s; see {}",
+                        STARTUP_LIMIT.as_secs(),
+                        plan.instance.log().display()
+                    );
+                }
+                Err(err) => {
+                    cleanup(Some(&mut server));
+                    return Err(err);
+                }
+            }
+        }
+        cleanup(None);
+        bail!("no free TCP port found after {PORT_ATTEMPTS} attempts")
+    }
+
+    /// Creates database `test` if it is missing, sets the TCP password and records the state.
+    /// The server is stopped and the directory disposed of if any of it fails.
+    ///
+    /// Without either of the first two, the watchdog's session is left to the first tick of
+    /// [`Watchdog::supervise`]: connecting costs a backend start, which the caller need not
+    /// wait for.
+    fn handshake(&mut self) -> Result<()> {
+        let result = (|| -> Result<()> {
+            if self.plan.create_test || self.plan.password.is_some() {
+                let mut session =
+                    Session::connect(&self.plan.instance.dir, self.port, &self.plan.user)?;
+                if self.plan.create_test {
+                    session.execute(&initdb::create_test_sql(&self.plan.user))?;
+                }
+                if let Some(password) = &self.plan.password {
+                    session.set_password(&self.plan.user, &secret::scram_verifier(password))?;
+                }
+                self.session = Some(session);
+            }
+            let watchdog_pid = std::process::id() as i32;
+            let postmaster_pid = self.server.id() as i32;
+            self.segments = shm::of_server(postmaster_pid, &self.plan.instance.data());
+            self.plan.instance.write_state(&State {
+                watchdog_pid,
+                postmaster_pid,
+                port: self.port,
+                tcp: self.plan.tcp,
+                keep: self.plan.keep,
+                owner_uid: self.plan.owner_uid,
+                user: self.plan.user.clone(),
+                timeout: self.plan.timeout,
+                watchdog_start: ownership::start_time(watchdog_pid),
+                postmaster_start: ownership::start_time(postmaster_pid),
+                segments: self.segments.clone(),
+            })?;
+            if let Some(registration) = &self.plan.registration {
+                let path = format!("{}\n", self.plan.instance.dir.display());
+                std::fs::write(registration, path)
+                    .with_context(|| format!("cannot write {}", registration.display()))?;
+            }
+            if let Some(waiting) = &self.plan.waiting {
+                waiting.publish(&self.plan.instance, self.plan.password.as_deref())?;
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            unregister(&self.plan);
+            if let Some(waiting) = &self.plan.waiting {
+                waiting.retract(&self.plan.instance);
+            }
+            self.session = None;
+            cluster::stop_child(&mut self.server);
+            dispose_after_failure(&self.plan);
+        }
+        result
+    }
+
+    /// Looks after the running server until it is time to stop; returns the exit code.
+    fn supervise(&mut self) -> i32 {
+        let mut last_busy = Instant::now();
+        let mut claimed_at = None;
+        let mut lifeline = self.plan.lifeline.take().map(lifeline::Line::new);
+        // Not yet looked: the `idle` file for `pgtmp list` is made at the first idle poll.
+        let mut was_busy = true;
+        loop {
+            let stop_requested = self.signals.wait(TICK);
+            if cluster::exited(&mut self.server) {
+                // The server died by itself (killed?): `stop` finds nothing to stop, but
+                // releases what a killed server cannot release itself, its shared memory.
+                break;
+            }
+            if cluster::is_stopping(&self.plan.instance.data()) {
+                // Someone asked the server to stop (SIGTERM): finish what they started.
+                break;
+            }
+            if !self.plan.instance.state_path().exists() {
+                // The directory was deleted under the server: stop it now rather than let it
+                // run on without its files.
+                if let Some(waiting) = &self.plan.waiting {
+                    waiting.withdraw();
+                }
+                break;
+            }
+            if let Some(waiting) = self.plan.waiting.clone() {
+                match waiting.take_claim(&self.plan.instance) {
+                    Some(claim) => {
+                        self.accept(claim);
+                        last_busy = Instant::now();
+                    }
+                    None if waiting.token.exists() => {
+                        // Unclaimed: stop when asked or when nobody wanted it in time.
+                        if (stop_requested || last_busy.elapsed().as_secs() >= self.plan.timeout)
+                            && waiting.withdraw()
+                        {
+                            break;
+                        }
+                        continue;
+                    }
+                    None => {
+                        // Claimed, and the claim's details are on their way.
+                        let since = *claimed_at.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= CLAIM_LIMIT {
+                            self.accept(Claim {
+                                timeout: DEFAULT_TIMEOUT,
+                                keep: false,
+                            });
+                            last_busy = Instant::now();
+                        }
+                        continue;
+                    }
+                }
+            }
+            if stop_requested {
+                break;
+            }
+            if let Some(line) = &mut lifeline {
+                match line.pull() {
+                    Pull::Held => continue,
+                    Pull::Cut => break,
+                    Pull::Released => {
+                        lifeline = None;
+                        last_busy = Instant::now();
+                    }
+                }
+            }
+            if self.plan.timeout == 0 {
+                continue;
+            }
+            let timeout = Duration::from_secs(self.plan.timeout);
+            let busy = self.busy();
+            if busy != was_busy {
+                self.plan.instance.mark_idle(!busy);
+                was_busy = busy;
+                if !busy {
+                    // The last client left at some point since the previous poll: count from
+                    // now, so the cluster never stops before a whole timeout without clients.
+                    last_busy = Instant::now();
+                }
+            }
+            if busy {
+                last_busy = Instant::now();
+            } else if last_busy.elapsed() >= timeout {
+                break;
+            }
+        }
+        self.stop()
+    }
+
+    /// Stops the server now and cleans up; returns the exit code.
+    fn stop(&mut self) -> i32 {
+        self.session = None;
+        cluster::stop_child(&mut self.server);
+        self.release_shared_memory();
+        self.finish()
+    }
+
+    /// Takes on a claiming start's -w and -k; the server is an ordinary one from now on.
+    fn accept(&mut self, claim: Claim) {
+        self.plan.timeout = claim.timeout;
+        self.plan.keep = claim.keep;
+        self.plan.waiting = None;
+        if let Ok(Some(mut state)) = self.plan.instance.read_state() {
+            state.timeout = claim.timeout;
+            state.keep = claim.keep;
+            let _ = self.plan.instance.write_state(&state);
+        }
+    }
+
+    /// Once the postmaster has exited: if it could not release its shared memory (killed, or
+    /// escalated to SIGKILL), ends its orphaned backends, then removes the segments recorded
+    /// at the start. After a clean exit they are gone and this does nothing.
+    fn release_shared_memory(&self) {
+        end_orphans();
+        let creator = self.server.id() as i32;
+        if let Some(id) = self.segments.sysv_id {
+            shm::wait_detached(id, creator, shm::DETACH_LIMIT);
+        }
+        shm::release(&self.segments, creator);
+    }
+
+    /// True when a client is connected, or when that cannot be told (never stop a server in
+    /// use because of a failed probe).
+    fn busy(&mut self) -> bool {
+        if self.session.is_none() {
+            // The session was terminated (e.g. pg_terminate_backend by a test): reconnect.
+            self.session =
+                Session::connect(&self.plan.instance.dir, self.port, &self.plan.user).ok();
+        }
+        match self.session.as_mut().map(Session::clients) {
+            Some(Ok(clients)) => clients > 0,
+            Some(Err(_)) => {
+                self.session = None;
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// Removes the directory, or with -k only the state file; returns the exit code.
+    fn finish(&mut self) -> i32 {
+        unregister(&self.plan);
+        if let Some(waiting) = &self.plan.waiting {
+            waiting.retract(&self.plan.instance);
+        }
+        // The mark, too: a kept directory stays kept whoever starts it again.
+        if self.plan.keep || self.plan.instance.is_kept() {
+            self.plan.instance.remove_state();
+            0
+        } else {
+            match self.plan.instance.remove() {
+                Ok(()) => 0,
+                Err(_) => 1,
+            }
+        }
+    }
+}
+
+/// Kills and reaps what is left below the watchdog once its postmaster has exited: backends of
+/// a killed postmaster, reparented to the watchdog (a child subreaper). A backend busy in a
+/// query does not notice its postmaster's death; it would run on, holding the shared memory,
+/// in a directory about to be removed.
+fn end_orphans() {
+    let orphans = crate::state::ownership::children(std::process::id() as i32);
+    for &pid in &orphans {
+        // Children of this process, not reaped yet (only this loop reaps them): their pids
+        // cannot have been reused, so a plain pid reaches them.
+        let _ = crate::os::process::signal(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    for pid in orphans {
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    }
+}
+
+fn unregister(plan: &Plan) {
+    if let Some(registration) = &plan.registration {
+        let _ = std::fs::remove_file(registration);
+    }
+}
+
+fn dispose_after_failure(plan: &Plan) {
+    dispose(&plan.instance, plan.on_failure);
+}
+
+/// Undoes what a failed start made of a directory.
+pub fn dispose(instance: &Instance, on_failure: OnFailure) {
+    let _ = match on_failure {
+        OnFailure::Remove => instance.remove(),
+        OnFailure::EmptyOut => instance.empty_out(),
+        OnFailure::Leave => Ok(()),
+    };
+}
+
+/// True when the file system holding the directory has no space left (for the unprivileged).
+fn disk_full(instance: &Instance) -> bool {
+    nix::sys::statvfs::statvfs(&instance.dir).is_ok_and(|fs| fs.blocks_available() == 0)
+}
+
+fn open_log(instance: &Instance) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .mode(0o600)
+        .open(instance.log())
+        .with_context(|| format!("cannot open {}", instance.log().display()))
+}
+
+fn read_from(log: &mut File, offset: u64) -> String {
+    let mut text = String::new();
+    if log.seek(SeekFrom::Start(offset)).is_ok() {
+        let _ = log.read_to_string(&mut text);
+    }
+    text
+}
+
+/// Write end of the signal pipe, for the handler (a plain fd: handlers can touch nothing else).
+static SIGNAL_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(signal: nix::libc::c_int) {
+    let fd = SIGNAL_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let byte = signal as u8;
+        // SAFETY: write(2) is async-signal-safe; the fd is non-blocking, so a full pipe just
+        // drops the byte (one pending wake-up is enough).
+        unsafe { nix::libc::write(fd, (&byte as *const u8).cast(), 1) };
+    }
+}
+
+/// Signals turned into bytes on a pipe (the self-pipe trick), so the watchdog sleeps in
+/// poll(2) and wakes at once for SIGCHLD (server died) or SIGTERM/SIGINT (stop now).
+struct SignalPipe {
+    read: OwnedFd,
+    _write: OwnedFd,
+}
+
+impl SignalPipe {
+    fn install() -> Result<SignalPipe> {
+        let (read, write) = crate::os::selfpipe::pipe()?;
+        SIGNAL_FD.store(write.as_raw_fd(), Ordering::Relaxed);
+        let action = SigAction::new(
+            SigHandler::Handler(on_signal),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        // SIGUSR1 only wakes the watchdog: a start has claimed its pre-started server.
+        for sig in [
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGCHLD,
+            Signal::SIGUSR1,
+        ] {
+            // SAFETY: the handler only calls write(2).
+            unsafe { sigaction(sig, &action) }.map_err(|e| anyhow!("cannot handle {sig}: {e}"))?;
+        }
+        // A hang-up means nothing to a process that has no terminal.
+        let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+        // SAFETY: ignoring a signal installs no code.
+        unsafe { sigaction(Signal::SIGHUP, &ignore) }
+            .map_err(|e| anyhow!("cannot ignore SIGHUP: {e}"))?;
+        Ok(SignalPipe {
+            read,
+            _write: write,
+        })
+    }
+
+    /// Sleeps up to `limit` or until a signal arrives; true if a stop was requested.
+    fn wait(&self, limit: Duration) -> bool {
+        let timeout = PollTimeout::try_from(limit).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(self.read.as_fd(), PollFlags::POLLIN)];
+        if !matches!(poll(&mut fds, timeout), Ok(n) if n > 0) {
+            return false;
+        }
+        let mut stop = false;
+        let mut buf = [0u8; 64];
+        while let Ok(n) = nix::unistd::read(&self.read, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            stop |= buf[..n]
+                .iter()
+                .any(|&b| b as i32 == Signal::SIGTERM as i32 || b as i32 == Signal::SIGINT as i32);
+        }
+        stop
+    }
+}

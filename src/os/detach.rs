@@ -1,0 +1,93 @@
+//! Detaching: forking a child that outlives the caller and never holds its terminal or pipes.
+
+use anyhow::Result;
+use fork::Fork;
+use std::sync::OnceLock;
+
+/// Descriptors above stderr that pgtmp inherited from its caller (a make jobserver pipe, a
+/// script's `exec 9>lock`, ...), noted before pgtmp opens any of its own.
+static INHERITED: OnceLock<Vec<i32>> = OnceLock::new();
+
+/// Notes the descriptors inherited from the caller, so that detached children can close
+/// them: a watchdog living for minutes must not keep the caller's pipes open or its file
+/// locks held. Call first thing in `main`; later calls do nothing.
+pub fn note_inherited_fds() {
+    INHERITED.get_or_init(|| {
+        let listed: Vec<i32> = match std::fs::read_dir("/proc/self/fd") {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .filter(|&fd| fd > 2)
+                .collect(),
+            Err(_) => return Vec::new(),
+        };
+        // The listing's own descriptor was among them and is closed by now.
+        listed
+            .into_iter()
+            // SAFETY: F_GETFD only asks whether the descriptor is open.
+            .filter(|&fd| unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) } >= 0)
+            .collect()
+    });
+}
+
+pub enum Forked {
+    Parent(i32),
+    Child,
+}
+
+/// Forks. The child gets its own session (so SIGHUP from a closing terminal and signals sent
+/// to the caller's process group never reach it), /dev/null for stdin/stdout/stderr (so
+/// `url=$(pgtmp)` returns as soon as pgtmp itself exits), none of the other descriptors
+/// pgtmp inherited (see [`note_inherited_fds`]) and `/` as working directory.
+///
+/// Must be called while the process is single-threaded. The child must finish with
+/// `std::process::exit`, never by returning into the caller's code.
+pub fn fork_detached() -> Result<Forked> {
+    // Anything still buffered would otherwise be written twice.
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    match fork::fork().map_err(|err| crate::output::exit::spawn_error(err, "cannot fork"))? {
+        Fork::Parent(pid) => Ok(Forked::Parent(pid)),
+        Fork::Child => {
+            if fork::setsid().is_err()
+                || fork::redirect_stdio().is_err()
+                || std::env::set_current_dir("/").is_err()
+            {
+                std::process::exit(1);
+            }
+            for &fd in INHERITED.get().map_or(&[][..], Vec::as_slice) {
+                // SAFETY: the caller's descriptors are not used by this process: pgtmp never
+                // reads or writes them (`run` hands them to its command, which is not forked
+                // through here).
+                unsafe { nix::libc::close(fd) };
+            }
+            Ok(Forked::Child)
+        }
+    }
+}
+
+/// Makes background work yield to everything else: lowest CPU priority and, on Linux, the idle
+/// I/O class. Children (initdb) inherit both.
+pub fn lower_priority() {
+    lower_priority_of(0);
+}
+
+/// Lowest CPU priority and the idle I/O class for process `pid` of this account (0: this
+/// process). Best effort: it only makes background work politer, so failure changes nothing.
+pub fn lower_priority_of(pid: u32) {
+    // SAFETY: plain syscalls with integer arguments.
+    unsafe {
+        nix::libc::setpriority(nix::libc::PRIO_PROCESS, pid, 19);
+        #[cfg(target_os = "linux")]
+        {
+            const IOPRIO_WHO_PROCESS: nix::libc::c_long = 1;
+            const IOPRIO_CLASS_IDLE: nix::libc::c_long = 3;
+            nix::libc::syscall(
+                nix::libc::SYS_ioprio_set,
+                IOPRIO_WHO_PROCESS,
+                nix::libc::c_long::from(pid),
+                IOPRIO_CLASS_IDLE << 13,
+            );
+        }
+    }
+}

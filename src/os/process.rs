@@ -1,0 +1,275 @@
+//! Subprocesses and signals: a clean environment for PostgreSQL programs, errors that carry
+//! the program's own words, liveness checks, and process handles (pidfds) that a signal can
+//! reach only the process they were taken on.
+
+use anyhow::{Context, Result, bail};
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+/// A command for a PostgreSQL program, with the caller's PG* variables removed (PGPORT,
+/// PGDATA, PGHOST, PGUSER... would otherwise change what initdb and postgres do) and a fixed
+/// C locale so that their messages can be read back.
+pub fn pg_command(program: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("PG") && !key.starts_with("PGTMP_") {
+            cmd.env_remove(&*key);
+        }
+    }
+    cmd.env("LC_ALL", "C")
+        .env_remove("LANG")
+        .env_remove("LANGUAGE");
+    cmd.stdin(Stdio::null());
+    // A process group of its own: signals to the caller's group (Ctrl-C, a CI runner killing
+    // the job) reach pgtmp but never a running initdb or postgres directly, which would leak
+    // shared memory nobody recorded. Left alone, they end cleanly (a killed pgtmp closes the
+    // pipes they read from), and the sweep removes what they made.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd
+}
+
+/// Runs a command to completion; on failure the error names `what` and ends with the tail of
+/// what the command printed.
+pub fn run_checked(cmd: &mut Command, what: &str) -> Result<Output> {
+    let out = match cmd.output() {
+        Ok(out) => out,
+        Err(err) => {
+            let program = cmd.get_program().to_string_lossy();
+            return Err(crate::output::exit::spawn_error(
+                err,
+                format!("cannot run {what} ({program})"),
+            ));
+        }
+    };
+    if !out.status.success() {
+        // stderr last: it says why (initdb's stdout ends with the step that failed).
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        bail!("{what} failed ({}): {}", out.status, tail(&text, 5));
+    }
+    Ok(out)
+}
+
+/// The last `n` non-empty lines of `text`, joined into one line.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+/// True while a process with this pid exists and has not exited. A zombie (exited, not yet
+/// reaped) counts as gone: an orphan is reaped by init, which may take a while.
+pub fn alive(pid: i32) -> bool {
+    pid > 0
+        && !matches!(
+            kill(Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        )
+        && !is_zombie(pid)
+}
+
+#[cfg(target_os = "linux")]
+fn is_zombie(pid: i32) -> bool {
+    // /proc/PID/stat: "PID (COMM) STATE ..."; COMM may hold spaces and parentheses.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn is_zombie(_pid: i32) -> bool {
+    false
+}
+
+/// Sends a signal, treating "already gone" as success.
+pub fn signal(pid: i32, sig: Signal) -> Result<()> {
+    match kill(Pid::from_raw(pid), sig) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(err) => bail!("cannot send {sig} to process {pid}: {err}"),
+    }
+}
+
+/// A handle on one process: taken before the process is checked and used to signal it after,
+/// so that the check and the signal concern the same process even if it exits and its pid is
+/// reused in between (a Linux pidfd: a signal through it reaches that process or nobody).
+/// Where the kernel has no pidfds (ENOSYS, or not Linux) it holds only the pid, and signals
+/// go through kill(2).
+#[derive(Debug)]
+pub struct Pidfd {
+    pid: i32,
+    fd: Option<OwnedFd>,
+}
+
+impl Pidfd {
+    /// A handle on the process `pid`, or None when there is none.
+    pub fn open(pid: i32) -> Result<Option<Pidfd>> {
+        if pid <= 0 {
+            return Ok(None);
+        }
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::FromRawFd;
+            // SAFETY: pidfd_open(2) takes a pid and flags (0: a blocking handle) and passes no
+            // memory; it returns a new descriptor or -1 with errno set.
+            let ret = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
+            if ret >= 0 {
+                // SAFETY: the kernel has just returned this descriptor; it is open and nothing
+                // else owns it, so the OwnedFd is its only owner and closes it once.
+                let fd = unsafe { OwnedFd::from_raw_fd(ret as std::os::fd::RawFd) };
+                return Ok(Some(Pidfd { pid, fd: Some(fd) }));
+            }
+            match Errno::last() {
+                Errno::ESRCH => return Ok(None),
+                Errno::ENOSYS => {}
+                errno => {
+                    return Err(errno)
+                        .with_context(|| format!("cannot open a handle on process {pid}"));
+                }
+            }
+        }
+        Ok(alive(pid).then_some(Pidfd { pid, fd: None }))
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Sends `sig` to the process of this handle; one that has exited meanwhile is fine (and
+    /// no other process that got its pid is reached).
+    pub fn signal(&self, sig: Signal) -> Result<()> {
+        let Some(fd) = &self.fd else {
+            return signal(self.pid, sig);
+        };
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: pidfd_send_signal(2) with a pidfd this handle owns and keeps open for
+            // the call, a valid signal number, a null siginfo (the kernel then fills it in as
+            // kill(2) would) and no flags; it writes no memory of ours.
+            let ret = unsafe {
+                nix::libc::syscall(
+                    nix::libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    sig as nix::libc::c_int,
+                    std::ptr::null::<nix::libc::siginfo_t>(),
+                    0,
+                )
+            };
+            match ret {
+                0 => Ok(()),
+                _ => match Errno::last() {
+                    Errno::ESRCH => Ok(()),
+                    errno => bail!("cannot send {sig} to process {}: {errno}", self.pid),
+                },
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = fd;
+            signal(self.pid, sig)
+        }
+    }
+}
+
+/// What a signal can be sent to: a process handle, or a plain pid where the pid cannot be
+/// reused meanwhile (a child this process has not reaped yet).
+pub trait Target {
+    fn pid(&self) -> i32;
+    fn send(&self, sig: Signal) -> Result<()>;
+}
+
+impl Target for Pidfd {
+    fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    fn send(&self, sig: Signal) -> Result<()> {
+        self.signal(sig)
+    }
+}
+
+/// A child's pid: the kernel keeps it for the child until its parent reaps it.
+impl Target for i32 {
+    fn pid(&self) -> i32 {
+        *self
+    }
+
+    fn send(&self, sig: Signal) -> Result<()> {
+        signal(*self, sig)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_last_lines_on_one_line() {
+        assert_eq!(tail("a\n\nb\nc\n", 2), "b | c");
+        assert_eq!(tail("", 3), "");
+    }
+
+    #[test]
+    fn exited_children_are_not_alive() {
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        assert!(alive(std::process::id() as i32));
+        // Not reaped until wait() below: a zombie, which must not count as alive.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while alive(pid) && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert!(!alive(pid));
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn a_handle_signals_its_process_and_nobody_after_it() {
+        let mut child = Command::new("sleep").arg("10").spawn().unwrap();
+        let pid = child.id() as i32;
+        let handle = Pidfd::open(pid).unwrap().expect("the child exists");
+        assert_eq!(handle.pid(), pid);
+        handle.signal(Signal::SIGKILL).unwrap();
+        child.wait().unwrap();
+        // Reaped: the handle names a process that is gone, which is not an error.
+        handle.signal(Signal::SIGTERM).unwrap();
+        assert!(Pidfd::open(pid).unwrap().is_none() || !alive(pid));
+        assert!(Pidfd::open(0).unwrap().is_none());
+    }
+
+    #[test]
+    fn failures_carry_output() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo boom >&2; exit 3"]);
+        let err = run_checked(&mut cmd, "the test program").unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("the test program failed") && text.contains("boom"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn pg_variables_are_removed() {
+        // SAFETY: this test's process has no other threads touching the environment at this
+        // point that could race, and the variable is unique to this test.
+        unsafe { std::env::set_var("PGPORT_PGTMP_TEST_ONLY", "1") };
+        let cmd = pg_command(Path::new("/bin/true"));
+        let removed = cmd
+            .get_envs()
+            .any(|(k, v)| k == "PGPORT_PGTMP_TEST_ONLY" && v.is_none());
+        assert!(removed);
+    }
+}

@@ -1,0 +1,425 @@
+//! An instance directory: the layout of one cluster's private directory and its state file.
+//!
+//! ```text
+//! DIR/              mode 0700; also the server's Unix socket directory
+//!   data/           the PostgreSQL data directory
+//!   postgres.log    everything the server prints
+//!   PGTMP           marker: a complete directory pgtmp prepared (proof of ownership)
+//!   PGTMP.preparing marker: pgtmp is filling the directory (proof of ownership of what a killed
+//!                   start or refill leaves half made); replaced by PGTMP when complete
+//!   pgtmp.state     present while a watchdog looks after a running server
+//!   idle            present while the watchdog sees no client; its mtime says since when
+//!   pgtmp.keep      the cluster was started with -k: a sweep never removes this directory
+//! ```
+//!
+//! While a pgtmp process looks after the directory it holds a flock on it (see ownership.rs).
+
+use crate::state::safefs::{self, Dir};
+use crate::state::segments::{self, Segments};
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+pub const MARKER: &str = "PGTMP";
+const PREPARING: &str = "PGTMP.preparing";
+pub const STATE: &str = "pgtmp.state";
+const IDLE: &str = "idle";
+const KEEP: &str = "pgtmp.keep";
+
+/// Letters of instance and pool entry names: short, so socket paths stay short.
+pub const NAME_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub dir: PathBuf,
+}
+
+/// What is at a path given with `-d`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Found {
+    Missing,
+    Empty,
+    Cluster,
+    /// Left half made by a pgtmp that was killed while preparing it.
+    Unfinished,
+    /// Something pgtmp must not touch, with the reason.
+    Foreign(String),
+}
+
+/// What a watchdog records about the cluster it looks after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    pub watchdog_pid: i32,
+    pub postmaster_pid: i32,
+    pub port: u16,
+    pub tcp: bool,
+    pub keep: bool,
+    /// The uid that invoked pgtmp (root stays 0 although files belong to the server account).
+    pub owner_uid: u32,
+    pub user: String,
+    pub timeout: u64,
+    /// Start times of the two processes (ownership::start_time), so that a pid reused by
+    /// another process is never signalled. None off Linux, or in a state of an older pgtmp.
+    pub watchdog_start: Option<u64>,
+    pub postmaster_start: Option<u64>,
+    /// The server's shared memory, to release should it be killed.
+    pub segments: Segments,
+}
+
+impl Instance {
+    pub fn new(dir: impl Into<PathBuf>) -> Instance {
+        Instance { dir: dir.into() }
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("postgres.log")
+    }
+
+    pub fn state_path(&self) -> PathBuf {
+        self.dir.join(STATE)
+    }
+
+    /// The directory itself, opened without following a symlink: every file-system action on
+    /// it goes through this handle (see safefs.rs).
+    pub fn open(&self) -> Result<Dir> {
+        Dir::open(&self.dir)
+    }
+
+    /// Records that this directory is to be kept (-k), before any process looks after it.
+    pub fn mark_kept(&self) -> Result<()> {
+        self.open()?.write_atomic(
+            KEEP,
+            b"started with pgtmp -k: kept when its cluster stops\n",
+        )
+    }
+
+    /// True when the directory was started with -k.
+    pub fn is_kept(&self) -> bool {
+        self.open()
+            .is_ok_and(|dir| dir.stat_at(KEEP).is_ok_and(|st| st.is_some()))
+    }
+
+    /// A complete cluster directory made by pgtmp.
+    pub fn is_cluster(&self) -> bool {
+        let Ok(dir) = self.open() else {
+            return false;
+        };
+        dir.has_file(MARKER)
+            && dir
+                .open_dir_if_exists("data")
+                .is_ok_and(|data| data.is_some_and(|d| d.has_file("PG_VERSION")))
+    }
+
+    /// Marks the directory complete.
+    pub fn write_marker(&self) -> Result<()> {
+        let dir = self.open()?;
+        dir.write_atomic(
+            MARKER,
+            b"pgtmp instance directory; removed when its cluster stops\n",
+        )?;
+        let _ = dir.remove_file(PREPARING);
+        Ok(())
+    }
+
+    /// Records, before anything else goes into the directory, that pgtmp is filling it.
+    pub fn mark_preparing(&self) -> Result<()> {
+        self.open()?
+            .write_atomic(PREPARING, b"pgtmp is preparing this directory\n")
+    }
+
+    /// Removes the mark of [`Instance::mark_preparing`]: the directory is complete.
+    pub fn prepared(&self) {
+        if let Ok(dir) = self.open() {
+            let _ = dir.remove_file(PREPARING);
+        }
+    }
+
+    /// True when pgtmp marked the directory as being filled (and did not finish, or is still
+    /// at it).
+    pub fn is_being_prepared(&self) -> bool {
+        self.open().is_ok_and(|dir| dir.has_file(PREPARING))
+    }
+
+    /// Makes `dir` (which must not exist) a private directory marked as being prepared. It is
+    /// made in its parent's handle, so a directory someone else made there first is refused.
+    pub fn create(dir: &Path) -> Result<Instance> {
+        let (parent, name) = split(dir)?;
+        Dir::open(parent)?.make_dir(name, 0o700)?;
+        let instance = Instance::new(dir);
+        if let Err(err) = instance.mark_preparing() {
+            let _ = instance.remove();
+            return Err(err);
+        }
+        Ok(instance)
+    }
+
+    /// The major version the data directory was made by.
+    pub fn data_version(&self) -> Result<u32> {
+        let path = self.data().join("PG_VERSION");
+        let text = self
+            .open()?
+            .open_dir("data")?
+            .read_text("PG_VERSION")?
+            .with_context(|| format!("{} is missing", path.display()))?;
+        parse_major(&text).with_context(|| format!("{} is malformed", path.display()))
+    }
+
+    /// Classifies what is at `dir` for `-d`. A symlink there is refused, not followed.
+    pub fn inspect(dir: &Path) -> Result<Found> {
+        let (parent, name) = split(dir)?;
+        let Some(parent) = Dir::open_if_exists(parent)? else {
+            return Ok(Found::Missing);
+        };
+        match parent.stat_at(name)? {
+            None => return Ok(Found::Missing),
+            Some(st) if safefs::is_symlink(&st) => {
+                return Ok(Found::Foreign(
+                    "is a symbolic link, which pgtmp never follows; name the real directory".into(),
+                ));
+            }
+            Some(st) if !safefs::is_dir(&st) => {
+                return Ok(Found::Foreign("is not a directory".into()));
+            }
+            Some(_) => {}
+        }
+        let handle = parent.open_dir(name)?;
+        if handle.is_empty()? {
+            return Ok(Found::Empty);
+        }
+        let instance = Instance::new(dir);
+        if instance.is_cluster() {
+            return Ok(Found::Cluster);
+        }
+        if instance.is_being_prepared() {
+            return Ok(Found::Unfinished);
+        }
+        if handle.has_file("PG_VERSION") {
+            return Ok(Found::Foreign(
+                "is a bare PostgreSQL data directory, not one made by pgtmp".into(),
+            ));
+        }
+        Ok(Found::Foreign(
+            "is not empty and holds no pgtmp cluster".into(),
+        ))
+    }
+
+    /// Makes the directory private again (the socket lives in it and is trust-authenticated).
+    pub fn make_private(&self) -> Result<()> {
+        self.open()?.chmod(0o700)
+    }
+
+    pub fn write_state(&self, state: &State) -> Result<()> {
+        let start = |t: Option<u64>| t.map_or(String::new(), |t| t.to_string());
+        let (sysv, posix) = segments::to_fields(&state.segments);
+        let text = format!(
+            "watchdog_pid={}\npostmaster_pid={}\nport={}\ntcp={}\nkeep={}\nowner_uid={}\nuser={}\ntimeout={}\n\
+             watchdog_start={}\npostmaster_start={}\nshm_sysv_id={sysv}\nshm_posix={posix}\n",
+            state.watchdog_pid,
+            state.postmaster_pid,
+            state.port,
+            state.tcp as u8,
+            state.keep as u8,
+            state.owner_uid,
+            state.user,
+            state.timeout,
+            start(state.watchdog_start),
+            start(state.postmaster_start),
+        );
+        self.write_file(&self.state_path(), text.as_bytes())
+    }
+
+    /// Writes `path` (a file directly in this directory) beside and renames it over, so
+    /// readers never see half a file; made with mode 0600, never through a symlink.
+    pub fn write_file(&self, path: &Path, contents: &[u8]) -> Result<()> {
+        let name = path
+            .file_name()
+            .filter(|_| path.parent() == Some(self.dir.as_path()))
+            .with_context(|| {
+                format!("{} is not a file of {}", path.display(), self.dir.display())
+            })?;
+        self.open()?.write_atomic(name, contents)
+    }
+
+    /// The state of a running cluster, or None when no watchdog has recorded one. Read with
+    /// bounds (a regular file of the directory's owner, small), so a planted FIFO, device or
+    /// symlink is an error, never followed.
+    pub fn read_state(&self) -> Result<Option<State>> {
+        let Some(text) = self.open()?.read_text(STATE)? else {
+            return Ok(None);
+        };
+        State::parse(&text)
+            .map(Some)
+            .with_context(|| format!("{} is malformed", self.state_path().display()))
+    }
+
+    pub fn remove_state(&self) {
+        if let Ok(dir) = self.open() {
+            let _ = dir.remove_file(STATE);
+            let _ = dir.remove_file(IDLE);
+        }
+    }
+
+    /// When `name` in this directory was last modified.
+    fn modified(&self, name: &str) -> Option<SystemTime> {
+        let st = self.open().ok()?.stat_at(name).ok()??;
+        let secs = u64::try_from(st.st_mtime).ok()?;
+        let nanos = u32::try_from(st.st_mtime_nsec).ok()?;
+        SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+    }
+
+    /// When the watchdog recorded the state: when the server became ready.
+    pub fn started_at(&self) -> Option<SystemTime> {
+        self.modified(STATE)
+    }
+
+    /// Records whether the watchdog sees clients: the `idle` file exists, made when the last
+    /// one left, while there are none. Best effort: it only informs `pgtmp list`.
+    pub fn mark_idle(&self, idle: bool) {
+        let Ok(dir) = self.open() else {
+            return;
+        };
+        let _ = if idle {
+            dir.write_atomic(IDLE, b"")
+        } else {
+            dir.remove_file(IDLE)
+        };
+    }
+
+    /// Since when the watchdog has seen no client, if it has looked.
+    pub fn idle_since(&self) -> Option<SystemTime> {
+        self.modified(IDLE)
+    }
+
+    /// Deletes the whole directory, through its parent's handle: a symlink inside (or at its
+    /// path) is removed, never followed, and nothing outside it is touched.
+    pub fn remove(&self) -> Result<()> {
+        safefs::remove_tree_at(&self.dir)
+    }
+
+    /// Deletes everything inside the directory but the directory itself (for a `-d DIR` that
+    /// existed, empty, before pgtmp filled it).
+    pub fn empty_out(&self) -> Result<()> {
+        self.open()?.empty_out()
+    }
+}
+
+/// An instance path as its parent directory and name.
+fn split(dir: &Path) -> Result<(&Path, &std::ffi::OsStr)> {
+    match (dir.parent(), dir.file_name()) {
+        (Some(parent), Some(name)) => Ok((parent, name)),
+        _ => bail!("{} cannot be a cluster directory", dir.display()),
+    }
+}
+
+impl State {
+    /// Reads the text [`Instance::write_state`] writes (read through a handle, with bounds,
+    /// by the caller).
+    pub fn parse(text: &str) -> Result<State> {
+        let get = |key: &str| -> Result<&str> {
+            text.lines()
+                .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+                .with_context(|| format!("no {key}"))
+        };
+        let num = |key: &str| -> Result<i64> {
+            get(key)?
+                .parse::<i64>()
+                .with_context(|| format!("{key} is not a number"))
+        };
+        let state = State {
+            watchdog_pid: i32::try_from(num("watchdog_pid")?)
+                .context("watchdog_pid out of range")?,
+            postmaster_pid: i32::try_from(num("postmaster_pid")?)
+                .context("postmaster_pid out of range")?,
+            port: u16::try_from(num("port")?).context("port out of range")?,
+            tcp: num("tcp")? != 0,
+            keep: num("keep")? != 0,
+            owner_uid: u32::try_from(num("owner_uid")?).context("owner_uid out of range")?,
+            user: get("user")?.to_string(),
+            timeout: get("timeout")?
+                .parse()
+                .context("timeout is not a number of seconds")?,
+            watchdog_start: get("watchdog_start").ok().and_then(|t| t.parse().ok()),
+            postmaster_start: get("postmaster_start").ok().and_then(|t| t.parse().ok()),
+            segments: segments::from_fields(
+                get("shm_sysv_id").unwrap_or(""),
+                get("shm_posix").unwrap_or(""),
+            ),
+        };
+        if state.watchdog_pid <= 0 || state.postmaster_pid <= 0 {
+            bail!("process ids must be positive");
+        }
+        Ok(state)
+    }
+}
+
+/// "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)" -> 15; "9.6.24" -> 9.
+pub fn parse_major(version_output: &str) -> Option<u32> {
+    let number = version_output
+        .split_whitespace()
+        .find(|word| word.starts_with(|c: char| c.is_ascii_digit()))?;
+    number.split(['.', 'b', 'r', 'd']).next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn sample() -> State {
+        State {
+            watchdog_pid: 10,
+            postmaster_pid: 11,
+            port: 5432,
+            tcp: true,
+            keep: false,
+            owner_uid: 0,
+            user: "root".into(),
+            timeout: 60,
+            watchdog_start: Some(123),
+            postmaster_start: None,
+            segments: Segments {
+                sysv_id: Some(7),
+                posix: vec!["PostgreSQL.99".into()],
+            },
+        }
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let instance = Instance::new(dir.path());
+        assert_eq!(instance.read_state().unwrap(), None);
+        instance.write_state(&sample()).unwrap();
+        assert_eq!(instance.read_state().unwrap(), Some(sample()));
+        // Every timeout -w accepts, the largest included.
+        let longest = State {
+            timeout: u64::MAX,
+            ..sample()
+        };
+        instance.write_state(&longest).unwrap();
+        assert_eq!(instance.read_state().unwrap(), Some(longest));
+    }
+
+    #[test]
+    fn inspect_tells_what_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            Instance::inspect(&dir.path().join("nope")).unwrap(),
+            Found::Missing
+        );
+        assert_eq!(Instance::inspect(dir.path()).unwrap(), Found::Empty);
+        fs::write(dir.path().join("file"), "x").unwrap();
+        assert!(matches!(
+            Instance::inspect(dir.path()).unwrap(),
+            Found::Foreign(_)
+        ));
+        assert!(matches!(
+            Instance::inspect(&dir.path().join("file")).unwrap(),
+            Found::Foreign(reason) if reason.contains("not a directory")
+        ));
+    }
+}

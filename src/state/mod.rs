@@ -1,0 +1,11 @@
+//! What pgtmp keeps on disk, and every file-system action on it: the state directory, instance
+//! directories and their state files, locks and the proofs of ownership and identity, and tree
+//! copies, all through the directory handles of `safefs`.
+
+pub mod clusters;
+pub mod copytree;
+pub mod instance;
+pub mod ownership;
+pub mod safefs;
+pub mod segments;
+pub mod statedir;

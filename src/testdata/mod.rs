@@ -1,0 +1,6 @@
+//! Test data: `-f` files and `--now` loaded into a cluster, the stock of ready clones, and the URLs
+//! of clones and schemas.
+
+pub mod dburl;
+pub mod files;
+pub mod stock;
