@@ -14,8 +14,16 @@ use std::process::{Command, Output, Stdio};
 /// PGDATA, PGHOST, PGUSER... would otherwise change what initdb and postgres do) and a fixed
 /// C locale so that their messages can be read back.
 pub fn pg_command(program: &Path) -> Command {
+    pg_command_without(program, std::env::vars_os().map(|(key, _)| key))
+}
+
+/// [`pg_command`] for a caller whose environment holds the variables `keys`.
+fn pg_command_without(
+    program: &Path,
+    keys: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Command {
     let mut cmd = Command::new(program);
-    for (key, _) in std::env::vars_os() {
+    for key in keys {
         let key = key.to_string_lossy();
         if key.starts_with("PG") && !key.starts_with("PGTMP_") {
             cmd.env_remove(&*key);
@@ -263,13 +271,15 @@ mod tests {
 
     #[test]
     fn pg_variables_are_removed() {
-        // SAFETY: this test's process has no other threads touching the environment at this
-        // point that could race, and the variable is unique to this test.
-        unsafe { std::env::set_var("PGPORT_PGTMP_TEST_ONLY", "1") };
-        let cmd = pg_command(Path::new("/bin/true"));
-        let removed = cmd
+        // The caller's environment is given, not set: other tests run on other threads.
+        let keys = ["PGPORT", "PGHOST", "PGTMP_DIR", "PATH"].map(std::ffi::OsString::from);
+        let cmd = pg_command_without(Path::new("/bin/true"), keys);
+        let removed: Vec<_> = cmd
             .get_envs()
-            .any(|(k, v)| k == "PGPORT_PGTMP_TEST_ONLY" && v.is_none());
-        assert!(removed);
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        assert!(removed.contains(&"PGPORT".into()) && removed.contains(&"PGHOST".into()));
+        assert!(!removed.contains(&"PGTMP_DIR".into()) && !removed.contains(&"PATH".into()));
     }
 }

@@ -372,14 +372,23 @@ mod tests {
         assert!(!is_locked(dir.path()));
         // A forked copy keeps the lock after this process's copy is dropped.
         let held = try_lock(dir.path()).unwrap().unwrap();
+        // The child holds its copy until the parent closes the pipe: no sleep to guess by.
+        let (read_end, write_end) = nix::unistd::pipe().unwrap();
+        // SAFETY: the child only calls read(2) and _exit(2), which are async-signal-safe, so
+        // the other threads of the test harness cannot leave it in a broken state.
         match unsafe { nix::unistd::fork() }.unwrap() {
             nix::unistd::ForkResult::Child => {
-                std::thread::sleep(std::time::Duration::from_millis(500));
+                drop(write_end);
+                let mut byte = [0u8; 1];
+                let _ = nix::unistd::read(&read_end, &mut byte);
+                // SAFETY: ends the child at once, running nothing of the parent's.
                 unsafe { nix::libc::_exit(0) };
             }
             nix::unistd::ForkResult::Parent { child } => {
+                drop(read_end);
                 drop(held);
                 assert!(is_locked(dir.path()));
+                drop(write_end);
                 nix::sys::wait::waitpid(child, None).unwrap();
                 assert!(!is_locked(dir.path()));
             }
