@@ -4,11 +4,10 @@
 use super::Session;
 use crate::cli::{CloneArgs, GlobalArgs};
 use crate::os::detach::{self, Forked};
-use crate::state::instance::{Instance, State};
 use crate::testdata::dburl;
 use crate::testdata::files::{self, Server};
 use crate::testdata::stock;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use std::io::Write;
 
 pub fn run(args: CloneArgs, global: &GlobalArgs) -> Result<()> {
@@ -22,7 +21,11 @@ pub fn run(args: CloneArgs, global: &GlobalArgs) -> Result<()> {
         dburl::jdbc(&cluster_url)?;
     }
     let session = Session::establish(global, None)?;
-    let (instance, state) = running_cluster(&session, &cluster_url)?;
+    let (instance, state) = crate::state::clusters::running(
+        &session.state.path,
+        session.invoker.uid.as_raw(),
+        &cluster_url,
+    )?;
     let server = Server {
         socket_dir: &instance.dir,
         port: state.port,
@@ -46,38 +49,4 @@ pub fn run(args: CloneArgs, global: &GlobalArgs) -> Result<()> {
         std::process::exit(i32::from(stock::refill(&server).is_err()));
     }
     Ok(())
-}
-
-/// The running cluster a URL points to, which must be the invoker's.
-pub fn running_cluster(session: &Session, url: &str) -> Result<(Instance, State)> {
-    let instance = super::stop::find_by_url(session, url)?.instance();
-    let dir = instance.dir.display();
-    let state = match instance.read_state() {
-        Ok(Some(state)) => state,
-        Ok(None) => bail!("no cluster is running in {dir}; it has stopped already"),
-        Err(err) => {
-            let denied = err.chain().any(|cause| {
-                cause
-                    .downcast_ref::<std::io::Error>()
-                    .is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
-            });
-            if denied {
-                bail!("the cluster in {dir} belongs to another account; only its owner can use it");
-            }
-            if !instance.dir.exists() {
-                bail!("no cluster in {dir}: it has stopped already, or never existed");
-            }
-            return Err(err);
-        }
-    };
-    if state.owner_uid != session.invoker.uid.as_raw() {
-        bail!(
-            "the cluster in {dir} belongs to another account (uid {}); only its owner can use it",
-            state.owner_uid
-        );
-    }
-    if !crate::os::process::alive(state.watchdog_pid) {
-        bail!("the cluster in {dir} is not running (its watchdog has gone)");
-    }
-    Ok((instance, state))
 }

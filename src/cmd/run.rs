@@ -281,7 +281,7 @@ fn finish(cluster: &Cluster, holder: Holder, keep: bool, format: Format) -> Resu
     // The watchdog stops the server and removes the directory, as at its timeout.
     process::signal(cluster.watchdog_pid, Signal::SIGTERM)?;
     drop(holder);
-    super::stop::wait_gone(
+    crate::lifecycle::watchdog::wait_gone(
         cluster.watchdog_pid,
         &cluster.socket_dir.display().to_string(),
         STOP_LIMIT,

@@ -20,7 +20,8 @@ pub fn run(args: SchemaArgs, global: &GlobalArgs) -> Result<()> {
         dburl::jdbc(&url)?;
     }
     let session = Session::establish(global, None)?;
-    let (instance, state) = super::clone::running_cluster(&session, &url)?;
+    let (instance, state) =
+        crate::state::clusters::running(&session.state.path, session.invoker.uid.as_raw(), &url)?;
     let database = dburl::database(&url)?;
     let server = Server {
         socket_dir: &instance.dir,

@@ -18,7 +18,7 @@ use crate::output::trace;
 use crate::output::url;
 use crate::server::cluster;
 use crate::server::discover::{self, Installation};
-use crate::state::instance::Instance;
+use crate::state::instance::{Found, Instance};
 use crate::state::ownership;
 use crate::state::statedir::StateDir;
 use crate::testdata::files::{Server, TestData};
@@ -27,6 +27,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 
 /// The port number of the socket file when there is no TCP listener: libpq's default, or the
 /// caller's $PGPORT, so that the port-less URL works even with PGPORT exported.
@@ -58,7 +59,7 @@ pub fn run(args: StartArgs, global: &GlobalArgs) -> Result<()> {
     if let Err(err) = writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
         // Nobody learns the URL: the cluster would only wait for its idle timeout.
         let dir = launched.cluster.socket_dir.display().to_string();
-        let stopped = super::stop::stop_watchdog(launched.cluster.watchdog_pid, &dir);
+        let stopped = watchdog::stop_watchdog(launched.cluster.watchdog_pid, &dir);
         let err = anyhow!(err).context(match stopped {
             Ok(()) => "cannot print the URL (stdout closed or full?); the cluster was stopped"
                 .to_string(),
@@ -135,36 +136,164 @@ impl Launched {
     }
 }
 
+/// What a start was asked for, checked before anything is touched (so that a refusal leaves
+/// nothing behind), with the port, password and directory name already chosen: nothing can
+/// fail between claiming a directory and handing it to the watchdog, which disposes of it if
+/// the start fails.
+struct Request<'a> {
+    args: &'a StartArgs,
+    install: Installation,
+    options: Vec<String>,
+    prestart: prestart::Settings,
+    pool_size: usize,
+    dir: Option<PathBuf>,
+    found: Option<Found>,
+    data: Option<TestData>,
+    tcp: bool,
+    port: u16,
+    password: Option<String>,
+    name: String,
+}
+
+/// Where the start's directory came from.
+enum Acquired {
+    /// `-d DIR`, prepared if it was empty or missing.
+    Dir(Instance, OnFailure),
+    /// A ready copy of the schema cache.
+    Cached(Instance),
+    /// The pool: a ready entry, a copy of its template, or a fresh initdb.
+    Pool(Instance, Taken, Pool),
+    /// A pre-started server, already running under its own watchdog.
+    Running(prestart::Claimed, Pool),
+}
+
 /// Starts a cluster as `pgtmp start` does: the one start path, shared with `pgtmp run`.
 /// Drops root privileges for good (see `Session::establish`). With a `lifeline` the watchdog
 /// stops the cluster when the lifeline is cut and never for being idle while it is held.
+///
+/// In order: check the request, establish the session, acquire a directory (or a running
+/// server), hand it to a watchdog, load the test data, and report.
 pub fn launch(
     args: &StartArgs,
     global: &GlobalArgs,
     lifeline: Option<OwnedFd>,
 ) -> Result<Launched> {
-    // Everything that can be refused without touching anything is checked first.
+    let mut req = check(args, global)?;
+    crate::os::account::check_has_entry()?;
+    let session = Session::establish(global, req.dir.as_deref())?;
+    trace::phase("session");
+    let cache = open_cache(&req, &session)?;
+    // Held while a directory under PGTMP_DIR exists that this start has not locked yet, so
+    // that a sweep never takes it for a dead run's leftover (see ownership.rs).
+    let mut gate = None;
+    let acquired = acquire(
+        &req,
+        &session,
+        cache.as_ref(),
+        lifeline.is_some(),
+        &mut gate,
+    )?;
+    let (instance, on_failure, taken, pool, hit) = match acquired {
+        Acquired::Running(claimed, pool) => return claimed_server(req, session, claimed, pool),
+        Acquired::Dir(instance, on_failure) => (instance, on_failure, None, None, false),
+        Acquired::Cached(instance) => (instance, OnFailure::Remove, None, None, true),
+        Acquired::Pool(instance, taken, pool) => {
+            (instance, OnFailure::Remove, Some(taken), Some(pool), false)
+        }
+    };
+    trace::phase(match taken {
+        None if hit => "cached",
+        None => "prepare -d",
+        Some(Taken::Claimed) => "claim",
+        Some(Taken::Copied) => "copy",
+        Some(Taken::Initialized) => "initdb",
+    });
+    testpause::point("claimed");
+    let plan = plan(&req, &session, &instance, on_failure, taken, lifeline)?;
+    drop(gate);
+    testpause::point("locked");
+    let started = watchdog::launch(plan)?;
+    let cluster = report(&req, session.user(), &instance, &started);
+    if let Some(data) = req.data.as_ref().filter(|_| !hit) {
+        let server = Server {
+            socket_dir: &instance.dir,
+            port: started.port,
+            user: session.user(),
+        };
+        if let Err(err) = data.load(&server) {
+            return Err(abandon(err, &instance, on_failure, args.keep, &cluster.url));
+        }
+    }
+    let test_data = req.data.take().map(|data| FollowUp {
+        data,
+        cache,
+        hit,
+        options: req.options.clone(),
+        ready_copies: req.pool_size.min(cache::MAX_READY),
+    });
+    Ok(Launched {
+        cluster,
+        install: req.install,
+        test_data,
+        state: session.state.clone(),
+        top_up: pool.map(|pool| TopUp {
+            pool,
+            session,
+            prestart: req.prestart,
+        }),
+    })
+}
+
+/// Everything that can be refused without touching anything, checked first; then the port,
+/// the password and the directory's name are chosen.
+fn check<'a>(args: &'a StartArgs, global: &GlobalArgs) -> Result<Request<'a>> {
     format::check(args.format.unwrap_or_default(), args.wants_tcp())?;
     cluster::ensure_open_files()?;
     let options = cluster::split_options(&args.options)?;
     let prestart = prestart::Settings::from_env()?;
     let pool_size = pool::size_from_env()?;
-    crate::lifecycle::sweep::cache_max_age()?;
+    sweep::cache_max_age()?;
     let install = discover::find(global.bindir.as_deref())?;
     let dir = args.dir.as_deref().map(super::absolute_dir).transpose()?;
     let found = dir.as_deref().map(super::inspect_dir).transpose()?;
     // -f files are read now, as the invoking account.
     let data = TestData::read(&args.schema_files, args.now.as_deref(), &install)?;
-    if data.is_some() && found == Some(crate::state::instance::Found::Cluster) {
+    if data.is_some() && found == Some(Found::Cluster) {
         return Err(exit::usage(
             "-f and --now prepare a new cluster, but -d names an existing one; give an empty or missing directory",
         ));
     }
     let tcp = args.wants_tcp();
     trace::phase("discover");
-    if let Some(port) = args.port
-        && port < unprivileged_port_start()
-    {
+    if let Some(port) = args.port {
+        check_port(port)?;
+    }
+    let port = match (tcp, args.port) {
+        (_, Some(port)) => port,
+        (true, None) => testpause::first_port()
+            .or_else(portpicker::pick_unused_port)
+            .context("no free TCP port on 127.0.0.1; free one, or use the Unix socket (drop -t)")?,
+        (false, None) => socket_port(),
+    };
+    Ok(Request {
+        args,
+        install,
+        options,
+        prestart,
+        pool_size,
+        dir,
+        found,
+        data,
+        tcp,
+        port,
+        password: if tcp { Some(secret::password()?) } else { None },
+        name: pool::new_name()?,
+    })
+}
+
+/// A `-p PORT` the server can listen on: not privileged, and free now.
+fn check_port(port: u16) -> Result<()> {
+    if port < unprivileged_port_start() {
         return Err(exit::usage(format!(
             "-p {port} is a privileged port (below {}), which the server, running as an \
              unprivileged account, cannot listen on; choose a port of {} or above, or drop -p \
@@ -173,9 +302,7 @@ pub fn launch(
             unprivileged_port_start()
         )));
     }
-    if let Some(port) = args.port
-        && let Err(err) = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
-    {
+    if let Err(err) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
         let reason = match err.kind() {
             std::io::ErrorKind::AddrInUse => "is already in use".to_string(),
             _ => format!("cannot be used ({err})"),
@@ -184,199 +311,167 @@ pub fn launch(
             "port {port} on 127.0.0.1 {reason}; choose another with -p, or leave -p out to get a free one"
         );
     }
+    Ok(())
+}
 
-    // Chosen before a directory is claimed, so that nothing can fail between claiming it and
-    // handing it to the watchdog, which disposes of it if the start fails.
-    let port = match (tcp, args.port) {
-        (_, Some(port)) => port,
-        (true, None) => testpause::first_port()
-            .or_else(portpicker::pick_unused_port)
-            .context("no free TCP port on 127.0.0.1; free one, or use the Unix socket (drop -t)")?,
-        (false, None) => socket_port(),
-    };
-    let password = if tcp { Some(secret::password()?) } else { None };
-    let name = pool::new_name()?;
+/// The schema cache entry for this start's test data, unless there is none, it uses `-d` or
+/// `--no-cache`.
+fn open_cache(req: &Request, session: &Session) -> Result<Option<Cache>> {
+    match &req.data {
+        Some(data) if req.dir.is_none() && !req.args.no_cache => {
+            let key = cache::key(&req.install, session.user(), &req.options, data)?;
+            Ok(Some(Cache::open(&session.state, &key)?))
+        }
+        _ => Ok(None),
+    }
+}
 
-    crate::os::account::check_has_entry()?;
-    let session = Session::establish(global, dir.as_deref())?;
-    let user = session.user().to_string();
-    trace::phase("session");
-    // Held while a directory under PGTMP_DIR exists that this start has not locked yet, so
-    // that a sweep never takes it for a dead run's leftover (see ownership.rs).
-    let mut gate = None;
-    let cache = match &data {
-        Some(data) if dir.is_none() && !args.no_cache => Some(Cache::open(
-            &session.state,
-            &cache::key(&install, &user, &options, data)?,
-        )?),
-        _ => None,
-    };
-    let cached = match &cache {
-        Some(cache) => {
-            gate = Some(ownership::lock_shared(&session.state.path)?);
-            cache.take(&session.state.instance_path(&name))?
+/// The start's directory: `-d`, a ready copy of the cache, a pre-started server, or the pool.
+/// Takes the PGTMP_DIR gate (in `gate`) before anything is made under PGTMP_DIR.
+fn acquire(
+    req: &Request,
+    session: &Session,
+    cache: Option<&Cache>,
+    lifeline: bool,
+    gate: &mut Option<ownership::DirLock>,
+) -> Result<Acquired> {
+    if let (Some(dir), Some(found)) = (&req.dir, &req.found) {
+        let on_failure = super::prepare_dir(&req.install, dir, found.clone(), session)?;
+        let instance = Instance::new(dir);
+        if on_failure == OnFailure::Leave {
+            super::check_startable(&req.install, &instance)?;
+            instance.make_private()?;
         }
-        None => None,
+        return Ok(Acquired::Dir(instance, on_failure));
+    }
+    let dest = session.state.instance_path(&req.name);
+    *gate = Some(ownership::lock_shared(&session.state.path)?);
+    if let Some(cache) = cache
+        && let Some(instance) = cache.take(&dest)?
+    {
+        return Ok(Acquired::Cached(instance));
+    }
+    let user = session.user();
+    let pool = Pool::open(&session.state, &req.install, user, req.pool_size)?;
+    // Only starts with the settings every pre-started server has can use one; `run` needs a
+    // watchdog that holds its lifeline.
+    if req.args.port.is_none()
+        && req.options.is_empty()
+        && req.data.is_none()
+        && !lifeline
+        && let Some(claimed) =
+            prestart::claim(&pool, &session.state, req.tcp, req.port, claim_of(req.args))?
+    {
+        return Ok(Acquired::Running(claimed, pool));
+    }
+    let (instance, taken) = pool.take(&dest, &req.install, user)?;
+    Ok(Acquired::Pool(instance, taken, pool))
+}
+
+/// What a start asks of a pre-started server it claims.
+fn claim_of(args: &StartArgs) -> Claim {
+    Claim {
+        timeout: args.idle_timeout(),
+        keep: args.keep,
+    }
+}
+
+/// A claimed pre-started server, reported as a start: its directory is its watchdog's
+/// (locked); -k is recorded for the sweep as for any start.
+fn claimed_server(
+    req: Request,
+    session: Session,
+    claimed: prestart::Claimed,
+    pool: Pool,
+) -> Result<Launched> {
+    trace::phase("claim-running");
+    let claim = claim_of(req.args);
+    if claim.keep {
+        claimed.instance.mark_kept()?;
+    }
+    let started = watchdog::Started {
+        port: claimed.state.port,
+        server_pid: claimed.state.postmaster_pid,
+        watchdog_pid: claimed.state.watchdog_pid,
     };
-    let hit = cached.is_some();
-    let (instance, on_failure, pool, taken) = match (dir, found, cached) {
-        (Some(dir), Some(found), _) => {
-            let on_failure = super::prepare_dir(&install, &dir, found, &session)?;
-            let instance = Instance::new(dir);
-            if on_failure == OnFailure::Leave {
-                super::check_startable(&install, &instance)?;
-                instance.make_private()?;
-            }
-            (instance, on_failure, None, Taken::Claimed)
-        }
-        (_, _, Some(instance)) => (instance, OnFailure::Remove, None, Taken::Claimed),
-        _ => {
-            if gate.is_none() {
-                gate = Some(ownership::lock_shared(&session.state.path)?);
-            }
-            let pool = Pool::open(&session.state, &install, &user, pool_size)?;
-            // Only starts with the settings every pre-started server has can use one; `run`
-            // needs a watchdog that holds its lifeline.
-            let claim = Claim {
-                timeout: args.idle_timeout(),
-                keep: args.keep,
-            };
-            if args.port.is_none()
-                && options.is_empty()
-                && data.is_none()
-                && lifeline.is_none()
-                && let Some(claimed) = prestart::claim(&pool, &session.state, tcp, port, claim)?
-            {
-                trace::phase("claim-running");
-                // A running server's directory is its watchdog's (locked); -k is recorded for
-                // the sweep as for any start.
-                if claim.keep {
-                    claimed.instance.mark_kept()?;
-                }
-                let state = session.state.clone();
-                let url = match &claimed.password {
-                    Some(password) => url::tcp_url(&user, password, claimed.state.port),
-                    None => url::socket_url(&user, &claimed.instance.dir),
-                };
-                let cluster = Cluster {
-                    url,
-                    socket_dir: claimed.instance.dir.clone(),
-                    data_dir: claimed.instance.data(),
-                    port: claimed.state.port,
-                    tcp,
-                    user,
-                    password: claimed.password,
-                    server_pid: claimed.state.postmaster_pid,
-                    watchdog_pid: claimed.state.watchdog_pid,
-                    bindir: install.bindir.clone(),
-                    timeout: claim.timeout,
-                    keep: claim.keep,
-                };
-                return Ok(Launched {
-                    cluster,
-                    install,
-                    top_up: Some(TopUp {
-                        pool,
-                        session,
-                        prestart,
-                    }),
-                    test_data: None,
-                    state,
-                });
-            }
-            let (instance, taken) =
-                pool.take(&session.state.instance_path(&name), &install, &user)?;
-            (instance, OnFailure::Remove, Some(pool), taken)
-        }
+    let req = Request {
+        password: claimed.password.clone(),
+        ..req
     };
-    trace::phase(match (&pool, taken) {
-        (None, _) if hit => "cached",
-        (None, _) => "prepare -d",
-        (Some(_), Taken::Claimed) => "claim",
-        (Some(_), Taken::Copied) => "copy",
-        (Some(_), Taken::Initialized) => "initdb",
-    });
-    testpause::point("claimed");
-    // From here until the watchdog reports, the directory is only ever locked by this start
-    // and then by its watchdog: a sweep leaves it alone, and removes it if both are killed.
-    let lock = match lock_instance(&instance, args.keep) {
+    let cluster = report(&req, session.user(), &claimed.instance, &started);
+    Ok(Launched {
+        cluster,
+        install: req.install,
+        test_data: None,
+        state: session.state.clone(),
+        top_up: Some(TopUp {
+            pool,
+            session,
+            prestart: req.prestart,
+        }),
+    })
+}
+
+/// The watchdog's instructions, with the directory locked for this start (and the watchdog
+/// it forks): from here until the watchdog reports, the directory is only ever locked by this
+/// start and then by its watchdog, so a sweep leaves it alone, and removes it if both are
+/// killed. A lock that cannot be taken disposes of the directory.
+fn plan(
+    req: &Request,
+    session: &Session,
+    instance: &Instance,
+    on_failure: OnFailure,
+    taken: Option<Taken>,
+    lifeline: Option<OwnedFd>,
+) -> Result<Plan> {
+    let lock = match lock_instance(instance, req.args.keep) {
         Ok(lock) => lock,
         Err(err) => {
-            watchdog::dispose(&instance, on_failure);
+            watchdog::dispose(instance, on_failure);
             return Err(err);
         }
     };
-    drop(gate);
-    testpause::point("locked");
-    let plan = Plan {
-        install: install.clone(),
+    Ok(Plan {
+        install: req.install.clone(),
         instance: instance.clone(),
-        user: user.clone(),
+        user: session.user().to_string(),
         owner_uid: session.invoker.uid.as_raw(),
-        tcp,
-        port,
-        port_fixed: args.port.is_some(),
-        password: password.clone(),
-        timeout: args.idle_timeout(),
+        tcp: req.tcp,
+        port: req.port,
+        port_fixed: req.args.port.is_some(),
+        password: req.password.clone(),
+        timeout: req.args.idle_timeout(),
         // A directory once started with -k stays kept, whether or not -k is given again.
-        keep: args.keep || (on_failure == OnFailure::Leave && instance.is_kept()),
-        options: options.clone(),
+        keep: req.args.keep || (on_failure == OnFailure::Leave && instance.is_kept()),
+        options: req.options.clone(),
         on_failure,
-        create_test: taken == Taken::Initialized,
-        registration: session.state.registration_for(&instance.dir, &name),
+        create_test: taken == Some(Taken::Initialized),
+        registration: session.state.registration_for(&instance.dir, &req.name),
         waiting: None,
         lifeline,
         _lock: lock,
-    };
-    let started = watchdog::launch(plan)?;
-    let url = match &password {
-        Some(password) => url::tcp_url(&user, password, started.port),
-        None => url::socket_url(&user, &instance.dir),
-    };
-    let server = Server {
-        socket_dir: &instance.dir,
-        port: started.port,
-        user: &user,
-    };
-    if let Some(data) = data.as_ref().filter(|_| !hit)
-        && let Err(err) = data.load(&server)
-    {
-        return Err(abandon(err, &instance, on_failure, args.keep, &url));
-    }
-    let cluster = Cluster {
-        url,
+    })
+}
+
+/// What a start prints about the cluster in `instance` that `started` runs.
+fn report(req: &Request, user: &str, instance: &Instance, started: &watchdog::Started) -> Cluster {
+    Cluster {
+        url: match &req.password {
+            Some(password) => url::tcp_url(user, password, started.port),
+            None => url::socket_url(user, &instance.dir),
+        },
         socket_dir: instance.dir.clone(),
         data_dir: instance.data(),
         port: started.port,
-        tcp,
-        user,
-        password,
+        tcp: req.tcp,
+        user: user.to_string(),
+        password: req.password.clone(),
         server_pid: started.server_pid,
         watchdog_pid: started.watchdog_pid,
-        bindir: install.bindir.clone(),
-        timeout: args.idle_timeout(),
-        keep: args.keep,
-    };
-    let state = session.state.clone();
-    let top_up = pool.map(|pool| TopUp {
-        pool,
-        session,
-        prestart,
-    });
-    let test_data = data.map(|data| FollowUp {
-        data,
-        cache,
-        hit,
-        options,
-        ready_copies: pool_size.min(cache::MAX_READY),
-    });
-    Ok(Launched {
-        cluster,
-        install,
-        top_up,
-        test_data,
-        state,
-    })
+        bindir: req.install.bindir.clone(),
+        timeout: req.args.idle_timeout(),
+        keep: req.args.keep,
+    }
 }
 
 /// After a failed load: the error, and the cluster stopped and removed; with -k it stays
@@ -393,7 +488,7 @@ fn abandon(
     }
     let dir = instance.dir.display().to_string();
     if let Ok(Some(state)) = instance.read_state()
-        && let Err(stop_err) = super::stop::stop_watchdog(state.watchdog_pid, &dir)
+        && let Err(stop_err) = watchdog::stop_watchdog(state.watchdog_pid, &dir)
     {
         return err.context(format!("{stop_err:#}"));
     }

@@ -8,23 +8,19 @@
 
 use super::Session;
 use crate::cli::{GlobalArgs, StopArgs};
+use crate::lifecycle::watchdog;
 use crate::os::process;
 use crate::output::exit;
-use crate::output::url::{self, Target};
 use crate::server::cluster;
 use crate::state::clusters::{self, ClusterDir};
 use crate::state::ownership;
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::Signal;
-use std::time::{Duration, Instant};
-
-/// Longest a watchdog may take to stop its server (fast, then immediate shutdown, then kill).
-const STOP_LIMIT: Duration = Duration::from_secs(30);
 
 pub fn run(args: StopArgs, global: &GlobalArgs) -> Result<()> {
     let session = Session::establish(global, None)?;
     let cluster = match (args.url, args.dir) {
-        (Some(url), _) => find_by_url(&session, &url)?,
+        (Some(url), _) => clusters::find_by_url(&session.state.path, &url)?,
         (None, Some(dir)) => {
             let dir = std::path::absolute(&dir)
                 .with_context(|| format!("cannot resolve {}", dir.display()))?;
@@ -117,7 +113,7 @@ fn stop(session: &Session, cluster: &ClusterDir, keep: bool) -> Result<()> {
         }
         // It stops the server and removes the directory, exactly as at its timeout.
         watchdog.signal(Signal::SIGTERM)?;
-        return wait_gone(state.watchdog_pid, &dir, STOP_LIMIT);
+        return watchdog::wait_gone(state.watchdog_pid, &dir, watchdog::STOP_LIMIT);
     }
     if ownership::is_locked(&cluster.path) {
         bail!(
@@ -145,56 +141,5 @@ fn stop(session: &Session, cluster: &ClusterDir, keep: bool) -> Result<()> {
         Ok(())
     } else {
         cluster.remove()
-    }
-}
-
-/// Asks a watchdog this process has just launched or claimed to stop its server and dispose
-/// of the directory, exactly as at its timeout, and waits until it has.
-pub fn stop_watchdog(pid: i32, dir: &str) -> Result<()> {
-    process::signal(pid, Signal::SIGTERM)?;
-    wait_gone(pid, dir, STOP_LIMIT)
-}
-
-/// Waits until the watchdog `pid` (of `dir`) has exited, at most `limit`.
-pub fn wait_gone(pid: i32, dir: &str, limit: Duration) -> Result<()> {
-    let deadline = Instant::now() + limit;
-    while process::alive(pid) {
-        if Instant::now() >= deadline {
-            bail!(
-                "the watchdog (pid {pid}) of {dir} did not stop within {} s",
-                limit.as_secs()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Ok(())
-}
-
-/// The cluster a URL names, proven to be one of the invoker's.
-pub fn find_by_url(session: &Session, text: &str) -> Result<ClusterDir> {
-    match url::parse(text)? {
-        Target::Socket(dir) => clusters::own(&session.state.path, &dir),
-        Target::Tcp { host, port } => {
-            if !matches!(host.as_str(), "127.0.0.1" | "localhost") {
-                bail!(
-                    "{host} is not this machine's loopback address; pgtmp clusters listen on 127.0.0.1 only"
-                );
-            }
-            if let Some(state) = clusters::open_state_dir(&session.state.path)? {
-                for cluster in clusters::all(&state) {
-                    if let Ok(Some(s)) = cluster.read_state()
-                        && s.tcp
-                        && s.port == port
-                    {
-                        // Found by its registration or in PGTMP_DIR; checked like any other.
-                        return clusters::own(&session.state.path, &cluster.path);
-                    }
-                }
-            }
-            bail!(
-                "no cluster of yours listens on 127.0.0.1:{port} (looked in {})",
-                session.state.path.display()
-            )
-        }
     }
 }

@@ -703,3 +703,27 @@ impl SignalPipe {
         stop
     }
 }
+/// Longest a watchdog may take to stop its server (fast, then immediate shutdown, then kill).
+pub const STOP_LIMIT: Duration = Duration::from_secs(30);
+
+/// Asks a watchdog this process has just launched or claimed to stop its server and dispose
+/// of the directory, exactly as at its timeout, and waits until it has.
+pub fn stop_watchdog(pid: i32, dir: &str) -> Result<()> {
+    crate::os::process::signal(pid, nix::sys::signal::Signal::SIGTERM)?;
+    wait_gone(pid, dir, STOP_LIMIT)
+}
+
+/// Waits until the watchdog `pid` (of `dir`) has exited, at most `limit`.
+pub fn wait_gone(pid: i32, dir: &str, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while crate::os::process::alive(pid) {
+        if Instant::now() >= deadline {
+            bail!(
+                "the watchdog (pid {pid}) of {dir} did not stop within {} s",
+                limit.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}

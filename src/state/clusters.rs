@@ -304,6 +304,64 @@ fn known_as(state: &Dir, dir: &Dir, me: Uid) -> Result<Option<PathBuf>> {
     Ok(None)
 }
 
+/// The cluster a URL names, proven to be one of the invoker's.
+pub fn find_by_url(state_path: &Path, text: &str) -> Result<ClusterDir> {
+    match crate::output::url::parse(text)? {
+        crate::output::url::Target::Socket(dir) => own(state_path, &dir),
+        crate::output::url::Target::Tcp { host, port } => {
+            if !matches!(host.as_str(), "127.0.0.1" | "localhost") {
+                bail!(
+                    "{host} is not this machine's loopback address; pgtmp clusters listen on 127.0.0.1 only"
+                );
+            }
+            if let Some(state) = open_state_dir(state_path)? {
+                for cluster in all(&state) {
+                    if let Ok(Some(s)) = cluster.read_state()
+                        && s.tcp
+                        && s.port == port
+                    {
+                        // Found by its registration or in PGTMP_DIR; checked like any other.
+                        return own(state_path, &cluster.path);
+                    }
+                }
+            }
+            bail!(
+                "no cluster of yours listens on 127.0.0.1:{port} (looked in {})",
+                state_path.display()
+            )
+        }
+    }
+}
+
+/// The running cluster a URL points to, which must be that of the invoker `owner_uid`.
+pub fn running(state_path: &Path, owner_uid: u32, url: &str) -> Result<(Instance, State)> {
+    let instance = find_by_url(state_path, url)?.instance();
+    let dir = instance.dir.display();
+    let state = match instance.read_state() {
+        Ok(Some(state)) => state,
+        Ok(None) => bail!("no cluster is running in {dir}; it has stopped already"),
+        Err(err) => {
+            if safefs::is_permission_denied(&err) {
+                bail!("the cluster in {dir} belongs to another account; only its owner can use it");
+            }
+            if !instance.dir.exists() {
+                bail!("no cluster in {dir}: it has stopped already, or never existed");
+            }
+            return Err(err);
+        }
+    };
+    if state.owner_uid != owner_uid {
+        bail!(
+            "the cluster in {dir} belongs to another account (uid {}); only its owner can use it",
+            state.owner_uid
+        );
+    }
+    if !crate::os::process::alive(state.watchdog_pid) {
+        bail!("the cluster in {dir} is not running (its watchdog has gone)");
+    }
+    Ok((instance, state))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,7 +35,7 @@ pub struct Instance {
 }
 
 /// What is at a path given with `-d`.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Found {
     Missing,
     Empty,
