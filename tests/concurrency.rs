@@ -8,11 +8,15 @@ use common::*;
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 both_invokers!(
     eight_concurrent_starts_from_a_pool,
     eight_concurrent_starts_without_a_pool,
+    gc_never_waits_for_a_foreground_initdb,
 );
 
 const STARTS: usize = 8;
@@ -80,4 +84,74 @@ fn eight_concurrent_starts_without_a_pool(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
     let urls = start_all_at_once(&sandbox);
     check_distinct_and_isolated(&sandbox, &urls);
+}
+
+/// The installed PostgreSQL's bin directory (the one pgtmp finds first on this machine).
+fn real_bindir() -> PathBuf {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|bin| bin.join("initdb").is_file())
+        .collect();
+    found.sort();
+    if let Some(bin) = found.pop() {
+        return bin;
+    }
+    let out = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .expect("no PostgreSQL found for the test (neither /usr/lib/postgresql nor pg_config)");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// A bin directory like `real`'s whose initdb first sleeps `seconds`.
+fn slow_initdb_bindir(dir: &Path, real: &Path, seconds: u32) {
+    std::fs::create_dir(dir).unwrap();
+    for entry in std::fs::read_dir(real).unwrap().flatten() {
+        if entry.file_name() != "initdb" {
+            std::os::unix::fs::symlink(entry.path(), dir.join(entry.file_name())).unwrap();
+        }
+    }
+    let script = format!(
+        "#!/bin/sh\nsleep {seconds}\nexec {} \"$@\"\n",
+        real.join("initdb").display()
+    );
+    std::fs::write(dir.join("initdb"), script).unwrap();
+    std::fs::set_permissions(dir.join("initdb"), std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A start that runs initdb in the foreground (nothing prepared yet) holds up no `pgtmp gc`:
+/// the PGTMP_DIR gate is held only while the start claims its directory's name, not across
+/// the initdb. And gc leaves that directory alone: the start then works.
+fn gc_never_waits_for_a_foreground_initdb(invoker: &Invoker) {
+    const DELAY: u32 = 6;
+    let sandbox = Sandbox::new(invoker);
+    let bindir = sandbox.path("slowbin");
+    slow_initdb_bindir(&bindir, &real_bindir(), DELAY);
+    let mut start = sandbox
+        .pgtmp()
+        .args(["-w", "20", "--bindir", bindir.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || !sandbox.instance_dirs().is_empty()),
+        "the start made no directory"
+    );
+    let before = Instant::now();
+    let gc = sandbox.run(&["gc"]);
+    let took = before.elapsed();
+    assert!(gc.success(), "{gc}");
+    assert!(
+        took < Duration::from_secs(u64::from(DELAY) - 2),
+        "gc waited {took:?} for a start's initdb"
+    );
+    let status = wait_child(&mut start, PGTMP_LIMIT, "the slow start");
+    let mut url = String::new();
+    std::io::Read::read_to_string(&mut start.stdout.take().unwrap(), &mut url).unwrap();
+    assert!(status.success(), "the start failed after gc ran beside it");
+    assert_eq!(sandbox.psql(url.trim(), "select 1"), "1");
 }

@@ -24,14 +24,27 @@ pub fn run(dir: Option<PathBuf>, global: &GlobalArgs) -> Result<()> {
         None => {
             let session = Session::establish(global, None)?;
             let user = session.user().to_string();
-            // Held until the directory is marked kept, so no sweep removes it meanwhile.
-            let gate = ownership::lock_shared(&session.state.path)?;
+            // The gate is held until the new directory is locked, and the lock until it is
+            // marked kept, so no sweep removes it meanwhile; the slow initdb or copy holds up
+            // no sweep.
+            let mut gate = Some(ownership::lock_shared(&session.state.path)?);
             let pool = Pool::open(&session.state, &install, &user, pool::size_from_env()?)?;
+            let mut lock = None;
             let (instance, taken) = pool.take(
                 &session.state.instance_path(&pool::new_name()?),
                 &install,
                 &user,
+                |instance| {
+                    lock = Some(ownership::lock_new(&instance.dir)?);
+                    gate = None;
+                    Ok(())
+                },
             )?;
+            let _lock = match lock {
+                Some(lock) => lock,
+                None => ownership::lock_new(&instance.dir)?,
+            };
+            drop(gate);
             if taken == Taken::Initialized
                 && let Err(err) = initdb::create_test_database(&install, &instance, &user)
             {
@@ -43,7 +56,6 @@ pub fn run(dir: Option<PathBuf>, global: &GlobalArgs) -> Result<()> {
                 let _ = instance.remove();
                 return Err(err);
             }
-            drop(gate);
             pool.refill_in_background(&install, &user);
             instance.dir
         }

@@ -159,10 +159,11 @@ struct Request<'a> {
 enum Acquired {
     /// `-d DIR`, prepared if it was empty or missing.
     Dir(Instance, OnFailure),
-    /// A ready copy of the schema cache.
-    Cached(Instance),
-    /// The pool: a ready entry, a copy of its template, or a fresh initdb.
-    Pool(Instance, Taken, Pool),
+    /// A ready copy of the schema cache, or one copied now (then locked before the copy).
+    Cached(Instance, Option<ownership::DirLock>),
+    /// The pool: a ready entry, a copy of its template, or a fresh initdb (then locked before
+    /// the copy or initdb).
+    Pool(Instance, Taken, Pool, Option<ownership::DirLock>),
     /// A pre-started server, already running under its own watchdog.
     Running(prestart::Claimed, Pool),
 }
@@ -193,13 +194,18 @@ pub fn launch(
         lifeline.is_some(),
         &mut gate,
     )?;
-    let (instance, on_failure, taken, pool, hit) = match acquired {
+    let (instance, on_failure, taken, pool, hit, early) = match acquired {
         Acquired::Running(claimed, pool) => return claimed_server(req, session, claimed, pool),
-        Acquired::Dir(instance, on_failure) => (instance, on_failure, None, None, false),
-        Acquired::Cached(instance) => (instance, OnFailure::Remove, None, None, true),
-        Acquired::Pool(instance, taken, pool) => {
-            (instance, OnFailure::Remove, Some(taken), Some(pool), false)
-        }
+        Acquired::Dir(instance, on_failure) => (instance, on_failure, None, None, false, None),
+        Acquired::Cached(instance, early) => (instance, OnFailure::Remove, None, None, true, early),
+        Acquired::Pool(instance, taken, pool, early) => (
+            instance,
+            OnFailure::Remove,
+            Some(taken),
+            Some(pool),
+            false,
+            early,
+        ),
     };
     trace::phase(match taken {
         None if hit => "cached",
@@ -209,7 +215,9 @@ pub fn launch(
         Some(Taken::Initialized) => "initdb",
     });
     testpause::point("claimed");
-    let plan = plan(&req, &session, &instance, on_failure, taken, lifeline)?;
+    let plan = plan(
+        &req, &session, &instance, on_failure, taken, lifeline, early,
+    )?;
     drop(gate);
     testpause::point("locked");
     let started = watchdog::launch(plan)?;
@@ -346,10 +354,19 @@ fn acquire(
     }
     let dest = session.state.instance_path(&req.name);
     *gate = Some(ownership::lock_shared(&session.state.path)?);
-    if let Some(cache) = cache
-        && let Some(instance) = cache.take(&dest)?
-    {
-        return Ok(Acquired::Cached(instance));
+    // A directory made here is locked at once and the gate let go, so that a sweep never
+    // waits behind a foreground copy or initdb (it leaves locked directories alone).
+    let mut early = None;
+    if let Some(cache) = cache {
+        if let Some(instance) = cache.take(&dest, |i| lock_made(i, &mut early, gate))? {
+            return Ok(Acquired::Cached(instance, early));
+        }
+        // A copy that failed was removed: its lock goes, and the gate is needed again for
+        // what the pool makes at the same place.
+        early = None;
+        if gate.is_none() {
+            *gate = Some(ownership::lock_shared(&session.state.path)?);
+        }
     }
     let user = session.user();
     let pool = Pool::open(&session.state, &req.install, user, req.pool_size)?;
@@ -364,8 +381,22 @@ fn acquire(
     {
         return Ok(Acquired::Running(claimed, pool));
     }
-    let (instance, taken) = pool.take(&dest, &req.install, user)?;
-    Ok(Acquired::Pool(instance, taken, pool))
+    let (instance, taken) = pool.take(&dest, &req.install, user, |i| {
+        lock_made(i, &mut early, gate)
+    })?;
+    Ok(Acquired::Pool(instance, taken, pool, early))
+}
+
+/// Locks a directory the start has just made under PGTMP_DIR and lets go of the gate: a
+/// sweep leaves a locked directory alone, so it need not wait for the copy or initdb.
+fn lock_made(
+    instance: &Instance,
+    early: &mut Option<ownership::DirLock>,
+    gate: &mut Option<ownership::DirLock>,
+) -> Result<()> {
+    *early = Some(ownership::lock_new(&instance.dir)?);
+    *gate = None;
+    Ok(())
 }
 
 /// What a start asks of a pre-started server it claims.
@@ -423,8 +454,9 @@ fn plan(
     on_failure: OnFailure,
     taken: Option<Taken>,
     lifeline: Option<OwnedFd>,
+    early: Option<ownership::DirLock>,
 ) -> Result<Plan> {
-    let lock = match lock_instance(instance, req.args.keep) {
+    let lock = match lock_instance(instance, req.args.keep, early) {
         Ok(lock) => lock,
         Err(err) => {
             watchdog::dispose(instance, on_failure);
@@ -523,13 +555,18 @@ fn prepare_in_background(server: &Server, follow: &FollowUp, install: &Installat
     }
 }
 
-/// Locks a directory for this start (and the watchdog it forks); records -k so that no sweep
-/// removes a kept cluster whose watchdog is gone.
-fn lock_instance(instance: &Instance, keep: bool) -> Result<ownership::DirLock> {
-    let dir = instance.dir.display();
-    let lock = ownership::try_lock(&instance.dir)?.with_context(|| {
-        format!("a cluster is already running in {dir}; stop it first with `pgtmp stop -d {dir}`")
-    })?;
+/// Locks a directory for this start (and the watchdog it forks), unless `early` already holds
+/// it; records -k so that no sweep removes a kept cluster whose watchdog is gone (only now:
+/// a half-filled directory marked kept would never be swept).
+fn lock_instance(
+    instance: &Instance,
+    keep: bool,
+    early: Option<ownership::DirLock>,
+) -> Result<ownership::DirLock> {
+    let lock = match early {
+        Some(lock) => lock,
+        None => ownership::lock_new(&instance.dir)?,
+    };
     if keep {
         instance.mark_kept()?;
     }

@@ -100,7 +100,11 @@ impl Cache {
     /// The cached cluster at `dest` (which must not exist): a ready copy when there is one,
     /// else a copy made now. None on a miss, or when the entry went away while copying (a
     /// sweep): the caller then loads the files itself.
-    pub fn take(&self, dest: &Path) -> Result<Option<Instance>> {
+    pub fn take(
+        &self,
+        dest: &Path,
+        created: impl FnOnce(&Instance) -> Result<()>,
+    ) -> Result<Option<Instance>> {
         // A copy that cannot be claimed is a miss of the ready copies only: copy the entry.
         if let Ok(true) = pool::claim_ready(&self.dir, dest) {
             self.touch();
@@ -110,6 +114,11 @@ impl Cache {
             return Ok(None);
         }
         let instance = Instance::create(dest)?;
+        // Locked by the start from here (see Pool::take), so the copy holds up no sweep.
+        if let Err(err) = created(&instance) {
+            let _ = instance.remove();
+            return Err(err);
+        }
         if copytree::copy_contents(&self.entry().dir, dest).is_err() || !instance.is_cluster() {
             instance.remove()?;
             return Ok(None);
@@ -489,7 +498,12 @@ mod tests {
         let cache = Cache {
             dir: root.path().join("cache/abc"),
         };
-        assert!(cache.take(&root.path().join("dest")).unwrap().is_none());
+        assert!(
+            cache
+                .take(&root.path().join("dest"), |_| Ok(()))
+                .unwrap()
+                .is_none()
+        );
         assert!(!root.path().join("dest").exists());
     }
 }

@@ -264,17 +264,20 @@ impl Pool {
 
     /// A prepared directory at `dest`: a ready entry if there is one, else a copy of the
     /// template made now (a burst of calls drained the pool), else a directory made by initdb
-    /// now (the first call for this installation).
+    /// now (the first call for this installation). `created` runs as soon as `dest` exists,
+    /// before the slow copy or initdb (a start locks it then and lets go of the PGTMP_DIR
+    /// gate, so that a sweep never waits behind a foreground initdb).
     pub fn take(
         &self,
         dest: &Path,
         install: &Installation,
         user: &str,
+        created: impl FnOnce(&Instance) -> Result<()>,
     ) -> Result<(Instance, Taken)> {
         if let Some(instance) = self.claim(dest)? {
             return Ok((instance, Taken::Claimed));
         }
-        let instance = self.make_at(dest, |instance| {
+        let instance = self.make_at(dest, created, |instance| {
             if self.has_template() {
                 copytree::copy_contents(&self.template(), &instance.dir).map(|()| Taken::Copied)
             } else {
@@ -296,20 +299,24 @@ impl Pool {
         if !self.has_template() {
             return Ok(None);
         }
-        let (instance, ()) = self.make_at(dest, |instance| {
-            copytree::copy_contents(&self.template(), &instance.dir)
-        })?;
+        let (instance, ()) = self.make_at(
+            dest,
+            |_| Ok(()),
+            |instance| copytree::copy_contents(&self.template(), &instance.dir),
+        )?;
         Ok(Some(instance))
     }
 
-    /// Creates `dest` and fills it with `make`; removes it again if that fails.
+    /// Creates `dest`, runs `created` on it, and fills it with `make`; removes it again if
+    /// either fails.
     fn make_at<T>(
         &self,
         dest: &Path,
+        created: impl FnOnce(&Instance) -> Result<()>,
         make: impl FnOnce(&Instance) -> Result<T>,
     ) -> Result<(Instance, T)> {
         let instance = Instance::create(dest)?;
-        match make(&instance) {
+        match created(&instance).and_then(|()| make(&instance)) {
             Ok(made) => {
                 instance.prepared();
                 Ok((instance, made))

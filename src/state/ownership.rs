@@ -56,6 +56,15 @@ pub fn try_lock(dir: &Path) -> Result<Option<DirLock>> {
     lock(dir, nix::libc::LOCK_EX | nix::libc::LOCK_NB)
 }
 
+/// Locks a directory this process has just made or claimed; someone else holding it means a
+/// cluster already runs there.
+pub fn lock_new(dir: &Path) -> Result<DirLock> {
+    try_lock(dir)?.with_context(|| {
+        let dir = dir.display();
+        format!("a cluster is already running in {dir}; stop it first with `pgtmp stop -d {dir}`")
+    })
+}
+
 /// Locks `dir` shared, waiting for an exclusive holder (a sweep picking what to remove).
 pub fn lock_shared(dir: &Path) -> Result<DirLock> {
     lock(dir, nix::libc::LOCK_SH)?.with_context(|| format!("cannot lock {}", dir.display()))
