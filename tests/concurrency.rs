@@ -7,9 +7,9 @@ mod common;
 use common::*;
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -138,7 +138,9 @@ fn gc_never_waits_for_a_foreground_initdb(invoker: &Invoker) {
         .spawn()
         .unwrap();
     assert!(
-        wait_until(Duration::from_secs(20), || !sandbox.instance_dirs().is_empty()),
+        wait_until(Duration::from_secs(20), || !sandbox
+            .instance_dirs()
+            .is_empty()),
         "the start made no directory"
     );
     let before = Instant::now();

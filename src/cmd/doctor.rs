@@ -211,19 +211,12 @@ fn state_dir(
     {
         report.fail(&problem.what, &problem.fix);
     }
-    let unreachable = |report: &mut Report, what: &str| {
-        report.fail(
-            &format!("PGTMP_DIR {}: {what}", path.display()),
-            &format!(
-                "set PGTMP_DIR to a directory {} can reach and write, e.g. /tmp/pgtmp",
-                server.name
-            ),
-        )
-    };
     // Judged exactly as a start judges it (statedir::judge_existing), through a handle.
     match Dir::open_if_exists(&path) {
         Err(err) if crate::state::safefs::is_permission_denied(&err) => unreachable(
             report,
+            &path,
+            server,
             &format!("{} cannot reach it ({err:#})", server.name),
         ),
         Err(err) => report.fail(
@@ -231,39 +224,62 @@ fn state_dir(
             "remove it, or set PGTMP_DIR elsewhere",
         ),
         Ok(None) => missing_state_dir(report, &path, invoker, server),
-        Ok(Some(dir)) => {
-            let verdict =
-                dir.stat().ok().zip(dir.is_empty().ok()).map(|(st, empty)| {
-                    statedir::judge_existing(&path, &st, empty, invoker, server)
-                });
-            match verdict {
-                None => unreachable(report, "cannot be read"),
-                Some(Err(problem)) => report.fail(&problem.what, &problem.fix),
-                Some(Ok(Verdict::HandOver)) => report.pass(&format!(
-                    "PGTMP_DIR {} is root's, empty and private; the next start hands it to {}",
-                    path.display(),
-                    server.name
-                )),
-                Some(Ok(Verdict::Use))
-                    if !accessible_as(server, &path, AccessFlags::W_OK | AccessFlags::X_OK) =>
-                {
-                    unreachable(
-                        report,
-                        &format!(
-                            "{} cannot reach it (a directory above it is closed to {})",
-                            server.name, server.name
-                        ),
-                    )
-                }
-                Some(Ok(Verdict::Use)) => report.pass(&format!(
-                    "PGTMP_DIR {} belongs to {}, is private (0700) and writable",
-                    path.display(),
-                    server.name
-                )),
-            }
-        }
+        Ok(Some(dir)) => existing_state_dir(report, &path, &dir, invoker, server),
     }
     Some(statedir::StateDir { path })
+}
+
+/// A PGTMP_DIR the server account cannot use, with the fix.
+fn unreachable(report: &mut Report, path: &Path, server: &Account, what: &str) {
+    report.fail(
+        &format!("PGTMP_DIR {}: {what}", path.display()),
+        &format!(
+            "set PGTMP_DIR to a directory {} can reach and write, e.g. /tmp/pgtmp",
+            server.name
+        ),
+    )
+}
+
+/// An existing state directory, opened: what a start would decide about it.
+fn existing_state_dir(
+    report: &mut Report,
+    path: &Path,
+    dir: &Dir,
+    invoker: &Account,
+    server: &Account,
+) {
+    let verdict = dir
+        .stat()
+        .ok()
+        .zip(dir.is_empty().ok())
+        .map(|(st, empty)| statedir::judge_existing(path, &st, empty, invoker, server));
+    match verdict {
+        None => unreachable(report, path, server, "cannot be read"),
+        Some(Err(problem)) => report.fail(&problem.what, &problem.fix),
+        Some(Ok(Verdict::HandOver)) => report.pass(&format!(
+            "PGTMP_DIR {} is root's, empty and private; the next start hands it to {}",
+            path.display(),
+            server.name
+        )),
+        Some(Ok(Verdict::Use))
+            if !accessible_as(server, path, AccessFlags::W_OK | AccessFlags::X_OK) =>
+        {
+            unreachable(
+                report,
+                path,
+                server,
+                &format!(
+                    "{} cannot reach it (a directory above it is closed to {})",
+                    server.name, server.name
+                ),
+            )
+        }
+        Some(Ok(Verdict::Use)) => report.pass(&format!(
+            "PGTMP_DIR {} belongs to {}, is private (0700) and writable",
+            path.display(),
+            server.name
+        )),
+    }
 }
 
 /// A state directory that does not exist yet: whether the first start can make it. As root,
@@ -299,13 +315,7 @@ fn missing_state_dir(report: &mut Report, path: &Path, invoker: &Account, server
         None
     };
     match problem {
-        Some(what) => report.fail(
-            &format!("PGTMP_DIR {}: {what}", path.display()),
-            &format!(
-                "set PGTMP_DIR to a directory {} can reach and write, e.g. /tmp/pgtmp",
-                server.name
-            ),
-        ),
+        Some(what) => unreachable(report, path, server, &what),
         None => report.pass(&format!(
             "PGTMP_DIR {} does not exist yet; the first start creates it (mode 0700, owner {})",
             path.display(),

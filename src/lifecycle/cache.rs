@@ -190,54 +190,7 @@ impl Cache {
             .mode(0o600)
             .open(entry.log())
             .with_context(|| format!("cannot open {}", entry.log().display()))?;
-        // Socket only, in the entry's own private directory: the port is just a number. The
-        // entry's path is longer than an instance's; when its socket would not fit, a short
-        // private directory holds it instead.
-        let port = 5432;
-        let short = if statedir::socket_path_len(&entry.dir) > statedir::SOCKET_PATH_MAX {
-            Some(
-                tempfile::Builder::new()
-                    .prefix("pgtmp-build-")
-                    .tempdir_in("/tmp")
-                    .context("cannot create a socket directory in /tmp")?,
-            )
-        } else {
-            None
-        };
-        let socket_dir = short.as_ref().map_or(entry.dir.as_path(), |d| d.path());
-        let spec = ServerSpec {
-            install,
-            instance: &entry,
-            socket_dir,
-            port,
-            tcp: false,
-            options,
-        };
-        let mut server = spec.spawn(&log)?;
-        let target = Server {
-            socket_dir,
-            port,
-            user,
-        };
-        // The clone stock is made here too, so that a cached start has it at once instead of
-        // making it while its client starts working.
-        let loaded = match cluster::wait_ready(&mut server, &entry, STARTUP_LIMIT) {
-            Ok(Startup::Ready) => data.load(&target).and_then(|()| stock::refill(&target)),
-            Ok(_) => Err(anyhow::anyhow!(
-                "postgres did not start for the schema cache: {}",
-                cluster::failure_lines(
-                    &crate::state::safefs::read_tail_at(&entry.log(), cluster::LOG_TAIL)
-                        .unwrap_or_default()
-                )
-            )),
-            Err(err) => Err(err),
-        };
-        // Fast shutdown: a checkpoint, so the copy starts without recovery.
-        cluster::stop_child(&mut server);
-        loaded?;
-        if !cluster::exited(&mut server) {
-            bail!("the schema cache's server did not stop");
-        }
+        load_in(&entry, &log, install, user, options, data)?;
         let _ = fs::remove_file(entry.log());
         let _ = fs::remove_file(entry.data().join("postmaster.opts"));
         let _ = fs::remove_file(entry.dir.join(stock::LOCK));
@@ -394,6 +347,67 @@ fn remove_ready_copies(root: &Path, dir: &Path, dry_run: bool) -> Result<Vec<Pat
         removed.push(copy);
     }
     Ok(removed)
+}
+
+/// Starts the server of a cache entry being built, loads `data` and the clone stock into it,
+/// and stops it again (fast shutdown: a checkpoint, so that copies start without recovery).
+fn load_in(
+    entry: &Instance,
+    log: &fs::File,
+    install: &Installation,
+    user: &str,
+    options: &[String],
+    data: &TestData,
+) -> Result<()> {
+    // Socket only, in the entry's own private directory: the port is just a number. The
+    // entry's path is longer than an instance's; when its socket would not fit, a short
+    // private directory holds it instead.
+    let port = 5432;
+    let short = if statedir::socket_path_len(&entry.dir) > statedir::SOCKET_PATH_MAX {
+        Some(
+            tempfile::Builder::new()
+                .prefix("pgtmp-build-")
+                .tempdir_in("/tmp")
+                .context("cannot create a socket directory in /tmp")?,
+        )
+    } else {
+        None
+    };
+    let socket_dir = short.as_ref().map_or(entry.dir.as_path(), |d| d.path());
+    let spec = ServerSpec {
+        install,
+        instance: entry,
+        socket_dir,
+        port,
+        tcp: false,
+        options,
+    };
+    let mut server = spec.spawn(log)?;
+    let target = Server {
+        socket_dir,
+        port,
+        user,
+    };
+    // The clone stock is made here too, so that a cached start has it at once instead of
+    // making it while its client starts working.
+    let loaded = match cluster::wait_ready(&mut server, entry, STARTUP_LIMIT) {
+        Ok(Startup::Ready) => data.load(&target).and_then(|()| stock::refill(&target)),
+        Ok(_) => Err(anyhow::anyhow!(
+            "postgres did not start for the schema cache: {}",
+            cluster::failure_lines(
+                &crate::state::safefs::read_tail_at(&entry.log(), cluster::LOG_TAIL)
+                    .unwrap_or_default()
+            )
+        )),
+        Err(err) => Err(err),
+    };
+    // Fast shutdown: a checkpoint, so the copy starts without recovery.
+    cluster::stop_child(&mut server);
+    loaded?;
+    if !cluster::exited(&mut server) {
+        bail!("the schema cache's server did not stop");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
