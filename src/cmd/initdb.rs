@@ -22,11 +22,13 @@ pub fn run(dir: Option<PathBuf>, global: &GlobalArgs) -> Result<()> {
             dir
         }
         None => {
+            // Checked before anything is made.
+            let pool_size = crate::cli::settings::pool_size()?;
             let session = Session::establish(global, None)?;
             let user = session.user().to_string();
             // Held until the directory is marked kept, so no sweep removes it meanwhile.
             let gate = ownership::lock_shared(&session.state.path)?;
-            let pool = Pool::open(&session.state, &install, &user, pool::size_from_env()?)?;
+            let pool = Pool::open(&session.state, &install, &user, pool_size)?;
             let (instance, taken) = pool.take(
                 &session.state.instance_path(&pool::new_name()?),
                 &install,
