@@ -27,7 +27,7 @@ use std::process::ExitCode;
 /// Parses the command line, runs the command, prints any error once and returns the exit code.
 pub fn run() -> ExitCode {
     os::detach::note_inherited_fds();
-    trace::begin();
+    trace::begin(cli::settings::trace());
     let cli = match cli::parse() {
         Ok(cli) => cli,
         Err(code) => return code,

@@ -265,20 +265,14 @@ fn an_edited_state_file_signals_nobody_else(invoker: &Invoker) {
     let victim = victim(invoker);
     let state_path = dir.join("pgtmp.state");
     let original = fs::read_to_string(&state_path).unwrap();
-    let edited: String = original
-        .lines()
-        .map(|line| match line.split_once('=') {
-            Some(("watchdog_pid" | "postmaster_pid", _)) => {
-                format!("{}={}\n", line.split('=').next().unwrap(), victim.pid())
-            }
-            Some(("watchdog_start" | "postmaster_start", _)) => format!(
-                "{}={}\n",
-                line.split('=').next().unwrap(),
-                start_time(victim.pid())
-            ),
-            _ => format!("{line}\n"),
-        })
-        .collect();
+    let mut state: serde_json::Value = serde_json::from_str(&original).unwrap();
+    for key in ["watchdog_pid", "postmaster_pid"] {
+        state[key] = victim.pid().into();
+    }
+    for key in ["watchdog_start", "postmaster_start"] {
+        state[key] = start_time(victim.pid()).parse::<u64>().unwrap().into();
+    }
+    let edited = state.to_string();
     // Written in place: the file keeps its owner, the server account.
     fs::write(&state_path, &edited).unwrap();
     refused(&sandbox, &[&url], "not the watchdog its state names");

@@ -16,6 +16,7 @@ both_invokers!(
     stop_keeps_a_kept_directory,
     a_kept_directory_stays_kept_when_started_again,
     stop_by_tcp_url_of_a_cluster_elsewhere,
+    a_cluster_the_previous_pgtmp_started_is_listed_and_stopped,
 );
 
 /// `pgtmp stop` stops at once: well before any idle timeout of these tests.
@@ -229,4 +230,55 @@ fn a_kept_directory_stays_kept_when_started_again(invoker: &Invoker) {
     );
     let url = sandbox.start(&["-d", dir_arg, "-w", "60"]);
     assert_eq!(sandbox.psql(&url, "select x from survivor"), "42");
+}
+
+/// A cluster whose state file is the key=value text of the pgtmp before the JSON one (as a
+/// server started by the previous binary has it): still listed, and stopped.
+fn a_cluster_the_previous_pgtmp_started_is_listed_and_stopped(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let url = sandbox.start(&["-w", "60"]);
+    let dir = parse_socket_url(&url).dir;
+    let path = dir.join("pgtmp.state");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let field = |key: &str| match &json[key] {
+        serde_json::Value::Bool(b) => u8::from(*b).to_string(),
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(names) => names
+            .iter()
+            .map(|n| n.as_str().unwrap())
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
+    };
+    let old: String = [
+        "watchdog_pid",
+        "postmaster_pid",
+        "port",
+        "tcp",
+        "keep",
+        "owner_uid",
+        "user",
+        "timeout",
+        "watchdog_start",
+        "postmaster_start",
+        "shm_sysv_id",
+        "shm_posix",
+    ]
+    .iter()
+    .map(|key| format!("{key}={}\n", field(key)))
+    .collect();
+    // Rewritten in place: the file keeps its owner and mode.
+    std::fs::write(&path, old).unwrap();
+    let listed = sandbox.run(&["list"]);
+    assert!(
+        listed.success()
+            && listed
+                .stdout
+                .contains(&*dir.file_name().unwrap().to_string_lossy()),
+        "pgtmp list does not show it:\n{listed}"
+    );
+    stop(&sandbox, &[&url], &dir);
+    assert!(!dir.exists(), "pgtmp stop left {}", dir.display());
 }

@@ -1,5 +1,7 @@
 //! The command line: every subcommand and option, their help text and PGTMP_* fallbacks.
 
+pub mod settings;
+
 use crate::output::format::Format;
 use clap::error::ErrorKind;
 use clap::parser::ValueSource;

@@ -2,7 +2,6 @@
 //! with the fix. Only looks: it starts nothing, creates nothing and changes nothing.
 
 use crate::cli::GlobalArgs;
-use crate::lifecycle::pool;
 use crate::os::account::{self, Account};
 use crate::output::exit::Passed;
 use crate::server::discover::{self, Installation};
@@ -43,8 +42,12 @@ impl Report {
 
 pub fn run(global: &GlobalArgs) -> Result<()> {
     let mut report = Report::default();
-    // A start would refuse these; doctor got past them to report everything else.
-    for message in crate::cli::set_aside_variables() {
+    // A start would refuse these; doctor got past them to report everything else. Both kinds
+    // of message end in the fix, "; unset ...".
+    let invalid = crate::cli::set_aside_variables()
+        .into_iter()
+        .chain(crate::cli::settings::problems());
+    for message in invalid {
         let (problem, fix) = message.split_once("; unset ").unwrap_or((&message, ""));
         report.fail(problem, &format!("unset {fix}"));
     }
@@ -335,12 +338,9 @@ fn accessible_as(account: &Account, path: &Path, flags: AccessFlags) -> bool {
 
 /// The pools: ready entries and the last refill error of each.
 fn pools(report: &mut Report, state: &statedir::StateDir, install: &Installation) {
-    let size = match pool::size_from_env() {
-        Ok(size) => size,
-        Err(err) => {
-            report.fail(&format!("{err:#}"), "unset PGTMP_POOL_SIZE or give 0 to 64");
-            return;
-        }
+    // An invalid size is reported with the other variables.
+    let Ok(size) = crate::cli::settings::pool_size() else {
+        return;
     };
     let dirs: Vec<_> = fs::read_dir(state.pools())
         .map(|d| {

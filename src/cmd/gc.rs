@@ -7,12 +7,14 @@ use anyhow::{Context, Result};
 use std::io::Write;
 
 pub fn run(args: &GcArgs, global: &GlobalArgs) -> Result<()> {
+    // Checked before anything is made or removed.
+    let cache_age = crate::cli::settings::cache_max_age()?;
     let session = Session::establish(global, None)?;
     let step = crate::output::progress::step(&format!(
         "sweeping {} (stopping what dead runs left may take seconds)",
         session.state.path.display()
     ));
-    let actions = sweep::sweep(&session.state, args.dry_run, true);
+    let actions = sweep::sweep(&session.state, args.dry_run, true, cache_age);
     drop(step);
     let actions = actions?;
     let mut stdout = std::io::stdout().lock();

@@ -22,13 +22,15 @@ pub fn run(dir: Option<PathBuf>, global: &GlobalArgs) -> Result<()> {
             dir
         }
         None => {
+            // Checked before anything is made.
+            let pool_size = crate::cli::settings::pool_size()?;
             let session = Session::establish(global, None)?;
             let user = session.user().to_string();
             // The gate is held until the new directory is locked, and the lock until it is
             // marked kept, so no sweep removes it meanwhile; the slow initdb or copy holds up
             // no sweep.
             let mut gate = Some(ownership::lock_shared(&session.state.path)?);
-            let pool = Pool::open(&session.state, &install, &user, pool::size_from_env()?)?;
+            let pool = Pool::open(&session.state, &install, &user, pool_size)?;
             let mut lock = None;
             let (instance, taken) = pool.take(
                 &session.state.instance_path(&pool::new_name()?),

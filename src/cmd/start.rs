@@ -2,6 +2,7 @@
 //! path `pgtmp run` shares.
 
 use super::Session;
+use crate::cli::settings::Settings;
 use crate::cli::{GlobalArgs, StartArgs};
 use crate::lifecycle::cache::{self, Cache};
 use crate::lifecycle::claim::Claim;
@@ -28,6 +29,7 @@ use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// The port number of the socket file when there is no TCP listener: libpq's default, or the
 /// caller's $PGPORT, so that the port-less URL works even with PGPORT exported.
@@ -85,6 +87,8 @@ pub struct Launched {
     test_data: Option<FollowUp>,
     /// Where the background sweep looks.
     state: StateDir,
+    /// The cache age the background sweep applies; None: no sweep (PGTMP_NO_SWEEP).
+    sweep_after: Option<Duration>,
 }
 
 /// What the background work after a start with test data needs.
@@ -117,7 +121,9 @@ impl Launched {
             };
             prepare_in_background(&server, follow, &self.install);
         }
-        sweep::in_background(&self.state);
+        if let Some(cache_age) = self.sweep_after {
+            sweep::in_background(&self.state, cache_age);
+        }
         let Some(top_up) = self.top_up else {
             return;
         };
@@ -144,8 +150,7 @@ struct Request<'a> {
     args: &'a StartArgs,
     install: Installation,
     options: Vec<String>,
-    prestart: prestart::Settings,
-    pool_size: usize,
+    settings: Settings,
     dir: Option<PathBuf>,
     found: Option<Found>,
     data: Option<TestData>,
@@ -237,17 +242,18 @@ pub fn launch(
         cache,
         hit,
         options: req.options.clone(),
-        ready_copies: req.pool_size.min(cache::MAX_READY),
+        ready_copies: req.settings.pool_size.min(cache::MAX_READY),
     });
     Ok(Launched {
         cluster,
         install: req.install,
         test_data,
         state: session.state.clone(),
+        sweep_after: req.settings.sweep_after(),
         top_up: pool.map(|pool| TopUp {
             pool,
             session,
-            prestart: req.prestart,
+            prestart: req.settings.prestart,
         }),
     })
 }
@@ -258,9 +264,8 @@ fn check<'a>(args: &'a StartArgs, global: &GlobalArgs) -> Result<Request<'a>> {
     format::check(args.format.unwrap_or_default(), args.wants_tcp())?;
     cluster::ensure_open_files()?;
     let options = cluster::split_options(&args.options)?;
-    let prestart = prestart::Settings::from_env()?;
-    let pool_size = pool::size_from_env()?;
-    sweep::cache_max_age()?;
+    // All of them, also those this start will not use (the background sweep's cache age).
+    let settings = Settings::from_env()?;
     let install = discover::find(global.bindir.as_deref())?;
     let dir = args.dir.as_deref().map(super::absolute_dir).transpose()?;
     let found = dir.as_deref().map(super::inspect_dir).transpose()?;
@@ -287,8 +292,7 @@ fn check<'a>(args: &'a StartArgs, global: &GlobalArgs) -> Result<Request<'a>> {
         args,
         install,
         options,
-        prestart,
-        pool_size,
+        settings,
         dir,
         found,
         data,
@@ -369,7 +373,7 @@ fn acquire(
         }
     }
     let user = session.user();
-    let pool = Pool::open(&session.state, &req.install, user, req.pool_size)?;
+    let pool = Pool::open(&session.state, &req.install, user, req.settings.pool_size)?;
     // Only starts with the settings every pre-started server has can use one; `run` needs a
     // watchdog that holds its lifeline.
     if req.args.port.is_none()
@@ -435,10 +439,11 @@ fn claimed_server(
         install: req.install,
         test_data: None,
         state: session.state.clone(),
+        sweep_after: req.settings.sweep_after(),
         top_up: Some(TopUp {
             pool,
             session,
-            prestart: req.prestart,
+            prestart: req.settings.prestart,
         }),
     })
 }

@@ -4,6 +4,7 @@
 
 use crate::state::instance::Instance;
 use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
 use std::fs;
 use std::path::PathBuf;
 
@@ -17,6 +18,11 @@ pub fn is_waiting(instance: &Instance) -> bool {
     instance.dir.join(WAITING_MARK).exists()
 }
 
+/// The version of the claim file's format. A claim only passes between a start and a
+/// watchdog of the same pool, and a pool is never shared with another format (the pool's
+/// `ENTRY_FORMAT` changed with this one), so no other version is ever read.
+const CLAIM_VERSION: u32 = 1;
+
 /// What a start asks of the server it claims.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claim {
@@ -24,19 +30,29 @@ pub struct Claim {
     pub keep: bool,
 }
 
+/// The claim file as written: JSON, with the format's version.
+#[derive(Serialize, Deserialize)]
+struct ClaimFile {
+    version: u32,
+    timeout: u64,
+    keep: bool,
+}
+
 impl Claim {
-    fn render(&self) -> String {
-        format!("timeout={}\nkeep={}\n", self.timeout, self.keep as u8)
+    fn render(&self) -> Result<String> {
+        let file = ClaimFile {
+            version: CLAIM_VERSION,
+            timeout: self.timeout,
+            keep: self.keep,
+        };
+        serde_json::to_string(&file).context("cannot render the claim")
     }
 
     fn parse(text: &str) -> Option<Claim> {
-        let get = |key: &str| {
-            text.lines()
-                .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
-        };
-        Some(Claim {
-            timeout: get("timeout")?.parse().ok()?,
-            keep: get("keep")? == "1",
+        let file: ClaimFile = serde_json::from_str(text).ok()?;
+        (file.version == CLAIM_VERSION).then_some(Claim {
+            timeout: file.timeout,
+            keep: file.keep,
         })
     }
 
@@ -49,7 +65,7 @@ impl Claim {
     }
 
     pub fn write(&self, instance: &Instance) -> Result<()> {
-        instance.write_file(&instance.dir.join(CLAIM_FILE), self.render().as_bytes())
+        instance.write_file(&instance.dir.join(CLAIM_FILE), self.render()?.as_bytes())
     }
 }
 
@@ -115,7 +131,16 @@ mod tests {
             timeout: 7,
             keep: true,
         };
-        assert_eq!(Claim::parse(&claim.render()), Some(claim));
-        assert_eq!(Claim::parse("timeout=x\nkeep=0\n"), None);
+        let text = claim.render().unwrap();
+        assert_eq!(Claim::parse(&text), Some(claim));
+        assert_eq!(
+            Claim::parse(&text.replace("\"version\":1", "\"version\":2")),
+            None
+        );
+        assert_eq!(Claim::parse("timeout=7\nkeep=1\n"), None);
+        assert_eq!(
+            Claim::parse("{\"version\":1,\"timeout\":-1,\"keep\":true}"),
+            None
+        );
     }
 }

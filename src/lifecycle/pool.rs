@@ -18,7 +18,6 @@
 
 use crate::os::detach::{self, Forked};
 use crate::os::secret;
-use crate::output::exit;
 use crate::server::discover::Installation;
 use crate::server::initdb;
 use crate::state::copytree;
@@ -37,8 +36,12 @@ use std::path::{Path, PathBuf};
 /// and at least half of 20 back-to-back starts, claims a ready entry. Each entry is about
 /// 35 MB of disk.
 pub const DEFAULT_SIZE: usize = 8;
-/// Bumped whenever what a prepared entry contains changes, so old entries are not reused.
-const ENTRY_FORMAT: &str = "2";
+/// The most PGTMP_POOL_SIZE may say.
+pub const MAX_SIZE: usize = 64;
+/// Bumped whenever what a prepared entry contains changes, so old entries are not reused, or
+/// the files by which a start claims a pre-started server of the pool (3: JSON claims), so
+/// that a start never claims a server whose watchdog reads another format.
+const ENTRY_FORMAT: &str = "3";
 
 const READY: &str = "ready.";
 pub const BUILDING: &str = "new.";
@@ -68,24 +71,6 @@ fn fnv1a(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
     })
-}
-
-/// PGTMP_POOL_SIZE from the environment, validated.
-pub fn size_from_env() -> Result<usize> {
-    configured_size(std::env::var("PGTMP_POOL_SIZE").ok().as_deref())
-}
-
-/// PGTMP_POOL_SIZE, validated.
-pub fn configured_size(value: Option<&str>) -> Result<usize> {
-    match value {
-        None | Some("") => Ok(DEFAULT_SIZE),
-        Some(text) => match text.parse::<usize>() {
-            Ok(n) if n <= 64 => Ok(n),
-            _ => Err(exit::usage(format!(
-                "PGTMP_POOL_SIZE={text} is not a number of entries from 0 to 64; unset it for the default ({DEFAULT_SIZE})"
-            ))),
-        },
-    }
 }
 
 /// The name of the pool of `install` for superuser `user`: it changes when the installation's
@@ -225,7 +210,7 @@ pub fn new_name() -> Result<String> {
 }
 
 impl Pool {
-    /// The pool of `install` for `user`, keeping `size` entries ready (see `size_from_env`).
+    /// The pool of `install` for `user`, keeping `size` entries ready (PGTMP_POOL_SIZE, validated by the caller).
     pub fn open(state: &StateDir, install: &Installation, user: &str, size: usize) -> Result<Pool> {
         let pools = state.pools();
         ownership::own_dir(&pools)?;
@@ -405,14 +390,6 @@ pub fn is_token(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pool_size_is_validated() {
-        assert_eq!(configured_size(None).unwrap(), DEFAULT_SIZE);
-        assert_eq!(configured_size(Some("0")).unwrap(), 0);
-        assert!(configured_size(Some("abc")).is_err());
-        assert!(configured_size(Some("1000")).is_err());
-    }
 
     #[test]
     fn hash_is_stable() {

@@ -21,7 +21,6 @@ use crate::lifecycle::pool::{self, CLAIMED, Pool, WAITING};
 use crate::lifecycle::watchdog::{self, OnFailure, Plan};
 use crate::os::detach::{self, Forked};
 use crate::os::secret;
-use crate::output::exit;
 use crate::server::discover::Installation;
 use crate::state::instance::{Instance, State};
 use crate::state::ownership;
@@ -35,47 +34,13 @@ use std::path::PathBuf;
 /// Longest an unclaimed pre-started server runs, unless PGTMP_PRESTART_TIMEOUT says otherwise.
 pub const DEFAULT_TTL: u64 = 600;
 /// Most pre-started servers per pool and mode.
-const MAX: usize = 16;
+pub const MAX: usize = 16;
 
-/// PGTMP_PRESTART, validated: how many servers to keep waiting (0, the default, is off).
-pub fn configured_count(value: Option<&str>) -> Result<usize> {
-    match value {
-        None | Some("") => Ok(0),
-        Some(text) => match text.parse::<usize>() {
-            Ok(n) if n <= MAX => Ok(n),
-            _ => Err(exit::usage(format!(
-                "PGTMP_PRESTART={text} is not a number of servers from 0 to {MAX}; unset it to pre-start none"
-            ))),
-        },
-    }
-}
-
-/// PGTMP_PRESTART_TIMEOUT, validated: seconds an unclaimed server waits before it stops.
-pub fn configured_ttl(value: Option<&str>) -> Result<u64> {
-    match value {
-        None | Some("") => Ok(DEFAULT_TTL),
-        Some(text) => match text.parse::<u64>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(exit::usage(format!(
-                "PGTMP_PRESTART_TIMEOUT={text} is not a number of seconds above 0; unset it for the default ({DEFAULT_TTL})"
-            ))),
-        },
-    }
-}
-
-/// The settings from the environment.
+/// How many servers to keep waiting (0 is off) and the seconds an unclaimed one waits before
+/// it stops: PGTMP_PRESTART and PGTMP_PRESTART_TIMEOUT, validated by the caller.
 pub struct Settings {
     pub count: usize,
     pub ttl: u64,
-}
-
-impl Settings {
-    pub fn from_env() -> Result<Settings> {
-        Ok(Settings {
-            count: configured_count(std::env::var("PGTMP_PRESTART").ok().as_deref())?,
-            ttl: configured_ttl(std::env::var("PGTMP_PRESTART_TIMEOUT").ok().as_deref())?,
-        })
-    }
 }
 
 fn mode(tcp: bool) -> &'static str {
@@ -249,17 +214,6 @@ fn start_one(pool: &Pool, owner: &Owner, tcp: bool, settings: &Settings) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn settings_are_validated() {
-        assert_eq!(configured_count(None).unwrap(), 0);
-        assert_eq!(configured_count(Some("4")).unwrap(), 4);
-        assert!(configured_count(Some("-1")).is_err());
-        assert!(configured_count(Some("100")).is_err());
-        assert_eq!(configured_ttl(None).unwrap(), DEFAULT_TTL);
-        assert!(configured_ttl(Some("0")).is_err());
-        assert!(configured_ttl(Some("soon")).is_err());
-    }
 
     #[test]
     fn only_one_of_claim_and_withdraw_wins() {

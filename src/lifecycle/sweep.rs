@@ -41,9 +41,9 @@ const STAMP: &str = ".swept";
 pub type Actions = Vec<String>;
 
 /// Sweeps PGTMP_DIR. `wait`: wait for starts that hold PGTMP_DIR (else skip the instance
-/// directories this time). `dry_run`: only say what would be done.
-pub fn sweep(state: &StateDir, dry_run: bool, wait: bool) -> Result<Actions> {
-    let cache_age = cache_max_age()?;
+/// directories this time). `dry_run`: only say what would be done. `cache_age`: how long a
+/// schema cache entry may go unused (PGTMP_CACHE_DAYS, validated by the caller).
+pub fn sweep(state: &StateDir, dry_run: bool, wait: bool, cache_age: Duration) -> Result<Actions> {
     let mut actions = Actions::new();
     let me = nix::unistd::geteuid().as_raw();
     // Under the gate, nobody is between making a directory and locking it: lock every idle
@@ -144,27 +144,7 @@ pub fn sweep(state: &StateDir, dry_run: bool, wait: bool) -> Result<Actions> {
 pub const DEFAULT_CACHE_DAYS: u64 = 7;
 
 /// The most PGTMP_CACHE_DAYS may say: ten years.
-const MAX_CACHE_DAYS: u64 = 3650;
-
-/// PGTMP_CACHE_DAYS from the environment, validated.
-pub fn cache_max_age() -> Result<Duration> {
-    cache_days(std::env::var("PGTMP_CACHE_DAYS").ok().as_deref())
-        .map(|days| Duration::from_secs(days * 86_400))
-}
-
-/// PGTMP_CACHE_DAYS, validated.
-fn cache_days(value: Option<&str>) -> Result<u64> {
-    match value {
-        None | Some("") => Ok(DEFAULT_CACHE_DAYS),
-        Some(text) => match text.parse::<u64>() {
-            Ok(days) if days <= MAX_CACHE_DAYS => Ok(days),
-            _ => Err(crate::output::exit::usage(format!(
-                "PGTMP_CACHE_DAYS={text} is not a whole number of days from 0 to {MAX_CACHE_DAYS}; \
-                 unset it for the default ({DEFAULT_CACHE_DAYS})"
-            ))),
-        },
-    }
-}
+pub const MAX_CACHE_DAYS: u64 = 3650;
 
 fn acquire_gate(dir: &Path, wait: bool) -> Result<Option<DirLock>> {
     let deadline = Instant::now() + if wait { GATE_WAIT } else { Duration::ZERO };
@@ -399,13 +379,13 @@ pub fn due(state: &StateDir) -> bool {
 
 /// After a start: sweeps in a detached, low-priority process if one is due. Costs the caller
 /// one read of `.swept` (and a fork, at most once a minute).
-pub fn in_background(state: &StateDir) {
-    if std::env::var_os("PGTMP_NO_SWEEP").is_some() || !due(state) {
+pub fn in_background(state: &StateDir, cache_age: Duration) {
+    if !due(state) {
         return;
     }
     if let Ok(crate::os::detach::Forked::Child) = crate::os::detach::fork_detached() {
         crate::os::detach::lower_priority();
-        let _ = sweep(state, false, false);
+        let _ = sweep(state, false, false, cache_age);
         std::process::exit(0);
     }
 }
@@ -414,22 +394,8 @@ pub fn in_background(state: &StateDir) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn cache_days_are_validated() {
-        assert_eq!(cache_days(None).unwrap(), DEFAULT_CACHE_DAYS);
-        assert_eq!(cache_days(Some("")).unwrap(), DEFAULT_CACHE_DAYS);
-        assert_eq!(cache_days(Some("0")).unwrap(), 0);
-        assert_eq!(cache_days(Some("30")).unwrap(), 30);
-        for bad in ["abc", "-1", "1.5", "3651", " 7"] {
-            let err = cache_days(Some(bad)).unwrap_err();
-            assert_eq!(
-                crate::output::exit::code_for(&err),
-                crate::output::exit::USAGE,
-                "{bad}"
-            );
-            assert!(err.to_string().contains("PGTMP_CACHE_DAYS"), "{err}");
-        }
-    }
+    /// The default cache age, as a start or gc passes it.
+    const WEEK: Duration = Duration::from_secs(DEFAULT_CACHE_DAYS * 86_400);
 
     fn state_dir() -> (tempfile::TempDir, StateDir) {
         let root = tempfile::tempdir().unwrap();
@@ -492,11 +458,11 @@ mod tests {
         let _refiller = Flock::lock(lock, FlockArg::LockExclusive).unwrap();
         std::os::unix::fs::symlink(outside.path(), p.join("pool/k1/new.link")).unwrap();
 
-        let dry = sweep(&state, true, true).unwrap();
+        let dry = sweep(&state, true, true, WEEK).unwrap();
         assert_eq!(dry.len(), 3, "{dry:?}");
         assert!(p.join("aaaa1111").exists() && p.join("pool/k1/new.x1").exists());
 
-        let done = sweep(&state, false, true).unwrap();
+        let done = sweep(&state, false, true, WEEK).unwrap();
         assert_eq!(done, dry);
         assert!(!p.join("aaaa1111").exists());
         assert!(!p.join("bbbb2222").exists());
@@ -538,7 +504,7 @@ mod tests {
         std::os::unix::fs::symlink(o, state.pools()).unwrap();
         std::os::unix::fs::symlink(o, crate::lifecycle::cache::root(&state.path)).unwrap();
 
-        let done = sweep(&state, false, true).unwrap();
+        let done = sweep(&state, false, true, WEEK).unwrap();
         assert_eq!(done.len(), 2, "{done:?}");
         assert!(done.iter().all(|a| a.starts_with("skipped ")), "{done:?}");
         for kept in ["k1/new.x1", "trash.x", "build.y"] {
@@ -562,7 +528,7 @@ mod tests {
             format!("watchdog_pid={me}\npostmaster_pid={me}\nport=1\ntcp=0\nkeep=0\nowner_uid=0\nuser=x\ntimeout=1\n"),
         )
         .unwrap();
-        assert!(sweep(&state, false, true).unwrap().is_empty());
+        assert!(sweep(&state, false, true, WEEK).unwrap().is_empty());
         assert!(dir.exists());
     }
 
@@ -571,7 +537,7 @@ mod tests {
         let (_root, state) = state_dir();
         fs::create_dir_all(state.path.join("bbbb2222/data")).unwrap();
         let _start = ownership::lock_shared(&state.path).unwrap();
-        assert!(sweep(&state, false, false).unwrap().is_empty());
+        assert!(sweep(&state, false, false, WEEK).unwrap().is_empty());
         assert!(state.path.join("bbbb2222").exists());
     }
 }

@@ -18,14 +18,10 @@ struct Trace {
 
 static TRACE: Mutex<Option<Trace>> = Mutex::new(None);
 
-/// True when PGTMP_TRACE is set to something other than empty or 0.
-pub fn enabled() -> bool {
-    matches!(std::env::var("PGTMP_TRACE"), Ok(v) if !v.is_empty() && v != "0")
-}
-
-/// Starts the clock; phases are measured from here. Does nothing unless tracing is enabled.
-pub fn begin() {
-    if enabled() {
+/// Starts the clock; phases are measured from here. Does nothing unless `enabled` (PGTMP_TRACE,
+/// read by the caller).
+pub fn begin(enabled: bool) {
+    if enabled {
         let now = Instant::now();
         if let Ok(mut trace) = TRACE.lock() {
             *trace = Some(Trace {

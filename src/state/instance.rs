@@ -17,6 +17,7 @@
 use crate::state::safefs::{self, Dir};
 use crate::state::segments::{self, Segments};
 use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -212,24 +213,9 @@ impl Instance {
         self.open()?.chmod(0o700)
     }
 
+    /// Records `state` (as JSON, see [`StateFile`]), replacing any earlier record at once.
     pub fn write_state(&self, state: &State) -> Result<()> {
-        let start = |t: Option<u64>| t.map_or(String::new(), |t| t.to_string());
-        let (sysv, posix) = segments::to_fields(&state.segments);
-        let text = format!(
-            "watchdog_pid={}\npostmaster_pid={}\nport={}\ntcp={}\nkeep={}\nowner_uid={}\nuser={}\ntimeout={}\n\
-             watchdog_start={}\npostmaster_start={}\nshm_sysv_id={sysv}\nshm_posix={posix}\n",
-            state.watchdog_pid,
-            state.postmaster_pid,
-            state.port,
-            state.tcp as u8,
-            state.keep as u8,
-            state.owner_uid,
-            state.user,
-            state.timeout,
-            start(state.watchdog_start),
-            start(state.postmaster_start),
-        );
-        self.write_file(&self.state_path(), text.as_bytes())
+        self.write_file(&self.state_path(), state.render()?.as_bytes())
     }
 
     /// Writes `path` (a file directly in this directory) beside and renames it over, so
@@ -315,10 +301,101 @@ fn split(dir: &Path) -> Result<(&Path, &std::ffi::OsStr)> {
     }
 }
 
+/// The version of the state file's format that [`Instance::write_state`] writes. The key=value
+/// text of pgtmp before it (version 0, without the field) is still read, so that a cluster
+/// started by the previous binary can still be listed and stopped.
+const STATE_VERSION: u32 = 1;
+
+/// The state file as written: [`State`] with the format's version, field by field.
+#[derive(Serialize, Deserialize)]
+struct StateFile {
+    version: u32,
+    watchdog_pid: i32,
+    postmaster_pid: i32,
+    port: u16,
+    tcp: bool,
+    keep: bool,
+    owner_uid: u32,
+    user: String,
+    timeout: u64,
+    watchdog_start: Option<u64>,
+    postmaster_start: Option<u64>,
+    shm_sysv_id: Option<i32>,
+    shm_posix: Vec<String>,
+}
+
 impl State {
-    /// Reads the text [`Instance::write_state`] writes (read through a handle, with bounds,
-    /// by the caller).
+    fn render(&self) -> Result<String> {
+        let file = StateFile {
+            version: STATE_VERSION,
+            watchdog_pid: self.watchdog_pid,
+            postmaster_pid: self.postmaster_pid,
+            port: self.port,
+            tcp: self.tcp,
+            keep: self.keep,
+            owner_uid: self.owner_uid,
+            user: self.user.clone(),
+            timeout: self.timeout,
+            watchdog_start: self.watchdog_start,
+            postmaster_start: self.postmaster_start,
+            shm_sysv_id: self.segments.sysv_id,
+            shm_posix: self.segments.posix.clone(),
+        };
+        let mut text = serde_json::to_string(&file).context("cannot render the state")?;
+        text.push('\n');
+        Ok(text)
+    }
+
+    /// Reads what [`Instance::write_state`] writes, or the key=value text of the pgtmp before
+    /// (read through a handle, with bounds, by the caller).
     pub fn parse(text: &str) -> Result<State> {
+        let state = if text.trim_start().starts_with('{') {
+            Self::parse_json(text)?
+        } else {
+            Self::parse_key_value(text)?
+        };
+        if state.watchdog_pid <= 0 || state.postmaster_pid <= 0 {
+            bail!("process ids must be positive");
+        }
+        Ok(state)
+    }
+
+    fn parse_json(text: &str) -> Result<State> {
+        // The version first: a newer format may not have the fields this one expects.
+        #[derive(Deserialize)]
+        struct Version {
+            version: u32,
+        }
+        let Version { version } = serde_json::from_str(text).context("no version")?;
+        if version != STATE_VERSION {
+            bail!("format version {version} is not {STATE_VERSION}: written by another pgtmp");
+        }
+        let file: StateFile = serde_json::from_str(text).context("not a state record")?;
+        Ok(State {
+            watchdog_pid: file.watchdog_pid,
+            postmaster_pid: file.postmaster_pid,
+            port: file.port,
+            tcp: file.tcp,
+            keep: file.keep,
+            owner_uid: file.owner_uid,
+            user: file.user,
+            timeout: file.timeout,
+            watchdog_start: file.watchdog_start,
+            postmaster_start: file.postmaster_start,
+            // Only names a server's segments can have are ever unlinked, whoever wrote them.
+            segments: Segments {
+                sysv_id: file.shm_sysv_id,
+                posix: file
+                    .shm_posix
+                    .into_iter()
+                    .filter(|n| segments::is_postgres_segment(n))
+                    .collect(),
+            },
+        })
+    }
+
+    /// The key=value lines of the pgtmp before version 1.
+    fn parse_key_value(text: &str) -> Result<State> {
         let get = |key: &str| -> Result<&str> {
             text.lines()
                 .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
@@ -329,7 +406,7 @@ impl State {
                 .parse::<i64>()
                 .with_context(|| format!("{key} is not a number"))
         };
-        let state = State {
+        Ok(State {
             watchdog_pid: i32::try_from(num("watchdog_pid")?)
                 .context("watchdog_pid out of range")?,
             postmaster_pid: i32::try_from(num("postmaster_pid")?)
@@ -348,11 +425,7 @@ impl State {
                 get("shm_sysv_id").unwrap_or(""),
                 get("shm_posix").unwrap_or(""),
             ),
-        };
-        if state.watchdog_pid <= 0 || state.postmaster_pid <= 0 {
-            bail!("process ids must be positive");
-        }
-        Ok(state)
+        })
     }
 }
 
@@ -402,6 +475,37 @@ mod tests {
         };
         instance.write_state(&longest).unwrap();
         assert_eq!(instance.read_state().unwrap(), Some(longest));
+    }
+
+    #[test]
+    fn state_of_the_previous_pgtmp_is_read() {
+        // Exactly what the key=value writer of version 0 wrote for sample().
+        let old = "watchdog_pid=10\npostmaster_pid=11\nport=5432\ntcp=1\nkeep=0\nowner_uid=0\n\
+                   user=root\ntimeout=60\nwatchdog_start=123\npostmaster_start=\n\
+                   shm_sysv_id=7\nshm_posix=PostgreSQL.99\n";
+        assert_eq!(State::parse(old).unwrap(), sample());
+        // Before the start times and segments were recorded.
+        let older = "watchdog_pid=10\npostmaster_pid=11\nport=5432\ntcp=0\nkeep=1\nowner_uid=0\nuser=x\ntimeout=60\n";
+        let state = State::parse(older).unwrap();
+        assert!(
+            state.keep && state.watchdog_start.is_none() && state.segments == Segments::default()
+        );
+        assert!(State::parse("watchdog_pid=0\npostmaster_pid=11\nport=1\ntcp=0\nkeep=0\nowner_uid=0\nuser=x\ntimeout=6\n").is_err());
+    }
+
+    #[test]
+    fn state_records_are_checked() {
+        let text = sample().render().unwrap();
+        assert!(text.contains("\"version\":1"), "{text}");
+        let newer = text.replace("\"version\":1", "\"version\":2");
+        assert!(format!("{:#}", State::parse(&newer).unwrap_err()).contains("version 2"));
+        let foreign = text.replace("PostgreSQL.99", "../../etc/passwd");
+        assert!(State::parse(&foreign).unwrap().segments.posix.is_empty());
+        let dead = text.replace("\"watchdog_pid\":10", "\"watchdog_pid\":-1");
+        assert!(State::parse(&dead).is_err());
+        for bad in ["{", "{}", "{\"version\":1}", "garbage"] {
+            assert!(State::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

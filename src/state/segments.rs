@@ -16,14 +16,8 @@ pub fn is_postgres_segment(name: &str) -> bool {
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// Renders the segments for the state file: `sysv_id` and a comma-separated list.
-pub fn to_fields(segments: &Segments) -> (String, String) {
-    (
-        segments.sysv_id.map_or(String::new(), |id| id.to_string()),
-        segments.posix.join(","),
-    )
-}
-
+/// The segments the key=value state file of pgtmp before version 1 records: `sysv_id` and a
+/// comma-separated list; names of anything but a server's segments are dropped.
 pub fn from_fields(sysv: &str, posix: &str) -> Segments {
     Segments {
         sysv_id: sysv.parse().ok(),
@@ -40,13 +34,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fields_round_trip_and_reject_foreign_names() {
+    fn fields_are_read_and_foreign_names_rejected() {
         let s = Segments {
             sysv_id: Some(42),
             posix: vec!["PostgreSQL.1".into(), "PostgreSQL.22".into()],
         };
-        let (a, b) = to_fields(&s);
-        assert_eq!(from_fields(&a, &b), s);
+        assert_eq!(from_fields("42", "PostgreSQL.1,PostgreSQL.22"), s);
         assert_eq!(
             from_fields("", "../etc,PostgreSQL.x,PostgreSQL.7").posix,
             ["PostgreSQL.7"]

@@ -689,9 +689,21 @@ pub fn postmaster_pid(dir: &Path) -> Option<i32> {
     text.lines().next()?.trim().parse().ok()
 }
 
-/// The key=value lines of a cluster's `pgtmp.state`, if it has one.
+/// The fields of a cluster's `pgtmp.state`, if it has one, as text: the JSON object pgtmp
+/// writes, or the key=value lines of the pgtmp before it.
 pub fn read_state(dir: &Path) -> Option<BTreeMap<String, String>> {
     let text = fs::read_to_string(dir.join("pgtmp.state")).ok()?;
+    if let Ok(serde_json::Value::Object(fields)) = serde_json::from_str(&text) {
+        return Some(
+            fields
+                .into_iter()
+                .map(|(k, v)| match v {
+                    serde_json::Value::String(s) => (k, s),
+                    other => (k, other.to_string()),
+                })
+                .collect(),
+        );
+    }
     Some(
         text.lines()
             .filter_map(|l| l.split_once('='))

@@ -1,0 +1,252 @@
+//! The PGTMP_* variables pgtmp reads itself rather than through clap (pool size, pre-started
+//! servers, cache age, trace, background sweep): each is validated here, once, into plain values
+//! that the commands pass down, so that the domain never reads the environment. A detached
+//! background process (refill, sweep) gets the values validated before it forked.
+//!
+//! PGTMP_DIR is the state directory's own business (`state::statedir`); the test-only hooks
+//! (PGTMP_TEST_*) stay beside the code they pause or steer.
+
+use crate::lifecycle::{pool, prestart, sweep};
+use crate::output::exit;
+use anyhow::Result;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// What a start needs from the environment, every value validated.
+pub struct Settings {
+    /// Ready entries kept per installation (PGTMP_POOL_SIZE).
+    pub pool_size: usize,
+    /// Servers kept waiting and how long each waits (PGTMP_PRESTART, PGTMP_PRESTART_TIMEOUT).
+    pub prestart: prestart::Settings,
+    /// How long a schema cache entry may go unused (PGTMP_CACHE_DAYS).
+    pub cache_max_age: Duration,
+    /// False when PGTMP_NO_SWEEP is set: no sweep after a start.
+    pub background_sweep: bool,
+}
+
+/// How a variable's value is looked up: the process environment, or a given map in tests.
+type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+fn from_process(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+impl Settings {
+    /// Every variable a start reads, validated; the first invalid one is the (usage) error.
+    pub fn from_env() -> Result<Settings> {
+        Self::from_lookup(&from_process)
+    }
+
+    /// The cache age a sweep after a start applies, or None when no sweep is to follow.
+    pub fn sweep_after(&self) -> Option<Duration> {
+        self.background_sweep.then_some(self.cache_max_age)
+    }
+
+    fn from_lookup(lookup: Lookup) -> Result<Settings> {
+        Ok(Settings {
+            prestart: prestart_of(lookup)?,
+            pool_size: pool_size_of(lookup)?,
+            cache_max_age: cache_max_age_of(lookup)?,
+            background_sweep: lookup("PGTMP_NO_SWEEP").is_none(),
+        })
+    }
+}
+
+/// PGTMP_POOL_SIZE, validated (for a command that needs only the pool).
+pub fn pool_size() -> Result<usize> {
+    pool_size_of(&from_process)
+}
+
+/// PGTMP_CACHE_DAYS, validated, as an age (for `pgtmp gc`).
+pub fn cache_max_age() -> Result<Duration> {
+    cache_max_age_of(&from_process)
+}
+
+/// True when PGTMP_TRACE is set to something other than empty or 0.
+pub fn trace() -> bool {
+    trace_of(&from_process)
+}
+
+/// One message per variable whose value is invalid, each naming it and ending in
+/// "; unset ..." (the fix), for `pgtmp doctor`.
+pub fn problems() -> Vec<String> {
+    problems_of(&from_process)
+}
+
+fn problems_of(lookup: Lookup) -> Vec<String> {
+    [
+        pool_size_of(lookup).err(),
+        prestart_of(lookup).err(),
+        cache_max_age_of(lookup).err(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|err| format!("{err:#}"))
+    .collect()
+}
+
+fn trace_of(lookup: Lookup) -> bool {
+    lookup("PGTMP_TRACE").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+fn pool_size_of(lookup: Lookup) -> Result<usize> {
+    let default = pool::DEFAULT_SIZE;
+    number(lookup, "PGTMP_POOL_SIZE", default, |n| n <= pool::MAX_SIZE).map_err(|text| {
+        exit::usage(format!(
+            "PGTMP_POOL_SIZE={text} is not a number of entries from 0 to {}; unset it for the default ({default})",
+            pool::MAX_SIZE
+        ))
+    })
+}
+
+fn prestart_of(lookup: Lookup) -> Result<prestart::Settings> {
+    let max = prestart::MAX;
+    let count = number(lookup, "PGTMP_PRESTART", 0, |n| n <= max).map_err(|text| {
+        exit::usage(format!(
+            "PGTMP_PRESTART={text} is not a number of servers from 0 to {max}; unset it to pre-start none"
+        ))
+    })?;
+    let default = prestart::DEFAULT_TTL;
+    let ttl = number(lookup, "PGTMP_PRESTART_TIMEOUT", default, |n| n > 0).map_err(|text| {
+        exit::usage(format!(
+            "PGTMP_PRESTART_TIMEOUT={text} is not a number of seconds above 0; unset it for the default ({default})"
+        ))
+    })?;
+    Ok(prestart::Settings { count, ttl })
+}
+
+fn cache_max_age_of(lookup: Lookup) -> Result<Duration> {
+    let (default, max) = (sweep::DEFAULT_CACHE_DAYS, sweep::MAX_CACHE_DAYS);
+    let days = number(lookup, "PGTMP_CACHE_DAYS", default, |d| d <= max).map_err(|text| {
+        exit::usage(format!(
+            "PGTMP_CACHE_DAYS={text} is not a whole number of days from 0 to {max}; \
+             unset it for the default ({default})"
+        ))
+    })?;
+    Ok(Duration::from_secs(days * 86_400))
+}
+
+/// The number `name` says, `default` when it is unset or empty, or the rejected text when it
+/// is not a number `fits` accepts (each caller words its own message).
+fn number<T: FromStr + Copy>(
+    lookup: Lookup,
+    name: &str,
+    default: T,
+    fits: impl Fn(T) -> bool,
+) -> Result<T, String> {
+    match lookup(name).as_deref() {
+        None | Some("") => Ok(default),
+        Some(text) => text
+            .parse::<T>()
+            .ok()
+            .filter(|n| fits(*n))
+            .ok_or_else(|| text.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+
+    fn usage_error_naming<T>(result: Result<T>, name: &str) {
+        let Err(err) = result else {
+            panic!("{name}: accepted");
+        };
+        assert_eq!(exit::code_for(&err), exit::USAGE, "{err}");
+        assert!(err.to_string().starts_with(&format!("{name}=")), "{err}");
+        assert!(err.to_string().contains("; unset it"), "{err}");
+    }
+
+    #[test]
+    fn defaults_when_unset_or_empty() {
+        for lookup in [
+            with(&[]),
+            with(&[("PGTMP_POOL_SIZE", ""), ("PGTMP_PRESTART", "")]),
+        ] {
+            let settings = Settings::from_lookup(&lookup).unwrap();
+            assert_eq!(settings.pool_size, pool::DEFAULT_SIZE);
+            assert_eq!(settings.prestart.count, 0);
+            assert_eq!(settings.prestart.ttl, prestart::DEFAULT_TTL);
+            assert_eq!(
+                settings.cache_max_age,
+                Duration::from_secs(sweep::DEFAULT_CACHE_DAYS * 86_400)
+            );
+            assert!(settings.background_sweep);
+            assert!(!trace_of(&lookup));
+        }
+    }
+
+    #[test]
+    fn valid_values_are_taken() {
+        let lookup = with(&[
+            ("PGTMP_POOL_SIZE", "0"),
+            ("PGTMP_PRESTART", "4"),
+            ("PGTMP_PRESTART_TIMEOUT", "5"),
+            ("PGTMP_CACHE_DAYS", "0"),
+            ("PGTMP_NO_SWEEP", ""),
+            ("PGTMP_TRACE", "1"),
+        ]);
+        let settings = Settings::from_lookup(&lookup).unwrap();
+        assert_eq!(settings.pool_size, 0);
+        assert_eq!((settings.prestart.count, settings.prestart.ttl), (4, 5));
+        assert_eq!(settings.cache_max_age, Duration::ZERO);
+        assert!(!settings.background_sweep);
+        assert!(trace_of(&lookup));
+        assert!(!trace_of(&with(&[("PGTMP_TRACE", "0")])));
+        assert!(problems_of(&lookup).is_empty());
+    }
+
+    #[test]
+    fn invalid_values_are_usage_errors_naming_the_variable() {
+        for bad in ["abc", "65", "-1"] {
+            usage_error_naming(
+                pool_size_of(&with(&[("PGTMP_POOL_SIZE", bad)])),
+                "PGTMP_POOL_SIZE",
+            );
+        }
+        for bad in ["lots", "-1", "100"] {
+            usage_error_naming(
+                prestart_of(&with(&[("PGTMP_PRESTART", bad)])),
+                "PGTMP_PRESTART",
+            );
+        }
+        for bad in ["0", "soon"] {
+            let lookup = with(&[("PGTMP_PRESTART_TIMEOUT", bad)]);
+            usage_error_naming(prestart_of(&lookup), "PGTMP_PRESTART_TIMEOUT");
+        }
+        for bad in ["abc", "-1", "1.5", "3651", " 7"] {
+            let lookup = with(&[("PGTMP_CACHE_DAYS", bad)]);
+            usage_error_naming(cache_max_age_of(&lookup), "PGTMP_CACHE_DAYS");
+        }
+    }
+
+    #[test]
+    fn doctor_hears_of_every_invalid_variable() {
+        let lookup = with(&[
+            ("PGTMP_POOL_SIZE", "lots"),
+            ("PGTMP_PRESTART_TIMEOUT", "0"),
+            ("PGTMP_CACHE_DAYS", "abc"),
+        ]);
+        let problems = problems_of(&lookup);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        for (problem, name) in problems.iter().zip([
+            "PGTMP_POOL_SIZE",
+            "PGTMP_PRESTART_TIMEOUT",
+            "PGTMP_CACHE_DAYS",
+        ]) {
+            assert!(
+                problem.starts_with(name) && problem.contains("; unset "),
+                "{problem}"
+            );
+        }
+        assert!(Settings::from_lookup(&lookup).is_err());
+    }
+}
