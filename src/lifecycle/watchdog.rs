@@ -9,6 +9,7 @@ use crate::lifecycle::claim::{Claim, Waiting};
 use crate::lifecycle::lifeline::{self, Pull};
 use crate::os::detach::{self, Forked};
 use crate::os::secret;
+use crate::os::signals::{self, SignalPipe};
 use crate::output::trace;
 use crate::server::client::Session;
 use crate::server::cluster::{self, ServerSpec, Startup};
@@ -17,16 +18,14 @@ use crate::server::initdb;
 use crate::server::shm;
 use crate::state::instance::{Instance, State};
 use crate::state::ownership;
-use anyhow::{Context, Result, anyhow, bail};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::Signal;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::Child;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 /// Seconds without a client after which a cluster stops, unless -w says otherwise.
@@ -217,7 +216,7 @@ impl Watchdog {
         // instead of init's, so that `end_orphans` can stop them.
         #[cfg(target_os = "linux")]
         let _ = nix::sys::prctl::set_child_subreaper(true);
-        let signals = match SignalPipe::install() {
+        let signals = match catch_signals() {
             Ok(s) => s,
             Err(err) => {
                 dispose_after_failure(&plan);
@@ -423,7 +422,7 @@ impl Watchdog {
         // Not yet looked: the `idle` file for `pgtmp list` is made at the first idle poll.
         let mut was_busy = true;
         loop {
-            let stop_requested = self.signals.wait(TICK);
+            let stop_requested = wait_for_signals(&self.signals, TICK);
             if cluster::exited(&mut self.server) {
                 // The server died by itself (killed?): `stop` finds nothing to stop, but
                 // releases what a killed server cannot release itself, its shared memory.
@@ -633,76 +632,27 @@ fn read_from(log: &mut File, offset: u64) -> String {
     text
 }
 
-/// Write end of the signal pipe, for the handler (a plain fd: handlers can touch nothing else).
-static SIGNAL_FD: AtomicI32 = AtomicI32::new(-1);
-
-extern "C" fn on_signal(signal: nix::libc::c_int) {
-    let fd = SIGNAL_FD.load(Ordering::Relaxed);
-    if fd >= 0 {
-        let byte = signal as u8;
-        // SAFETY: write(2) is async-signal-safe; the fd is non-blocking, so a full pipe just
-        // drops the byte (one pending wake-up is enough).
-        unsafe { nix::libc::write(fd, (&byte as *const u8).cast(), 1) };
-    }
+/// Catches what the watchdog's loop wakes for: SIGCHLD (the server died), SIGUSR1 (a start has
+/// claimed its pre-started server), SIGTERM and SIGINT (stop now). A hang-up means nothing to
+/// a process that has no terminal.
+fn catch_signals() -> Result<SignalPipe> {
+    signals::ignore(Signal::SIGHUP)?;
+    SignalPipe::catch(&[
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGCHLD,
+        Signal::SIGUSR1,
+    ])
 }
 
-/// Signals turned into bytes on a pipe (the self-pipe trick), so the watchdog sleeps in
-/// poll(2) and wakes at once for SIGCHLD (server died) or SIGTERM/SIGINT (stop now).
-struct SignalPipe {
-    read: OwnedFd,
-    _write: OwnedFd,
-}
-
-impl SignalPipe {
-    fn install() -> Result<SignalPipe> {
-        let (read, write) = crate::os::selfpipe::pipe()?;
-        SIGNAL_FD.store(write.as_raw_fd(), Ordering::Relaxed);
-        let action = SigAction::new(
-            SigHandler::Handler(on_signal),
-            SaFlags::SA_RESTART,
-            SigSet::empty(),
-        );
-        // SIGUSR1 only wakes the watchdog: a start has claimed its pre-started server.
-        for sig in [
-            Signal::SIGTERM,
-            Signal::SIGINT,
-            Signal::SIGCHLD,
-            Signal::SIGUSR1,
-        ] {
-            // SAFETY: the handler only calls write(2).
-            unsafe { sigaction(sig, &action) }.map_err(|e| anyhow!("cannot handle {sig}: {e}"))?;
-        }
-        // A hang-up means nothing to a process that has no terminal.
-        let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
-        // SAFETY: ignoring a signal installs no code.
-        unsafe { sigaction(Signal::SIGHUP, &ignore) }
-            .map_err(|e| anyhow!("cannot ignore SIGHUP: {e}"))?;
-        Ok(SignalPipe {
-            read,
-            _write: write,
+/// Sleeps up to `limit` or until a signal arrives; true if a stop was requested.
+fn wait_for_signals(signals: &SignalPipe, limit: Duration) -> bool {
+    signals.wait(limit)
+        && signals.take().iter().any(|arrived| {
+            arrived.signal == Signal::SIGTERM as i32 || arrived.signal == Signal::SIGINT as i32
         })
-    }
-
-    /// Sleeps up to `limit` or until a signal arrives; true if a stop was requested.
-    fn wait(&self, limit: Duration) -> bool {
-        let timeout = PollTimeout::try_from(limit).unwrap_or(PollTimeout::MAX);
-        let mut fds = [PollFd::new(self.read.as_fd(), PollFlags::POLLIN)];
-        if !matches!(poll(&mut fds, timeout), Ok(n) if n > 0) {
-            return false;
-        }
-        let mut stop = false;
-        let mut buf = [0u8; 64];
-        while let Ok(n) = nix::unistd::read(&self.read, &mut buf) {
-            if n == 0 {
-                break;
-            }
-            stop |= buf[..n]
-                .iter()
-                .any(|&b| b as i32 == Signal::SIGTERM as i32 || b as i32 == Signal::SIGINT as i32);
-        }
-        stop
-    }
 }
+
 /// Longest a watchdog may take to stop its server (fast, then immediate shutdown, then kill).
 pub const STOP_LIMIT: Duration = Duration::from_secs(30);
 
