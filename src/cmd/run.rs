@@ -16,6 +16,7 @@
 use super::start;
 use crate::cli::{GlobalArgs, RunArgs};
 use crate::lifecycle::lifeline::{self, Holder};
+use crate::os::detach::{self, Forked};
 use crate::os::process;
 use crate::os::signals::{Arrived, Held, SignalPipe};
 use crate::output::exit::{self, Passed};
@@ -184,13 +185,8 @@ fn start_in_child(
 ) -> Result<Started> {
     let (holder, line) = lifeline::pair()?;
     let (reader, writer) = std::io::pipe().context("cannot create a pipe to the starter")?;
-    {
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-        let _ = std::io::stderr().flush();
-    }
-    let pid = match fork::fork().map_err(|err| exit::spawn_error(err, "cannot fork"))? {
-        fork::Fork::Child => {
+    let pid = match detach::fork()? {
+        Forked::Child => {
             // Interrupted like any `pgtmp start`; the watchdog sees the lifeline cut then.
             drop(held);
             // Only `pgtmp run` itself may hold the lifeline: the watchdog forked from here
@@ -199,7 +195,7 @@ fn start_in_child(
             drop(reader);
             be_the_starter(args, global, line, writer)
         }
-        fork::Fork::Parent(pid) => pid,
+        Forked::Parent(pid) => pid,
     };
     let signals = SignalPipe::catch(&CAUGHT)?;
     drop(held);
