@@ -20,6 +20,7 @@ use crate::state::instance::{Instance, State};
 use crate::state::ownership;
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::OwnedFd;
@@ -98,7 +99,7 @@ pub struct Started {
 /// Forks the watchdog and waits for its report. Returns once the server accepts connections,
 /// or with the reason it could not start (by then everything has been cleaned up).
 pub fn launch(plan: Plan) -> Result<Started> {
-    let (forked, mut reader, writer) = match fork_watchdog() {
+    let (forked, reader, writer) = match fork_watchdog() {
         Ok(forked) => forked,
         Err(err) => {
             // No watchdog, so nobody else will: the directory goes as after any failed start.
@@ -109,79 +110,130 @@ pub fn launch(plan: Plan) -> Result<Started> {
     match forked {
         Forked::Parent(pid) => {
             drop(writer);
-            let mut report = String::new();
-            reader
-                .read_to_string(&mut report)
-                .context("cannot read the watchdog's report")?;
-            match report.split_once(' ') {
-                Some(("ready", rest)) => {
-                    let mut words = rest.split_whitespace();
-                    let port = words.next().and_then(|w| w.parse::<u16>().ok());
-                    let server_pid = words.next().and_then(|w| w.parse::<i32>().ok());
-                    let (Some(port), Some(server_pid)) = (port, server_pid) else {
-                        bail!("the watchdog reported a malformed line: {report:?}");
-                    };
-                    trace::replay(words.next().unwrap_or(""));
-                    Ok(Started {
-                        port,
-                        watchdog_pid: pid,
-                        server_pid,
-                    })
-                }
-                other => {
-                    // The watchdog has cleaned up and exited; reap it so nothing is left.
-                    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-                    match other {
-                        Some(("error", message)) => bail!("{}", message.trim_end()),
-                        _ => {
-                            // It died without a word (killed, or could not detach), so it
-                            // cleaned up nothing. A server it started gets SIGQUIT from the
-                            // kernel (Linux); the directory goes only once the server has.
-                            if let Some(server) =
-                                crate::state::ownership::proven_postmaster_of(&plan.instance.data())
-                            {
-                                let pid = server.pid();
-                                let _ =
-                                    cluster::shutdown(&server, || !crate::os::process::alive(pid));
-                            }
-                            // A postmaster too young to have written postmaster.pid, or its
-                            // children, may still be at work in the directory: removing it
-                            // under them would leave it half there.
-                            let deadline = Instant::now() + LOST_WATCHDOG_LIMIT;
-                            while crate::state::ownership::processes_inside(&plan.instance.dir)
-                                && Instant::now() < deadline
-                            {
-                                std::thread::sleep(Duration::from_millis(5));
-                            }
-                            dispose_after_failure(&plan);
-                            bail!(
-                                "the watchdog exited before the server was ready (was it killed?); try again"
-                            )
-                        }
-                    }
-                }
-            }
+            await_report(&plan, pid, reader)
         }
         Forked::Child => {
             drop(reader);
-            // A process that switched accounts (root handing the server to `postgres`) is not
-            // dumpable, which hides its /proc/PID/fd even from its own account; `pgtmp stop`
-            // proves a watchdog by the directory descriptor it holds (the lock, kept in
-            // `plan.lock` for the watchdog's whole life), so it must be able to look. The
-            // switch is for good and nothing of the invoker's is held, so nothing is exposed
-            // that the server account could not reach anyway.
-            #[cfg(target_os = "linux")]
-            let _ = nix::sys::prctl::set_dumpable(true);
-            let mut clock = trace::Clock::start();
-            clock.phase("fork");
-            let code = match Watchdog::start(plan, writer, clock) {
-                Ok((mut watchdog, true)) => watchdog.supervise(),
-                // Nobody received the URL (pgtmp was killed while it waited): stop now.
-                Ok((mut watchdog, false)) => watchdog.stop(),
-                Err(()) => 1,
-            };
-            std::process::exit(code);
+            be_the_watchdog(plan, writer)
         }
+    }
+}
+
+/// In the waiting `pgtmp`: the watchdog `pid`'s report, read until the watchdog closes the pipe.
+fn await_report(plan: &Plan, pid: i32, mut reader: std::io::PipeReader) -> Result<Started> {
+    let mut text = String::new();
+    reader
+        .read_to_string(&mut text)
+        .context("cannot read the watchdog's report")?;
+    let outcome = Report::parse(&text)?;
+    if let Some(Outcome::Ready {
+        port,
+        server_pid,
+        trace: phases,
+    }) = outcome
+    {
+        trace::replay(&phases);
+        return Ok(Started {
+            port,
+            watchdog_pid: pid,
+            server_pid,
+        });
+    }
+    // The watchdog has cleaned up and exited; reap it so nothing is left.
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    if let Some(Outcome::Error { message }) = outcome {
+        bail!("{}", message.trim_end());
+    }
+    clean_up_after_lost_watchdog(plan);
+    bail!("the watchdog exited before the server was ready (was it killed?); try again")
+}
+
+/// Disposes of the directory of a watchdog that died without a word (killed, or could not
+/// detach), which cleaned up nothing. A server it started gets SIGQUIT from the kernel (Linux);
+/// the directory goes only once the server has.
+fn clean_up_after_lost_watchdog(plan: &Plan) {
+    if let Some(server) = crate::state::ownership::proven_postmaster_of(&plan.instance.data()) {
+        let pid = server.pid();
+        let _ = cluster::shutdown(&server, || !crate::os::process::alive(pid));
+    }
+    // A postmaster too young to have written postmaster.pid, or its children, may still be at
+    // work in the directory: removing it under them would leave it half there.
+    let deadline = Instant::now() + LOST_WATCHDOG_LIMIT;
+    while crate::state::ownership::processes_inside(&plan.instance.dir) && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    dispose_after_failure(plan);
+}
+
+/// In the forked watchdog: starts the server, reports on `writer`, looks after the server and
+/// exits.
+fn be_the_watchdog(plan: Plan, writer: std::io::PipeWriter) -> ! {
+    // A process that switched accounts (root handing the server to `postgres`) is not
+    // dumpable, which hides its /proc/PID/fd even from its own account; `pgtmp stop` proves a
+    // watchdog by the directory descriptor it holds (the lock, kept in `plan.lock` for the
+    // watchdog's whole life), so it must be able to look. The switch is for good and nothing of
+    // the invoker's is held, so nothing is exposed that the server account could not reach
+    // anyway.
+    #[cfg(target_os = "linux")]
+    let _ = nix::sys::prctl::set_dumpable(true);
+    let mut clock = trace::Clock::start();
+    clock.phase("fork");
+    let code = match Watchdog::start(plan, writer, clock) {
+        Ok((mut watchdog, true)) => watchdog.supervise(),
+        // Nobody received the URL (pgtmp was killed while it waited): stop now.
+        Ok((mut watchdog, false)) => watchdog.stop(),
+        Err(()) => 1,
+    };
+    std::process::exit(code);
+}
+
+/// The version of [`Report`]'s format; a reader refuses any other.
+const REPORT_VERSION: u32 = 1;
+
+/// The watchdog's one message to the waiting `pgtmp`: one JSON line on a pipe.
+#[derive(Serialize, Deserialize)]
+struct Report {
+    version: u32,
+    #[serde(flatten)]
+    outcome: Outcome,
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+#[serde(tag = "status", rename_all = "lowercase")]
+enum Outcome {
+    /// The server accepts connections; `trace` holds the watchdog's phases (`Clock::encode`).
+    Ready {
+        port: u16,
+        server_pid: i32,
+        trace: String,
+    },
+    /// The start failed, and the directory has been disposed of.
+    Error { message: String },
+}
+
+impl Report {
+    /// Writes `outcome` on `to`; true if it was delivered.
+    fn send(to: &mut impl Write, outcome: Outcome) -> bool {
+        let report = Report {
+            version: REPORT_VERSION,
+            outcome,
+        };
+        serde_json::to_string(&report).is_ok_and(|line| writeln!(to, "{line}").is_ok())
+    }
+
+    /// The outcome in `text`; None when there is none (the watchdog died without a word).
+    fn parse(text: &str) -> Result<Option<Outcome>> {
+        let Ok(report) = serde_json::from_str::<Report>(text) else {
+            return Ok(None);
+        };
+        if report.version != REPORT_VERSION {
+            bail!(
+                "the watchdog reported in version {} of its format, not {REPORT_VERSION}",
+                report.version
+            );
+        }
+        Ok(Some(report.outcome))
     }
 }
 
@@ -220,7 +272,12 @@ impl Watchdog {
             Ok(s) => s,
             Err(err) => {
                 dispose_after_failure(&plan);
-                let _ = writeln!(report, "error {err:#}");
+                Report::send(
+                    &mut report,
+                    Outcome::Error {
+                        message: format!("{err:#}"),
+                    },
+                );
                 return Err(());
             }
         };
@@ -240,18 +297,17 @@ impl Watchdog {
         match result {
             Ok(watchdog) => {
                 crate::os::testpause::point("ready");
-                let delivered = writeln!(
-                    report,
-                    "ready {} {} {}",
-                    watchdog.port,
-                    watchdog.server.id(),
-                    clock.encode()
-                )
-                .is_ok();
+                let ready = Outcome::Ready {
+                    port: watchdog.port,
+                    server_pid: watchdog.server.id() as i32,
+                    trace: clock.encode(),
+                };
+                let delivered = Report::send(&mut report, ready);
                 Ok((watchdog, delivered))
             }
             Err(failure) => {
-                let _ = writeln!(report, "error {failure:#}");
+                let message = format!("{failure:#}");
+                Report::send(&mut report, Outcome::Error { message });
                 Err(())
             }
         }
@@ -676,4 +732,47 @@ pub fn wait_gone(pid: i32, dir: &str, limit: Duration) -> Result<()> {
         std::thread::sleep(Duration::from_millis(5));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_reads_back_as_sent() {
+        let mut line = Vec::new();
+        let ready = Outcome::Ready {
+            port: 5432,
+            server_pid: 42,
+            trace: "fork=10,spawn=20".to_string(),
+        };
+        assert!(Report::send(&mut line, ready));
+        let text = String::from_utf8(line).unwrap();
+        assert!(
+            text.ends_with('\n') && text.contains("\"version\":1"),
+            "{text}"
+        );
+        let read = Report::parse(&text).unwrap();
+        assert_eq!(
+            read,
+            Some(Outcome::Ready {
+                port: 5432,
+                server_pid: 42,
+                trace: "fork=10,spawn=20".to_string(),
+            })
+        );
+    }
+
+    #[test]
+    fn no_report_is_a_lost_watchdog_and_another_version_is_refused() {
+        assert_eq!(Report::parse("").unwrap(), None);
+        assert!(Report::parse(r#"{"version":2,"status":"error","message":"x"}"#).is_err());
+        let error = Report::parse(r#"{"version":1,"status":"error","message":"no"}"#);
+        assert_eq!(
+            error.unwrap(),
+            Some(Outcome::Error {
+                message: "no".to_string()
+            })
+        );
+    }
 }
