@@ -268,33 +268,7 @@ impl Watchdog {
         // instead of init's, so that `end_orphans` can stop them.
         #[cfg(target_os = "linux")]
         let _ = nix::sys::prctl::set_child_subreaper(true);
-        let signals = match catch_signals() {
-            Ok(s) => s,
-            Err(err) => {
-                dispose_after_failure(&plan);
-                Report::send(
-                    &mut report,
-                    Outcome::Error {
-                        message: format!("{err:#}"),
-                    },
-                );
-                return Err(());
-            }
-        };
-        let result = Self::start_server(&plan, &mut clock).and_then(|(server, port)| {
-            let mut watchdog = Watchdog {
-                plan,
-                server,
-                port,
-                session: None,
-                signals,
-                segments: crate::state::segments::Segments::default(),
-            };
-            watchdog.handshake()?;
-            clock.phase("handshake");
-            Ok(watchdog)
-        });
-        match result {
+        match Self::bring_up(plan, &mut clock) {
             Ok(watchdog) => {
                 crate::os::testpause::point("ready");
                 let ready = Outcome::Ready {
@@ -313,22 +287,41 @@ impl Watchdog {
         }
     }
 
-    /// Spawns postgres and waits for it, retrying with another port when an automatically
-    /// chosen one was taken between choosing and binding.
-    fn start_server(plan: &Plan, clock: &mut trace::Clock) -> Result<(Child, u16)> {
-        let cleanup = |server: Option<&mut Child>| {
-            if let Some(server) = server {
-                cluster::stop_child(server);
-            }
-            dispose_after_failure(plan);
-        };
-        let mut log = match open_log(&plan.instance) {
-            Ok(log) => log,
+    /// Catches the signals, starts the server and completes the start ([`Self::handshake`]).
+    /// A failure is undone here, in one place for each stage: before the server runs only the
+    /// directory is disposed of; after, [`Self::abandon`] also stops the server and withdraws
+    /// what the handshake published.
+    fn bring_up(plan: Plan, clock: &mut trace::Clock) -> Result<Watchdog> {
+        let running =
+            catch_signals().and_then(|signals| Ok((signals, Self::start_server(&plan, clock)?)));
+        let (signals, (server, port)) = match running {
+            Ok(running) => running,
             Err(err) => {
-                cleanup(None);
+                dispose_after_failure(&plan);
                 return Err(err);
             }
         };
+        let mut watchdog = Watchdog {
+            plan,
+            server,
+            port,
+            session: None,
+            signals,
+            segments: crate::state::segments::Segments::default(),
+        };
+        if let Err(err) = watchdog.handshake() {
+            watchdog.abandon();
+            return Err(err);
+        }
+        clock.phase("handshake");
+        Ok(watchdog)
+    }
+
+    /// Spawns postgres and waits for it, retrying with another port when an automatically
+    /// chosen one was taken between choosing and binding. A server that does not become ready
+    /// is stopped on the way out ([`Starting`]); the directory is the caller's to dispose of.
+    fn start_server(plan: &Plan, clock: &mut trace::Clock) -> Result<(Child, u16)> {
+        let mut log = open_log(&plan.instance)?;
         let mut port = plan.port;
         for attempt in 1..=PORT_ATTEMPTS {
             let log_start = log.seek(SeekFrom::End(0)).unwrap_or(0);
@@ -340,25 +333,21 @@ impl Watchdog {
                 tcp: plan.tcp,
                 options: &plan.options,
             };
-            let mut server = match spec.spawn(&log) {
-                Ok(server) => {
-                    clock.phase("spawn");
-                    server
-                }
-                Err(err) => {
-                    cleanup(None);
-                    return Err(err);
-                }
-            };
+            let mut server = Starting(Some(spec.spawn(&log)?));
+            clock.phase("spawn");
             crate::os::testpause::point("spawned");
-            match cluster::wait_ready(&mut server, &plan.instance, STARTUP_LIMIT) {
-                Ok(Startup::Ready) => {
+            match cluster::wait_ready(server.child(), &plan.instance, STARTUP_LIMIT)? {
+                Startup::Ready => {
                     clock.phase("ready");
-                    return Ok((server, port));
+                    return Ok((server.ready(), port));
                 }
-                Ok(Startup::Exited) => {
+                Startup::TimedOut => bail!(
+                    "postgres was not ready after {} s; see {}",
+                    STARTUP_LIMIT.as_secs(),
+                    plan.instance.log().display()
+                ),
+                Startup::Exited => {
                     let text = read_from(&mut log, log_start);
-                    let full = disk_full(&plan.instance);
                     let retry = plan.tcp && !plan.port_fixed && attempt < PORT_ATTEMPTS;
                     if retry
                         && cluster::lost_port_race(&text)
@@ -367,163 +356,88 @@ impl Watchdog {
                         port = next;
                         continue;
                     }
-                    cleanup(None);
-                    if plan.tcp && cluster::lost_port_race(&text) {
-                        bail!(
-                            "port {port} is already in use on 127.0.0.1; choose another with -p, \
-                             or leave -p out to get a free one"
-                        );
-                    }
-                    if text.trim().is_empty() {
-                        bail!(
-                            "postgres exited at once without writing to {}{}",
-                            plan.instance.log().display(),
-                            if full {
-                                ": No space left on device; free some space"
-                            } else {
-                                ""
-                            }
-                        );
-                    }
-                    bail!(
-                        "postgres did not start{}: {}",
-                        if plan.options.is_empty() {
-                            ""
-                        } else {
-                            " (check the -o options)"
-                        },
-                        cluster::failure_lines(&text)
-                    );
-                }
-                Ok(Startup::TimedOut) => {
-                    cleanup(Some(&mut server));
-                    bail!(
-                        "postgres was not ready after {} s; see {}",
-                        STARTUP_LIMIT.as_secs(),
-                        plan.instance.log().display()
-                    );
-                }
-                Err(err) => {
-                    cleanup(Some(&mut server));
-                    return Err(err);
+                    return Err(why_postgres_exited(plan, port, &text));
                 }
             }
         }
-        cleanup(None);
         bail!("no free TCP port found after {PORT_ATTEMPTS} attempts")
     }
 
     /// Creates database `test` if it is missing, sets the TCP password and records the state.
-    /// The server is stopped and the directory disposed of if any of it fails.
+    /// A failure is undone by the caller ([`Self::abandon`]).
     ///
     /// Without either of the first two, the watchdog's session is left to the first tick of
     /// [`Watchdog::supervise`]: connecting costs a backend start, which the caller need not
     /// wait for.
     fn handshake(&mut self) -> Result<()> {
-        let result = (|| -> Result<()> {
-            if self.plan.create_test || self.plan.password.is_some() {
-                let mut session =
-                    Session::connect(&self.plan.instance.dir, self.port, &self.plan.user)?;
-                if self.plan.create_test {
-                    session.execute(&initdb::create_test_sql(&self.plan.user))?;
-                }
-                if let Some(password) = &self.plan.password {
-                    session.set_password(&self.plan.user, &secret::scram_verifier(password))?;
-                }
-                self.session = Some(session);
+        if self.plan.create_test || self.plan.password.is_some() {
+            let mut session =
+                Session::connect(&self.plan.instance.dir, self.port, &self.plan.user)?;
+            if self.plan.create_test {
+                session.execute(&initdb::create_test_sql(&self.plan.user))?;
             }
-            let watchdog_pid = std::process::id() as i32;
-            let postmaster_pid = self.server.id() as i32;
-            self.segments = shm::of_server(postmaster_pid, &self.plan.instance.data());
-            self.plan.instance.write_state(&State {
-                watchdog_pid,
-                postmaster_pid,
-                port: self.port,
-                tcp: self.plan.tcp,
-                keep: self.plan.keep,
-                owner_uid: self.plan.owner_uid,
-                user: self.plan.user.clone(),
-                timeout: self.plan.timeout,
-                watchdog_start: ownership::start_time(watchdog_pid),
-                postmaster_start: ownership::start_time(postmaster_pid),
-                segments: self.segments.clone(),
-            })?;
-            if let Some(registration) = &self.plan.registration {
-                let path = format!("{}\n", self.plan.instance.dir.display());
-                std::fs::write(registration, path)
-                    .with_context(|| format!("cannot write {}", registration.display()))?;
+            if let Some(password) = &self.plan.password {
+                session.set_password(&self.plan.user, &secret::scram_verifier(password))?;
             }
-            if let Some(waiting) = &self.plan.waiting {
-                waiting.publish(&self.plan.instance, self.plan.password.as_deref())?;
-            }
-            Ok(())
-        })();
-        if result.is_err() {
-            unregister(&self.plan);
-            if let Some(waiting) = &self.plan.waiting {
-                waiting.retract(&self.plan.instance);
-            }
-            self.session = None;
-            cluster::stop_child(&mut self.server);
-            dispose_after_failure(&self.plan);
+            self.session = Some(session);
         }
-        result
+        let watchdog_pid = std::process::id() as i32;
+        let postmaster_pid = self.server.id() as i32;
+        self.segments = shm::of_server(postmaster_pid, &self.plan.instance.data());
+        self.plan.instance.write_state(&State {
+            watchdog_pid,
+            postmaster_pid,
+            port: self.port,
+            tcp: self.plan.tcp,
+            keep: self.plan.keep,
+            owner_uid: self.plan.owner_uid,
+            user: self.plan.user.clone(),
+            timeout: self.plan.timeout,
+            watchdog_start: ownership::start_time(watchdog_pid),
+            postmaster_start: ownership::start_time(postmaster_pid),
+            segments: self.segments.clone(),
+        })?;
+        if let Some(registration) = &self.plan.registration {
+            let path = format!("{}\n", self.plan.instance.dir.display());
+            std::fs::write(registration, path)
+                .with_context(|| format!("cannot write {}", registration.display()))?;
+        }
+        if let Some(waiting) = &self.plan.waiting {
+            waiting.publish(&self.plan.instance, self.plan.password.as_deref())?;
+        }
+        Ok(())
+    }
+
+    /// Undoes a start that failed once the server ran: withdraws what the handshake
+    /// published, stops the server and disposes of the directory.
+    fn abandon(&mut self) {
+        unregister(&self.plan);
+        if let Some(waiting) = &self.plan.waiting {
+            waiting.retract(&self.plan.instance);
+        }
+        self.session = None;
+        cluster::stop_child(&mut self.server);
+        dispose_after_failure(&self.plan);
     }
 
     /// Looks after the running server until it is time to stop; returns the exit code.
     fn supervise(&mut self) -> i32 {
-        let mut last_busy = Instant::now();
-        let mut claimed_at = None;
+        let mut watch = Watch {
+            last_busy: Instant::now(),
+            claimed_at: None,
+            // Not yet looked: the `idle` file for `pgtmp list` is made at the first idle poll.
+            was_busy: true,
+        };
         let mut lifeline = self.plan.lifeline.take().map(lifeline::Line::new);
-        // Not yet looked: the `idle` file for `pgtmp list` is made at the first idle poll.
-        let mut was_busy = true;
         loop {
             let stop_requested = wait_for_signals(&self.signals, TICK);
-            if cluster::exited(&mut self.server) {
-                // The server died by itself (killed?): `stop` finds nothing to stop, but
-                // releases what a killed server cannot release itself, its shared memory.
+            if self.server_is_going() {
                 break;
             }
-            if cluster::is_stopping(&self.plan.instance.data()) {
-                // Someone asked the server to stop (SIGTERM): finish what they started.
-                break;
-            }
-            if !self.plan.instance.state_path().exists() {
-                // The directory was deleted under the server: stop it now rather than let it
-                // run on without its files.
-                if let Some(waiting) = &self.plan.waiting {
-                    waiting.withdraw();
-                }
-                break;
-            }
-            if let Some(waiting) = self.plan.waiting.clone() {
-                match waiting.take_claim(&self.plan.instance) {
-                    Some(claim) => {
-                        self.accept(claim);
-                        last_busy = Instant::now();
-                    }
-                    None if waiting.token.exists() => {
-                        // Unclaimed: stop when asked or when nobody wanted it in time.
-                        if (stop_requested || last_busy.elapsed().as_secs() >= self.plan.timeout)
-                            && waiting.withdraw()
-                        {
-                            break;
-                        }
-                        continue;
-                    }
-                    None => {
-                        // Claimed, and the claim's details are on their way.
-                        let since = *claimed_at.get_or_insert_with(Instant::now);
-                        if since.elapsed() >= CLAIM_LIMIT {
-                            self.accept(Claim {
-                                timeout: DEFAULT_TIMEOUT,
-                                keep: false,
-                            });
-                            last_busy = Instant::now();
-                        }
-                        continue;
-                    }
-                }
+            match self.wait_for_claim(stop_requested, &mut watch) {
+                Step::Stop => break,
+                Step::Next => continue,
+                Step::Go => {}
             }
             if stop_requested {
                 break;
@@ -534,31 +448,96 @@ impl Watchdog {
                     Pull::Cut => break,
                     Pull::Released => {
                         lifeline = None;
-                        last_busy = Instant::now();
+                        watch.last_busy = Instant::now();
                     }
                 }
             }
-            if self.plan.timeout == 0 {
-                continue;
-            }
-            let timeout = Duration::from_secs(self.plan.timeout);
-            let busy = self.busy();
-            if busy != was_busy {
-                self.plan.instance.mark_idle(!busy);
-                was_busy = busy;
-                if !busy {
-                    // The last client left at some point since the previous poll: count from
-                    // now, so the cluster never stops before a whole timeout without clients.
-                    last_busy = Instant::now();
-                }
-            }
-            if busy {
-                last_busy = Instant::now();
-            } else if last_busy.elapsed() >= timeout {
+            if self.plan.timeout > 0 && self.idle_too_long(&mut watch) {
                 break;
             }
         }
         self.stop()
+    }
+
+    /// True when the server is ending or has to: it died by itself, someone asked it to stop,
+    /// or its directory was deleted under it.
+    fn server_is_going(&mut self) -> bool {
+        if cluster::exited(&mut self.server) {
+            // The server died by itself (killed?): `stop` finds nothing to stop, but releases
+            // what a killed server cannot release itself, its shared memory.
+            return true;
+        }
+        if cluster::is_stopping(&self.plan.instance.data()) {
+            // Someone asked the server to stop (SIGTERM): finish what they started.
+            return true;
+        }
+        if !self.plan.instance.state_path().exists() {
+            // The directory was deleted under the server: stop it now rather than let it run
+            // on without its files.
+            if let Some(waiting) = &self.plan.waiting {
+                waiting.withdraw();
+            }
+            return true;
+        }
+        false
+    }
+
+    /// For a pre-started server: takes a claim when one came, and tells whether the server
+    /// still waits for one (then the idle timeout and the lifeline do not apply yet).
+    fn wait_for_claim(&mut self, stop_requested: bool, watch: &mut Watch) -> Step {
+        let Some(waiting) = self.plan.waiting.clone() else {
+            return Step::Go;
+        };
+        match waiting.take_claim(&self.plan.instance) {
+            Some(claim) => {
+                self.accept(claim);
+                watch.last_busy = Instant::now();
+                Step::Go
+            }
+            None if waiting.token.exists() => {
+                // Unclaimed: stop when asked or when nobody wanted it in time.
+                let unwanted = watch.last_busy.elapsed().as_secs() >= self.plan.timeout;
+                if (stop_requested || unwanted) && waiting.withdraw() {
+                    Step::Stop
+                } else {
+                    Step::Next
+                }
+            }
+            None => {
+                // Claimed, and the claim's details are on their way.
+                let since = *watch.claimed_at.get_or_insert_with(Instant::now);
+                if since.elapsed() >= CLAIM_LIMIT {
+                    self.accept(Claim {
+                        timeout: DEFAULT_TIMEOUT,
+                        keep: false,
+                    });
+                    watch.last_busy = Instant::now();
+                }
+                Step::Next
+            }
+        }
+    }
+
+    /// True once the server has had no client for the whole timeout; keeps the `idle` mark
+    /// that `pgtmp list` shows.
+    fn idle_too_long(&mut self, watch: &mut Watch) -> bool {
+        let timeout = Duration::from_secs(self.plan.timeout);
+        let busy = self.busy();
+        if busy != watch.was_busy {
+            self.plan.instance.mark_idle(!busy);
+            watch.was_busy = busy;
+            if !busy {
+                // The last client left at some point since the previous poll: count from now,
+                // so the cluster never stops before a whole timeout without clients.
+                watch.last_busy = Instant::now();
+            }
+        }
+        if busy {
+            watch.last_busy = Instant::now();
+            false
+        } else {
+            watch.last_busy.elapsed() >= timeout
+        }
     }
 
     /// Stops the server now and cleans up; returns the exit code.
@@ -663,6 +642,80 @@ pub fn dispose(instance: &Instance, on_failure: OnFailure) {
         OnFailure::EmptyOut => instance.empty_out(),
         OnFailure::Leave => Ok(()),
     };
+}
+
+/// What [`Watchdog::supervise`] keeps between ticks.
+struct Watch {
+    /// When a client was last seen (or the clock last restarted: a claim, a released lifeline).
+    last_busy: Instant,
+    /// When a claim of the pre-started server was first seen without its details.
+    claimed_at: Option<Instant>,
+    /// Whether the previous look found a client.
+    was_busy: bool,
+}
+
+/// What the supervising loop does after a step.
+enum Step {
+    /// Stop the server.
+    Stop,
+    /// Nothing more this tick.
+    Next,
+    /// Go on with the tick's other checks.
+    Go,
+}
+
+/// A server spawned but not yet ready: stopped if dropped, so that every way out of a failed
+/// start stops it (a server that exited by itself is only reaped).
+struct Starting(Option<Child>);
+
+impl Starting {
+    fn child(&mut self) -> &mut Child {
+        // Some until `ready` takes it, which consumes `self`.
+        self.0.as_mut().unwrap_or_else(|| unreachable!())
+    }
+
+    /// The server is ready: it is the watchdog's to look after from now on.
+    fn ready(mut self) -> Child {
+        self.0.take().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(server) = &mut self.0 {
+            cluster::stop_child(server);
+        }
+    }
+}
+
+/// Why postgres exited during its start on `port`, from what it wrote to its log (`text`).
+fn why_postgres_exited(plan: &Plan, port: u16, text: &str) -> anyhow::Error {
+    if plan.tcp && cluster::lost_port_race(text) {
+        return anyhow::anyhow!(
+            "port {port} is already in use on 127.0.0.1; choose another with -p, \
+             or leave -p out to get a free one"
+        );
+    }
+    if text.trim().is_empty() {
+        return anyhow::anyhow!(
+            "postgres exited at once without writing to {}{}",
+            plan.instance.log().display(),
+            if disk_full(&plan.instance) {
+                ": No space left on device; free some space"
+            } else {
+                ""
+            }
+        );
+    }
+    anyhow::anyhow!(
+        "postgres did not start{}: {}",
+        if plan.options.is_empty() {
+            ""
+        } else {
+            " (check the -o options)"
+        },
+        cluster::failure_lines(text)
+    )
 }
 
 /// True when the file system holding the directory has no space left (for the unprivileged).
