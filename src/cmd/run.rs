@@ -16,29 +16,35 @@
 use super::start;
 use crate::cli::{GlobalArgs, RunArgs};
 use crate::lifecycle::lifeline::{self, Holder};
+use crate::os::detach::{self, Forked};
 use crate::os::process;
+use crate::os::signals::{Arrived, Held, SignalPipe};
 use crate::output::exit::{self, Passed};
 use crate::output::format::{Cluster, Format};
 use crate::server::discover::Installation;
 use anyhow::{Context, Result, anyhow, bail};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 use std::ffi::OsString;
 use std::io::{ErrorKind, Read};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, ExitStatus};
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 /// Longest the watchdog may take to stop the server and remove its directory.
 const STOP_LIMIT: Duration = Duration::from_secs(60);
 
-/// Signals that end `pgtmp run`: passed on to CMD, then the cluster is stopped.
-const FORWARDED: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
+/// Signals `pgtmp run` catches: SIGINT, SIGTERM and SIGHUP end it (passed on to CMD, then the
+/// cluster is stopped); SIGCHLD wakes it when CMD exits.
+const CAUGHT: [Signal; 4] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGCHLD,
+];
 
 /// libpq variables of the caller that would point CMD's clients somewhere else than the
 /// cluster (or demand SSL, which it does not offer).
@@ -73,8 +79,13 @@ pub fn run(mut args: RunArgs, global: &GlobalArgs) -> Result<()> {
     let arguments: Vec<OsString> = words.collect();
     check_runnable(&program)?;
 
-    let signals = Signals::install()?;
-    let (cluster, holder, interrupted) = start_in_child(&args.start, global, &signals)?;
+    let held = Held::new(&CAUGHT)?;
+    let Started {
+        cluster,
+        holder,
+        signals,
+        interrupted,
+    } = start_in_child(&args.start, global, held)?;
     let keep = cluster.keep;
     let format = args.start.format.unwrap_or_default();
     if let Some(signal) = interrupted {
@@ -150,45 +161,44 @@ fn check_runnable(program: &OsString) -> Result<()> {
     }
 }
 
+/// What the start left `pgtmp run` with.
+struct Started {
+    cluster: Cluster,
+    holder: Holder,
+    /// The signals `pgtmp run` catches from now on.
+    signals: SignalPipe,
+    /// The last of them that arrived during the start, if any.
+    interrupted: Option<i32>,
+}
+
 /// Forks a child that starts the cluster exactly as `pgtmp start` does (dropping root for
-/// good) and reports it. Returns the cluster, its lifeline, and the signal that arrived
-/// meanwhile, if any. A child that failed has printed its own error; its status is passed on.
+/// good) and reports it, then waits for it. A child that failed has printed its own error; its
+/// status is passed on.
+///
+/// `held` holds back the signals `pgtmp run` catches: they are caught only once the starter is
+/// forked, so that it and the watchdog it forks have the default dispositions (a signal-hook
+/// handler cannot be undone in a child), and none that arrives meanwhile is lost.
 fn start_in_child(
     args: &crate::cli::StartArgs,
     global: &GlobalArgs,
-    signals: &Signals,
-) -> Result<(Cluster, Holder, Option<i32>)> {
+    held: Held,
+) -> Result<Started> {
     let (holder, line) = lifeline::pair()?;
-    let (mut reader, writer) = std::io::pipe().context("cannot create a pipe to the starter")?;
-    {
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-        let _ = std::io::stderr().flush();
-    }
-    let pid = match fork::fork().map_err(|err| exit::spawn_error(err, "cannot fork"))? {
-        fork::Fork::Child => {
+    let (reader, writer) = std::io::pipe().context("cannot create a pipe to the starter")?;
+    let pid = match detach::fork()? {
+        Forked::Child => {
             // Interrupted like any `pgtmp start`; the watchdog sees the lifeline cut then.
-            Signals::restore_defaults();
+            drop(held);
             // Only `pgtmp run` itself may hold the lifeline: the watchdog forked from here
             // would otherwise keep it from ever being cut.
             drop(holder);
             drop(reader);
-            let code = match start::launch(args, global, Some(line)) {
-                Ok(launched) => {
-                    let report = serde_json::to_string(&launched.cluster).unwrap_or_default();
-                    let mut writer = writer;
-                    use std::io::Write;
-                    let written = writeln!(writer, "{report}").is_ok();
-                    drop(writer);
-                    launched.refill_pool();
-                    if written { 0 } else { exit::FAILURE as i32 }
-                }
-                Err(err) => exit::report(&err) as i32,
-            };
-            std::process::exit(code);
+            be_the_starter(args, global, line, writer)
         }
-        fork::Fork::Parent(pid) => pid,
+        Forked::Parent(pid) => pid,
     };
+    let signals = SignalPipe::catch(&CAUGHT)?;
+    drop(held);
     drop(line);
     drop(writer);
     let status = loop {
@@ -199,13 +209,46 @@ fn start_in_child(
         }
     };
     // The signals that arrived meanwhile wait in the pipe; the last one counts.
-    let interrupted = signals.take().last().map(|&(signal, _)| signal);
+    let interrupted = forwarded(signals.take())
+        .last()
+        .map(|arrived| arrived.signal);
     match status {
         WaitStatus::Exited(_, 0) => {}
         WaitStatus::Exited(_, code) => return Err(Passed(code as u8).into()),
         WaitStatus::Signaled(_, signal, _) => return Err(Passed(128 + signal as u8).into()),
         other => bail!("the starter process ended oddly: {other:?}"),
     }
+    Ok(Started {
+        cluster: read_report(reader)?,
+        holder,
+        signals,
+        interrupted,
+    })
+}
+
+/// The forked starter: starts the cluster and writes it, as JSON, on `writer`.
+fn be_the_starter(
+    args: &crate::cli::StartArgs,
+    global: &GlobalArgs,
+    line: OwnedFd,
+    mut writer: std::io::PipeWriter,
+) -> ! {
+    let code = match start::launch(args, global, Some(line)) {
+        Ok(launched) => {
+            let report = serde_json::to_string(&launched.cluster).unwrap_or_default();
+            use std::io::Write;
+            let written = writeln!(writer, "{report}").is_ok();
+            drop(writer);
+            launched.refill_pool();
+            if written { 0 } else { exit::FAILURE as i32 }
+        }
+        Err(err) => exit::report(&err) as i32,
+    };
+    std::process::exit(code);
+}
+
+/// The cluster the starter reported, once it has exited.
+fn read_report(mut reader: std::io::PipeReader) -> Result<Cluster> {
     // The watchdog inherited the pipe's write end, so read what is there instead of waiting
     // for end of file: the starter wrote its one line before it exited.
     nix::fcntl::fcntl(
@@ -223,25 +266,31 @@ fn start_in_child(
             Err(_) => break,
         }
     }
-    let cluster = serde_json::from_slice(&report)
-        .map_err(|err| anyhow!("the starter reported no cluster ({err}); try again"))?;
-    Ok((cluster, holder, interrupted))
+    serde_json::from_slice(&report)
+        .map_err(|err| anyhow!("the starter reported no cluster ({err}); try again"))
+}
+
+/// The signals to pass on, SIGCHLD (which only wakes `pgtmp run`) left out.
+fn forwarded(arrived: Vec<Arrived>) -> impl Iterator<Item = Arrived> {
+    arrived
+        .into_iter()
+        .filter(|arrived| arrived.signal != Signal::SIGCHLD as i32)
 }
 
 /// Waits for CMD, passing on the signals pgtmp receives; CMD may take as long as it likes to
 /// act on them. A signal from the terminal (Ctrl-C, a hang-up) goes to the whole foreground
 /// process group, so it is passed on only if CMD has left pgtmp's group (as sudo does);
 /// otherwise CMD would get it twice.
-fn wait_forwarding(child: &mut std::process::Child, signals: &Signals) -> Result<ExitStatus> {
+fn wait_forwarding(child: &mut std::process::Child, signals: &SignalPipe) -> Result<ExitStatus> {
     let pid = child.id() as i32;
     loop {
         if let Some(status) = child.try_wait().context("cannot wait for the command")? {
             return Ok(status);
         }
         signals.wait(Duration::from_millis(500));
-        for (signal, from_terminal) in signals.take() {
-            let reached_cmd = from_terminal && in_my_group(pid);
-            if !reached_cmd && let Ok(signal) = Signal::try_from(signal) {
+        for arrived in forwarded(signals.take()) {
+            let reached_cmd = arrived.from_kernel && in_my_group(pid);
+            if !reached_cmd && let Ok(signal) = Signal::try_from(arrived.signal) {
                 process::signal(pid, signal)?;
             }
         }
@@ -286,92 +335,6 @@ fn finish(cluster: &Cluster, holder: Holder, keep: bool, format: Format) -> Resu
         &cluster.socket_dir.display().to_string(),
         STOP_LIMIT,
     )
-}
-
-/// Write end of the signal pipe, for the handler.
-static SIGNAL_FD: AtomicI32 = AtomicI32::new(-1);
-
-/// si_code of signals the kernel generates itself, e.g. the terminal's Ctrl-C and hang-up.
-const SI_KERNEL: i32 = 0x80;
-
-extern "C" fn on_signal(
-    signal: nix::libc::c_int,
-    info: *mut nix::libc::siginfo_t,
-    _context: *mut nix::libc::c_void,
-) {
-    let fd = SIGNAL_FD.load(Ordering::Relaxed);
-    if fd < 0 {
-        return;
-    }
-    // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
-    let from_terminal = !info.is_null() && unsafe { (*info).si_code } == SI_KERNEL;
-    let bytes = [signal as u8, from_terminal as u8];
-    // SAFETY: write(2) is async-signal-safe; the fd is non-blocking.
-    unsafe { nix::libc::write(fd, bytes.as_ptr().cast(), 2) };
-}
-
-/// SIGINT, SIGTERM, SIGHUP and SIGCHLD as bytes on a pipe (the self-pipe trick): pgtmp run
-/// waits in poll(2) and wakes for a signal to pass on or a child that exited.
-struct Signals {
-    read: OwnedFd,
-    _write: OwnedFd,
-}
-
-impl Signals {
-    fn install() -> Result<Signals> {
-        let (read, write) = crate::os::selfpipe::pipe()?;
-        SIGNAL_FD.store(write.as_raw_fd(), Ordering::Relaxed);
-        // No SA_RESTART: waitpid returns EINTR, so a signal during the start is seen at once.
-        let action = SigAction::new(
-            SigHandler::SigAction(on_signal),
-            SaFlags::SA_SIGINFO,
-            SigSet::empty(),
-        );
-        for signal in FORWARDED.into_iter().chain([Signal::SIGCHLD]) {
-            // SAFETY: the handler only calls write(2) on a non-blocking pipe.
-            unsafe { sigaction(signal, &action) }
-                .map_err(|e| anyhow!("cannot handle {signal}: {e}"))?;
-        }
-        Ok(Signals {
-            read,
-            _write: write,
-        })
-    }
-
-    /// In the forked starter: signals act as they do on `pgtmp start`.
-    fn restore_defaults() {
-        SIGNAL_FD.store(-1, Ordering::Relaxed);
-        let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-        for signal in FORWARDED.into_iter().chain([Signal::SIGCHLD]) {
-            // SAFETY: restoring the default action installs no code.
-            let _ = unsafe { sigaction(signal, &default) };
-        }
-    }
-
-    /// Sleeps up to `limit` or until a signal arrives.
-    fn wait(&self, limit: Duration) {
-        let timeout = PollTimeout::try_from(limit).unwrap_or(PollTimeout::MAX);
-        let mut fds = [PollFd::new(self.read.as_fd(), PollFlags::POLLIN)];
-        let _ = poll(&mut fds, timeout);
-    }
-
-    /// The signals that arrived (SIGCHLD left out), each with whether the terminal sent it.
-    fn take(&self) -> Vec<(i32, bool)> {
-        let mut found = Vec::new();
-        let mut buf = [0u8; 64];
-        while let Ok(n) = nix::unistd::read(&self.read, &mut buf) {
-            if n == 0 {
-                break;
-            }
-            for pair in buf[..n].chunks(2) {
-                let signal = i32::from(pair[0]);
-                if signal != Signal::SIGCHLD as i32 {
-                    found.push((signal, pair.get(1) == Some(&1)));
-                }
-            }
-        }
-        found
-    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use crate::lifecycle::claim::{Claim, Waiting};
 use crate::lifecycle::lifeline::{self, Pull};
 use crate::os::detach::{self, Forked};
 use crate::os::secret;
+use crate::os::signals::{self, SignalPipe};
 use crate::output::trace;
 use crate::server::client::Session;
 use crate::server::cluster::{self, ServerSpec, Startup};
@@ -17,16 +18,15 @@ use crate::server::initdb;
 use crate::server::shm;
 use crate::state::instance::{Instance, State};
 use crate::state::ownership;
-use anyhow::{Context, Result, anyhow, bail};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::Child;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 /// Seconds without a client after which a cluster stops, unless -w says otherwise.
@@ -99,7 +99,7 @@ pub struct Started {
 /// Forks the watchdog and waits for its report. Returns once the server accepts connections,
 /// or with the reason it could not start (by then everything has been cleaned up).
 pub fn launch(plan: Plan) -> Result<Started> {
-    let (forked, mut reader, writer) = match fork_watchdog() {
+    let (forked, reader, writer) = match fork_watchdog() {
         Ok(forked) => forked,
         Err(err) => {
             // No watchdog, so nobody else will: the directory goes as after any failed start.
@@ -110,79 +110,130 @@ pub fn launch(plan: Plan) -> Result<Started> {
     match forked {
         Forked::Parent(pid) => {
             drop(writer);
-            let mut report = String::new();
-            reader
-                .read_to_string(&mut report)
-                .context("cannot read the watchdog's report")?;
-            match report.split_once(' ') {
-                Some(("ready", rest)) => {
-                    let mut words = rest.split_whitespace();
-                    let port = words.next().and_then(|w| w.parse::<u16>().ok());
-                    let server_pid = words.next().and_then(|w| w.parse::<i32>().ok());
-                    let (Some(port), Some(server_pid)) = (port, server_pid) else {
-                        bail!("the watchdog reported a malformed line: {report:?}");
-                    };
-                    trace::replay(words.next().unwrap_or(""));
-                    Ok(Started {
-                        port,
-                        watchdog_pid: pid,
-                        server_pid,
-                    })
-                }
-                other => {
-                    // The watchdog has cleaned up and exited; reap it so nothing is left.
-                    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-                    match other {
-                        Some(("error", message)) => bail!("{}", message.trim_end()),
-                        _ => {
-                            // It died without a word (killed, or could not detach), so it
-                            // cleaned up nothing. A server it started gets SIGQUIT from the
-                            // kernel (Linux); the directory goes only once the server has.
-                            if let Some(server) =
-                                crate::state::ownership::proven_postmaster_of(&plan.instance.data())
-                            {
-                                let pid = server.pid();
-                                let _ =
-                                    cluster::shutdown(&server, || !crate::os::process::alive(pid));
-                            }
-                            // A postmaster too young to have written postmaster.pid, or its
-                            // children, may still be at work in the directory: removing it
-                            // under them would leave it half there.
-                            let deadline = Instant::now() + LOST_WATCHDOG_LIMIT;
-                            while crate::state::ownership::processes_inside(&plan.instance.dir)
-                                && Instant::now() < deadline
-                            {
-                                std::thread::sleep(Duration::from_millis(5));
-                            }
-                            dispose_after_failure(&plan);
-                            bail!(
-                                "the watchdog exited before the server was ready (was it killed?); try again"
-                            )
-                        }
-                    }
-                }
-            }
+            await_report(&plan, pid, reader)
         }
         Forked::Child => {
             drop(reader);
-            // A process that switched accounts (root handing the server to `postgres`) is not
-            // dumpable, which hides its /proc/PID/fd even from its own account; `pgtmp stop`
-            // proves a watchdog by the directory descriptor it holds (the lock, kept in
-            // `plan.lock` for the watchdog's whole life), so it must be able to look. The
-            // switch is for good and nothing of the invoker's is held, so nothing is exposed
-            // that the server account could not reach anyway.
-            #[cfg(target_os = "linux")]
-            let _ = nix::sys::prctl::set_dumpable(true);
-            let mut clock = trace::Clock::start();
-            clock.phase("fork");
-            let code = match Watchdog::start(plan, writer, clock) {
-                Ok((mut watchdog, true)) => watchdog.supervise(),
-                // Nobody received the URL (pgtmp was killed while it waited): stop now.
-                Ok((mut watchdog, false)) => watchdog.stop(),
-                Err(()) => 1,
-            };
-            std::process::exit(code);
+            be_the_watchdog(plan, writer)
         }
+    }
+}
+
+/// In the waiting `pgtmp`: the watchdog `pid`'s report, read until the watchdog closes the pipe.
+fn await_report(plan: &Plan, pid: i32, mut reader: std::io::PipeReader) -> Result<Started> {
+    let mut text = String::new();
+    reader
+        .read_to_string(&mut text)
+        .context("cannot read the watchdog's report")?;
+    let outcome = Report::parse(&text)?;
+    if let Some(Outcome::Ready {
+        port,
+        server_pid,
+        trace: phases,
+    }) = outcome
+    {
+        trace::replay(&phases);
+        return Ok(Started {
+            port,
+            watchdog_pid: pid,
+            server_pid,
+        });
+    }
+    // The watchdog has cleaned up and exited; reap it so nothing is left.
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    if let Some(Outcome::Error { message }) = outcome {
+        bail!("{}", message.trim_end());
+    }
+    clean_up_after_lost_watchdog(plan);
+    bail!("the watchdog exited before the server was ready (was it killed?); try again")
+}
+
+/// Disposes of the directory of a watchdog that died without a word (killed, or could not
+/// detach), which cleaned up nothing. A server it started gets SIGQUIT from the kernel (Linux);
+/// the directory goes only once the server has.
+fn clean_up_after_lost_watchdog(plan: &Plan) {
+    if let Some(server) = crate::state::ownership::proven_postmaster_of(&plan.instance.data()) {
+        let pid = server.pid();
+        let _ = cluster::shutdown(&server, || !crate::os::process::alive(pid));
+    }
+    // A postmaster too young to have written postmaster.pid, or its children, may still be at
+    // work in the directory: removing it under them would leave it half there.
+    let deadline = Instant::now() + LOST_WATCHDOG_LIMIT;
+    while crate::state::ownership::processes_inside(&plan.instance.dir) && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    dispose_after_failure(plan);
+}
+
+/// In the forked watchdog: starts the server, reports on `writer`, looks after the server and
+/// exits.
+fn be_the_watchdog(plan: Plan, writer: std::io::PipeWriter) -> ! {
+    // A process that switched accounts (root handing the server to `postgres`) is not
+    // dumpable, which hides its /proc/PID/fd even from its own account; `pgtmp stop` proves a
+    // watchdog by the directory descriptor it holds (the lock, kept in `plan.lock` for the
+    // watchdog's whole life), so it must be able to look. The switch is for good and nothing of
+    // the invoker's is held, so nothing is exposed that the server account could not reach
+    // anyway.
+    #[cfg(target_os = "linux")]
+    let _ = nix::sys::prctl::set_dumpable(true);
+    let mut clock = trace::Clock::start();
+    clock.phase("fork");
+    let code = match Watchdog::start(plan, writer, clock) {
+        Ok((mut watchdog, true)) => watchdog.supervise(),
+        // Nobody received the URL (pgtmp was killed while it waited): stop now.
+        Ok((mut watchdog, false)) => watchdog.stop(),
+        Err(()) => 1,
+    };
+    std::process::exit(code);
+}
+
+/// The version of [`Report`]'s format; a reader refuses any other.
+const REPORT_VERSION: u32 = 1;
+
+/// The watchdog's one message to the waiting `pgtmp`: one JSON line on a pipe.
+#[derive(Serialize, Deserialize)]
+struct Report {
+    version: u32,
+    #[serde(flatten)]
+    outcome: Outcome,
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+#[serde(tag = "status", rename_all = "lowercase")]
+enum Outcome {
+    /// The server accepts connections; `trace` holds the watchdog's phases (`Clock::encode`).
+    Ready {
+        port: u16,
+        server_pid: i32,
+        trace: String,
+    },
+    /// The start failed, and the directory has been disposed of.
+    Error { message: String },
+}
+
+impl Report {
+    /// Writes `outcome` on `to`; true if it was delivered.
+    fn send(to: &mut impl Write, outcome: Outcome) -> bool {
+        let report = Report {
+            version: REPORT_VERSION,
+            outcome,
+        };
+        serde_json::to_string(&report).is_ok_and(|line| writeln!(to, "{line}").is_ok())
+    }
+
+    /// The outcome in `text`; None when there is none (the watchdog died without a word).
+    fn parse(text: &str) -> Result<Option<Outcome>> {
+        let Ok(report) = serde_json::from_str::<Report>(text) else {
+            return Ok(None);
+        };
+        if report.version != REPORT_VERSION {
+            bail!(
+                "the watchdog reported in version {} of its format, not {REPORT_VERSION}",
+                report.version
+            );
+        }
+        Ok(Some(report.outcome))
     }
 }
 
@@ -217,63 +268,60 @@ impl Watchdog {
         // instead of init's, so that `end_orphans` can stop them.
         #[cfg(target_os = "linux")]
         let _ = nix::sys::prctl::set_child_subreaper(true);
-        let signals = match SignalPipe::install() {
-            Ok(s) => s,
-            Err(err) => {
-                dispose_after_failure(&plan);
-                let _ = writeln!(report, "error {err:#}");
-                return Err(());
-            }
-        };
-        let result = Self::start_server(&plan, &mut clock).and_then(|(server, port)| {
-            let mut watchdog = Watchdog {
-                plan,
-                server,
-                port,
-                session: None,
-                signals,
-                segments: crate::state::segments::Segments::default(),
-            };
-            watchdog.handshake()?;
-            clock.phase("handshake");
-            Ok(watchdog)
-        });
-        match result {
+        match Self::bring_up(plan, &mut clock) {
             Ok(watchdog) => {
                 crate::os::testpause::point("ready");
-                let delivered = writeln!(
-                    report,
-                    "ready {} {} {}",
-                    watchdog.port,
-                    watchdog.server.id(),
-                    clock.encode()
-                )
-                .is_ok();
+                let ready = Outcome::Ready {
+                    port: watchdog.port,
+                    server_pid: watchdog.server.id() as i32,
+                    trace: clock.encode(),
+                };
+                let delivered = Report::send(&mut report, ready);
                 Ok((watchdog, delivered))
             }
             Err(failure) => {
-                let _ = writeln!(report, "error {failure:#}");
+                let message = format!("{failure:#}");
+                Report::send(&mut report, Outcome::Error { message });
                 Err(())
             }
         }
     }
 
-    /// Spawns postgres and waits for it, retrying with another port when an automatically
-    /// chosen one was taken between choosing and binding.
-    fn start_server(plan: &Plan, clock: &mut trace::Clock) -> Result<(Child, u16)> {
-        let cleanup = |server: Option<&mut Child>| {
-            if let Some(server) = server {
-                cluster::stop_child(server);
-            }
-            dispose_after_failure(plan);
-        };
-        let mut log = match open_log(&plan.instance) {
-            Ok(log) => log,
+    /// Catches the signals, starts the server and completes the start ([`Self::handshake`]).
+    /// A failure is undone here, in one place for each stage: before the server runs only the
+    /// directory is disposed of; after, [`Self::abandon`] also stops the server and withdraws
+    /// what the handshake published.
+    fn bring_up(plan: Plan, clock: &mut trace::Clock) -> Result<Watchdog> {
+        let running =
+            catch_signals().and_then(|signals| Ok((signals, Self::start_server(&plan, clock)?)));
+        let (signals, (server, port)) = match running {
+            Ok(running) => running,
             Err(err) => {
-                cleanup(None);
+                dispose_after_failure(&plan);
                 return Err(err);
             }
         };
+        let mut watchdog = Watchdog {
+            plan,
+            server,
+            port,
+            session: None,
+            signals,
+            segments: crate::state::segments::Segments::default(),
+        };
+        if let Err(err) = watchdog.handshake() {
+            watchdog.abandon();
+            return Err(err);
+        }
+        clock.phase("handshake");
+        Ok(watchdog)
+    }
+
+    /// Spawns postgres and waits for it, retrying with another port when an automatically
+    /// chosen one was taken between choosing and binding. A server that does not become ready
+    /// is stopped on the way out ([`Starting`]); the directory is the caller's to dispose of.
+    fn start_server(plan: &Plan, clock: &mut trace::Clock) -> Result<(Child, u16)> {
+        let mut log = open_log(&plan.instance)?;
         let mut port = plan.port;
         for attempt in 1..=PORT_ATTEMPTS {
             let log_start = log.seek(SeekFrom::End(0)).unwrap_or(0);
@@ -285,25 +333,21 @@ impl Watchdog {
                 tcp: plan.tcp,
                 options: &plan.options,
             };
-            let mut server = match spec.spawn(&log) {
-                Ok(server) => {
-                    clock.phase("spawn");
-                    server
-                }
-                Err(err) => {
-                    cleanup(None);
-                    return Err(err);
-                }
-            };
+            let mut server = Starting(Some(spec.spawn(&log)?));
+            clock.phase("spawn");
             crate::os::testpause::point("spawned");
-            match cluster::wait_ready(&mut server, &plan.instance, STARTUP_LIMIT) {
-                Ok(Startup::Ready) => {
+            match cluster::wait_ready(server.child(), &plan.instance, STARTUP_LIMIT)? {
+                Startup::Ready => {
                     clock.phase("ready");
-                    return Ok((server, port));
+                    return Ok((server.ready(), port));
                 }
-                Ok(Startup::Exited) => {
+                Startup::TimedOut => bail!(
+                    "postgres was not ready after {} s; see {}",
+                    STARTUP_LIMIT.as_secs(),
+                    plan.instance.log().display()
+                ),
+                Startup::Exited => {
                     let text = read_from(&mut log, log_start);
-                    let full = disk_full(&plan.instance);
                     let retry = plan.tcp && !plan.port_fixed && attempt < PORT_ATTEMPTS;
                     if retry
                         && cluster::lost_port_race(&text)
@@ -312,163 +356,88 @@ impl Watchdog {
                         port = next;
                         continue;
                     }
-                    cleanup(None);
-                    if plan.tcp && cluster::lost_port_race(&text) {
-                        bail!(
-                            "port {port} is already in use on 127.0.0.1; choose another with -p, \
-                             or leave -p out to get a free one"
-                        );
-                    }
-                    if text.trim().is_empty() {
-                        bail!(
-                            "postgres exited at once without writing to {}{}",
-                            plan.instance.log().display(),
-                            if full {
-                                ": No space left on device; free some space"
-                            } else {
-                                ""
-                            }
-                        );
-                    }
-                    bail!(
-                        "postgres did not start{}: {}",
-                        if plan.options.is_empty() {
-                            ""
-                        } else {
-                            " (check the -o options)"
-                        },
-                        cluster::failure_lines(&text)
-                    );
-                }
-                Ok(Startup::TimedOut) => {
-                    cleanup(Some(&mut server));
-                    bail!(
-                        "postgres was not ready after {} s; see {}",
-                        STARTUP_LIMIT.as_secs(),
-                        plan.instance.log().display()
-                    );
-                }
-                Err(err) => {
-                    cleanup(Some(&mut server));
-                    return Err(err);
+                    return Err(why_postgres_exited(plan, port, &text));
                 }
             }
         }
-        cleanup(None);
         bail!("no free TCP port found after {PORT_ATTEMPTS} attempts")
     }
 
     /// Creates database `test` if it is missing, sets the TCP password and records the state.
-    /// The server is stopped and the directory disposed of if any of it fails.
+    /// A failure is undone by the caller ([`Self::abandon`]).
     ///
     /// Without either of the first two, the watchdog's session is left to the first tick of
     /// [`Watchdog::supervise`]: connecting costs a backend start, which the caller need not
     /// wait for.
     fn handshake(&mut self) -> Result<()> {
-        let result = (|| -> Result<()> {
-            if self.plan.create_test || self.plan.password.is_some() {
-                let mut session =
-                    Session::connect(&self.plan.instance.dir, self.port, &self.plan.user)?;
-                if self.plan.create_test {
-                    session.execute(&initdb::create_test_sql(&self.plan.user))?;
-                }
-                if let Some(password) = &self.plan.password {
-                    session.set_password(&self.plan.user, &secret::scram_verifier(password))?;
-                }
-                self.session = Some(session);
+        if self.plan.create_test || self.plan.password.is_some() {
+            let mut session =
+                Session::connect(&self.plan.instance.dir, self.port, &self.plan.user)?;
+            if self.plan.create_test {
+                session.execute(&initdb::create_test_sql(&self.plan.user))?;
             }
-            let watchdog_pid = std::process::id() as i32;
-            let postmaster_pid = self.server.id() as i32;
-            self.segments = shm::of_server(postmaster_pid, &self.plan.instance.data());
-            self.plan.instance.write_state(&State {
-                watchdog_pid,
-                postmaster_pid,
-                port: self.port,
-                tcp: self.plan.tcp,
-                keep: self.plan.keep,
-                owner_uid: self.plan.owner_uid,
-                user: self.plan.user.clone(),
-                timeout: self.plan.timeout,
-                watchdog_start: ownership::start_time(watchdog_pid),
-                postmaster_start: ownership::start_time(postmaster_pid),
-                segments: self.segments.clone(),
-            })?;
-            if let Some(registration) = &self.plan.registration {
-                let path = format!("{}\n", self.plan.instance.dir.display());
-                std::fs::write(registration, path)
-                    .with_context(|| format!("cannot write {}", registration.display()))?;
+            if let Some(password) = &self.plan.password {
+                session.set_password(&self.plan.user, &secret::scram_verifier(password))?;
             }
-            if let Some(waiting) = &self.plan.waiting {
-                waiting.publish(&self.plan.instance, self.plan.password.as_deref())?;
-            }
-            Ok(())
-        })();
-        if result.is_err() {
-            unregister(&self.plan);
-            if let Some(waiting) = &self.plan.waiting {
-                waiting.retract(&self.plan.instance);
-            }
-            self.session = None;
-            cluster::stop_child(&mut self.server);
-            dispose_after_failure(&self.plan);
+            self.session = Some(session);
         }
-        result
+        let watchdog_pid = std::process::id() as i32;
+        let postmaster_pid = self.server.id() as i32;
+        self.segments = shm::of_server(postmaster_pid, &self.plan.instance.data());
+        self.plan.instance.write_state(&State {
+            watchdog_pid,
+            postmaster_pid,
+            port: self.port,
+            tcp: self.plan.tcp,
+            keep: self.plan.keep,
+            owner_uid: self.plan.owner_uid,
+            user: self.plan.user.clone(),
+            timeout: self.plan.timeout,
+            watchdog_start: ownership::start_time(watchdog_pid),
+            postmaster_start: ownership::start_time(postmaster_pid),
+            segments: self.segments.clone(),
+        })?;
+        if let Some(registration) = &self.plan.registration {
+            let path = format!("{}\n", self.plan.instance.dir.display());
+            std::fs::write(registration, path)
+                .with_context(|| format!("cannot write {}", registration.display()))?;
+        }
+        if let Some(waiting) = &self.plan.waiting {
+            waiting.publish(&self.plan.instance, self.plan.password.as_deref())?;
+        }
+        Ok(())
+    }
+
+    /// Undoes a start that failed once the server ran: withdraws what the handshake
+    /// published, stops the server and disposes of the directory.
+    fn abandon(&mut self) {
+        unregister(&self.plan);
+        if let Some(waiting) = &self.plan.waiting {
+            waiting.retract(&self.plan.instance);
+        }
+        self.session = None;
+        cluster::stop_child(&mut self.server);
+        dispose_after_failure(&self.plan);
     }
 
     /// Looks after the running server until it is time to stop; returns the exit code.
     fn supervise(&mut self) -> i32 {
-        let mut last_busy = Instant::now();
-        let mut claimed_at = None;
+        let mut watch = Watch {
+            last_busy: Instant::now(),
+            claimed_at: None,
+            // Not yet looked: the `idle` file for `pgtmp list` is made at the first idle poll.
+            was_busy: true,
+        };
         let mut lifeline = self.plan.lifeline.take().map(lifeline::Line::new);
-        // Not yet looked: the `idle` file for `pgtmp list` is made at the first idle poll.
-        let mut was_busy = true;
         loop {
-            let stop_requested = self.signals.wait(TICK);
-            if cluster::exited(&mut self.server) {
-                // The server died by itself (killed?): `stop` finds nothing to stop, but
-                // releases what a killed server cannot release itself, its shared memory.
+            let stop_requested = wait_for_signals(&self.signals, TICK);
+            if self.server_is_going() {
                 break;
             }
-            if cluster::is_stopping(&self.plan.instance.data()) {
-                // Someone asked the server to stop (SIGTERM): finish what they started.
-                break;
-            }
-            if !self.plan.instance.state_path().exists() {
-                // The directory was deleted under the server: stop it now rather than let it
-                // run on without its files.
-                if let Some(waiting) = &self.plan.waiting {
-                    waiting.withdraw();
-                }
-                break;
-            }
-            if let Some(waiting) = self.plan.waiting.clone() {
-                match waiting.take_claim(&self.plan.instance) {
-                    Some(claim) => {
-                        self.accept(claim);
-                        last_busy = Instant::now();
-                    }
-                    None if waiting.token.exists() => {
-                        // Unclaimed: stop when asked or when nobody wanted it in time.
-                        if (stop_requested || last_busy.elapsed().as_secs() >= self.plan.timeout)
-                            && waiting.withdraw()
-                        {
-                            break;
-                        }
-                        continue;
-                    }
-                    None => {
-                        // Claimed, and the claim's details are on their way.
-                        let since = *claimed_at.get_or_insert_with(Instant::now);
-                        if since.elapsed() >= CLAIM_LIMIT {
-                            self.accept(Claim {
-                                timeout: DEFAULT_TIMEOUT,
-                                keep: false,
-                            });
-                            last_busy = Instant::now();
-                        }
-                        continue;
-                    }
-                }
+            match self.wait_for_claim(stop_requested, &mut watch) {
+                Step::Stop => break,
+                Step::Next => continue,
+                Step::Go => {}
             }
             if stop_requested {
                 break;
@@ -479,31 +448,96 @@ impl Watchdog {
                     Pull::Cut => break,
                     Pull::Released => {
                         lifeline = None;
-                        last_busy = Instant::now();
+                        watch.last_busy = Instant::now();
                     }
                 }
             }
-            if self.plan.timeout == 0 {
-                continue;
-            }
-            let timeout = Duration::from_secs(self.plan.timeout);
-            let busy = self.busy();
-            if busy != was_busy {
-                self.plan.instance.mark_idle(!busy);
-                was_busy = busy;
-                if !busy {
-                    // The last client left at some point since the previous poll: count from
-                    // now, so the cluster never stops before a whole timeout without clients.
-                    last_busy = Instant::now();
-                }
-            }
-            if busy {
-                last_busy = Instant::now();
-            } else if last_busy.elapsed() >= timeout {
+            if self.plan.timeout > 0 && self.idle_too_long(&mut watch) {
                 break;
             }
         }
         self.stop()
+    }
+
+    /// True when the server is ending or has to: it died by itself, someone asked it to stop,
+    /// or its directory was deleted under it.
+    fn server_is_going(&mut self) -> bool {
+        if cluster::exited(&mut self.server) {
+            // The server died by itself (killed?): `stop` finds nothing to stop, but releases
+            // what a killed server cannot release itself, its shared memory.
+            return true;
+        }
+        if cluster::is_stopping(&self.plan.instance.data()) {
+            // Someone asked the server to stop (SIGTERM): finish what they started.
+            return true;
+        }
+        if !self.plan.instance.state_path().exists() {
+            // The directory was deleted under the server: stop it now rather than let it run
+            // on without its files.
+            if let Some(waiting) = &self.plan.waiting {
+                waiting.withdraw();
+            }
+            return true;
+        }
+        false
+    }
+
+    /// For a pre-started server: takes a claim when one came, and tells whether the server
+    /// still waits for one (then the idle timeout and the lifeline do not apply yet).
+    fn wait_for_claim(&mut self, stop_requested: bool, watch: &mut Watch) -> Step {
+        let Some(waiting) = self.plan.waiting.clone() else {
+            return Step::Go;
+        };
+        match waiting.take_claim(&self.plan.instance) {
+            Some(claim) => {
+                self.accept(claim);
+                watch.last_busy = Instant::now();
+                Step::Go
+            }
+            None if waiting.token.exists() => {
+                // Unclaimed: stop when asked or when nobody wanted it in time.
+                let unwanted = watch.last_busy.elapsed().as_secs() >= self.plan.timeout;
+                if (stop_requested || unwanted) && waiting.withdraw() {
+                    Step::Stop
+                } else {
+                    Step::Next
+                }
+            }
+            None => {
+                // Claimed, and the claim's details are on their way.
+                let since = *watch.claimed_at.get_or_insert_with(Instant::now);
+                if since.elapsed() >= CLAIM_LIMIT {
+                    self.accept(Claim {
+                        timeout: DEFAULT_TIMEOUT,
+                        keep: false,
+                    });
+                    watch.last_busy = Instant::now();
+                }
+                Step::Next
+            }
+        }
+    }
+
+    /// True once the server has had no client for the whole timeout; keeps the `idle` mark
+    /// that `pgtmp list` shows.
+    fn idle_too_long(&mut self, watch: &mut Watch) -> bool {
+        let timeout = Duration::from_secs(self.plan.timeout);
+        let busy = self.busy();
+        if busy != watch.was_busy {
+            self.plan.instance.mark_idle(!busy);
+            watch.was_busy = busy;
+            if !busy {
+                // The last client left at some point since the previous poll: count from now,
+                // so the cluster never stops before a whole timeout without clients.
+                watch.last_busy = Instant::now();
+            }
+        }
+        if busy {
+            watch.last_busy = Instant::now();
+            false
+        } else {
+            watch.last_busy.elapsed() >= timeout
+        }
     }
 
     /// Stops the server now and cleans up; returns the exit code.
@@ -610,6 +644,80 @@ pub fn dispose(instance: &Instance, on_failure: OnFailure) {
     };
 }
 
+/// What [`Watchdog::supervise`] keeps between ticks.
+struct Watch {
+    /// When a client was last seen (or the clock last restarted: a claim, a released lifeline).
+    last_busy: Instant,
+    /// When a claim of the pre-started server was first seen without its details.
+    claimed_at: Option<Instant>,
+    /// Whether the previous look found a client.
+    was_busy: bool,
+}
+
+/// What the supervising loop does after a step.
+enum Step {
+    /// Stop the server.
+    Stop,
+    /// Nothing more this tick.
+    Next,
+    /// Go on with the tick's other checks.
+    Go,
+}
+
+/// A server spawned but not yet ready: stopped if dropped, so that every way out of a failed
+/// start stops it (a server that exited by itself is only reaped).
+struct Starting(Option<Child>);
+
+impl Starting {
+    fn child(&mut self) -> &mut Child {
+        // Some until `ready` takes it, which consumes `self`.
+        self.0.as_mut().unwrap_or_else(|| unreachable!())
+    }
+
+    /// The server is ready: it is the watchdog's to look after from now on.
+    fn ready(mut self) -> Child {
+        self.0.take().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(server) = &mut self.0 {
+            cluster::stop_child(server);
+        }
+    }
+}
+
+/// Why postgres exited during its start on `port`, from what it wrote to its log (`text`).
+fn why_postgres_exited(plan: &Plan, port: u16, text: &str) -> anyhow::Error {
+    if plan.tcp && cluster::lost_port_race(text) {
+        return anyhow::anyhow!(
+            "port {port} is already in use on 127.0.0.1; choose another with -p, \
+             or leave -p out to get a free one"
+        );
+    }
+    if text.trim().is_empty() {
+        return anyhow::anyhow!(
+            "postgres exited at once without writing to {}{}",
+            plan.instance.log().display(),
+            if disk_full(&plan.instance) {
+                ": No space left on device; free some space"
+            } else {
+                ""
+            }
+        );
+    }
+    anyhow::anyhow!(
+        "postgres did not start{}: {}",
+        if plan.options.is_empty() {
+            ""
+        } else {
+            " (check the -o options)"
+        },
+        cluster::failure_lines(text)
+    )
+}
+
 /// True when the file system holding the directory has no space left (for the unprivileged).
 fn disk_full(instance: &Instance) -> bool {
     nix::sys::statvfs::statvfs(&instance.dir).is_ok_and(|fs| fs.blocks_available() == 0)
@@ -633,76 +741,27 @@ fn read_from(log: &mut File, offset: u64) -> String {
     text
 }
 
-/// Write end of the signal pipe, for the handler (a plain fd: handlers can touch nothing else).
-static SIGNAL_FD: AtomicI32 = AtomicI32::new(-1);
-
-extern "C" fn on_signal(signal: nix::libc::c_int) {
-    let fd = SIGNAL_FD.load(Ordering::Relaxed);
-    if fd >= 0 {
-        let byte = signal as u8;
-        // SAFETY: write(2) is async-signal-safe; the fd is non-blocking, so a full pipe just
-        // drops the byte (one pending wake-up is enough).
-        unsafe { nix::libc::write(fd, (&byte as *const u8).cast(), 1) };
-    }
+/// Catches what the watchdog's loop wakes for: SIGCHLD (the server died), SIGUSR1 (a start has
+/// claimed its pre-started server), SIGTERM and SIGINT (stop now). A hang-up means nothing to
+/// a process that has no terminal.
+fn catch_signals() -> Result<SignalPipe> {
+    signals::ignore(Signal::SIGHUP)?;
+    SignalPipe::catch(&[
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGCHLD,
+        Signal::SIGUSR1,
+    ])
 }
 
-/// Signals turned into bytes on a pipe (the self-pipe trick), so the watchdog sleeps in
-/// poll(2) and wakes at once for SIGCHLD (server died) or SIGTERM/SIGINT (stop now).
-struct SignalPipe {
-    read: OwnedFd,
-    _write: OwnedFd,
-}
-
-impl SignalPipe {
-    fn install() -> Result<SignalPipe> {
-        let (read, write) = crate::os::selfpipe::pipe()?;
-        SIGNAL_FD.store(write.as_raw_fd(), Ordering::Relaxed);
-        let action = SigAction::new(
-            SigHandler::Handler(on_signal),
-            SaFlags::SA_RESTART,
-            SigSet::empty(),
-        );
-        // SIGUSR1 only wakes the watchdog: a start has claimed its pre-started server.
-        for sig in [
-            Signal::SIGTERM,
-            Signal::SIGINT,
-            Signal::SIGCHLD,
-            Signal::SIGUSR1,
-        ] {
-            // SAFETY: the handler only calls write(2).
-            unsafe { sigaction(sig, &action) }.map_err(|e| anyhow!("cannot handle {sig}: {e}"))?;
-        }
-        // A hang-up means nothing to a process that has no terminal.
-        let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
-        // SAFETY: ignoring a signal installs no code.
-        unsafe { sigaction(Signal::SIGHUP, &ignore) }
-            .map_err(|e| anyhow!("cannot ignore SIGHUP: {e}"))?;
-        Ok(SignalPipe {
-            read,
-            _write: write,
+/// Sleeps up to `limit` or until a signal arrives; true if a stop was requested.
+fn wait_for_signals(signals: &SignalPipe, limit: Duration) -> bool {
+    signals.wait(limit)
+        && signals.take().iter().any(|arrived| {
+            arrived.signal == Signal::SIGTERM as i32 || arrived.signal == Signal::SIGINT as i32
         })
-    }
-
-    /// Sleeps up to `limit` or until a signal arrives; true if a stop was requested.
-    fn wait(&self, limit: Duration) -> bool {
-        let timeout = PollTimeout::try_from(limit).unwrap_or(PollTimeout::MAX);
-        let mut fds = [PollFd::new(self.read.as_fd(), PollFlags::POLLIN)];
-        if !matches!(poll(&mut fds, timeout), Ok(n) if n > 0) {
-            return false;
-        }
-        let mut stop = false;
-        let mut buf = [0u8; 64];
-        while let Ok(n) = nix::unistd::read(&self.read, &mut buf) {
-            if n == 0 {
-                break;
-            }
-            stop |= buf[..n]
-                .iter()
-                .any(|&b| b as i32 == Signal::SIGTERM as i32 || b as i32 == Signal::SIGINT as i32);
-        }
-        stop
-    }
 }
+
 /// Longest a watchdog may take to stop its server (fast, then immediate shutdown, then kill).
 pub const STOP_LIMIT: Duration = Duration::from_secs(30);
 
@@ -726,4 +785,47 @@ pub fn wait_gone(pid: i32, dir: &str, limit: Duration) -> Result<()> {
         std::thread::sleep(Duration::from_millis(5));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_reads_back_as_sent() {
+        let mut line = Vec::new();
+        let ready = Outcome::Ready {
+            port: 5432,
+            server_pid: 42,
+            trace: "fork=10,spawn=20".to_string(),
+        };
+        assert!(Report::send(&mut line, ready));
+        let text = String::from_utf8(line).unwrap();
+        assert!(
+            text.ends_with('\n') && text.contains("\"version\":1"),
+            "{text}"
+        );
+        let read = Report::parse(&text).unwrap();
+        assert_eq!(
+            read,
+            Some(Outcome::Ready {
+                port: 5432,
+                server_pid: 42,
+                trace: "fork=10,spawn=20".to_string(),
+            })
+        );
+    }
+
+    #[test]
+    fn no_report_is_a_lost_watchdog_and_another_version_is_refused() {
+        assert_eq!(Report::parse("").unwrap(), None);
+        assert!(Report::parse(r#"{"version":2,"status":"error","message":"x"}"#).is_err());
+        let error = Report::parse(r#"{"version":1,"status":"error","message":"no"}"#);
+        assert_eq!(
+            error.unwrap(),
+            Some(Outcome::Error {
+                message: "no".to_string()
+            })
+        );
+    }
 }

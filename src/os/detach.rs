@@ -1,4 +1,5 @@
-//! Detaching: forking a child that outlives the caller and never holds its terminal or pipes.
+//! Forking, in this one place: plain forks, and detached children that outlive the caller and
+//! never hold its terminal or pipes.
 
 use anyhow::Result;
 use fork::Fork;
@@ -34,21 +35,34 @@ pub enum Forked {
     Child,
 }
 
-/// Forks. The child gets its own session (so SIGHUP from a closing terminal and signals sent
-/// to the caller's process group never reach it), /dev/null for stdin/stdout/stderr (so
-/// `url=$(pgtmp)` returns as soon as pgtmp itself exits), none of the other descriptors
-/// pgtmp inherited (see [`note_inherited_fds`]) and `/` as working directory.
+/// Forks: the only place pgtmp does (its tests aside). The child is a copy of this process
+/// with one thread, the caller's: a lock another thread held at the fork stays locked in the
+/// child for good, so there must be no other thread, which debug builds check.
 ///
-/// Must be called while the process is single-threaded. The child must finish with
-/// `std::process::exit`, never by returning into the caller's code.
-pub fn fork_detached() -> Result<Forked> {
+/// The child must finish with `std::process::exit`, never by returning into the caller's code.
+pub fn fork() -> Result<Forked> {
+    debug_assert!(
+        crate::os::process::thread_count().is_none_or(|threads| threads == 1),
+        "fork with other threads running"
+    );
     // Anything still buffered would otherwise be written twice.
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     match fork::fork().map_err(|err| crate::output::exit::spawn_error(err, "cannot fork"))? {
         Fork::Parent(pid) => Ok(Forked::Parent(pid)),
-        Fork::Child => {
+        Fork::Child => Ok(Forked::Child),
+    }
+}
+
+/// Forks (see [`fork`]) a child that gets its own session (so SIGHUP from a closing terminal
+/// and signals sent to the caller's process group never reach it), /dev/null for
+/// stdin/stdout/stderr (so `url=$(pgtmp)` returns as soon as pgtmp itself exits), none of the
+/// other descriptors pgtmp inherited (see [`note_inherited_fds`]) and `/` as working directory.
+pub fn fork_detached() -> Result<Forked> {
+    match fork()? {
+        Forked::Parent(pid) => Ok(Forked::Parent(pid)),
+        Forked::Child => {
             if fork::setsid().is_err()
                 || fork::redirect_stdio().is_err()
                 || std::env::set_current_dir("/").is_err()

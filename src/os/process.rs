@@ -73,6 +73,21 @@ pub fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
+/// How many threads this process has, from the `Threads:` line of /proc/self/status; None
+/// where that cannot be read (not Linux, no /proc).
+pub fn thread_count() -> Option<usize> {
+    threads_in(&std::fs::read_to_string("/proc/self/status").ok()?)
+}
+
+fn threads_in(status: &str) -> Option<usize> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// True while a process with this pid exists and has not exited. A zombie (exited, not yet
 /// reaped) counts as gone: an orphan is reaped by init, which may take a while.
 pub fn alive(pid: i32) -> bool {
@@ -222,6 +237,15 @@ impl Target for i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn threads_are_read_from_the_status_line() {
+        let status = "Name:\tpgtmp\nUmask:\t0022\nThreads:\t3\nSigQ:\t0/1\n";
+        assert_eq!(threads_in(status), Some(3));
+        assert_eq!(threads_in("Name:\tpgtmp\n"), None);
+        // The test runs on a thread of its own beside the harness's main thread.
+        assert!(thread_count().is_some_and(|threads| threads >= 2));
+    }
 
     #[test]
     fn tail_keeps_last_lines_on_one_line() {
