@@ -1,5 +1,5 @@
-//! Thin wrappers over the operating system: processes and signals, accounts and privilege
-//! switches, detaching, signals, secrets, and test pauses.
+//! Thin wrappers over the operating system: processes, pidfds and /proc, accounts and
+//! privilege switches, forking and detaching, signals, secrets, and test pauses.
 
 pub mod account;
 pub mod detach;

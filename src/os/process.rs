@@ -101,14 +101,22 @@ pub fn alive(pid: i32) -> bool {
 
 #[cfg(target_os = "linux")]
 fn is_zombie(pid: i32) -> bool {
-    // /proc/PID/stat: "PID (COMM) STATE ..."; COMM may hold spaces and parentheses.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            stat.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
+    stat_fields(pid).is_some_and(|fields| fields.first().is_some_and(|state| state == "Z"))
+}
+
+/// The fields of /proc/PID/stat from the third (STATE) on: "PID (COMM) STATE PPID ...", where
+/// COMM may hold spaces and parentheses, so fields are counted after the last ')'. The one
+/// reader of that file (Linux; None elsewhere or when the process is gone).
+#[cfg(target_os = "linux")]
+pub fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn stat_fields(_pid: i32) -> Option<Vec<String>> {
+    None
 }
 
 #[cfg(not(target_os = "linux"))]

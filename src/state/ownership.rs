@@ -126,9 +126,10 @@ pub fn start_time(pid: i32) -> Option<u64> {
 /// may hold spaces and parentheses, so fields are counted after the last ')'.
 #[cfg(target_os = "linux")]
 fn stat_field(pid: i32, n: usize) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
+    crate::os::process::stat_fields(pid)?
+        .get(n.checked_sub(3)?)?
+        .parse()
+        .ok()
 }
 
 /// The processes whose parent is `parent` (Linux; none elsewhere).
