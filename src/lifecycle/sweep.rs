@@ -45,53 +45,71 @@ pub type Actions = Vec<String>;
 /// schema cache entry may go unused (PGTMP_CACHE_DAYS, validated by the caller).
 pub fn sweep(state: &StateDir, dry_run: bool, wait: bool, cache_age: Duration) -> Result<Actions> {
     let mut actions = Actions::new();
-    let me = nix::unistd::geteuid().as_raw();
-    // Under the gate, nobody is between making a directory and locking it: lock every idle
-    // directory now, then do the slow work (stopping servers) without holding up starts.
-    let gate = acquire_gate(&state.path, wait)?;
-    let mut orphans: Vec<(Instance, DirLock)> = Vec::new();
-    let mut registrations: Vec<(PathBuf, Option<(Instance, DirLock)>)> = Vec::new();
-    if gate.is_some() {
-        for entry in fs::read_dir(&state.path).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let path = entry.path();
-            let Ok(meta) = fs::symlink_metadata(&path) else {
-                continue;
-            };
-            if meta.uid() != me {
-                continue;
-            }
-            if meta.is_dir() && is_instance_name(&name) {
-                if let Ok(Some(lock)) = ownership::try_lock(&path) {
-                    orphans.push((Instance::new(path), lock));
-                }
-            } else if meta.is_file() && name.starts_with(REGISTERED) {
-                let target = statedir::registered_dir(&path).unwrap_or_default();
-                match ownership::try_lock(&target) {
-                    Ok(None) => {}
-                    Ok(Some(lock)) => {
-                        registrations.push((path, Some((Instance::new(target), lock))))
-                    }
-                    // Gone, or not a directory: the registration points at nothing.
-                    Err(_) => registrations.push((path, None)),
-                }
-            }
-        }
-    }
-    drop(gate);
+    let (orphans, registrations) = lock_idle(state, wait)?;
     for (instance, _lock) in &orphans {
         if let Err(err) = sweep_instance(instance, dry_run, &mut actions) {
             actions.push(format!("skipped {}: {err:#}", instance.dir.display()));
         }
     }
-    for (registration, target) in &registrations {
+    sweep_registrations(&registrations, dry_run, &mut actions);
+    sweep_prepared(state, cache_age, dry_run, &mut actions);
+    Ok(actions)
+}
+
+/// An idle instance directory, locked by this sweep.
+type Orphan = (Instance, DirLock);
+/// A registration, and the directory it names when that is idle (locked), or None when it
+/// names nothing.
+type Registration = (PathBuf, Option<(Instance, DirLock)>);
+
+/// Locks every idle directory of PGTMP_DIR and every idle registered one, under the gate:
+/// under it nobody is between making a directory and locking it. The slow work (stopping
+/// servers) then runs without the gate, holding up no start. Without the gate (`wait` false
+/// and a start holds it), nothing.
+fn lock_idle(state: &StateDir, wait: bool) -> Result<(Vec<Orphan>, Vec<Registration>)> {
+    let me = nix::unistd::geteuid().as_raw();
+    let mut orphans = Vec::new();
+    let mut registrations = Vec::new();
+    let Some(_gate) = acquire_gate(&state.path, wait)? else {
+        return Ok((orphans, registrations));
+    };
+    for entry in fs::read_dir(&state.path).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.uid() != me {
+            continue;
+        }
+        if meta.is_dir() && is_instance_name(&name) {
+            if let Ok(Some(lock)) = ownership::try_lock(&path) {
+                orphans.push((Instance::new(path), lock));
+            }
+        } else if meta.is_file() && name.starts_with(REGISTERED) {
+            let target = statedir::registered_dir(&path).unwrap_or_default();
+            match ownership::try_lock(&target) {
+                Ok(None) => {}
+                Ok(Some(lock)) => registrations.push((path, Some((Instance::new(target), lock)))),
+                // Gone, or not a directory: the registration points at nothing.
+                Err(_) => registrations.push((path, None)),
+            }
+        }
+    }
+    Ok((orphans, registrations))
+}
+
+/// Stops the servers of dead `-d` clusters (their directories are left alone) and removes
+/// their registrations.
+fn sweep_registrations(registrations: &[Registration], dry_run: bool, actions: &mut Actions) {
+    for (registration, target) in registrations {
         if let Some((instance, _lock)) = target
             && instance.is_cluster()
             && let Err(err) = stop_orphaned_server(
                 instance,
                 instance.read_state().ok().flatten().as_ref(),
                 dry_run,
-                &mut actions,
+                actions,
             )
         {
             actions.push(format!("skipped {}: {err:#}", instance.dir.display()));
@@ -105,6 +123,11 @@ pub fn sweep(state: &StateDir, dry_run: bool, wait: bool, cache_age: Duration) -
             registration.display()
         ));
     }
+}
+
+/// What is prepared ahead: incomplete pool entries, pools of vanished installations, unused
+/// schema cache entries and idle ready copies.
+fn sweep_prepared(state: &StateDir, cache_age: Duration, dry_run: bool, actions: &mut Actions) {
     let pools = state.pools();
     if fs::symlink_metadata(&pools).is_ok() && !ownership::is_own_dir(&pools) {
         actions.push(format!(
@@ -112,7 +135,7 @@ pub fn sweep(state: &StateDir, dry_run: bool, wait: bool, cache_age: Duration) -
             pools.display()
         ));
     } else {
-        sweep_pools(state, dry_run, &mut actions);
+        sweep_pools(state, dry_run, actions);
         for pool in crate::lifecycle::pool::remove_vanished(&pools, dry_run) {
             actions.push(format!(
                 "removed pool of a vanished or upgraded installation {}",
@@ -137,7 +160,6 @@ pub fn sweep(state: &StateDir, dry_run: bool, wait: bool, cache_age: Duration) -
         }
         Err(err) => actions.push(format!("skipped the schema cache: {err:#}")),
     }
-    Ok(actions)
 }
 
 /// Days a schema cache entry may go unused before a sweep removes it (PGTMP_CACHE_DAYS).

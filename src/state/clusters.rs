@@ -5,7 +5,7 @@
 //! there (a FIFO, a device, a symlink, a huge file) can make pgtmp hang, read without end or
 //! act on another directory.
 
-use crate::state::instance::{Instance, MARKER, STATE, State};
+use crate::state::instance::{self, Instance, STATE, State};
 use crate::state::safefs::{self, Dir};
 use crate::state::statedir::{INSTANCE_NAME_LEN, REGISTERED};
 use anyhow::{Context, Result, bail};
@@ -30,13 +30,7 @@ impl ClusterDir {
 
     /// True when the directory is a complete cluster directory made by pgtmp.
     pub fn is_cluster(&self) -> bool {
-        self.dir.has_file(MARKER)
-            && self
-                .dir
-                .open_dir_if_exists("data")
-                .ok()
-                .flatten()
-                .is_some_and(|data| data.has_file("PG_VERSION"))
+        instance::is_cluster_in(&self.dir)
     }
 
     pub fn data(&self) -> Result<Dir> {
@@ -45,8 +39,7 @@ impl ClusterDir {
 
     /// The major version the data directory was made by, read with bounds.
     pub fn data_version(&self) -> Option<u32> {
-        let text = self.data().ok()?.read_text("PG_VERSION").ok()??;
-        crate::state::instance::parse_major(&text)
+        instance::data_version_in(&self.dir).ok()
     }
 
     /// The state of a cluster that may be running, for going through many: None when there
@@ -83,13 +76,7 @@ impl ClusterDir {
     /// The state its watchdog recorded, or None when there is none; read through the handle,
     /// only from a small regular file of the directory's owner.
     pub fn read_state(&self) -> Result<Option<State>> {
-        let path = self.dir.child_path(STATE);
-        match self.dir.read_text(STATE)? {
-            None => Ok(None),
-            Some(text) => State::parse(&text)
-                .map(Some)
-                .with_context(|| format!("{} is malformed", path.display())),
-        }
+        instance::read_state_in(&self.dir)
     }
 }
 

@@ -106,13 +106,7 @@ impl Instance {
 
     /// A complete cluster directory made by pgtmp.
     pub fn is_cluster(&self) -> bool {
-        let Ok(dir) = self.open() else {
-            return false;
-        };
-        dir.has_file(MARKER)
-            && dir
-                .open_dir_if_exists("data")
-                .is_ok_and(|data| data.is_some_and(|d| d.has_file("PG_VERSION")))
+        self.open().is_ok_and(|dir| is_cluster_in(&dir))
     }
 
     /// Marks the directory complete.
@@ -160,13 +154,7 @@ impl Instance {
 
     /// The major version the data directory was made by.
     pub fn data_version(&self) -> Result<u32> {
-        let path = self.data().join("PG_VERSION");
-        let text = self
-            .open()?
-            .open_dir("data")?
-            .read_text("PG_VERSION")?
-            .with_context(|| format!("{} is missing", path.display()))?;
-        parse_major(&text).with_context(|| format!("{} is malformed", path.display()))
+        data_version_in(&self.open()?)
     }
 
     /// Classifies what is at `dir` for `-d`. A symlink there is refused, not followed.
@@ -234,12 +222,7 @@ impl Instance {
     /// bounds (a regular file of the directory's owner, small), so a planted FIFO, device or
     /// symlink is an error, never followed.
     pub fn read_state(&self) -> Result<Option<State>> {
-        let Some(text) = self.open()?.read_text(STATE)? else {
-            return Ok(None);
-        };
-        State::parse(&text)
-            .map(Some)
-            .with_context(|| format!("{} is malformed", self.state_path().display()))
+        read_state_in(&self.open()?)
     }
 
     pub fn remove_state(&self) {
@@ -291,6 +274,36 @@ impl Instance {
     pub fn empty_out(&self) -> Result<()> {
         self.open()?.empty_out()
     }
+}
+
+/// True when the opened instance directory `dir` is a complete cluster directory made by
+/// pgtmp: its marker and `data/PG_VERSION`, regular files reached without following a symlink.
+pub fn is_cluster_in(dir: &Dir) -> bool {
+    dir.has_file(MARKER)
+        && dir
+            .open_dir_if_exists("data")
+            .is_ok_and(|data| data.is_some_and(|d| d.has_file("PG_VERSION")))
+}
+
+/// The major version the data directory in the opened instance directory `dir` was made by.
+pub fn data_version_in(dir: &Dir) -> Result<u32> {
+    let path = dir.child_path("data").join("PG_VERSION");
+    let text = dir
+        .open_dir("data")?
+        .read_text("PG_VERSION")?
+        .with_context(|| format!("{} is missing", path.display()))?;
+    parse_major(&text).with_context(|| format!("{} is malformed", path.display()))
+}
+
+/// The state recorded in the opened instance directory `dir`, or None when no watchdog has
+/// recorded one; read with bounds (see [`Instance::read_state`]).
+pub fn read_state_in(dir: &Dir) -> Result<Option<State>> {
+    let Some(text) = dir.read_text(STATE)? else {
+        return Ok(None);
+    };
+    State::parse(&text)
+        .map(Some)
+        .with_context(|| format!("{} is malformed", dir.child_path(STATE).display()))
 }
 
 /// An instance path as its parent directory and name.

@@ -383,12 +383,22 @@ mod tests {
         // A forked copy keeps the lock after this process's copy is dropped.
         let held = try_lock(dir.path()).unwrap().unwrap();
         // The child holds its copy until the parent closes the pipe: no sleep to guess by.
-        let (read_end, write_end) = nix::unistd::pipe().unwrap();
-        // SAFETY: the child only calls read(2) and _exit(2), which are async-signal-safe, so
-        // the other threads of the test harness cannot leave it in a broken state.
+        // Close-on-exec, so that no program another test spawns meanwhile keeps it open.
+        let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let keep = [held._file.as_raw_fd(), read_end.as_raw_fd()];
+        // SAFETY: the child only calls close(2), read(2) and _exit(2), which are
+        // async-signal-safe, so the other threads of the test harness cannot leave it in a
+        // broken state.
         match unsafe { nix::unistd::fork() }.unwrap() {
             nix::unistd::ForkResult::Child => {
-                drop(write_end);
+                // Only the lock and the pipe: descriptors of tests running on other threads
+                // (their locks) must not stay held by this child.
+                for fd in 3..1024 {
+                    if !keep.contains(&fd) {
+                        // SAFETY: closing descriptors this child never uses.
+                        unsafe { nix::libc::close(fd) };
+                    }
+                }
                 let mut byte = [0u8; 1];
                 let _ = nix::unistd::read(&read_end, &mut byte);
                 // SAFETY: ends the child at once, running nothing of the parent's.

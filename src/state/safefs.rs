@@ -48,13 +48,18 @@ const PARENT_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_DIRECTORY)
     .union(OFlag::O_CLOEXEC);
 
-/// True when the error (anywhere in its chain) is the system's "permission denied".
-pub fn is_permission_denied(err: &anyhow::Error) -> bool {
+/// True when the error (anywhere in its chain) is an I/O error of `kind`.
+pub fn has_io_kind(err: &anyhow::Error, kind: std::io::ErrorKind) -> bool {
     err.chain().any(|cause| {
         cause
             .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+            .is_some_and(|io| io.kind() == kind)
     })
+}
+
+/// True when the error (anywhere in its chain) is the system's "permission denied".
+pub fn is_permission_denied(err: &anyhow::Error) -> bool {
+    has_io_kind(err, std::io::ErrorKind::PermissionDenied)
 }
 
 /// What a symlink or a non-directory where a directory was expected means to the user.

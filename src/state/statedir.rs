@@ -289,15 +289,20 @@ impl StateDir {
                 }
                 Ok(true)
             }
-            Err(err) if !already_exists(&err) => Err(err.context(format!(
-                "cannot create PGTMP_DIR {}; set PGTMP_DIR to a directory you can write",
-                path.display()
-            ))),
+            Err(err) if !safefs::has_io_kind(&err, std::io::ErrorKind::AlreadyExists) => Err(err
+                .context(format!(
+                    "cannot create PGTMP_DIR {}; set PGTMP_DIR to a directory you can write",
+                    path.display()
+                ))),
             Err(_) => {
                 let dir = parent_dir
                     .open_dir(name)
                     .map_err(|err| anyhow::anyhow!("PGTMP_DIR {err:#}"))?;
-                let verdict = judge_existing(&path, &dir.stat()?, dir.is_empty()?, invoker, server)
+                let st = dir.stat()?;
+                // Emptiness matters only for a directory that is not the server's already:
+                // no listing of PGTMP_DIR on an ordinary start.
+                let empty = st.st_uid != server.uid.as_raw() && dir.is_empty()?;
+                let verdict = judge_existing(&path, &st, empty, invoker, server)
                     .map_err(Problem::into_error)?;
                 if verdict == Verdict::HandOver {
                     dir.chmod(0o700)?;
@@ -354,15 +359,6 @@ fn read_registration(dir: &Dir, name: &std::ffi::OsStr) -> Result<Option<PathBuf
     Ok(dir
         .read_text(name)?
         .map(|text| PathBuf::from(text.trim_end_matches('\n'))))
-}
-
-/// True when the error (anywhere in its chain) says something was there already.
-fn already_exists(err: &anyhow::Error) -> bool {
-    err.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::AlreadyExists)
-    })
 }
 
 /// The topmost of `path` and its ancestors that does not exist yet: what creating `path` makes.
