@@ -107,7 +107,7 @@ complete -c pgtmp -n "__fish_pgtmp_using_subcommand ls" -s h -l help -d 'Print h
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand doctor" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand doctor" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]; PGTMP_RUN_AS is ignored when pgtmp is not invoked by root' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand doctor" -s h -l help -d 'Print help'
-complete -c pgtmp -n "__fish_pgtmp_using_subcommand clone" -s F -l format -d 'Print the clone\'s URL as `uri` or, for a TCP cluster, as `jdbc` [default: uri]' -r -f -a "uri\t'postgresql:// URL (libpq, psql, most drivers)'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand clone" -s F -l format -d 'Print the URL as `uri` or, for a TCP cluster, as `jdbc` [default: uri]' -r -f -a "uri\t'postgresql:// URL (libpq, psql, most drivers)'
 dsn\t'libpq key=value connection string'
 jdbc\t'jdbc:postgresql:// URL; needs -t (JDBC cannot use Unix sockets)'
 env\t'`export PG...=...` lines for `eval "$(pgtmp --format env)"` or a dotenv file (with -t also PGPASSWORD and JDBC_DATABASE_URL)'
@@ -116,14 +116,14 @@ complete -c pgtmp -n "__fish_pgtmp_using_subcommand clone" -l bindir -d 'Directo
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand clone" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]; PGTMP_RUN_AS is ignored when pgtmp is not invoked by root' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand clone" -l drop -d 'Drop the clone named by URL now instead of at the end of the cluster'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand clone" -s h -l help -d 'Print help'
-complete -c pgtmp -n "__fish_pgtmp_using_subcommand schema" -s F -l format -d 'Print the schema\'s URL as `uri` (libpq `options`) or, for a TCP cluster, as `jdbc` (`currentSchema`) [default: uri]' -r -f -a "uri\t'postgresql:// URL (libpq, psql, most drivers)'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand schema" -s F -l format -d 'Print the URL as `uri` or, for a TCP cluster, as `jdbc` [default: uri]' -r -f -a "uri\t'postgresql:// URL (libpq, psql, most drivers)'
 dsn\t'libpq key=value connection string'
 jdbc\t'jdbc:postgresql:// URL; needs -t (JDBC cannot use Unix sockets)'
 env\t'`export PG...=...` lines for `eval "$(pgtmp --format env)"` or a dotenv file (with -t also PGPASSWORD and JDBC_DATABASE_URL)'
 json\t'one JSON object with every detail'"
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand schema" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand schema" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]; PGTMP_RUN_AS is ignored when pgtmp is not invoked by root' -r
-complete -c pgtmp -n "__fish_pgtmp_using_subcommand schema" -s h -l help -d 'Print help'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand schema" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand gc" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand gc" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]; PGTMP_RUN_AS is ignored when pgtmp is not invoked by root' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand gc" -s n -l dry-run -d 'Only print what would be removed'

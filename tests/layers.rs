@@ -7,8 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// The layers from the top; a module may import only from layers after its own. `cmd` may
-/// also use `cli`'s types (the parsed command line is its input), and nothing else may.
+/// The layers from the top; a module may import only from its own layer and those after it.
+/// `cmd` may also use `cli`'s types (the parsed command line is its input), and nothing else
+/// may. The base layer's two folders use each other (a report holds a `Pid`, a process error
+/// is an exit code); the cycle test keeps their modules from importing each other round.
 const LAYERS: &[&[&str]] = &[
     &["cli"],
     &["cmd"],
@@ -16,8 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["testdata"],
     &["server"],
     &["state"],
-    &["os"],
-    &["output"],
+    &["os", "output"],
 ];
 
 fn rank(folder: &str) -> Option<usize> {
@@ -104,7 +105,7 @@ fn read_tree() -> Tree {
                 None => to_folder.clone(),
             };
             let allowed =
-                theirs > mine || to_folder == folder || (folder == "cmd" && to_folder == "cli");
+                theirs >= mine || (folder == "cmd" && to_folder == "cli");
             if !allowed {
                 tree.upward
                     .push(format!("{module} imports crate::{target}"));

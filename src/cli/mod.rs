@@ -1,7 +1,9 @@
 //! The command line: every subcommand and option, their help text and PGTMP_* fallbacks.
 
+mod request;
 pub mod settings;
 
+use crate::os::account::RunAs;
 use crate::output::format::Format;
 use clap::error::ErrorKind;
 use clap::parser::ValueSource;
@@ -175,6 +177,9 @@ pub enum Command {
     /// Print the URL of a fresh database in the cluster of URL: a copy of its loaded state
     Clone(CloneArgs),
     /// Create a fresh schema in URL's database and print a URL that puts it first on search_path
+    ///
+    /// The `uri` form names the schema in libpq's `options` (`-c search_path=...`), the `jdbc`
+    /// form in `currentSchema`.
     Schema(SchemaArgs),
     /// Remove what killed or crashed runs left: servers without a watchdog, their directories,
     /// incomplete pool entries; and schema cache entries unused for PGTMP_CACHE_DAYS days
@@ -199,13 +204,12 @@ pub struct GlobalArgs {
 }
 
 impl GlobalArgs {
-    /// The --run-as that applies to an invoker: PGTMP_RUN_AS is meant for root (e.g. exported
-    /// in a CI image) and ignored for anyone else, as is an empty one; a written --run-as
-    /// always counts.
-    pub fn run_as_for(&self, invoker_is_root: bool) -> Option<&str> {
-        self.run_as
-            .as_deref()
-            .filter(|name| !self.run_as_from_env || (invoker_is_root && !name.is_empty()))
+    /// What --run-as (or PGTMP_RUN_AS) asks for.
+    pub fn run_as(&self) -> RunAs<'_> {
+        RunAs {
+            name: self.run_as.as_deref(),
+            from_env: self.run_as_from_env,
+        }
     }
 }
 
@@ -307,15 +311,8 @@ pub struct CloneArgs {
     #[arg(long = "drop")]
     pub drop: bool,
 
-    /// Print the clone's URL as `uri` or, for a TCP cluster, as `jdbc` [default: uri]
-    #[arg(
-        short = 'F',
-        long = "format",
-        value_name = "FORMAT",
-        value_enum,
-        hide_possible_values = true
-    )]
-    pub format: Option<Format>,
+    #[command(flatten)]
+    pub format: UrlFormat,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -325,8 +322,14 @@ pub struct SchemaArgs {
     #[arg(value_name = "URL")]
     pub url: String,
 
-    /// Print the schema's URL as `uri` (libpq `options`) or, for a TCP cluster, as `jdbc`
-    /// (`currentSchema`) [default: uri]
+    #[command(flatten)]
+    pub format: UrlFormat,
+}
+
+/// How `clone` and `schema` print the URL they make.
+#[derive(Args, Debug, Clone, Default)]
+pub struct UrlFormat {
+    /// Print the URL as `uri` or, for a TCP cluster, as `jdbc` [default: uri]
     #[arg(
         short = 'F',
         long = "format",

@@ -1,8 +1,8 @@
 //! `pgtmp clone URL`: a fresh database in the same cluster, a copy of its loaded state; and
 //! `pgtmp clone --drop URL`, which drops one early.
 
-use super::Session;
 use crate::cli::{CloneArgs, GlobalArgs};
+use crate::lifecycle::session::Session;
 use crate::os::detach::{self, Forked};
 use crate::testdata::dburl;
 use crate::testdata::files::{self, Server};
@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use std::io::Write;
 
 pub fn run(args: CloneArgs, global: &GlobalArgs) -> Result<()> {
-    let jdbc = dburl::jdbc_wanted(args.format, "clone")?;
+    let jdbc = dburl::jdbc_wanted(args.format.format, "clone")?;
     // Any form pgtmp prints; a clone's URL is the cluster's URL form without the input's
     // parameters (a schema URL's options name a schema the clone does not have).
     let conn = crate::output::url::read(&args.url)?;
@@ -20,7 +20,7 @@ pub fn run(args: CloneArgs, global: &GlobalArgs) -> Result<()> {
         // Refused before a clone is taken for nothing.
         dburl::jdbc(&cluster_url)?;
     }
-    let session = Session::establish(global, None)?;
+    let session = Session::establish(global.run_as(), None)?;
     let (instance, state) = crate::state::clusters::running(
         &session.state.path,
         session.invoker.uid.as_raw(),

@@ -148,7 +148,7 @@ fn accounts(report: &mut Report, global: &GlobalArgs) -> Option<(Account, Accoun
             return None;
         }
     };
-    match account::server_account(&invoker, global.run_as_for(invoker.is_root())) {
+    match account::server_account(&invoker, global.run_as().for_invoker(invoker.is_root())) {
         Ok(server) if invoker.is_root() => {
             report.pass(&format!(
                 "running as root: the server runs as {} (uid {}), commands of `pgtmp run` as root; database user {}",
@@ -164,7 +164,7 @@ fn accounts(report: &mut Report, global: &GlobalArgs) -> Option<(Account, Accoun
             Some((invoker, server))
         }
         Err(err) => {
-            let fix = match global.run_as_for(invoker.is_root()) {
+            let fix = match global.run_as().for_invoker(invoker.is_root()) {
                 Some(name) if invoker.is_root() => format!(
                     "create account {name} (useradd --system {name}), or name an existing one with --run-as/PGTMP_RUN_AS"
                 ),

@@ -1,7 +1,7 @@
 //! `pgtmp gc [--dry-run]`: remove what killed or crashed runs left in PGTMP_DIR, now.
 
-use super::Session;
 use crate::cli::{GcArgs, GlobalArgs};
+use crate::lifecycle::session::Session;
 use crate::lifecycle::sweep;
 use anyhow::{Context, Result};
 use std::io::Write;
@@ -9,7 +9,7 @@ use std::io::Write;
 pub fn run(args: &GcArgs, global: &GlobalArgs) -> Result<()> {
     // Checked before anything is made or removed.
     let cache_age = crate::cli::settings::cache_max_age()?;
-    let session = Session::establish(global, None)?;
+    let session = Session::establish(global.run_as(), None)?;
     let step = crate::output::progress::step(&format!(
         "sweeping {} (stopping what dead runs left may take seconds)",
         session.state.path.display()

@@ -1,6 +1,7 @@
 //! `pgtmp list` (`ls`): this account's running clusters, as a table or JSON.
 
 use crate::os::account::Account;
+use crate::os::process::Pid;
 use crate::output::url;
 use crate::server::client;
 use crate::state::clusters::{self, ClusterDir};
@@ -21,8 +22,8 @@ struct Entry {
     /// which pgtmp does not keep.
     url: String,
     dir: PathBuf,
-    server_pid: i32,
-    watchdog_pid: i32,
+    server_pid: Pid,
+    watchdog_pid: Pid,
     port: u16,
     tcp: bool,
     user: String,

@@ -13,11 +13,11 @@
 //! cluster is stopped when this process goes away however it goes; normally it is stopped
 //! explicitly, and waited for, before pgtmp exits with CMD's status.
 
-use super::start;
 use crate::cli::{GlobalArgs, RunArgs};
 use crate::lifecycle::lifeline::{self, Holder};
+use crate::lifecycle::start::{self, StartRequest};
 use crate::os::detach::{self, Forked};
-use crate::os::process;
+use crate::os::process::{self, Pid};
 use crate::os::signals::{Arrived, Held, SignalPipe};
 use crate::output::exit::{self, Passed};
 use crate::output::format::{Cluster, Format};
@@ -25,7 +25,6 @@ use crate::server::discover::Installation;
 use anyhow::{Context, Result, anyhow, bail};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitStatus, waitpid};
-use nix::unistd::Pid;
 use std::ffi::OsString;
 use std::io::{ErrorKind, Read};
 use std::os::fd::{AsFd, OwnedFd};
@@ -78,6 +77,7 @@ pub fn run(mut args: RunArgs, global: &GlobalArgs) -> Result<()> {
         .ok_or_else(|| exit::usage("say which command to run: pgtmp run -- CMD [ARGS...]"))?;
     let arguments: Vec<OsString> = words.collect();
     check_runnable(&program)?;
+    let request = args.start.request(global)?;
 
     let held = Held::new(&CAUGHT)?;
     let Started {
@@ -85,9 +85,9 @@ pub fn run(mut args: RunArgs, global: &GlobalArgs) -> Result<()> {
         holder,
         signals,
         interrupted,
-    } = start_in_child(&args.start, global, held)?;
+    } = start_in_child(&request, held)?;
     let keep = cluster.keep;
-    let format = args.start.format.unwrap_or_default();
+    let format = request.format;
     if let Some(signal) = interrupted {
         finish(&cluster, holder, false, format)?;
         return Err(Passed(128 + signal as u8).into());
@@ -178,11 +178,7 @@ struct Started {
 /// `held` holds back the signals `pgtmp run` catches: they are caught only once the starter is
 /// forked, so that it and the watchdog it forks have the default dispositions (a signal-hook
 /// handler cannot be undone in a child), and none that arrives meanwhile is lost.
-fn start_in_child(
-    args: &crate::cli::StartArgs,
-    global: &GlobalArgs,
-    held: Held,
-) -> Result<Started> {
+fn start_in_child(request: &StartRequest, held: Held) -> Result<Started> {
     let (holder, line) = lifeline::pair()?;
     let (reader, writer) = std::io::pipe().context("cannot create a pipe to the starter")?;
     let pid = match detach::fork()? {
@@ -193,7 +189,7 @@ fn start_in_child(
             // would otherwise keep it from ever being cut.
             drop(holder);
             drop(reader);
-            be_the_starter(args, global, line, writer)
+            be_the_starter(request, line, writer)
         }
         Forked::Parent(pid) => pid,
     };
@@ -202,7 +198,7 @@ fn start_in_child(
     drop(line);
     drop(writer);
     let status = loop {
-        match waitpid(Pid::from_raw(pid), None) {
+        match waitpid(pid.nix(), None) {
             Ok(status) => break status,
             Err(nix::errno::Errno::EINTR) => {}
             Err(err) => bail!("cannot wait for the starter process {pid}: {err}"),
@@ -227,13 +223,8 @@ fn start_in_child(
 }
 
 /// The forked starter: starts the cluster and writes it, as JSON, on `writer`.
-fn be_the_starter(
-    args: &crate::cli::StartArgs,
-    global: &GlobalArgs,
-    line: OwnedFd,
-    mut writer: std::io::PipeWriter,
-) -> ! {
-    let code = match start::launch(args, global, Some(line)) {
+fn be_the_starter(request: &StartRequest, line: OwnedFd, mut writer: std::io::PipeWriter) -> ! {
+    let code = match start::launch(request, Some(line)) {
         Ok(launched) => {
             let report = serde_json::to_string(&launched.cluster).unwrap_or_default();
             use std::io::Write;
@@ -282,7 +273,7 @@ fn forwarded(arrived: Vec<Arrived>) -> impl Iterator<Item = Arrived> {
 /// process group, so it is passed on only if CMD has left pgtmp's group (as sudo does);
 /// otherwise CMD would get it twice.
 fn wait_forwarding(child: &mut std::process::Child, signals: &SignalPipe) -> Result<ExitStatus> {
-    let pid = child.id() as i32;
+    let pid = Pid::of(child);
     loop {
         if let Some(status) = child.try_wait().context("cannot wait for the command")? {
             return Ok(status);
@@ -297,9 +288,8 @@ fn wait_forwarding(child: &mut std::process::Child, signals: &SignalPipe) -> Res
     }
 }
 
-fn in_my_group(pid: i32) -> bool {
-    nix::unistd::getpgid(Some(Pid::from_raw(pid)))
-        .is_ok_and(|group| group == nix::unistd::getpgrp())
+fn in_my_group(pid: Pid) -> bool {
+    nix::unistd::getpgid(Some(pid.nix())).is_ok_and(|group| group == nix::unistd::getpgrp())
 }
 
 /// Stops the cluster and waits until its directory is gone, or with `keep` lets it run on

@@ -1,8 +1,8 @@
 //! `pgtmp schema URL`: a fresh schema in URL's database and a URL whose connections have it
 //! first on their search_path.
 
-use super::Session;
 use crate::cli::{GlobalArgs, SchemaArgs};
+use crate::lifecycle::session::Session;
 use crate::os::secret;
 use crate::server::initdb::quote_ident;
 use crate::state::instance::NAME_ALPHABET;
@@ -12,14 +12,14 @@ use anyhow::{Context, Result};
 use std::io::Write;
 
 pub fn run(args: SchemaArgs, global: &GlobalArgs) -> Result<()> {
-    let jdbc = dburl::jdbc_wanted(args.format, "schema")?;
+    let jdbc = dburl::jdbc_wanted(args.format.format, "schema")?;
     // Any form pgtmp prints, in its plain URI form: a schema URL's options are replaced below.
     let url = crate::output::url::read(&args.url)?.uri(None);
     if jdbc {
         // Refused before a schema is made for nothing.
         dburl::jdbc(&url)?;
     }
-    let session = Session::establish(global, None)?;
+    let session = Session::establish(global.run_as(), None)?;
     let (instance, state) =
         crate::state::clusters::running(&session.state.path, session.invoker.uid.as_raw(), &url)?;
     let database = dburl::database(&url)?;

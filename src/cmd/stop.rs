@@ -6,8 +6,8 @@
 //! through a handle taken before the proof (ownership.rs): a directory someone else made, or
 //! a state file naming an unrelated process, makes pgtmp refuse, never signal.
 
-use super::Session;
 use crate::cli::{GlobalArgs, StopArgs};
+use crate::lifecycle::session::Session;
 use crate::lifecycle::watchdog;
 use crate::os::process;
 use crate::output::exit;
@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 use nix::sys::signal::Signal;
 
 pub fn run(args: StopArgs, global: &GlobalArgs) -> Result<()> {
-    let session = Session::establish(global, None)?;
+    let session = Session::establish(global.run_as(), None)?;
     let cluster = match (args.url, args.dir) {
         (Some(url), _) => clusters::find_by_url(&session.state.path, &url)?,
         (None, Some(dir)) => {
@@ -41,7 +41,7 @@ pub fn run(args: StopArgs, global: &GlobalArgs) -> Result<()> {
 /// Threads are fine here: the session switch is done before any exists, and nothing forks
 /// afterwards.
 pub fn all(keep: bool, global: &GlobalArgs) -> Result<()> {
-    let session = Session::establish(global, None)?;
+    let session = Session::establish(global.run_as(), None)?;
     let Some(state) = clusters::open_state_dir(&session.state.path)? else {
         return Ok(());
     };

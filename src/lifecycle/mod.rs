@@ -5,8 +5,11 @@
 
 pub mod cache;
 pub mod claim;
+pub mod directory;
 pub mod lifeline;
 pub mod pool;
 pub mod prestart;
+pub mod session;
+pub mod start;
 pub mod sweep;
 pub mod watchdog;

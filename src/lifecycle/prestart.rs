@@ -38,6 +38,7 @@ pub const MAX: usize = 16;
 
 /// How many servers to keep waiting (0 is off) and the seconds an unclaimed one waits before
 /// it stops: PGTMP_PRESTART and PGTMP_PRESTART_TIMEOUT, validated by the caller.
+#[derive(Clone, Copy)]
 pub struct Settings {
     pub count: usize,
     pub ttl: u64,

@@ -8,6 +8,7 @@
 use crate::lifecycle::claim::{Claim, Waiting};
 use crate::lifecycle::lifeline::{self, Pull};
 use crate::os::detach::{self, Forked};
+use crate::os::process::Pid;
 use crate::os::secret;
 use crate::os::signals::{self, SignalPipe};
 use crate::output::trace;
@@ -92,8 +93,8 @@ const CLAIM_LIMIT: Duration = Duration::from_secs(10);
 /// What the waiting `pgtmp` learns.
 pub struct Started {
     pub port: u16,
-    pub watchdog_pid: i32,
-    pub server_pid: i32,
+    pub watchdog_pid: Pid,
+    pub server_pid: Pid,
 }
 
 /// Forks the watchdog and waits for its report. Returns once the server accepts connections,
@@ -120,7 +121,7 @@ pub fn launch(plan: Plan) -> Result<Started> {
 }
 
 /// In the waiting `pgtmp`: the watchdog `pid`'s report, read until the watchdog closes the pipe.
-fn await_report(plan: &Plan, pid: i32, mut reader: std::io::PipeReader) -> Result<Started> {
+fn await_report(plan: &Plan, pid: Pid, mut reader: std::io::PipeReader) -> Result<Started> {
     let mut text = String::new();
     reader
         .read_to_string(&mut text)
@@ -140,7 +141,7 @@ fn await_report(plan: &Plan, pid: i32, mut reader: std::io::PipeReader) -> Resul
         });
     }
     // The watchdog has cleaned up and exited; reap it so nothing is left.
-    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    let _ = nix::sys::wait::waitpid(pid.nix(), None);
     if let Some(Outcome::Error { message }) = outcome {
         bail!("{}", message.trim_end());
     }
@@ -205,7 +206,7 @@ enum Outcome {
     /// The server accepts connections; `trace` holds the watchdog's phases (`Clock::encode`).
     Ready {
         port: u16,
-        server_pid: i32,
+        server_pid: Pid,
         trace: String,
     },
     /// The start failed, and the directory has been disposed of.
@@ -273,7 +274,7 @@ impl Watchdog {
                 crate::os::testpause::point("ready");
                 let ready = Outcome::Ready {
                     port: watchdog.port,
-                    server_pid: watchdog.server.id() as i32,
+                    server_pid: Pid::of(&watchdog.server),
                     trace: clock.encode(),
                 };
                 let delivered = Report::send(&mut report, ready);
@@ -381,8 +382,8 @@ impl Watchdog {
             }
             self.session = Some(session);
         }
-        let watchdog_pid = std::process::id() as i32;
-        let postmaster_pid = self.server.id() as i32;
+        let watchdog_pid = Pid::this();
+        let postmaster_pid = Pid::of(&self.server);
         self.segments = shm::of_server(postmaster_pid, &self.plan.instance.data());
         self.plan.instance.write_state(&State {
             watchdog_pid,
@@ -565,7 +566,7 @@ impl Watchdog {
     /// at the start. After a clean exit they are gone and this does nothing.
     fn release_shared_memory(&self) {
         end_orphans();
-        let creator = self.server.id() as i32;
+        let creator = Pid::of(&self.server);
         if let Some(id) = self.segments.sysv_id {
             shm::wait_detached(id, creator, shm::DETACH_LIMIT);
         }
@@ -614,14 +615,14 @@ impl Watchdog {
 /// query does not notice its postmaster's death; it would run on, holding the shared memory,
 /// in a directory about to be removed.
 fn end_orphans() {
-    let orphans = crate::state::ownership::children(std::process::id() as i32);
+    let orphans = crate::state::ownership::children(Pid::this());
     for &pid in &orphans {
         // Children of this process, not reaped yet (only this loop reaps them): their pids
         // cannot have been reused, so a plain pid reaches them.
         let _ = crate::os::process::signal(pid, nix::sys::signal::Signal::SIGKILL);
     }
     for pid in orphans {
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        let _ = nix::sys::wait::waitpid(pid.nix(), None);
     }
 }
 
@@ -767,13 +768,13 @@ pub const STOP_LIMIT: Duration = Duration::from_secs(30);
 
 /// Asks a watchdog this process has just launched or claimed to stop its server and dispose
 /// of the directory, exactly as at its timeout, and waits until it has.
-pub fn stop_watchdog(pid: i32, dir: &str) -> Result<()> {
+pub fn stop_watchdog(pid: Pid, dir: &str) -> Result<()> {
     crate::os::process::signal(pid, nix::sys::signal::Signal::SIGTERM)?;
     wait_gone(pid, dir, STOP_LIMIT)
 }
 
 /// Waits until the watchdog `pid` (of `dir`) has exited, at most `limit`.
-pub fn wait_gone(pid: i32, dir: &str, limit: Duration) -> Result<()> {
+pub fn wait_gone(pid: Pid, dir: &str, limit: Duration) -> Result<()> {
     let deadline = Instant::now() + limit;
     while crate::os::process::alive(pid) {
         if Instant::now() >= deadline {
@@ -796,7 +797,7 @@ mod tests {
         let mut line = Vec::new();
         let ready = Outcome::Ready {
             port: 5432,
-            server_pid: 42,
+            server_pid: Pid::from_raw(42),
             trace: "fork=10,spawn=20".to_string(),
         };
         assert!(Report::send(&mut line, ready));
@@ -810,7 +811,7 @@ mod tests {
             read,
             Some(Outcome::Ready {
                 port: 5432,
-                server_pid: 42,
+                server_pid: Pid::from_raw(42),
                 trace: "fork=10,spawn=20".to_string(),
             })
         );

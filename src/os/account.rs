@@ -54,6 +54,24 @@ impl Account {
     }
 }
 
+/// The account asked for with `--run-as` (or PGTMP_RUN_AS), before knowing who invokes pgtmp.
+#[derive(Clone, Copy, Default)]
+pub struct RunAs<'a> {
+    pub name: Option<&'a str>,
+    /// The name came from PGTMP_RUN_AS rather than the command line.
+    pub from_env: bool,
+}
+
+impl RunAs<'_> {
+    /// The name that applies to an invoker: PGTMP_RUN_AS is meant for root (e.g. exported in a
+    /// CI image) and ignored for anyone else, as is an empty one; a written --run-as always
+    /// counts.
+    pub fn for_invoker(&self, invoker_is_root: bool) -> Option<&str> {
+        self.name
+            .filter(|name| !self.from_env || (invoker_is_root && !name.is_empty()))
+    }
+}
+
 /// The account the server runs as: the invoker itself, or for root `--run-as`/`PGTMP_RUN_AS`,
 /// else `postgres` when it exists, else `nobody`.
 pub fn server_account(invoker: &Account, run_as: Option<&str>) -> Result<Account> {

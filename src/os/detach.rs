@@ -1,6 +1,7 @@
 //! Forking, in this one place: plain forks, and detached children that outlive the caller and
 //! never hold its terminal or pipes.
 
+use crate::os::process::Pid;
 use anyhow::Result;
 use fork::Fork;
 use std::sync::OnceLock;
@@ -31,7 +32,7 @@ pub fn note_inherited_fds() {
 }
 
 pub enum Forked {
-    Parent(i32),
+    Parent(Pid),
     Child,
 }
 
@@ -50,7 +51,7 @@ pub fn fork() -> Result<Forked> {
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     match fork::fork().map_err(|err| crate::output::exit::spawn_error(err, "cannot fork"))? {
-        Fork::Parent(pid) => Ok(Forked::Parent(pid)),
+        Fork::Parent(pid) => Ok(Forked::Parent(Pid::from_raw(pid))),
         Fork::Child => Ok(Forked::Child),
     }
 }
@@ -83,12 +84,19 @@ pub fn fork_detached() -> Result<Forked> {
 /// Makes background work yield to everything else: lowest CPU priority and, on Linux, the idle
 /// I/O class. Children (initdb) inherit both.
 pub fn lower_priority() {
-    lower_priority_of(0);
+    lower_priority_of(Pid::this());
 }
 
-/// Lowest CPU priority and the idle I/O class for process `pid` of this account (0: this
-/// process). Best effort: it only makes background work politer, so failure changes nothing.
-pub fn lower_priority_of(pid: u32) {
+/// Lowest CPU priority and the idle I/O class for process `pid` of this account. Best effort:
+/// it only makes background work politer, so failure changes nothing.
+pub fn lower_priority_of(pid: Pid) {
+    // Not a pid of one process (0 would be this one, negative ones are groups).
+    let Ok(pid) = u32::try_from(pid.as_raw()) else {
+        return;
+    };
+    if pid == 0 {
+        return;
+    }
     // SAFETY: plain syscalls with integer arguments.
     unsafe {
         nix::libc::setpriority(nix::libc::PRIO_PROCESS, pid, 19);

@@ -5,10 +5,61 @@
 use anyhow::{Context, Result, bail};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use std::fmt;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+
+/// A process id: its own type, so that a pid is never mixed up with a port, a uid or an exit
+/// code, and converted to the kernel's forms here only. Written to state files and reports as
+/// the plain number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Pid(i32);
+
+impl Pid {
+    pub const fn from_raw(pid: i32) -> Pid {
+        Pid(pid)
+    }
+
+    pub const fn as_raw(self) -> i32 {
+        self.0
+    }
+
+    /// This process.
+    pub fn this() -> Pid {
+        Pid(nix::unistd::getpid().as_raw())
+    }
+
+    /// A child that std::process spawned.
+    pub fn of(child: &std::process::Child) -> Pid {
+        // Linux pids fit in an i32 (pid_max is at most 2^22); std gives them as u32.
+        Pid(child.id() as i32)
+    }
+
+    /// True for a pid that can name one process (0 and negative ones name groups).
+    pub fn is_process(self) -> bool {
+        self.0 > 0
+    }
+
+    /// The same pid as nix takes it.
+    pub fn nix(self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.0)
+    }
+}
+
+impl From<nix::unistd::Pid> for Pid {
+    fn from(pid: nix::unistd::Pid) -> Pid {
+        Pid(pid.as_raw())
+    }
+}
+
+impl fmt::Display for Pid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// A command for a PostgreSQL program, with the caller's PG* variables removed (PGPORT,
 /// PGDATA, PGHOST, PGUSER... would otherwise change what initdb and postgres do) and a fixed
@@ -90,17 +141,14 @@ fn threads_in(status: &str) -> Option<usize> {
 
 /// True while a process with this pid exists and has not exited. A zombie (exited, not yet
 /// reaped) counts as gone: an orphan is reaped by init, which may take a while.
-pub fn alive(pid: i32) -> bool {
-    pid > 0
-        && !matches!(
-            kill(Pid::from_raw(pid), None),
-            Err(nix::errno::Errno::ESRCH)
-        )
+pub fn alive(pid: Pid) -> bool {
+    pid.is_process()
+        && !matches!(kill(pid.nix(), None), Err(nix::errno::Errno::ESRCH))
         && !is_zombie(pid)
 }
 
 #[cfg(target_os = "linux")]
-fn is_zombie(pid: i32) -> bool {
+fn is_zombie(pid: Pid) -> bool {
     stat_fields(pid).is_some_and(|fields| fields.first().is_some_and(|state| state == "Z"))
 }
 
@@ -108,25 +156,25 @@ fn is_zombie(pid: i32) -> bool {
 /// COMM may hold spaces and parentheses, so fields are counted after the last ')'. The one
 /// reader of that file (Linux; None elsewhere or when the process is gone).
 #[cfg(target_os = "linux")]
-pub fn stat_fields(pid: i32) -> Option<Vec<String>> {
+pub fn stat_fields(pid: Pid) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, rest) = stat.rsplit_once(')')?;
     Some(rest.split_whitespace().map(str::to_string).collect())
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn stat_fields(_pid: i32) -> Option<Vec<String>> {
+pub fn stat_fields(_pid: Pid) -> Option<Vec<String>> {
     None
 }
 
 #[cfg(not(target_os = "linux"))]
-fn is_zombie(_pid: i32) -> bool {
+fn is_zombie(_pid: Pid) -> bool {
     false
 }
 
 /// Sends a signal, treating "already gone" as success.
-pub fn signal(pid: i32, sig: Signal) -> Result<()> {
-    match kill(Pid::from_raw(pid), sig) {
+pub fn signal(pid: Pid, sig: Signal) -> Result<()> {
+    match kill(pid.nix(), sig) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
         Err(err) => bail!("cannot send {sig} to process {pid}: {err}"),
     }
@@ -139,14 +187,14 @@ pub fn signal(pid: i32, sig: Signal) -> Result<()> {
 /// go through kill(2).
 #[derive(Debug)]
 pub struct Pidfd {
-    pid: i32,
+    pid: Pid,
     fd: Option<OwnedFd>,
 }
 
 impl Pidfd {
     /// A handle on the process `pid`, or None when there is none.
-    pub fn open(pid: i32) -> Result<Option<Pidfd>> {
-        if pid <= 0 {
+    pub fn open(pid: Pid) -> Result<Option<Pidfd>> {
+        if !pid.is_process() {
             return Ok(None);
         }
         #[cfg(target_os = "linux")]
@@ -154,7 +202,7 @@ impl Pidfd {
             use std::os::fd::FromRawFd;
             // SAFETY: pidfd_open(2) takes a pid and flags (0: a blocking handle) and passes no
             // memory; it returns a new descriptor or -1 with errno set.
-            let ret = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
+            let ret = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid.0, 0) };
             if ret >= 0 {
                 // SAFETY: the kernel has just returned this descriptor; it is open and nothing
                 // else owns it, so the OwnedFd is its only owner and closes it once.
@@ -173,7 +221,7 @@ impl Pidfd {
         Ok(alive(pid).then_some(Pidfd { pid, fd: None }))
     }
 
-    pub fn pid(&self) -> i32 {
+    pub fn pid(&self) -> Pid {
         self.pid
     }
 
@@ -217,12 +265,12 @@ impl Pidfd {
 /// What a signal can be sent to: a process handle, or a plain pid where the pid cannot be
 /// reused meanwhile (a child this process has not reaped yet).
 pub trait Target {
-    fn pid(&self) -> i32;
+    fn pid(&self) -> Pid;
     fn send(&self, sig: Signal) -> Result<()>;
 }
 
 impl Target for Pidfd {
-    fn pid(&self) -> i32 {
+    fn pid(&self) -> Pid {
         self.pid
     }
 
@@ -232,8 +280,8 @@ impl Target for Pidfd {
 }
 
 /// A child's pid: the kernel keeps it for the child until its parent reaps it.
-impl Target for i32 {
-    fn pid(&self) -> i32 {
+impl Target for Pid {
+    fn pid(&self) -> Pid {
         *self
     }
 
@@ -264,8 +312,8 @@ mod tests {
     #[test]
     fn exited_children_are_not_alive() {
         let mut child = Command::new("true").spawn().unwrap();
-        let pid = child.id() as i32;
-        assert!(alive(std::process::id() as i32));
+        let pid = Pid::of(&child);
+        assert!(alive(Pid::this()));
         // Not reaped until wait() below: a zombie, which must not count as alive.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while alive(pid) && std::time::Instant::now() < deadline {
@@ -278,7 +326,7 @@ mod tests {
     #[test]
     fn a_handle_signals_its_process_and_nobody_after_it() {
         let mut child = Command::new("sleep").arg("10").spawn().unwrap();
-        let pid = child.id() as i32;
+        let pid = Pid::of(&child);
         let handle = Pidfd::open(pid).unwrap().expect("the child exists");
         assert_eq!(handle.pid(), pid);
         handle.signal(Signal::SIGKILL).unwrap();
@@ -286,7 +334,7 @@ mod tests {
         // Reaped: the handle names a process that is gone, which is not an error.
         handle.signal(Signal::SIGTERM).unwrap();
         assert!(Pidfd::open(pid).unwrap().is_none() || !alive(pid));
-        assert!(Pidfd::open(0).unwrap().is_none());
+        assert!(Pidfd::open(Pid::from_raw(0)).unwrap().is_none());
     }
 
     #[test]

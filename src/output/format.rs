@@ -1,6 +1,7 @@
 //! Output formats: a started cluster as a URI, libpq DSN, JDBC URL, shell/dotenv lines or JSON,
 //! each quoted correctly for the consumer that reads it.
 
+use crate::os::process::Pid;
 use crate::output::url;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -36,8 +37,8 @@ pub struct Cluster {
     pub user: String,
     /// Only with `tcp`: the socket is trust-authenticated and private.
     pub password: Option<String>,
-    pub server_pid: i32,
-    pub watchdog_pid: i32,
+    pub server_pid: Pid,
+    pub watchdog_pid: Pid,
     /// The server installation's bin directory.
     pub bindir: PathBuf,
     /// Idle timeout in seconds; 0 = never.
@@ -202,8 +203,8 @@ mod tests {
             tcp,
             user: user.into(),
             password: tcp.then(|| "pw".to_string()),
-            server_pid: 10,
-            watchdog_pid: 9,
+            server_pid: Pid::from_raw(10),
+            watchdog_pid: Pid::from_raw(9),
             bindir: "/usr/lib/postgresql/15/bin".into(),
             timeout: 60,
             keep: false,

@@ -195,13 +195,13 @@ impl ServerSpec<'_> {
             .stdin(Stdio::null());
         #[cfg(target_os = "linux")]
         {
-            let parent = std::process::id() as i32;
+            let parent = nix::unistd::getpid();
             // SAFETY: between fork and exec this only makes async-signal-safe syscalls.
             unsafe {
                 cmd.pre_exec(move || {
                     nix::sys::prctl::set_pdeathsig(Signal::SIGQUIT)?;
                     // The parent may have died before the line above took effect.
-                    if nix::unistd::getppid().as_raw() != parent {
+                    if nix::unistd::getppid() != parent {
                         return Err(std::io::Error::other("parent exited"));
                     }
                     Ok(())
@@ -261,7 +261,7 @@ pub fn exited(server: &mut Child) -> bool {
 
 /// Stops a server this process started, as `shutdown` does.
 pub fn stop_child(server: &mut Child) {
-    let pid = server.id() as i32;
+    let pid = process::Pid::of(server);
     let _ = shutdown(&pid, || exited(server));
 }
 

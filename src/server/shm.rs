@@ -24,6 +24,7 @@
 //! choose the DSM type, and a control segment whose creator was killed between making it and
 //! writing its handle into the header; both windows are microseconds long.
 
+use crate::os::process::Pid;
 use crate::state::segments::{Segments, is_postgres_segment};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -33,7 +34,7 @@ use std::time::{Duration, Instant};
 pub const DETACH_LIMIT: Duration = Duration::from_secs(10);
 
 /// Reads what the server with postmaster `pid` in `data` uses (after it reported ready).
-pub fn of_server(pid: i32, data: &Path) -> Segments {
+pub fn of_server(pid: Pid, data: &Path) -> Segments {
     let sysv_id = crate::state::ownership::postmaster_file(data).and_then(|(_, sysv_id)| sysv_id);
     let posix = std::fs::read_to_string(format!("/proc/{pid}/maps"))
         .map(|maps| posix_names(&maps))
@@ -56,7 +57,7 @@ fn posix_names(maps: &str) -> Vec<String> {
 
 /// Waits until no process is attached to the System V segment `id` made by `creator` (or it
 /// is gone), at most `limit`; false if processes are still attached then.
-pub fn wait_detached(id: i32, creator: i32, limit: Duration) -> bool {
+pub fn wait_detached(id: i32, creator: Pid, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     while attached(id, creator).is_some_and(|n| n > 0) {
         if Instant::now() >= deadline {
@@ -69,9 +70,9 @@ pub fn wait_detached(id: i32, creator: i32, limit: Duration) -> bool {
 
 /// Number of processes still attached to the System V segment, or None if it is gone (or not
 /// this account's, or not created by `creator`).
-pub fn attached(id: i32, creator: i32) -> Option<u64> {
+pub fn attached(id: i32, creator: Pid) -> Option<u64> {
     let ds = stat(id)?;
-    (ds.shm_perm.uid == nix::unistd::geteuid().as_raw() && ds.shm_cpid == creator)
+    (ds.shm_perm.uid == nix::unistd::geteuid().as_raw() && ds.shm_cpid == creator.as_raw())
         .then_some(nattch(&ds))
 }
 
@@ -92,7 +93,7 @@ fn stat(id: i32) -> Option<nix::libc::shmid_ds> {
 /// Releases what a dead server (postmaster `creator`) left: the System V segment if this
 /// account owns it and `creator` made it (the kernel frees it once its last process detaches),
 /// and the recorded POSIX segments this account owns.
-pub fn release(segments: &Segments, creator: i32) {
+pub fn release(segments: &Segments, creator: Pid) {
     let mut posix = segments.posix.clone();
     if let Some(id) = segments.sysv_id
         && attached(id, creator).is_some()
@@ -246,14 +247,15 @@ pub fn release_left_in(data: &Path) -> usize {
         let Some(ds) = stat(id) else {
             continue;
         };
-        let orphaned =
-            ds.shm_perm.uid == me && nattch(&ds) == 0 && !crate::os::process::alive(ds.shm_cpid);
+        let orphaned = ds.shm_perm.uid == me
+            && nattch(&ds) == 0
+            && !crate::os::process::alive(Pid::from_raw(ds.shm_cpid));
         if orphaned && read_header(id).is_some_and(|h| h.device == device && h.inode == inode) {
             let segments = Segments {
                 sysv_id: Some(id),
                 posix: Vec::new(),
             };
-            release(&segments, ds.shm_cpid);
+            release(&segments, Pid::from_raw(ds.shm_cpid));
             released += 1;
         }
     }

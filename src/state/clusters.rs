@@ -365,20 +365,8 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let instance = Instance::new(root.path());
         let state = State {
-            watchdog_pid: 10,
-            postmaster_pid: 11,
-            port: 5432,
-            tcp: true,
-            keep: false,
-            owner_uid: 0,
-            user: "root".into(),
             timeout: u64::MAX,
-            watchdog_start: Some(123),
-            postmaster_start: None,
-            segments: crate::state::segments::Segments {
-                sysv_id: Some(7),
-                posix: vec!["PostgreSQL.99".into()],
-            },
+            ..State::sample()
         };
         instance.write_state(&state).unwrap();
         let cluster = ClusterDir {

@@ -14,6 +14,7 @@
 //!
 //! While a pgtmp process looks after the directory it holds a flock on it (see ownership.rs).
 
+use crate::os::process::Pid;
 use crate::state::safefs::{self, Dir};
 use crate::state::segments::{self, Segments};
 use anyhow::{Context, Result, bail};
@@ -50,8 +51,8 @@ pub enum Found {
 /// What a watchdog records about the cluster it looks after.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct State {
-    pub watchdog_pid: i32,
-    pub postmaster_pid: i32,
+    pub watchdog_pid: Pid,
+    pub postmaster_pid: Pid,
     pub port: u16,
     pub tcp: bool,
     pub keep: bool,
@@ -323,8 +324,8 @@ const STATE_VERSION: u32 = 1;
 #[derive(Serialize, Deserialize)]
 struct StateFile {
     version: u32,
-    watchdog_pid: i32,
-    postmaster_pid: i32,
+    watchdog_pid: Pid,
+    postmaster_pid: Pid,
     port: u16,
     tcp: bool,
     keep: bool,
@@ -367,7 +368,7 @@ impl State {
         } else {
             Self::parse_key_value(text)?
         };
-        if state.watchdog_pid <= 0 || state.postmaster_pid <= 0 {
+        if !state.watchdog_pid.is_process() || !state.postmaster_pid.is_process() {
             bail!("process ids must be positive");
         }
         Ok(state)
@@ -420,10 +421,12 @@ impl State {
                 .with_context(|| format!("{key} is not a number"))
         };
         Ok(State {
-            watchdog_pid: i32::try_from(num("watchdog_pid")?)
-                .context("watchdog_pid out of range")?,
-            postmaster_pid: i32::try_from(num("postmaster_pid")?)
-                .context("postmaster_pid out of range")?,
+            watchdog_pid: Pid::from_raw(
+                i32::try_from(num("watchdog_pid")?).context("watchdog_pid out of range")?,
+            ),
+            postmaster_pid: Pid::from_raw(
+                i32::try_from(num("postmaster_pid")?).context("postmaster_pid out of range")?,
+            ),
             port: u16::try_from(num("port")?).context("port out of range")?,
             tcp: num("tcp")? != 0,
             keep: num("keep")? != 0,
@@ -451,14 +454,12 @@ pub fn parse_major(version_output: &str) -> Option<u32> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::fs;
-
-    fn sample() -> State {
+impl State {
+    /// A state with every field set, for the unit tests of the modules that read it.
+    pub fn sample() -> State {
         State {
-            watchdog_pid: 10,
-            postmaster_pid: 11,
+            watchdog_pid: Pid::from_raw(10),
+            postmaster_pid: Pid::from_raw(11),
             port: 5432,
             tcp: true,
             keep: false,
@@ -473,18 +474,24 @@ mod tests {
             },
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
 
     #[test]
     fn state_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let instance = Instance::new(dir.path());
         assert_eq!(instance.read_state().unwrap(), None);
-        instance.write_state(&sample()).unwrap();
-        assert_eq!(instance.read_state().unwrap(), Some(sample()));
+        instance.write_state(&State::sample()).unwrap();
+        assert_eq!(instance.read_state().unwrap(), Some(State::sample()));
         // Every timeout -w accepts, the largest included.
         let longest = State {
             timeout: u64::MAX,
-            ..sample()
+            ..State::sample()
         };
         instance.write_state(&longest).unwrap();
         assert_eq!(instance.read_state().unwrap(), Some(longest));
@@ -496,7 +503,7 @@ mod tests {
         let old = "watchdog_pid=10\npostmaster_pid=11\nport=5432\ntcp=1\nkeep=0\nowner_uid=0\n\
                    user=root\ntimeout=60\nwatchdog_start=123\npostmaster_start=\n\
                    shm_sysv_id=7\nshm_posix=PostgreSQL.99\n";
-        assert_eq!(State::parse(old).unwrap(), sample());
+        assert_eq!(State::parse(old).unwrap(), State::sample());
         // Before the start times and segments were recorded.
         let older = "watchdog_pid=10\npostmaster_pid=11\nport=5432\ntcp=0\nkeep=1\nowner_uid=0\nuser=x\ntimeout=60\n";
         let state = State::parse(older).unwrap();
@@ -508,7 +515,7 @@ mod tests {
 
     #[test]
     fn state_records_are_checked() {
-        let text = sample().render().unwrap();
+        let text = State::sample().render().unwrap();
         assert!(text.contains("\"version\":1"), "{text}");
         let newer = text.replace("\"version\":1", "\"version\":2");
         assert!(format!("{:#}", State::parse(&newer).unwrap_err()).contains("version 2"));

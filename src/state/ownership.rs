@@ -11,6 +11,7 @@
 //!   (not by postgres: the descriptor is close-on-exec), so it is held exactly while a pgtmp
 //!   process looks after that directory. An unlocked directory has no live owner.
 
+use crate::os::process::Pid;
 use anyhow::{Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::{File, OpenOptions};
@@ -118,14 +119,14 @@ pub fn is_locked(dir: &Path) -> bool {
 /// the pid, it names one process for the machine's uptime. None if the process is gone, or
 /// where it cannot be told (not Linux).
 #[cfg(target_os = "linux")]
-pub fn start_time(pid: i32) -> Option<u64> {
+pub fn start_time(pid: Pid) -> Option<u64> {
     stat_field(pid, 22)
 }
 
 /// Field `n` (from 1) of /proc/PID/stat, a number: "PID (COMM) STATE PPID ...", where COMM
 /// may hold spaces and parentheses, so fields are counted after the last ')'.
 #[cfg(target_os = "linux")]
-fn stat_field(pid: i32, n: usize) -> Option<u64> {
+fn stat_field(pid: Pid, n: usize) -> Option<u64> {
     crate::os::process::stat_fields(pid)?
         .get(n.checked_sub(3)?)?
         .parse()
@@ -133,7 +134,7 @@ fn stat_field(pid: i32, n: usize) -> Option<u64> {
 }
 
 /// The processes whose parent is `parent` (Linux; none elsewhere).
-pub fn children(parent: i32) -> Vec<i32> {
+pub fn children(parent: Pid) -> Vec<Pid> {
     #[cfg(target_os = "linux")]
     {
         let Ok(procs) = std::fs::read_dir("/proc") else {
@@ -141,8 +142,14 @@ pub fn children(parent: i32) -> Vec<i32> {
         };
         procs
             .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|&pid| stat_field(pid, 4) == Some(parent as u64))
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .parse::<i32>()
+                    .ok()
+                    .map(Pid::from_raw)
+            })
+            .filter(|&pid| stat_field(pid, 4) == u64::try_from(parent.as_raw()).ok())
             .collect()
     }
     #[cfg(not(target_os = "linux"))]
@@ -153,7 +160,7 @@ pub fn children(parent: i32) -> Vec<i32> {
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn start_time(_pid: i32) -> Option<u64> {
+pub fn start_time(_pid: Pid) -> Option<u64> {
     None
 }
 
@@ -165,7 +172,7 @@ pub struct Proven {
 }
 
 impl Proven {
-    pub fn pid(&self) -> i32 {
+    pub fn pid(&self) -> Pid {
         self.process.pid()
     }
 
@@ -175,7 +182,7 @@ impl Proven {
 }
 
 impl crate::os::process::Target for Proven {
-    fn pid(&self) -> i32 {
+    fn pid(&self) -> Pid {
         self.process.pid()
     }
 
@@ -194,7 +201,7 @@ const FD_SCAN_LIMIT: usize = 4096;
 /// anyone who can open it can lock it.
 pub fn prove_watchdog(
     dir: &crate::state::safefs::Dir,
-    pid: i32,
+    pid: Pid,
     started: Option<u64>,
     uid: nix::unistd::Uid,
 ) -> Result<Option<Proven>> {
@@ -215,7 +222,7 @@ pub fn prove_watchdog(
 /// changes into its data directory at once).
 pub fn prove_postmaster(
     data: &crate::state::safefs::Dir,
-    pid: i32,
+    pid: Pid,
     started: Option<u64>,
     uid: nix::unistd::Uid,
 ) -> Result<Option<Proven>> {
@@ -233,14 +240,14 @@ pub fn prove_postmaster(
 }
 
 /// True when `pid` is alive, was started at `started` and runs as `uid`.
-fn is_process_of(pid: i32, started: u64, uid: nix::unistd::Uid) -> bool {
+fn is_process_of(pid: Pid, started: u64, uid: nix::unistd::Uid) -> bool {
     crate::os::process::alive(pid)
         && start_time(pid) == Some(started)
         && uids(pid) == Some((uid.as_raw(), uid.as_raw()))
 }
 
 /// The real and effective uid of a process (the `Uid:` line of /proc/PID/status).
-fn uids(pid: i32) -> Option<(u32, u32)> {
+fn uids(pid: Pid) -> Option<(u32, u32)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let mut ids = status
         .lines()
@@ -252,7 +259,7 @@ fn uids(pid: i32) -> Option<(u32, u32)> {
 
 /// True when the process has an open descriptor on the file `dev`/`ino`. Only the process's
 /// own account (or root) may look; for anyone else this is false.
-fn holds(pid: i32, dev: u64, ino: u64) -> bool {
+fn holds(pid: Pid, dev: u64, ino: u64) -> bool {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return false;
     };
@@ -263,7 +270,7 @@ fn holds(pid: i32, dev: u64, ino: u64) -> bool {
 }
 
 /// True when the command line of `pid` has `-D DATA`.
-fn serves(pid: i32, data: &Path) -> bool {
+fn serves(pid: Pid, data: &Path) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
@@ -273,14 +280,14 @@ fn serves(pid: i32, data: &Path) -> bool {
 }
 
 #[cfg(target_os = "linux")]
-fn process_uid(pid: i32) -> Option<u32> {
+fn process_uid(pid: Pid) -> Option<u32> {
     std::fs::metadata(format!("/proc/{pid}"))
         .ok()
         .map(|m| m.uid())
 }
 
 #[cfg(not(target_os = "linux"))]
-fn process_uid(_pid: i32) -> Option<u32> {
+fn process_uid(_pid: Pid) -> Option<u32> {
     None
 }
 
@@ -297,9 +304,9 @@ pub fn proven_postmaster_of(data: &Path) -> Option<Proven> {
 
 /// What a data directory's postmaster.pid says: the postmaster's pid and its System V shared
 /// memory id (line 7, after the key), if any.
-pub fn postmaster_file(data: &Path) -> Option<(i32, Option<i32>)> {
+pub fn postmaster_file(data: &Path) -> Option<(Pid, Option<i32>)> {
     let text = crate::state::safefs::read_text_at(&data.join("postmaster.pid")).ok()??;
-    let pid = text.lines().next()?.trim().parse().ok()?;
+    let pid = Pid::from_raw(text.lines().next()?.trim().parse().ok()?);
     let sysv = text
         .lines()
         .nth(6)
@@ -316,7 +323,12 @@ pub fn processes_inside(dir: &Path) -> bool {
         return false;
     };
     procs.flatten().any(|entry| {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+        let Ok(pid) = entry
+            .file_name()
+            .to_string_lossy()
+            .parse()
+            .map(Pid::from_raw)
+        else {
             return false;
         };
         process_uid(pid) == Some(me)
@@ -331,7 +343,7 @@ mod tests {
 
     #[test]
     fn own_start_time_is_stable() {
-        let me = std::process::id() as i32;
+        let me = Pid::this();
         let started = start_time(me);
         assert!(started.is_some());
         assert_eq!(start_time(me), started);
@@ -343,10 +355,10 @@ mod tests {
             .arg("10")
             .spawn()
             .unwrap();
-        let found = children(std::process::id() as i32);
+        let found = children(Pid::this());
         child.kill().unwrap();
         child.wait().unwrap();
-        assert!(found.contains(&(child.id() as i32)), "{found:?}");
+        assert!(found.contains(&Pid::of(&child)), "{found:?}");
     }
 
     #[test]
@@ -366,7 +378,7 @@ mod tests {
 
     #[test]
     fn a_process_that_is_not_postgres_is_no_postmaster() {
-        let me = std::process::id() as i32;
+        let me = Pid::this();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("postmaster.pid"), format!("{me}\n")).unwrap();
         assert!(proven_postmaster_of(dir.path()).is_none());

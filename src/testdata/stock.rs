@@ -134,7 +134,7 @@ pub fn refill(server: &Server) -> Result<()> {
     let mut client = files::connect(server, "postgres")?;
     // The copying is done by the server process serving this session: let it yield too.
     if let Ok(row) = client.query_one("SELECT pg_backend_pid()", &[]) {
-        lower_priority_of(row.get(0));
+        crate::os::detach::lower_priority_of(crate::os::process::Pid::from_raw(row.get(0)));
     }
     let now = ensure_template(&mut client, server.user)?;
     loop {
@@ -158,16 +158,6 @@ pub fn refill(server: &Server) -> Result<()> {
                 quote_ident(&format!("{STOCK}{name}"))
             ))
             .context("cannot add a copy to the clone stock")?;
-    }
-}
-
-/// Lowest CPU priority and the idle I/O class for the server process doing the copying (it
-/// ends with its session). Best effort: it only makes the refill politer.
-fn lower_priority_of(pid: i32) {
-    if let Ok(pid) = u32::try_from(pid)
-        && pid > 0
-    {
-        crate::os::detach::lower_priority_of(pid);
     }
 }
 
