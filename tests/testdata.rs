@@ -22,6 +22,7 @@ both_invokers!(
     invalid_now_leaves_nothing,
     clone_while_connected,
     clone_without_files,
+    parallel_first_clones_all_succeed,
     schema_url_search_path,
     schema_jdbc_form_sets_current_schema,
     clone_takes_every_printed_form,
@@ -404,6 +405,24 @@ fn clone_without_files(invoker: &Invoker) {
         let out = stranger.run(&["clone", &url]);
         let line = check_failed(&out, 1);
         assert!(line.contains("another account"), "{line}");
+    }
+}
+
+/// The first clones of a cluster started without files race to create the template they copy:
+/// four at once must all get a database of their own (the losers of that race once failed
+/// with a unique violation on pg_database's name index). Three rounds, each a new cluster.
+fn parallel_first_clones_all_succeed(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    for _ in 0..3 {
+        let url = sandbox.start(&["-w", "30"]);
+        let clones = sandbox.start_at_once(4, &["clone", &url]);
+        let names: std::collections::HashSet<String> =
+            clones.iter().map(|c| database_of(c)).collect();
+        assert_eq!(names.len(), 4, "clones share a database: {clones:?}");
+        for clone in &clones {
+            assert_eq!(sandbox.psql(clone, "select 1"), "1");
+        }
+        assert!(sandbox.run(&["stop", &url]).success());
     }
 }
 

@@ -93,7 +93,14 @@ fn ensure_template(client: &mut postgres::Client, user: &str) -> Result<bool> {
     );
     match client.batch_execute(&sql) {
         Ok(()) => {}
-        Err(err) if err.code() == Some(&SqlState::DUPLICATE_DATABASE) => return Ok(false),
+        // Another first clone created it meanwhile: 42P04 when it had committed by then, a
+        // unique violation on pg_database's name when both inserted at once.
+        Err(err)
+            if err.code() == Some(&SqlState::DUPLICATE_DATABASE)
+                || err.code() == Some(&SqlState::UNIQUE_VIOLATION) =>
+        {
+            return Ok(false);
+        }
         Err(err) => return Err(err).context("cannot create the template for clones"),
     }
     client
