@@ -80,7 +80,10 @@ env    export PGHOST=... lines (PGPORT, PGUSER, PGDATABASE, DATABASE_URL; with -
        JDBC_DATABASE_URL), single-quoted: for eval \"$(pgtmp -F env)\" or a dotenv file
 json   one object: url, dsn, jdbc (with -t), host, port, socket_dir, user, password (with -t),
        database, data_dir, server_pid, watchdog_pid, version, bindir, timeout, keep
-pgtmp stop, clone and schema take the output of any of these but env as their URL.",
+pgtmp stop, clone and schema take the output of any of these but env as their URL.
+Off a terminal, uri, dsn and jdbc (and the URLs of clone and schema) end without a newline, as
+pg_tmp's URL does, so a caller that reads stdout whole (Ruby %x(), Python check_output, Java
+readAllBytes) gets exactly the URL; on a terminal, and after env and json, a newline.",
     ),
     (
         "Seeing what runs",
