@@ -544,3 +544,42 @@ fn cache_days_is_validated(invoker: &Invoker) {
     );
     assert!(out.success(), "PGTMP_CACHE_DAYS=0 is valid:\n{out}");
 }
+
+/// As root, a -f file whose `\ir` include lies in a directory the server account cannot
+/// enter (such as /root, mode 0700): the error says that this is why psql cannot read it and
+/// how to fix it, rather than only "No such file or directory"; the fix it names works.
+#[test]
+fn include_the_server_account_cannot_reach() {
+    let invoker = Invoker::current();
+    if !invoker.is_root() {
+        return cannot_run_here("only root's server account can be shut out of the files");
+    }
+    let sandbox = Sandbox::new(&invoker);
+    let private = sandbox.path("private");
+    fs::create_dir(&private).unwrap();
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+    let main = private.join("main.sql");
+    fs::write(&main, "\\ir other.sql\n").unwrap();
+    fs::write(
+        private.join("other.sql"),
+        "create table included (i int);\n",
+    )
+    .unwrap();
+    let main_arg = main.to_str().unwrap();
+    let out = sandbox.run(&["-w", "20", "-f", main_arg]);
+    let line = check_failed(&out, 1);
+    let (account, _) = invoker.server_account();
+    assert!(
+        line.contains("other.sql: No such file or directory")
+            && line.contains(&format!(
+                "{account}, which cannot enter {}",
+                private.display()
+            ))
+            && line.contains("chmod o+x"),
+        "{line}"
+    );
+    sandbox.assert_nothing_left("an unreachable include");
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o711)).unwrap();
+    let url = sandbox.start(&["-w", "20", "-f", main_arg]);
+    assert_eq!(sandbox.psql(&url, "select count(*) from included"), "0");
+}
