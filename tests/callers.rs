@@ -18,6 +18,7 @@ both_invokers!(
     python_check_output,
     java_read_all_bytes,
     a_terminal_gets_a_newline,
+    guide_pytest_fixture_runs_from_anywhere,
 );
 
 /// Whether `program ARGS` runs and exits 0 as the invoker (a probe for a driver).
@@ -204,5 +205,52 @@ fn a_terminal_gets_a_newline(invoker: &Invoker) {
     assert!(
         out.success() && out.stdout.starts_with("postgresql://") && !out.stdout.ends_with('\n'),
         "{out}"
+    );
+}
+
+/// The GUIDE's pytest example with a clone per test, as printed there, run by pytest from `/`
+/// rather than from its own directory: it finds schema.sql beside itself.
+fn guide_pytest_fixture_runs_from_anywhere(invoker: &Invoker) {
+    let python = "/usr/bin/python3";
+    if !works(invoker, python, &["-c", "import psycopg2, pytest"]) {
+        return missing(
+            "pytest and psycopg2",
+            "Debian: apt-get install python3-pytest python3-psycopg2",
+        );
+    }
+    let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/GUIDE.md")).unwrap();
+    let section = guide
+        .split_once("### A pytest fixture with a clone per test")
+        .expect("GUIDE.md has the pytest example")
+        .1;
+    let example = section
+        .split_once("```python\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .expect("the pytest example is a python block")
+        .0;
+    let sandbox = Sandbox::new(invoker);
+    let dir = sandbox.path("suite");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("test_items.py"), example).unwrap();
+    std::fs::write(
+        dir.join("schema.sql"),
+        "create table items (id int primary key);\ninsert into items values (1), (2);\n",
+    )
+    .unwrap();
+    std::os::unix::fs::chown(&dir, Some(invoker.uid), Some(invoker.gid)).unwrap();
+    let bin = invoker.bin();
+    let path = format!(
+        "{}:/usr/local/bin:/usr/bin:/bin",
+        bin.parent().unwrap().display()
+    );
+    let mut cmd = sandbox.tool(python);
+    cmd.args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .arg(dir.join("test_items.py"))
+        .env("PATH", path)
+        .current_dir("/");
+    let out = run(&mut cmd, PGTMP_LIMIT);
+    assert!(
+        out.success() && out.stdout.contains("2 passed"),
+        "the GUIDE's pytest example, run from /:\n{out}"
     );
 }
