@@ -27,6 +27,8 @@ both_invokers!(
     paths_with_a_comma,
     url_that_cannot_be_printed,
     cache_days_is_validated,
+    help_pages_and_examples,
+    invalid_format_lists_the_values,
 );
 
 fn give_to(path: &Path, invoker: &Invoker) {
@@ -543,6 +545,68 @@ fn cache_days_is_validated(invoker: &Invoker) {
         PGTMP_LIMIT,
     );
     assert!(out.success(), "PGTMP_CACHE_DAYS=0 is valid:\n{out}");
+}
+
+/// `pgtmp help` and `pgtmp help SUB` print the pages `--help` prints, and every subcommand's
+/// page ends with examples; none of them starts anything.
+fn help_pages_and_examples(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let main = sandbox.run(&["help"]);
+    assert!(
+        main.success() && main.stdout == sandbox.run(&["--help"]).stdout,
+        "pgtmp help should print the --help page:\n{main}"
+    );
+    assert!(main.stdout.contains("Examples:"), "{main}");
+    let subcommands = [
+        "start", "stop", "initdb", "run", "list", "doctor", "clone", "schema", "gc",
+    ];
+    for sub in subcommands {
+        let help = sandbox.run(&["help", sub]);
+        assert!(
+            help.success() && help.stderr.is_empty(),
+            "pgtmp help {sub}:\n{help}"
+        );
+        assert_eq!(
+            help.stdout,
+            sandbox.run(&[sub, "--help"]).stdout,
+            "pgtmp help {sub}"
+        );
+        let examples = help
+            .stdout
+            .split_once("\nExamples:\n")
+            .map(|(_, examples)| examples)
+            .unwrap_or_else(|| panic!("pgtmp {sub} --help has no examples:\n{help}"));
+        let shown = if sub == "list" { "pgtmp l" } else { sub };
+        assert!(
+            examples.lines().all(|l| l.starts_with("  ")) && examples.contains(shown),
+            "pgtmp {sub} --help: {examples}"
+        );
+    }
+    // The default command's options still parse with a help subcommand around.
+    assert!(sandbox.run(&["-w", "5", "help"]).success());
+    let line = check_failed(&sandbox.run(&["help", "frobnicate"]), 2);
+    assert!(line.contains("frobnicate"), "{line}");
+    sandbox.assert_nothing_left("pgtmp help");
+}
+
+/// An invalid -F names the values that work, on the command line and in PGTMP_FORMAT.
+fn invalid_format_lists_the_values(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let line = check_failed(&sandbox.run(&["-F", "yaml"]), 2);
+    assert!(
+        line.contains("'yaml'") && line.ends_with("valid values: uri, dsn, jdbc, env, json"),
+        "{line}"
+    );
+    let line = check_failed(&sandbox.run(&["clone", "-F", "dsn", "postgresql:///x"]), 2);
+    assert!(line.ends_with("valid values: uri, jdbc"), "{line}");
+    let mut cmd = sandbox.pgtmp();
+    cmd.env("PGTMP_FORMAT", "yaml");
+    let line = check_failed(&run(&mut cmd, PGTMP_LIMIT), 2);
+    assert!(
+        line.contains("PGTMP_FORMAT") && line.contains("valid values: uri, dsn, jdbc, env, json"),
+        "{line}"
+    );
+    sandbox.assert_nothing_left("pgtmp -F yaml");
 }
 
 /// As root, a -f file whose `\ir` include lies in a directory the server account cannot
