@@ -25,6 +25,9 @@ _pgtmp() {
             pgtmp,gc)
                 cmd="pgtmp__subcmd__gc"
                 ;;
+            pgtmp,help)
+                cmd="pgtmp__subcmd__help"
+                ;;
             pgtmp,initdb)
                 cmd="pgtmp__subcmd__initdb"
                 ;;
@@ -46,6 +49,36 @@ _pgtmp() {
             pgtmp,stop)
                 cmd="pgtmp__subcmd__stop"
                 ;;
+            pgtmp__subcmd__help,clone)
+                cmd="pgtmp__subcmd__help__subcmd__clone"
+                ;;
+            pgtmp__subcmd__help,doctor)
+                cmd="pgtmp__subcmd__help__subcmd__doctor"
+                ;;
+            pgtmp__subcmd__help,gc)
+                cmd="pgtmp__subcmd__help__subcmd__gc"
+                ;;
+            pgtmp__subcmd__help,help)
+                cmd="pgtmp__subcmd__help__subcmd__help"
+                ;;
+            pgtmp__subcmd__help,initdb)
+                cmd="pgtmp__subcmd__help__subcmd__initdb"
+                ;;
+            pgtmp__subcmd__help,list)
+                cmd="pgtmp__subcmd__help__subcmd__list"
+                ;;
+            pgtmp__subcmd__help,run)
+                cmd="pgtmp__subcmd__help__subcmd__run"
+                ;;
+            pgtmp__subcmd__help,schema)
+                cmd="pgtmp__subcmd__help__subcmd__schema"
+                ;;
+            pgtmp__subcmd__help,start)
+                cmd="pgtmp__subcmd__help__subcmd__start"
+                ;;
+            pgtmp__subcmd__help,stop)
+                cmd="pgtmp__subcmd__help__subcmd__stop"
+                ;;
             *)
                 ;;
         esac
@@ -53,7 +86,7 @@ _pgtmp() {
 
     case "${cmd}" in
         pgtmp)
-            opts="-t -p -w -k -o -d -F -f -h -V --tcp --port --timeout --keep --options --dir --format --schema-file --now --no-cache --bindir --run-as --help --version start stop initdb run list ls doctor clone schema gc"
+            opts="-t -p -w -k -o -d -F -f -h -V --tcp --port --timeout --keep --options --dir --format --schema-file --now --no-cache --bindir --run-as --help --version start stop initdb run list ls doctor clone schema gc help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -134,11 +167,11 @@ _pgtmp() {
             fi
             case "${prev}" in
                 --format)
-                    COMPREPLY=($(compgen -W "uri dsn jdbc env json" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "uri jdbc" -- "${cur}"))
                     return 0
                     ;;
                 -F)
-                    COMPREPLY=($(compgen -W "uri dsn jdbc env json" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "uri jdbc" -- "${cur}"))
                     return 0
                     ;;
                 --bindir)
@@ -193,6 +226,160 @@ _pgtmp() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pgtmp__subcmd__help)
+            opts="start stop initdb run list doctor clone schema gc help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pgtmp__subcmd__help__subcmd__clone)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pgtmp__subcmd__help__subcmd__doctor)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pgtmp__subcmd__help__subcmd__gc)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pgtmp__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pgtmp__subcmd__help__subcmd__initdb)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pgtmp__subcmd__help__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pgtmp__subcmd__help__subcmd__run)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pgtmp__subcmd__help__subcmd__schema)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pgtmp__subcmd__help__subcmd__start)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pgtmp__subcmd__help__subcmd__stop)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 *)
                     COMPREPLY=()
                     ;;
@@ -334,11 +521,11 @@ _pgtmp() {
             fi
             case "${prev}" in
                 --format)
-                    COMPREPLY=($(compgen -W "uri dsn jdbc env json" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "uri jdbc" -- "${cur}"))
                     return 0
                     ;;
                 -F)
-                    COMPREPLY=($(compgen -W "uri dsn jdbc env json" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "uri jdbc" -- "${cur}"))
                     return 0
                     ;;
                 --bindir)

@@ -52,6 +52,7 @@ complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "doctor" -d 'Check the i
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "clone" -d 'Print the URL of a fresh database in the cluster of URL: a copy of its loaded state'
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "schema" -d 'Create a fresh schema in URL\'s database and print a URL that puts it first on search_path'
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "gc" -d 'Remove what killed or crashed runs left: servers without a watchdog, their directories, incomplete pool entries; and schema cache entries unused for PGTMP_CACHE_DAYS days (default 7), their ready copies after an hour unused. Prints one line per thing removed'
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s p -l port -d 'Listen on this TCP port on 127.0.0.1 (implies -t)' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s w -l timeout -d 'Stop the cluster after this many seconds without a connected client; 0 = never [default: 60]' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s o -l options -d 'Extra options for postgres, e.g. -o \'-c log_statement=all\'; applied last, so they win. Where the server listens and keeps its files (port, listen_addresses, unix_socket_directories, data_directory, *_file; -p -h -i -k -D) is refused: use -p, -t, -d' -r
@@ -107,20 +108,14 @@ complete -c pgtmp -n "__fish_pgtmp_using_subcommand ls" -s h -l help -d 'Print h
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand doctor" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand doctor" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]; PGTMP_RUN_AS is ignored when pgtmp is not invoked by root' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand doctor" -s h -l help -d 'Print help'
-complete -c pgtmp -n "__fish_pgtmp_using_subcommand clone" -s F -l format -d 'Print the URL as `uri` or, for a TCP cluster, as `jdbc` [default: uri]' -r -f -a "uri\t'postgresql:// URL (libpq, psql, most drivers)'
-dsn\t'libpq key=value connection string'
-jdbc\t'jdbc:postgresql:// URL; needs -t (JDBC cannot use Unix sockets)'
-env\t'`export PG...=...` lines for `eval "$(pgtmp --format env)"` or a dotenv file (with -t also PGPASSWORD and JDBC_DATABASE_URL)'
-json\t'one JSON object with every detail'"
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand clone" -s F -l format -d 'Print the URL as `uri` or, for a TCP cluster, as `jdbc` [default: uri]' -r -f -a "uri\t''
+jdbc\t''"
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand clone" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand clone" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]; PGTMP_RUN_AS is ignored when pgtmp is not invoked by root' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand clone" -l drop -d 'Drop the clone named by URL now instead of at the end of the cluster'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand clone" -s h -l help -d 'Print help'
-complete -c pgtmp -n "__fish_pgtmp_using_subcommand schema" -s F -l format -d 'Print the URL as `uri` or, for a TCP cluster, as `jdbc` [default: uri]' -r -f -a "uri\t'postgresql:// URL (libpq, psql, most drivers)'
-dsn\t'libpq key=value connection string'
-jdbc\t'jdbc:postgresql:// URL; needs -t (JDBC cannot use Unix sockets)'
-env\t'`export PG...=...` lines for `eval "$(pgtmp --format env)"` or a dotenv file (with -t also PGPASSWORD and JDBC_DATABASE_URL)'
-json\t'one JSON object with every detail'"
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand schema" -s F -l format -d 'Print the URL as `uri` or, for a TCP cluster, as `jdbc` [default: uri]' -r -f -a "uri\t''
+jdbc\t''"
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand schema" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand schema" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]; PGTMP_RUN_AS is ignored when pgtmp is not invoked by root' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand schema" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -128,3 +123,13 @@ complete -c pgtmp -n "__fish_pgtmp_using_subcommand gc" -l bindir -d 'Directory 
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand gc" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]; PGTMP_RUN_AS is ignored when pgtmp is not invoked by root' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand gc" -s n -l dry-run -d 'Only print what would be removed'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand gc" -s h -l help -d 'Print help'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand help; and not __fish_seen_subcommand_from start stop initdb run list doctor clone schema gc help" -f -a "start" -d 'Start a throwaway cluster and print its URL (the default command)'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand help; and not __fish_seen_subcommand_from start stop initdb run list doctor clone schema gc help" -f -a "stop" -d 'Stop a cluster now and remove its directory (kept with -k, or if it was started with -k)'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand help; and not __fish_seen_subcommand_from start stop initdb run list doctor clone schema gc help" -f -a "initdb" -d 'Prepare a data directory without starting it and print its path'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand help; and not __fish_seen_subcommand_from start stop initdb run list doctor clone schema gc help" -f -a "run" -d 'Start a cluster, run CMD with PGHOST, PGPORT, PGUSER, PGDATABASE and DATABASE_URL set, then stop the cluster and exit with CMD\'s status'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand help; and not __fish_seen_subcommand_from start stop initdb run list doctor clone schema gc help" -f -a "list" -d 'List this account\'s running clusters'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand help; and not __fish_seen_subcommand_from start stop initdb run list doctor clone schema gc help" -f -a "doctor" -d 'Check the installation, accounts, state directory and pool; say how to fix what is wrong'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand help; and not __fish_seen_subcommand_from start stop initdb run list doctor clone schema gc help" -f -a "clone" -d 'Print the URL of a fresh database in the cluster of URL: a copy of its loaded state'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand help; and not __fish_seen_subcommand_from start stop initdb run list doctor clone schema gc help" -f -a "schema" -d 'Create a fresh schema in URL\'s database and print a URL that puts it first on search_path'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand help; and not __fish_seen_subcommand_from start stop initdb run list doctor clone schema gc help" -f -a "gc" -d 'Remove what killed or crashed runs left: servers without a watchdog, their directories, incomplete pool entries; and schema cache entries unused for PGTMP_CACHE_DAYS days (default 7), their ready copies after an hour unused. Prints one line per thing removed'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand help; and not __fish_seen_subcommand_from start stop initdb run list doctor clone schema gc help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

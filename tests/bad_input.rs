@@ -27,6 +27,8 @@ both_invokers!(
     paths_with_a_comma,
     url_that_cannot_be_printed,
     cache_days_is_validated,
+    help_pages_and_examples,
+    invalid_format_lists_the_values,
 );
 
 fn give_to(path: &Path, invoker: &Invoker) {
@@ -543,4 +545,105 @@ fn cache_days_is_validated(invoker: &Invoker) {
         PGTMP_LIMIT,
     );
     assert!(out.success(), "PGTMP_CACHE_DAYS=0 is valid:\n{out}");
+}
+
+/// `pgtmp help` and `pgtmp help SUB` print the pages `--help` prints, and every subcommand's
+/// page ends with examples; none of them starts anything.
+fn help_pages_and_examples(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let main = sandbox.run(&["help"]);
+    assert!(
+        main.success() && main.stdout == sandbox.run(&["--help"]).stdout,
+        "pgtmp help should print the --help page:\n{main}"
+    );
+    assert!(main.stdout.contains("Examples:"), "{main}");
+    let subcommands = [
+        "start", "stop", "initdb", "run", "list", "doctor", "clone", "schema", "gc",
+    ];
+    for sub in subcommands {
+        let help = sandbox.run(&["help", sub]);
+        assert!(
+            help.success() && help.stderr.is_empty(),
+            "pgtmp help {sub}:\n{help}"
+        );
+        assert_eq!(
+            help.stdout,
+            sandbox.run(&[sub, "--help"]).stdout,
+            "pgtmp help {sub}"
+        );
+        let examples = help
+            .stdout
+            .split_once("\nExamples:\n")
+            .map(|(_, examples)| examples)
+            .unwrap_or_else(|| panic!("pgtmp {sub} --help has no examples:\n{help}"));
+        let shown = if sub == "list" { "pgtmp l" } else { sub };
+        assert!(
+            examples.lines().all(|l| l.starts_with("  ")) && examples.contains(shown),
+            "pgtmp {sub} --help: {examples}"
+        );
+    }
+    // The default command's options still parse with a help subcommand around.
+    assert!(sandbox.run(&["-w", "5", "help"]).success());
+    let line = check_failed(&sandbox.run(&["help", "frobnicate"]), 2);
+    assert!(line.contains("frobnicate"), "{line}");
+    sandbox.assert_nothing_left("pgtmp help");
+}
+
+/// An invalid -F names the values that work, on the command line and in PGTMP_FORMAT.
+fn invalid_format_lists_the_values(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let line = check_failed(&sandbox.run(&["-F", "yaml"]), 2);
+    assert!(
+        line.contains("'yaml'") && line.ends_with("valid values: uri, dsn, jdbc, env, json"),
+        "{line}"
+    );
+    let line = check_failed(&sandbox.run(&["clone", "-F", "dsn", "postgresql:///x"]), 2);
+    assert!(line.ends_with("valid values: uri, jdbc"), "{line}");
+    let mut cmd = sandbox.pgtmp();
+    cmd.env("PGTMP_FORMAT", "yaml");
+    let line = check_failed(&run(&mut cmd, PGTMP_LIMIT), 2);
+    assert!(
+        line.contains("PGTMP_FORMAT") && line.contains("valid values: uri, dsn, jdbc, env, json"),
+        "{line}"
+    );
+    sandbox.assert_nothing_left("pgtmp -F yaml");
+}
+
+/// As root, a -f file whose `\ir` include lies in a directory the server account cannot
+/// enter (such as /root, mode 0700): the error says that this is why psql cannot read it and
+/// how to fix it, rather than only "No such file or directory"; the fix it names works.
+#[test]
+fn include_the_server_account_cannot_reach() {
+    let invoker = Invoker::current();
+    if !invoker.is_root() {
+        return cannot_run_here("only root's server account can be shut out of the files");
+    }
+    let sandbox = Sandbox::new(&invoker);
+    let private = sandbox.path("private");
+    fs::create_dir(&private).unwrap();
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+    let main = private.join("main.sql");
+    fs::write(&main, "\\ir other.sql\n").unwrap();
+    fs::write(
+        private.join("other.sql"),
+        "create table included (i int);\n",
+    )
+    .unwrap();
+    let main_arg = main.to_str().unwrap();
+    let out = sandbox.run(&["-w", "20", "-f", main_arg]);
+    let line = check_failed(&out, 1);
+    let (account, _) = invoker.server_account();
+    assert!(
+        line.contains("other.sql: No such file or directory")
+            && line.contains(&format!(
+                "{account}, which cannot enter {}",
+                private.display()
+            ))
+            && line.contains("chmod o+x"),
+        "{line}"
+    );
+    sandbox.assert_nothing_left("an unreachable include");
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o711)).unwrap();
+    let url = sandbox.start(&["-w", "20", "-f", main_arg]);
+    assert_eq!(sandbox.psql(&url, "select count(*) from included"), "0");
 }

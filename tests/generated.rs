@@ -5,7 +5,7 @@
 
 use clap::CommandFactory;
 use clap_complete::Shell;
-use pgtmp::cli::{Cli, EXTRA_SECTIONS};
+use pgtmp::cli::{Cli, EXTRA_SECTIONS, SEE_ALSO};
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
@@ -37,6 +37,85 @@ fn render(
     String::from_utf8(out).expect("roff is UTF-8")
 }
 
+/// A synopsis that names each option's value (clap_mangen's leaves it out): `[-p|--port PORT]`,
+/// `[-o|--options OPTIONS]...`, `<URL>`, `<CMD>...`, then `[COMMAND]` for the subcommands.
+fn synopsis(cmd: &clap::Command, bin: &str) -> String {
+    let bold = |text: &str| format!("\\fB{}\\fR", text.replace('-', "\\-"));
+    let italic = |text: &str| format!("\\fI{text}\\fR");
+    let value = |arg: &clap::Arg| {
+        let name = arg
+            .get_value_names()
+            .and_then(|n| n.first())
+            .map_or_else(|| arg.get_id().as_str().to_uppercase(), |n| n.to_string());
+        italic(&name)
+    };
+    let many = |arg: &clap::Arg| {
+        arg.get_num_args().is_some_and(|n| n.max_values() > 1)
+            || matches!(arg.get_action(), clap::ArgAction::Append)
+    };
+    let mut words = vec![bold(bin)];
+    for arg in cmd
+        .get_arguments()
+        .filter(|a| !a.is_hide_set() && !a.is_positional())
+    {
+        let mut names = Vec::new();
+        if let Some(short) = arg.get_short() {
+            names.push(bold(&format!("-{short}")));
+        }
+        if let Some(long) = arg.get_long() {
+            names.push(bold(&format!("--{long}")));
+        }
+        let mut word = names.join("|");
+        if arg.get_action().takes_values() {
+            word = format!("{word} {}", value(arg));
+        }
+        let word = if arg.is_required_set() {
+            word
+        } else {
+            format!("[{word}]")
+        };
+        words.push(if many(arg) {
+            format!("{word}...")
+        } else {
+            word
+        });
+    }
+    for arg in cmd.get_positionals().filter(|a| !a.is_hide_set()) {
+        let word = if arg.is_required_set() {
+            format!("<{}>", value(arg))
+        } else {
+            format!("[{}]", value(arg))
+        };
+        words.push(if many(arg) {
+            format!("{word}...")
+        } else {
+            word
+        });
+    }
+    if cmd.has_subcommands() {
+        words.push(format!("[{}]", italic("COMMAND")));
+    }
+    format!("{}\n", words.join(" "))
+}
+
+/// A subcommand's examples (its `--help` ends with them), unindented, lines kept.
+fn examples(sub: &clap::Command) -> String {
+    let Some(help) = sub.get_after_help() else {
+        return String::new();
+    };
+    let text = help.to_string();
+    let body: Vec<&str> = text
+        .strip_prefix("Examples:\n")
+        .unwrap_or(&text)
+        .lines()
+        .map(|line| line.strip_prefix("  ").unwrap_or(line))
+        .collect();
+    format!(
+        ".SS Examples\n.nf\n{}\n.fi\n",
+        roff_escape(&body.join("\n"))
+    )
+}
+
 /// One page: the main command, then each subcommand's synopsis and options, then the
 /// hand-written sections shared with `--help`.
 fn man_page() -> String {
@@ -49,30 +128,19 @@ fn man_page() -> String {
     let mut page = String::new();
     page += &render(&man, clap_mangen::Man::render_title);
     page += &render(&man, clap_mangen::Man::render_name_section);
-    page += &render(&man, clap_mangen::Man::render_synopsis_section);
+    page += ".SH SYNOPSIS\n";
+    page += &synopsis(&cmd, "pgtmp");
     page += &render(&man, clap_mangen::Man::render_description_section);
     page += &render(&man, clap_mangen::Man::render_options_section);
-    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+    // `pgtmp help [SUB]` prints the pages this one holds.
+    for sub in cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
         let sub_man =
             clap_mangen::Man::new(sub.clone().bin_name(format!("pgtmp {}", sub.get_name())));
         page += &format!(".SH \"PGTMP {}\"\n", sub.get_name().to_uppercase());
-        let mut synopsis = render(&sub_man, clap_mangen::Man::render_synopsis_section).replacen(
-            ".SH SYNOPSIS\n",
-            "",
-            1,
-        );
-        // clap_mangen writes a positional that takes several values like one that takes one.
-        for arg in sub.get_positionals() {
-            if arg.get_num_args().is_some_and(|n| n.max_values() > 1) {
-                let name = arg
-                    .get_value_names()
-                    .and_then(|n| n.first())
-                    .map_or_else(|| arg.get_id().as_str().to_uppercase(), |n| n.to_string());
-                let one = format!("<\\fI{name}\\fR>");
-                synopsis = synopsis.replacen(&one, &format!("{one}..."), 1);
-            }
-        }
-        page += &synopsis;
+        page += &synopsis(sub, &format!("pgtmp {}", sub.get_name()));
         let aliases: Vec<String> = sub
             .get_visible_aliases()
             .map(|a| format!("\\fBpgtmp {a}\\fR"))
@@ -91,6 +159,7 @@ fn man_page() -> String {
             ".SS Options\n",
             1,
         );
+        page += &examples(sub);
     }
     for (title, body) in EXTRA_SECTIONS {
         // Tables and examples keep their lines; a single paragraph is filled to the width.
@@ -105,6 +174,16 @@ fn man_page() -> String {
             roff_escape(body)
         );
     }
+    let (pages, sentence) = SEE_ALSO;
+    let named: Vec<String> = pages
+        .iter()
+        .map(|(name, section)| format!("\\fB{}\\fR({section})", roff_escape(name)))
+        .collect();
+    page += &format!(
+        ".SH \"SEE ALSO\"\n{}\n.PP\n{}\n",
+        named.join(", "),
+        roff_escape(sentence)
+    );
     page += &render(&man, clap_mangen::Man::render_version_section);
     page
 }

@@ -5,6 +5,7 @@ pub mod settings;
 
 use crate::os::account::RunAs;
 use crate::output::format::Format;
+use clap::builder::TypedValueParser;
 use clap::error::ErrorKind;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -80,7 +81,10 @@ env    export PGHOST=... lines (PGPORT, PGUSER, PGDATABASE, DATABASE_URL; with -
        JDBC_DATABASE_URL), single-quoted: for eval \"$(pgtmp -F env)\" or a dotenv file
 json   one object: url, dsn, jdbc (with -t), host, port, socket_dir, user, password (with -t),
        database, data_dir, server_pid, watchdog_pid, version, bindir, timeout, keep
-pgtmp stop, clone and schema take the output of any of these but env as their URL.",
+pgtmp stop, clone and schema take the output of any of these but env as their URL.
+Off a terminal, uri, dsn and jdbc (and the URLs of clone and schema) end without a newline, as
+pg_tmp's URL does, so a caller that reads stdout whole (Ruby %x(), Python check_output, Java
+readAllBytes) gets exactly the URL; on a terminal, and after env and json, a newline.",
     ),
     (
         "Seeing what runs",
@@ -113,6 +117,19 @@ directory it holds or runs in), through a pidfd. See SECURITY.md for the threat 
     ),
 ];
 
+/// The man page's SEE ALSO: pages named with their section, then a sentence.
+pub const SEE_ALSO: (&[(&str, u8)], &str) = (
+    &[
+        ("psql", 1),
+        ("postgres", 1),
+        ("initdb", 1),
+        ("pg_ctl", 1),
+        ("pg_tmp", 1),
+        ("pg_virtualenv", 1),
+    ],
+    "GUIDE.md (the full reference) and SECURITY.md (the threat model) in pgtmp's source.",
+);
+
 fn after_help() -> String {
     EXTRA_SECTIONS
         .iter()
@@ -131,7 +148,6 @@ fn after_help() -> String {
     about = "Private, throwaway PostgreSQL clusters in milliseconds",
     long_about = LONG_ABOUT,
     after_help = after_help(),
-    disable_help_subcommand = true,
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -145,17 +161,70 @@ pub struct Cli {
     pub global: GlobalArgs,
 }
 
+/// A subcommand's `--help` ends with its examples, indented like the main page's sections.
+fn examples(lines: &str) -> String {
+    let body: Vec<String> = lines.lines().map(|line| format!("  {line}")).collect();
+    format!("Examples:\n{}", body.join("\n"))
+}
+
+const START_EXAMPLES: &str = "\
+url=$(pgtmp start -w 300)          # the same as plain `pgtmp`: a URL on stdout
+pgtmp start -t -F jdbc             # jdbc:postgresql://127.0.0.1:PORT/test?user=..&password=..
+pgtmp start -k -d ./pgdata         # kept in ./pgdata; the same command starts it again
+url=$(pgtmp start -f schema.sql)   # schema loaded (then cached) before the URL is printed";
+
+const STOP_EXAMPLES: &str = "\
+pgtmp stop \"$url\"                  # stop now and remove the cluster
+pgtmp stop -k -d ./pgdata          # stop, keep ./pgdata for a later `pgtmp -d ./pgdata`
+pgtmp -k -d ./pgdata stop          # the same, written as pg_tmp takes it
+pgtmp stop --all                   # every cluster of this account";
+
+const INITDB_EXAMPLES: &str = "\
+dir=$(pgtmp initdb)                # a prepared directory under PGTMP_DIR
+pgtmp initdb -d ./pgdata           # prepare ./pgdata; `pgtmp -k -d ./pgdata` starts it";
+
+const RUN_EXAMPLES: &str = "\
+pgtmp run -- make test             # PGHOST, PGPORT, PGUSER, PGDATABASE, DATABASE_URL set
+pgtmp run -t -- mvn test           # with -t also PGPASSWORD and JDBC_DATABASE_URL
+pgtmp run -f schema.sql -- pytest  # schema loaded before CMD starts
+pgtmp run -- psql                  # a scratch database for one session";
+
+const LIST_EXAMPLES: &str = "\
+pgtmp list                         # URL, PID, VERSION, AGE, IDLE, CONNS, SIZE
+pgtmp ls --json | jq -r '.[].url'  # the same as JSON";
+
+const DOCTOR_EXAMPLES: &str = "\
+pgtmp doctor                       # pass/warn/FAIL per check, each with its fix
+pgtmp --run-as app doctor          # as root: the checks for server account app";
+
+const CLONE_EXAMPLES: &str = "\
+url=$(pgtmp -f schema.sql)         # loaded once
+db=$(pgtmp clone \"$url\")           # a fresh database holding a copy of it, for one test
+pgtmp clone -F jdbc \"$tcp_url\"     # the clone's URL as JDBC (the cluster needs -t)
+pgtmp clone --drop \"$db\"           # drop it now instead of with the cluster";
+
+const SCHEMA_EXAMPLES: &str = "\
+s=$(pgtmp schema \"$url\")           # URL whose search_path starts with a fresh schema
+pgtmp schema -F jdbc \"$tcp_url\"    # the same as JDBC, with currentSchema";
+
+const GC_EXAMPLES: &str = "\
+pgtmp gc -n                        # what would be removed
+pgtmp gc                           # remove it; one line per thing removed";
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Start a throwaway cluster and print its URL (the default command)
+    #[command(after_help = examples(START_EXAMPLES))]
     Start(StartArgs),
     /// Stop a cluster now and remove its directory (kept with -k, or if it was started with -k)
     ///
     /// Only a cluster of the invoking account's, in PGTMP_DIR or started there with -d, is
     /// stopped. -k and -d may also be written before `stop`, as pg_tmp takes them
     /// (`pgtmp -k -d DIR stop`); no other start option applies to it.
+    #[command(after_help = examples(STOP_EXAMPLES))]
     Stop(StopArgs),
     /// Prepare a data directory without starting it and print its path
+    #[command(after_help = examples(INITDB_EXAMPLES))]
     Initdb(InitdbArgs),
     /// Start a cluster, run CMD with PGHOST, PGPORT, PGUSER, PGDATABASE and DATABASE_URL set,
     /// then stop the cluster and exit with CMD's status
@@ -168,22 +237,27 @@ pub enum Command {
     /// to CMD (a terminal's Ctrl-C reaches it directly) and pgtmp waits for it; should pgtmp
     /// itself be killed, the cluster stops at once anyway. The idle timeout applies only after
     /// CMD, with -k, which keeps the cluster running and says on stderr where it is.
+    #[command(after_help = examples(RUN_EXAMPLES))]
     Run(RunArgs),
     /// List this account's running clusters
-    #[command(visible_alias = "ls")]
+    #[command(visible_alias = "ls", after_help = examples(LIST_EXAMPLES))]
     List(ListArgs),
     /// Check the installation, accounts, state directory and pool; say how to fix what is wrong
+    #[command(after_help = examples(DOCTOR_EXAMPLES))]
     Doctor,
     /// Print the URL of a fresh database in the cluster of URL: a copy of its loaded state
+    #[command(after_help = examples(CLONE_EXAMPLES))]
     Clone(CloneArgs),
     /// Create a fresh schema in URL's database and print a URL that puts it first on search_path
     ///
     /// The `uri` form names the schema in libpq's `options` (`-c search_path=...`), the `jdbc`
     /// form in `currentSchema`.
+    #[command(after_help = examples(SCHEMA_EXAMPLES))]
     Schema(SchemaArgs),
     /// Remove what killed or crashed runs left: servers without a watchdog, their directories,
     /// incomplete pool entries; and schema cache entries unused for PGTMP_CACHE_DAYS days
     /// (default 7), their ready copies after an hour unused. Prints one line per thing removed
+    #[command(after_help = examples(GC_EXAMPLES))]
     Gc(GcArgs),
 }
 
@@ -334,7 +408,9 @@ pub struct UrlFormat {
         short = 'F',
         long = "format",
         value_name = "FORMAT",
-        value_enum,
+        // Only these two: an invalid value's error then lists just them.
+        value_parser = clap::builder::PossibleValuesParser::new(["uri", "jdbc"])
+            .map(|name| if name == "jdbc" { Format::Jdbc } else { Format::Uri }),
         hide_possible_values = true
     )]
     pub format: Option<Format>,
@@ -684,8 +760,13 @@ fn one_line(err: &clap::Error) -> String {
             .collect();
         first = format!("{} {}", first, named.join(" "));
     }
-    match err.kind() {
-        ErrorKind::ValueValidation => first,
+    use clap::error::{ContextKind, ContextValue};
+    match (err.kind(), err.get(ContextKind::ValidValue)) {
+        (ErrorKind::ValueValidation, _) => first,
+        // The help hides the values of -F (each is described there); the error lists them.
+        (ErrorKind::InvalidValue, Some(ContextValue::Strings(values))) if !values.is_empty() => {
+            format!("{first}; valid values: {}", values.join(", "))
+        }
         _ => format!("{first}; see 'pgtmp --help'"),
     }
 }
@@ -834,6 +915,64 @@ mod tests {
         assert!(parse_port("0").is_err());
         assert!(parse_port("70000").is_err());
         assert_eq!(parse_port("65535"), Ok(65535));
+    }
+
+    #[test]
+    fn help_subcommand_shows_each_page() {
+        for args in [
+            &["pgtmp", "help"][..],
+            &["pgtmp", "help", "clone"],
+            &["pgtmp", "-w", "5", "help"],
+        ] {
+            let err = Cli::command().try_get_matches_from(args).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::DisplayHelp, "{args:?}");
+        }
+        let page = Cli::command()
+            .try_get_matches_from(["pgtmp", "help", "clone"])
+            .unwrap_err()
+            .render()
+            .to_string();
+        assert!(page.contains("pgtmp clone --drop"), "{page}");
+        // The default command's options still parse, before and after a subcommand.
+        assert!(parse_ok(&["-t", "-w", "5"]).start.wants_tcp());
+        assert!(matches!(
+            parse_ok(&["-k", "stop", "-d", "x"]).command,
+            Some(Command::Stop(_))
+        ));
+    }
+
+    #[test]
+    fn every_subcommand_has_examples() {
+        let command = Cli::command();
+        for sub in command.get_subcommands() {
+            let help = sub
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(
+                help.starts_with("Examples:\n  ")
+                    && help.contains(&format!("pgtmp {}", sub.get_name()))
+                    || sub.get_name() == "list" && help.contains("pgtmp ls"),
+                "pgtmp {} --help has no example: {help:?}",
+                sub.get_name()
+            );
+        }
+    }
+
+    #[test]
+    fn an_invalid_format_lists_the_valid_ones() {
+        let err = Cli::try_parse_from(["pgtmp", "-F", "yaml"]).unwrap_err();
+        assert!(
+            one_line(&err).ends_with("; valid values: uri, dsn, jdbc, env, json"),
+            "{}",
+            one_line(&err)
+        );
+        let err = Cli::try_parse_from(["pgtmp", "clone", "-F", "dsn", "URL"]).unwrap_err();
+        assert!(
+            one_line(&err).ends_with("; valid values: uri, jdbc"),
+            "{}",
+            one_line(&err)
+        );
     }
 
     #[test]

@@ -39,8 +39,9 @@ pub fn run(args: CloneArgs, global: &GlobalArgs) -> Result<()> {
     drop(client);
     let url = conn.uri(Some(&name));
     let url = if jdbc { dburl::jdbc(&url)? } else { url };
+    let end = crate::output::format::ending(true);
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{url}")
+    write!(stdout, "{url}{end}")
         .and_then(|()| stdout.flush())
         .context("cannot print the URL (stdout closed?)")?;
     drop(stdout);

@@ -48,8 +48,9 @@ pub fn run(args: SchemaArgs, global: &GlobalArgs) -> Result<()> {
     } else {
         dburl::with_search_path(&url, &path)?
     };
+    let end = crate::output::format::ending(true);
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{url}")
+    write!(stdout, "{url}{end}")
         .and_then(|()| stdout.flush())
         .context("cannot print the URL (stdout closed?)")
 }

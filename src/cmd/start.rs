@@ -16,8 +16,9 @@ pub fn run(args: StartArgs, global: &GlobalArgs) -> Result<()> {
     let text = launched
         .cluster
         .render(format, || launched.install.version().ok());
+    let end = crate::output::format::ending(format.is_one_line());
     let mut stdout = std::io::stdout().lock();
-    if let Err(err) = writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+    if let Err(err) = write!(stdout, "{text}{end}").and_then(|()| stdout.flush()) {
         // Nobody learns the URL: the cluster would only wait for its idle timeout.
         let dir = launched.cluster.socket_dir.display().to_string();
         let stopped = watchdog::stop_watchdog(launched.cluster.watchdog_pid, &dir);

@@ -23,6 +23,26 @@ pub enum Format {
     Json,
 }
 
+impl Format {
+    /// The forms that are one value on one line, which scripts read whole.
+    pub fn is_one_line(self) -> bool {
+        matches!(self, Format::Uri | Format::Dsn | Format::Jdbc)
+    }
+}
+
+/// What ends printed output. A one-line value (a URI, DSN or JDBC URL) printed off a terminal
+/// ends without a newline, as pg_tmp's URL does: `%x(pgtmp)` in Ruby, Python's
+/// `check_output` and Java's `readAllBytes()` then hold exactly the URL, unstripped (`$(...)`
+/// strips either way). On a terminal, and after `env` lines or JSON, a newline.
+pub fn ending(one_line: bool) -> &'static str {
+    use std::io::IsTerminal;
+    if one_line && !std::io::stdout().is_terminal() {
+        ""
+    } else {
+        "\n"
+    }
+}
+
 /// A running cluster as pgtmp reports it: everything a client or a script may want to know.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cluster {

@@ -177,9 +177,11 @@ impl TestData {
             .context("cannot write psql's input")?;
         // \i with a relative path reads from the file's directory, as it would from a shell
         // started there.
-        let dir = Some(file.dir.as_path())
-            .filter(|d| nix::unistd::access(*d, nix::unistd::AccessFlags::X_OK).is_ok())
-            .unwrap_or(Path::new("/"));
+        // This process runs as the server account; as root, that account may be unable to
+        // enter the file's directory (/root is 0700): psql then runs in `/`, and a failed
+        // include is explained by that.
+        let enterable = nix::unistd::access(&file.dir, nix::unistd::AccessFlags::X_OK).is_ok();
+        let dir = if enterable { &file.dir } else { Path::new("/") };
         let out = process::pg_command(&self.psql)
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(server.socket_dir)
@@ -198,7 +200,8 @@ impl TestData {
             return Ok(());
         }
         let stderr = String::from_utf8_lossy(&out.stderr);
-        bail!("{}", describe_failure(&file.path, &stderr))
+        let unreachable = (!enterable).then_some(file.dir.as_path());
+        bail!("{}", describe_failure(&file.path, &stderr, unreachable))
     }
 
     /// What the schema cache key must cover besides the installation and settings.
@@ -239,7 +242,8 @@ pub fn find_psql(install: &Installation) -> Result<PathBuf> {
 /// file pgtmp fed it (named as the user gave it), `psql:sub/part.sql:3: ...` for one pulled
 /// in with `\i`/`\ir` (relative to the directory psql ran in, the given file's). Either way
 /// the error reads `FILE:LINE: message`; an include psql could not open gets a hint.
-fn describe_failure(path: &Path, stderr: &str) -> String {
+/// `unreachable` is the file's directory when the account running psql cannot enter it.
+fn describe_failure(path: &Path, stderr: &str, unreachable: Option<&Path>) -> String {
     let located = stderr.lines().find_map(|line| {
         let rest = line.strip_prefix("psql:")?;
         // FILE:LINE: where FILE may itself hold colons: the first `:DIGITS: ` ends it.
@@ -263,7 +267,23 @@ fn describe_failure(path: &Path, stderr: &str) -> String {
         path.parent().unwrap_or(Path::new("")).join(file)
     };
     let mut text = format!("{}:{line}: {message}", shown.display());
-    if message.starts_with("error: ") && message.ends_with("No such file or directory") {
+    let account = || {
+        crate::os::account::Account::current()
+            .map_or_else(|_| "the server account".to_string(), |a| a.name)
+    };
+    let not_found = message.ends_with("No such file or directory");
+    if let Some(dir) = unreachable.filter(|_| message.starts_with("error: ") && not_found) {
+        let account = account();
+        text.push_str(&format!(
+            " (psql runs as the server account, {account}, which cannot enter {dir}, the \
+             directory of {path}, so it cannot read the files included from there; put the \
+             SQL files in a directory {account} can enter and read, or give it access, e.g. \
+             chmod o+x on {dir} and each directory above it, or choose another server account \
+             with --run-as)",
+            dir = dir.display(),
+            path = path.display(),
+        ));
+    } else if message.starts_with("error: ") && not_found {
         text.push_str(&format!(
             " (pgtmp runs psql in the directory of {}, so \\i and \\ir both resolve \
              relative to it, not to where you ran pgtmp; name the file relative to it, \
@@ -271,8 +291,7 @@ fn describe_failure(path: &Path, stderr: &str) -> String {
             path.display()
         ));
     } else if message.starts_with("error: ") && message.ends_with("Permission denied") {
-        let account = crate::os::account::Account::current()
-            .map_or_else(|_| "the server account".to_string(), |a| a.name);
+        let account = account();
         text.push_str(&format!(
             " (psql reads included files itself, as {account} here; make the file and its \
              directories readable by {account})"
@@ -389,11 +408,11 @@ mod tests {
     fn failures_name_file_and_line() {
         let stderr = "psql:<stdin>:3: ERROR:  column \"x\" does not exist\nLINE 1: select x;\n";
         assert_eq!(
-            describe_failure(Path::new("db/schema.sql"), stderr),
+            describe_failure(Path::new("db/schema.sql"), stderr, None),
             "db/schema.sql:3: ERROR:  column \"x\" does not exist"
         );
         assert!(
-            describe_failure(Path::new("a.sql"), "psql: error: connection refused")
+            describe_failure(Path::new("a.sql"), "psql: error: connection refused", None)
                 .starts_with("a.sql: psql failed: psql: error")
         );
     }
@@ -403,18 +422,29 @@ mod tests {
         let stderr = "psql:sub2/bad.sql:3: ERROR:  relation \"nope\" does not exist\n\
                       LINE 1: select * from nope;\n";
         assert_eq!(
-            describe_failure(Path::new("db/inc-bad.sql"), stderr),
+            describe_failure(Path::new("db/inc-bad.sql"), stderr, None),
             "db/sub2/bad.sql:3: ERROR:  relation \"nope\" does not exist"
         );
         let missing = "psql:<stdin>:1: error: db/part.sql: No such file or directory\n";
-        let text = describe_failure(Path::new("db/main.sql"), missing);
+        let text = describe_failure(Path::new("db/main.sql"), missing, None);
         assert!(
             text.starts_with("db/main.sql:1: error: db/part.sql: No such file or directory (")
                 && text.contains("\\ir"),
             "{text}"
         );
+        // As root, the server account may not even enter the file's directory.
+        let text = describe_failure(
+            Path::new("/root/db/main.sql"),
+            "psql:<stdin>:1: error: part.sql: No such file or directory\n",
+            Some(Path::new("/root/db")),
+        );
+        assert!(
+            text.contains("cannot enter /root/db, the directory of /root/db/main.sql")
+                && text.contains("--run-as"),
+            "{text}"
+        );
         let denied = "psql:<stdin>:2: error: part.sql: Permission denied\n";
-        let text = describe_failure(Path::new("main.sql"), denied);
+        let text = describe_failure(Path::new("main.sql"), denied, None);
         assert!(
             text.starts_with("main.sql:2: error: part.sql: Permission denied (psql reads"),
             "{text}"
