@@ -104,8 +104,7 @@ fn read_tree() -> Tree {
                 Some(m) => format!("{to_folder}::{m}"),
                 None => to_folder.clone(),
             };
-            let allowed =
-                theirs >= mine || (folder == "cmd" && to_folder == "cli");
+            let allowed = theirs >= mine || (folder == "cmd" && to_folder == "cli");
             if !allowed {
                 tree.upward
                     .push(format!("{module} imports crate::{target}"));
