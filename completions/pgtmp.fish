@@ -44,7 +44,8 @@ complete -c pgtmp -n "__fish_pgtmp_needs_command" -s h -l help -d 'Print help (s
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s V -l version -d 'Print version'
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "start" -d 'Start a throwaway cluster and print its URL (the default command)'
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "stop" -d 'Stop a cluster now and remove its directory (kept with -k, or if it was started with -k)'
-complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "initdb" -d 'Prepare a data directory without starting it and print its path'
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "initdb" -d 'Prepare one more ready data directory for the next start and print its path; with -d, a cluster directory DIR for a later `pgtmp -d DIR`'
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "selftest" -d 'Start a cluster, query it, stop it, and say what was checked: a smoke test of the installation (pg_tmp\'s `selftest`); exits 1 naming the step that failed'
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "run" -d 'Start a cluster, run CMD with PGHOST, PGPORT, PGUSER, PGDATABASE and DATABASE_URL set, then stop the cluster and exit with CMD\'s status'
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "list" -d 'List this account\'s running clusters'
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -f -a "ls" -d 'List this account\'s running clusters'
@@ -70,6 +71,7 @@ complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s k -l keep -d 'Keep
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -l no-cache -d 'Load the -f files even if the schema cache holds their result, and do not cache it'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s h -l help -d 'Print help'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -s d -l dir -d 'The cluster\'s directory instead of its URL' -r -F
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -s w -l wait -d 'Wait until no client is connected, then stop: check every SECONDS seconds, the first time SECONDS after the call, as pg_tmp does (0: check continuously). The cluster may also reach its idle timeout meanwhile, which is not an error' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]; PGTMP_RUN_AS is ignored when pgtmp is not invoked by root' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -l all -d 'Stop every running cluster of this account, all at once'
@@ -78,7 +80,10 @@ complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -s h -l help -d 'Print
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand initdb" -s d -l dir -d 'Prepare this directory (empty or missing) instead of a new one under PGTMP_DIR' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand initdb" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand initdb" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]; PGTMP_RUN_AS is ignored when pgtmp is not invoked by root' -r
-complete -c pgtmp -n "__fish_pgtmp_using_subcommand initdb" -s h -l help -d 'Print help'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand initdb" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand selftest" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand selftest" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody]; PGTMP_RUN_AS is ignored when pgtmp is not invoked by root' -r
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand selftest" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s p -l port -d 'Listen on this TCP port on 127.0.0.1 (implies -t)' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s w -l timeout -d 'Stop the cluster after this many seconds without a connected client; 0 = never [default: 60]' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s o -l options -d 'Extra options for postgres, e.g. -o \'-c log_statement=all\'; applied last, so they win. Where the server listens and keeps its files (port, listen_addresses, unix_socket_directories, data_directory, *_file; -p -h -i -k -D) is refused: use -p, -t, -d' -r
