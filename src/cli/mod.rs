@@ -36,6 +36,7 @@ eval \"$(pgtmp -F env)\"        # PGHOST, PGPORT, PGUSER, PGDATABASE, DATABASE_U
 pgtmp -t -F jdbc              # jdbc:postgresql://127.0.0.1:PORT/test?user=..&password=..
 pgtmp list                    # what runs; pgtmp stop --all stops it all
 pgtmp doctor                  # what pgtmp would use, and what to fix
+pgtmp selftest                # start, query, stop: a smoke test for CI
 
 url=$(pgtmp -f schema.sql)    # schema loaded (then cached) before the URL is printed
 db=$(pgtmp clone \"$url\")      # a fresh copy of the loaded state, for one test
