@@ -169,9 +169,11 @@ pub enum Command {
     /// Start a cluster, query it, stop it, and say what was checked: a smoke test of the
     /// installation (pg_tmp's `selftest`); exits 1 naming the step that failed
     ///
-    /// The cluster is started as a plain `pgtmp` would (from the pool of PGTMP_DIR), queried
-    /// through the server's socket and, when the installation has psql, through the printed URL,
-    /// then stopped; the check that its server and directory are gone comes last.
+    /// The cluster is started with the default options (Unix socket only, from the pool of
+    /// PGTMP_DIR; the variables of start options such as PGTMP_TCP or PGTMP_OPTIONS do not
+    /// apply), queried through the server's socket and, when the installation has psql,
+    /// through the printed URL, then stopped; the check that its server and directory are gone
+    /// comes last.
     #[command(after_help = "Example:\n  pgtmp selftest || exit 1    # first thing in a CI job")]
     Selftest,
     /// Start a cluster, run CMD with PGHOST, PGPORT, PGUSER, PGDATABASE and DATABASE_URL set,

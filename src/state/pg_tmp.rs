@@ -65,3 +65,62 @@ pub fn data_dir_name(dir: &Dir) -> Result<Option<String>, String> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn data_dir(root: &std::path::Path, name: &str) {
+        fs::create_dir_all(root.join(name)).unwrap();
+        fs::write(root.join(name).join("PG_VERSION"), "15\n").unwrap();
+    }
+
+    fn recognise(root: &std::path::Path) -> Result<Option<String>, String> {
+        data_dir_name(&Dir::open(root).unwrap())
+    }
+
+    #[test]
+    fn pg_tmp_layouts_are_recognised() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path();
+        data_dir(dir, "15.18-0+deb12u1)");
+        // Without initdb.out it is any data directory's parent, not pg_tmp's.
+        assert_eq!(recognise(dir), Ok(None));
+        for name in [
+            "initdb.out",
+            "NEW",
+            "stop.log",
+            ".s.PGSQL.5432",
+            ".s.PGSQL.5432.lock",
+        ] {
+            fs::write(dir.join(name), "").unwrap();
+        }
+        assert_eq!(recognise(dir), Ok(Some("15.18-0+deb12u1)".into())));
+        // A conversion cut short after the rename is finished later.
+        fs::rename(dir.join("15.18-0+deb12u1)"), dir.join("data")).unwrap();
+        fs::write(dir.join("pgtmp.keep"), "").unwrap();
+        assert_eq!(recognise(dir), Ok(Some("data".into())));
+    }
+
+    #[test]
+    fn what_pg_tmp_does_not_make_is_not_taken() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path();
+        fs::write(dir.join("initdb.out"), "").unwrap();
+        data_dir(dir, "15.4");
+        data_dir(dir, "16.1");
+        let several = recognise(dir).unwrap_err();
+        assert!(several.contains("15.4, 16.1"), "{several}");
+        fs::remove_dir_all(dir.join("16.1")).unwrap();
+        fs::write(dir.join("notes.txt"), "mine").unwrap();
+        assert_eq!(recognise(dir), Ok(None));
+        fs::remove_file(dir.join("notes.txt")).unwrap();
+        fs::create_dir(dir.join("17")).unwrap();
+        assert_eq!(
+            recognise(dir),
+            Ok(None),
+            "a version-named directory without PG_VERSION"
+        );
+    }
+}
