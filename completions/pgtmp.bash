@@ -43,6 +43,9 @@ _pgtmp() {
             pgtmp,schema)
                 cmd="pgtmp__subcmd__schema"
                 ;;
+            pgtmp,selftest)
+                cmd="pgtmp__subcmd__selftest"
+                ;;
             pgtmp,start)
                 cmd="pgtmp__subcmd__start"
                 ;;
@@ -73,6 +76,9 @@ _pgtmp() {
             pgtmp__subcmd__help,schema)
                 cmd="pgtmp__subcmd__help__subcmd__schema"
                 ;;
+            pgtmp__subcmd__help,selftest)
+                cmd="pgtmp__subcmd__help__subcmd__selftest"
+                ;;
             pgtmp__subcmd__help,start)
                 cmd="pgtmp__subcmd__help__subcmd__start"
                 ;;
@@ -86,7 +92,7 @@ _pgtmp() {
 
     case "${cmd}" in
         pgtmp)
-            opts="-t -p -w -k -o -d -F -f -h -V --tcp --port --timeout --keep --options --dir --format --schema-file --now --no-cache --bindir --run-as --help --version start stop initdb run list ls doctor clone schema gc help"
+            opts="-t -p -w -k -o -d -F -f -h -V --tcp --port --timeout --keep --options --dir --format --schema-file --now --no-cache --bindir --run-as --help --version start stop initdb selftest run list ls doctor clone schema gc help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -234,7 +240,7 @@ _pgtmp() {
             return 0
             ;;
         pgtmp__subcmd__help)
-            opts="start stop initdb run list doctor clone schema gc help"
+            opts="start stop initdb selftest run list doctor clone schema gc help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -346,6 +352,20 @@ _pgtmp() {
             return 0
             ;;
         pgtmp__subcmd__help__subcmd__schema)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pgtmp__subcmd__help__subcmd__selftest)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -543,6 +563,28 @@ _pgtmp() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        pgtmp__subcmd__selftest)
+            opts="-h --bindir --run-as --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --bindir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --run-as)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         pgtmp__subcmd__start)
             opts="-t -p -w -k -o -d -F -f -h --tcp --port --timeout --keep --options --dir --format --schema-file --now --no-cache --bindir --run-as --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -618,7 +660,7 @@ _pgtmp() {
             return 0
             ;;
         pgtmp__subcmd__stop)
-            opts="-d -k -h --dir --all --keep --bindir --run-as --help"
+            opts="-d -k -w -h --dir --all --keep --wait --bindir --run-as --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -629,6 +671,14 @@ _pgtmp() {
                     return 0
                     ;;
                 -d)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -w)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -214,23 +214,10 @@ fn root_runs_the_server_as_run_as_account() {
     assert_eq!(sandbox.psql(&url, "select current_user"), me.name);
 }
 
-/// `pgtmp initdb` prints a prepared directory that `pgtmp -d` starts; `pgtmp initdb -d DIR`
-/// prepares DIR; `pgtmp -d MISSING` initializes and starts a new directory.
+/// `pgtmp initdb -d DIR` prepares DIR; `pgtmp -d MISSING` initializes and starts a new
+/// directory. (`pgtmp initdb` without -d: tests/pgtmp_compat.rs.)
 fn initdb_prepares_directories_that_start(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-
-    let out = sandbox.run(&["initdb"]);
-    let prepared = PathBuf::from(check_started(&out, invoker));
-    assert_eq!(
-        prepared.parent(),
-        Some(sandbox.pgtmp_dir.as_path()),
-        "pgtmp initdb prepares a directory under PGTMP_DIR"
-    );
-    assert!(prepared.join("data/PG_VERSION").is_file());
-    sandbox.assert_no_process(&prepared, "pgtmp initdb starts nothing");
-    let url = sandbox.start(&["-d", prepared.to_str().unwrap(), "-w", "20"]);
-    assert_eq!(parse_socket_url(&url).dir, prepared);
-    assert_eq!(sandbox.psql(&url, "select current_database()"), "test");
 
     let empty = sandbox.path("empty");
     fs::create_dir(&empty).unwrap();

@@ -37,6 +37,7 @@ eval \"$(pgtmp -F env)\"        # PGHOST, PGPORT, PGUSER, PGDATABASE, DATABASE_U
 pgtmp -t -F jdbc              # jdbc:postgresql://127.0.0.1:PORT/test?user=..&password=..
 pgtmp list                    # what runs; pgtmp stop --all stops it all
 pgtmp doctor                  # what pgtmp would use, and what to fix
+pgtmp selftest                # start, query, stop: a smoke test for CI
 
 url=$(pgtmp -f schema.sql)    # schema loaded (then cached) before the URL is printed
 db=$(pgtmp clone \"$url\")      # a fresh copy of the loaded state, for one test
@@ -177,11 +178,16 @@ const STOP_EXAMPLES: &str = "\
 pgtmp stop \"$url\"                  # stop now and remove the cluster
 pgtmp stop -k -d ./pgdata          # stop, keep ./pgdata for a later `pgtmp -d ./pgdata`
 pgtmp -k -d ./pgdata stop          # the same, written as pg_tmp takes it
+pgtmp stop -w 5 \"$url\"             # wait until no client is connected (checked every 5 s)
 pgtmp stop --all                   # every cluster of this account";
 
 const INITDB_EXAMPLES: &str = "\
-dir=$(pgtmp initdb)                # a prepared directory under PGTMP_DIR
+pgtmp initdb                       # one more ready pool entry: the next start takes it
 pgtmp initdb -d ./pgdata           # prepare ./pgdata; `pgtmp -k -d ./pgdata` starts it";
+
+const SELFTEST_EXAMPLES: &str = "\
+pgtmp selftest || exit 1           # first thing in a CI job: start, query, stop
+pgtmp --bindir /usr/lib/postgresql/16/bin selftest   # check another installation";
 
 const RUN_EXAMPLES: &str = "\
 pgtmp run -- make test             # PGHOST, PGPORT, PGUSER, PGDATABASE, DATABASE_URL set
@@ -219,13 +225,31 @@ pub enum Command {
     /// Stop a cluster now and remove its directory (kept with -k, or if it was started with -k)
     ///
     /// Only a cluster of the invoking account's, in PGTMP_DIR or started there with -d, is
-    /// stopped. -k and -d may also be written before `stop`, as pg_tmp takes them
-    /// (`pgtmp -k -d DIR stop`); no other start option applies to it.
+    /// stopped. Without -w it stops at once and its clients are disconnected. -k, -d and -w
+    /// may also be written before `stop`, as pg_tmp takes them (`pgtmp -k -w 60 -d DIR
+    /// stop`); no other start option applies to it.
     #[command(after_help = examples(STOP_EXAMPLES))]
     Stop(StopArgs),
-    /// Prepare a data directory without starting it and print its path
+    /// Prepare one more ready data directory for the next start and print its path; with -d,
+    /// a cluster directory DIR for a later `pgtmp -d DIR`
+    ///
+    /// Without -d the directory is an entry of the pool (PGTMP_DIR/pool/): the next `pgtmp`
+    /// takes exactly it, and gc removes it with its pool. The pool holds at most PGTMP_POOL_SIZE
+    /// entries (at least one): when it is full, no new one is made and the path printed is that
+    /// of an entry already there, which the next start then takes. This is what pg_tmp's
+    /// `initdb` does: a start after it finds a directory ready.
     #[command(after_help = examples(INITDB_EXAMPLES))]
     Initdb(InitdbArgs),
+    /// Start a cluster, query it, stop it, and say what was checked: a smoke test of the
+    /// installation (pg_tmp's `selftest`); exits 1 naming the step that failed
+    ///
+    /// The cluster is started with the default options (Unix socket only, from the pool of
+    /// PGTMP_DIR; the variables of start options such as PGTMP_TCP or PGTMP_OPTIONS do not
+    /// apply), queried through the server's socket and, when the installation has psql,
+    /// through the printed URL, then stopped; the check that its server and directory are gone
+    /// comes last.
+    #[command(after_help = examples(SELFTEST_EXAMPLES))]
+    Selftest,
     /// Start a cluster, run CMD with PGHOST, PGPORT, PGUSER, PGDATABASE and DATABASE_URL set,
     /// then stop the cluster and exit with CMD's status
     ///
@@ -434,6 +458,13 @@ pub struct StopArgs {
     /// it again, with or without -k)
     #[arg(short = 'k', long = "keep")]
     pub keep: bool,
+
+    /// Wait until no client is connected, then stop: check every SECONDS seconds, the first
+    /// time SECONDS after the call, as pg_tmp does (0: check continuously). The cluster may
+    /// also reach its idle timeout meanwhile, which is not an error
+    #[arg(short = 'w', long = "wait", value_name = "SECONDS", allow_hyphen_values = true,
+          value_parser = parse_wait)]
+    pub wait: Option<u64>,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -561,6 +592,17 @@ fn parse_port(text: &str) -> Result<u16, String> {
     }
 }
 
+/// The seconds between two checks of `stop -w`.
+fn parse_wait(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(seconds) => Ok(seconds),
+        Err(_) => Err(
+            "expected the seconds between two checks for clients, e.g. -w 5 (0 = check continuously)"
+                .into(),
+        ),
+    }
+}
+
 fn parse_timeout(text: &str) -> Result<u64, String> {
     let digits = text.strip_prefix('-').unwrap_or(text);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -673,7 +715,7 @@ fn starts_a_cluster(args: &[std::ffi::OsString]) -> bool {
             .get_subcommands()
             .find(|c| c.get_name() == arg || c.get_all_aliases().any(|a| a == arg))
     });
-    named.is_none_or(|c| matches!(c.get_name(), "start" | "run"))
+    named.is_none_or(|c| matches!(c.get_name(), "start" | "run" | "selftest"))
 }
 
 /// Folds the options written before `start` (or `run`, or `stop`) into the subcommand's own;
@@ -701,9 +743,10 @@ fn resolve(mut cli: Cli, matches: &ArgMatches) -> Result<Cli, String> {
     Ok(cli)
 }
 
-/// `pgtmp -k -d DIR stop` is pg_tmp's way to stop a cluster and keep it: -k and -d written
-/// before `stop` count as stop's own. Any other option written there (or --bindir, which
-/// stop has no use for) is refused, as is a second cluster named before `stop`.
+/// `pgtmp -k -w 60 -d DIR stop` is pg_tmp's way to stop a cluster (once its clients have
+/// left) and keep it: -k, -w and -d written before `stop` count as stop's own (-w after `stop`
+/// wins over one before it). Any other option written there (or --bindir, which stop has no
+/// use for) is refused, as is a second cluster named before `stop`.
 fn resolve_stop(
     stop: &mut StopArgs,
     before: StartArgs,
@@ -714,7 +757,6 @@ fn resolve_stop(
     let unused = [
         (written.tcp, "-t/--tcp"),
         (written.port, "-p/--port"),
-        (written.timeout, "-w/--timeout"),
         (written.options, "-o/--options"),
         (written.format, "-F/--format"),
         (written.schema_files, "-f/--schema-file"),
@@ -724,10 +766,13 @@ fn resolve_stop(
     ];
     if let Some((_, name)) = unused.iter().find(|(set, _)| *set) {
         return Err(format!(
-            "{name} does not apply to `pgtmp stop`, which takes URL, -d DIR, --all and -k"
+            "{name} does not apply to `pgtmp stop`, which takes URL, -d DIR, --all, -k and -w"
         ));
     }
     stop.keep |= written.keep;
+    if written.timeout && stop.wait.is_none() {
+        stop.wait = before.timeout;
+    }
     if let Some(dir) = before.dir.filter(|_| written.dir) {
         if stop.dir.is_some() || stop.url.is_some() || stop.all {
             return Err(format!(
@@ -867,7 +912,8 @@ mod tests {
         assert!(stop.keep && stop.url.as_deref() == Some("URL"));
         for args in [
             &["-t", "stop", "URL"][..],
-            &["-w", "5", "stop", "URL"],
+            &["-w", "x", "stop", "URL"],
+            &["stop", "-w", "-1", "URL"],
             &["--bindir", "/x", "stop", "URL"],
             &["stop", "URL", "--bindir", "/x"],
             &["-d", "x", "stop", "URL"],
@@ -878,6 +924,22 @@ mod tests {
                 parse_from(std::iter::once("pgtmp").chain(args.iter().copied())).is_err(),
                 "{args:?}"
             );
+        }
+    }
+
+    #[test]
+    fn stop_takes_w_on_either_side() {
+        for (args, wait) in [
+            (&["-w", "60", "-d", "x", "stop"][..], Some(60)),
+            (&["stop", "-w", "60", "-d", "x"], Some(60)),
+            (&["-w", "60", "stop", "--wait", "7", "-d", "x"], Some(7)),
+            (&["-w", "0", "stop", "-d", "x"], Some(0)),
+            (&["stop", "-d", "x"], None),
+        ] {
+            let Some(Command::Stop(stop)) = parse_ok(args).command else {
+                panic!("expected stop")
+            };
+            assert_eq!(stop.wait, wait, "{args:?}");
         }
     }
 

@@ -1,7 +1,9 @@
-//! `pgtmp initdb [-d DIR]`: a prepared cluster directory, not started, for a later `pgtmp -d`.
+//! `pgtmp initdb [-d DIR]`: one more ready pool entry, which the next start takes (pg_tmp's
+//! `initdb`), or with -d a prepared cluster directory, not started, for a later `pgtmp -d`.
 
 use crate::cli::GlobalArgs;
 use crate::lifecycle::directory;
+use crate::lifecycle::pool::Pool;
 use crate::lifecycle::session::Session;
 use crate::server::discover;
 use anyhow::Result;
@@ -23,7 +25,8 @@ pub fn run(dir: Option<PathBuf>, global: &GlobalArgs) -> Result<()> {
             // Checked before anything is made.
             let pool_size = crate::cli::settings::pool_size()?;
             let session = Session::establish(global.run_as(), None)?;
-            directory::prepare_kept(&install, &session.state, session.user(), pool_size)?
+            let pool = Pool::open(&session.state, &install, session.user(), pool_size)?;
+            pool.prepare_next(&install, session.user())?
         }
     };
     println!("{}", path.display());

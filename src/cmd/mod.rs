@@ -8,6 +8,7 @@ mod initdb;
 mod list;
 mod run;
 mod schema;
+mod selftest;
 mod start;
 mod stop;
 
@@ -19,7 +20,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         None => start::run(cli.start, &global),
         Some(Command::Start(args)) => start::run(args, &global),
-        Some(Command::Stop(args)) if args.all => stop::all(args.keep, &global),
+        Some(Command::Stop(args)) if args.all => stop::all(args.keep, args.wait, &global),
         Some(Command::Stop(args)) => stop::run(args, &global),
         Some(Command::Initdb(args)) => initdb::run(args.dir.or(cli.start.dir), &global),
         Some(Command::Run(args)) => run::run(args, &global),
@@ -28,5 +29,6 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Clone(args)) => clone::run(args, &global),
         Some(Command::Schema(args)) => schema::run(args, &global),
         Some(Command::Gc(args)) => gc::run(&args, &global),
+        Some(Command::Selftest) => selftest::run(&global),
     }
 }

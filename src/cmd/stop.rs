@@ -1,5 +1,5 @@
-//! `pgtmp stop URL | -d DIR | --all [-k]`: stop the invoker's clusters now, and with -k keep
-//! their directories.
+//! `pgtmp stop URL | -d DIR | --all [-k] [-w SECONDS]`: stop the invoker's clusters now (or,
+//! with -w, once their clients have left), and with -k keep their directories.
 //!
 //! Only a directory proven to be one of this account's clusters is acted on (see
 //! clusters.rs), and only a process proven to be its watchdog or postmaster is signalled,
@@ -11,11 +11,13 @@ use crate::lifecycle::session::Session;
 use crate::lifecycle::watchdog;
 use crate::os::process;
 use crate::output::exit;
-use crate::server::cluster;
+use crate::server::{client, cluster};
 use crate::state::clusters::{self, ClusterDir};
+use crate::state::instance::State;
 use crate::state::ownership;
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::Signal;
+use std::time::Duration;
 
 pub fn run(args: StopArgs, global: &GlobalArgs) -> Result<()> {
     let session = Session::establish(global.run_as(), None)?;
@@ -32,7 +34,7 @@ pub fn run(args: StopArgs, global: &GlobalArgs) -> Result<()> {
             ));
         }
     };
-    stop(&session, &cluster, args.keep)
+    stop(&session, &cluster, args.keep, args.wait)
 }
 
 /// `pgtmp stop --all`: every running cluster of the invoking account, all at once. One that
@@ -40,7 +42,7 @@ pub fn run(args: StopArgs, global: &GlobalArgs) -> Result<()> {
 ///
 /// Threads are fine here: the session switch is done before any exists, and nothing forks
 /// afterwards.
-pub fn all(keep: bool, global: &GlobalArgs) -> Result<()> {
+pub fn all(keep: bool, wait: Option<u64>, global: &GlobalArgs) -> Result<()> {
     let session = Session::establish(global.run_as(), None)?;
     let Some(state) = clusters::open_state_dir(&session.state.path)? else {
         return Ok(());
@@ -60,7 +62,7 @@ pub fn all(keep: bool, global: &GlobalArgs) -> Result<()> {
             .iter()
             .map(|cluster| {
                 let session = &session;
-                scope.spawn(move || match stop(session, cluster, keep) {
+                scope.spawn(move || match stop(session, cluster, keep, wait) {
                     Err(err) if cluster.read_state().ok().flatten().is_some() => {
                         Some(format!("{err:#}"))
                     }
@@ -87,8 +89,25 @@ pub fn all(keep: bool, global: &GlobalArgs) -> Result<()> {
 }
 
 /// Stops one cluster of the invoker's and waits until it is gone; with `keep` its directory
-/// stays (as with a start's -k).
-fn stop(session: &Session, cluster: &ClusterDir, keep: bool) -> Result<()> {
+/// stays (as with a start's -k). With `wait`, first waits until it has no client.
+fn stop(session: &Session, cluster: &ClusterDir, keep: bool, wait: Option<u64>) -> Result<()> {
+    let state = running_state(session, cluster)?;
+    let state = match wait {
+        None => state,
+        Some(interval) => {
+            wait_for_no_client(cluster, &state, Duration::from_secs(interval));
+            // It may have reached its idle timeout meanwhile: stopped, as asked.
+            if !cluster.is_cluster() || matches!(cluster.read_state(), Ok(None)) {
+                return Ok(());
+            }
+            running_state(session, cluster)?
+        }
+    };
+    stop_now(cluster, &state, keep)
+}
+
+/// The state of a running cluster of the invoker's in `cluster`.
+fn running_state(session: &Session, cluster: &ClusterDir) -> Result<State> {
     let dir = cluster.path.display().to_string();
     if !cluster.is_cluster() {
         bail!("{dir} is not a pgtmp cluster directory; pass the URL pgtmp printed");
@@ -102,6 +121,32 @@ fn stop(session: &Session, cluster: &ClusterDir, keep: bool) -> Result<()> {
             state.owner_uid
         );
     }
+    Ok(state)
+}
+
+/// pg_tmp's `stop -w N`: sleeps N seconds, then asks the server how many clients it has, and
+/// again until there are none (pg_tmp.sh's `until [ count -lt 2 ]; do sleep N; psql ...`
+/// loop; its own psql was the one it counted). A server that does not answer counts as having
+/// none, as in pg_tmp. The session asking is not counted, nor is the watchdog's.
+fn wait_for_no_client(cluster: &ClusterDir, state: &State, interval: Duration) {
+    // -w 0 checks continuously, but not in a busy loop.
+    let interval = interval.max(Duration::from_millis(100));
+    loop {
+        std::thread::sleep(interval);
+        let clients = client::activity_within(&cluster.path, state.port, &state.user, ASK_LIMIT)
+            .map_or(0, |activity| activity.clients);
+        if clients == 0 {
+            return;
+        }
+    }
+}
+
+/// How long one check of `stop -w` waits for the server to answer.
+const ASK_LIMIT: Duration = Duration::from_secs(3);
+
+/// Stops the running cluster `state` describes, at once.
+fn stop_now(cluster: &ClusterDir, state: &State, keep: bool) -> Result<()> {
+    let dir = cluster.path.display().to_string();
     let me = nix::unistd::geteuid();
     let instance = cluster.instance();
     let watchdog =

@@ -1,7 +1,6 @@
 //! A directory named with `-d`: checked before anything is made, prepared (made, or
 //! initialized when empty), and proven startable when it already holds a cluster.
 
-use crate::lifecycle::pool::{self, Pool, Taken};
 use crate::lifecycle::watchdog::{self, OnFailure};
 use crate::os::account::Account;
 use crate::server::discover::Installation;
@@ -103,6 +102,10 @@ pub fn prepare(
             OnFailure::EmptyOut
         }
         Found::Cluster => return Ok(OnFailure::Leave),
+        Found::PgTmp(data) => {
+            adopt_pg_tmp(install, dir, &data, server, user)?;
+            return Ok(OnFailure::Leave);
+        }
         Found::Foreign(reason) => return Err(foreign(dir, &reason)),
     };
     let step = crate::output::progress::step(&format!("initializing {}", dir.display()));
@@ -216,46 +219,73 @@ pub fn hand_over(dir: &Path, server: &Account) -> Result<()> {
     handle.chown(server.uid, server.gid, &server.name)
 }
 
-/// A cluster directory under PGTMP_DIR, prepared from the pool and marked kept, not started:
-/// what `pgtmp initdb` without `-d` makes.
-pub fn prepare_kept(
+/// Refuses a `-d` inside the pool (such as the path `pgtmp initdb` prints): an entry started
+/// where it lies could be claimed by another start meanwhile. A plain `pgtmp` takes it.
+pub fn refuse_pool_entry(dir: &Path, state: &StateDir) -> Result<()> {
+    let pools = state.pools();
+    let inside = dir.starts_with(&pools)
+        || matches!(
+            (std::fs::canonicalize(dir), std::fs::canonicalize(&pools)),
+            (Ok(dir), Ok(pools)) if dir.starts_with(&pools)
+        );
+    if inside {
+        return Err(crate::output::exit::usage(format!(
+            "-d {} is in pgtmp's pool, whose entries a plain `pgtmp` (without -d) takes by itself (the next one takes the entry `pgtmp initdb` printed); run `pgtmp`, or give -d a directory of your own",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Takes over a directory pg_tmp made (see state/pg_tmp.rs), checked like any existing `-d`:
+/// its data directory becomes `data`, pg_hba.conf pgtmp's (pg_tmp's trusts every TCP client,
+/// and pgtmp's -t asks for the password it prints), the role `user` and database `test` are
+/// made if missing, and it is marked kept, as pg_tmp's kept directories are. Every step can be
+/// taken again, so a conversion cut short is finished by the next `pgtmp -d DIR`.
+fn adopt_pg_tmp(
     install: &Installation,
-    state: &StateDir,
+    dir: &Path,
+    data: &str,
+    server: &Account,
     user: &str,
-    pool_size: usize,
-) -> Result<PathBuf> {
-    // The gate is held until the new directory is locked, and the lock until it is
-    // marked kept, so no sweep removes it meanwhile; the slow initdb or copy holds up
-    // no sweep.
-    let mut gate = Some(ownership::lock_shared(&state.path)?);
-    let pool = Pool::open(state, install, user, pool_size)?;
-    let mut lock = None;
-    let (instance, taken) = pool.take(
-        &state.instance_path(&pool::new_name()?),
-        install,
-        user,
-        |instance| {
-            lock = Some(ownership::lock_new(&instance.dir)?);
-            gate = None;
-            Ok(())
-        },
-    )?;
-    let _lock = match lock {
-        Some(lock) => lock,
-        None => ownership::lock_new(&instance.dir)?,
-    };
-    drop(gate);
-    if taken == Taken::Initialized
-        && let Err(err) = initdb::create_test_database(install, &instance, user)
+) -> Result<()> {
+    let handle = safefs::Dir::open(dir)?;
+    let data_path = handle.child_path(data);
+    if let Some((pid, _)) = ownership::postmaster_file(&data_path)
+        && crate::os::process::alive(pid)
     {
-        let _ = instance.remove();
-        return Err(err);
+        bail!(
+            "-d {}: a server (pid {pid}) runs in {}, pg_tmp's or another; stop it first (`pg_tmp -d {} stop`, or `pg_ctl -D {} stop`)",
+            dir.display(),
+            data_path.display(),
+            dir.display(),
+            data_path.display()
+        );
     }
-    // Asked for by name: a sweep must not take it for a dead start's leftover.
-    if let Err(err) = instance.mark_kept() {
-        let _ = instance.remove();
-        return Err(err);
+    let version = handle
+        .open_dir(data)?
+        .read_text("PG_VERSION")?
+        .and_then(|text| crate::state::instance::parse_major(&text));
+    let need = install.major_version()?;
+    if version != Some(need) {
+        bail!(
+            "-d {}: pg_tmp's cluster in {} is of PostgreSQL {}, but {} is PostgreSQL {need}; pass --bindir of that installation",
+            dir.display(),
+            data_path.display(),
+            version.map_or_else(|| "?".to_string(), |v| v.to_string()),
+            install.bindir.display()
+        );
     }
-    pool.refill_in_background(install, user);
-    Ok(instance.dir)
+    let instance = Instance::new(dir);
+    instance.mark_kept()?;
+    if data != "data" {
+        handle.rename(data, "data")?;
+    }
+    handle
+        .open_dir("data")?
+        .write_atomic("pg_hba.conf", initdb::PG_HBA.as_bytes())?;
+    let step = crate::output::progress::step(&format!("taking over pg_tmp's {}", dir.display()));
+    initdb::complete_foreign_cluster(install, &instance, user, &server.name)?;
+    drop(step);
+    instance.write_marker()
 }

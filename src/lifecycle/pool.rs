@@ -9,6 +9,8 @@
 //!   template.new.<name>/    the template being made
 //!   new.<name>/             a copy being made; never handed out
 //!   ready.<name>/           complete; a start renames it to PGTMP_DIR/<name>
+//!   ready.next.<time>.<name>/  one `pgtmp initdb` designated: claimed before any other,
+//!                           the latest first
 //!   refill.error            why the last refill failed, if it did
 //! ```
 //!
@@ -44,6 +46,8 @@ pub const MAX_SIZE: usize = 64;
 const ENTRY_FORMAT: &str = "3";
 
 const READY: &str = "ready.";
+/// A ready entry `pgtmp initdb` printed: the next start takes it (see [`Pool::prepare_next`]).
+const NEXT: &str = "ready.next.";
 pub const BUILDING: &str = "new.";
 const TEMPLATE: &str = "template";
 pub const TEMPLATE_BUILDING: &str = "template.new.";
@@ -107,6 +111,9 @@ pub fn claim_ready(dir: &Path, dest: &Path) -> Result<bool> {
         let start = offset[0] as usize % ready.len();
         ready.rotate_left(start);
     }
+    // What `pgtmp initdb` printed goes first, the latest first (their names sort by time); the
+    // sort is stable, so the others keep their random order.
+    ready.sort_by_cached_key(|entry| std::cmp::Reverse(designated(entry)));
     for entry in ready {
         match fs::rename(&entry, dest) {
             Ok(()) => return Ok(true),
@@ -121,12 +128,33 @@ pub fn claim_ready(dir: &Path, dest: &Path) -> Result<bool> {
     Ok(false)
 }
 
+/// The name of an entry `pgtmp initdb` designated, which sorts by when it did; None for any
+/// other entry.
+fn designated(entry: &Path) -> Option<String> {
+    let name = entry.file_name()?.to_str()?;
+    name.starts_with(NEXT).then(|| name.to_string())
+}
+
+/// A fresh name for an entry designated now: the time first, zero-padded so that later names
+/// sort after earlier ones.
+fn next_name() -> Result<String> {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the clock is before 1970")?;
+    Ok(format!("{NEXT}{:020}.{}", since.as_nanos(), new_name()?))
+}
+
 /// Adds a `ready.*` copy of `template` to `dir`, made as `new.*` and published by rename.
 pub fn add_ready_copy(dir: &Path, template: &Path) -> Result<()> {
     let name = new_name()?;
-    let building = dir.join(format!("{BUILDING}{name}"));
     let ready = dir.join(format!("{READY}{name}"));
-    build(&building, &ready, |made| {
+    add_copy_as(dir, template, &ready)
+}
+
+/// Adds a copy of `template` to `dir` as `ready` (a path in `dir`), made as `new.*` first.
+fn add_copy_as(dir: &Path, template: &Path, ready: &Path) -> Result<()> {
+    let building = dir.join(format!("{BUILDING}{}", new_name()?));
+    build(&building, ready, |made| {
         copytree::copy_contents(template, made)
     })
 }
@@ -316,16 +344,7 @@ impl Pool {
     /// Prepares entries until `size` are ready. Refillers take turns on the lock; each counts
     /// again once it holds it, so a claim made while another refiller worked is never missed.
     pub fn refill(&self, install: &Installation, user: &str) -> Result<()> {
-        let _lock = lock_file(&self.dir.join("lock"), FlockArg::LockExclusive)?;
-        // Holding the lock, any entry still being built was left by a refiller that died.
-        for stale in self
-            .entries(BUILDING)
-            .into_iter()
-            .chain(self.entries(TEMPLATE_BUILDING))
-        {
-            crate::server::shm::release_left_in(&Instance::new(&stale).data());
-            let _ = crate::state::safefs::remove_tree_at(&stale);
-        }
+        let _lock = self.lock_for_building()?;
         if let Some(pools) = self.dir.parent() {
             remove_vanished(pools, false);
         }
@@ -337,6 +356,52 @@ impl Pool {
         }
         let _ = fs::remove_file(self.dir.join("refill.error"));
         Ok(())
+    }
+
+    /// Takes the lock of the one process that builds entries, and removes what a builder that
+    /// died left half made (holding the lock, any entry still being built is such).
+    fn lock_for_building(&self) -> Result<Flock<fs::File>> {
+        let lock = lock_file(&self.dir.join("lock"), FlockArg::LockExclusive)?;
+        for stale in self
+            .entries(BUILDING)
+            .into_iter()
+            .chain(self.entries(TEMPLATE_BUILDING))
+        {
+            crate::server::shm::release_left_in(&Instance::new(&stale).data());
+            let _ = crate::state::safefs::remove_tree_at(&stale);
+        }
+        Ok(lock)
+    }
+
+    /// pg_tmp's `initdb`: one more ready entry, designated as the one the next start takes, and
+    /// its path. The pool never grows beyond its size (at least one entry): when it is full,
+    /// an entry already there is designated instead. Made in the foreground, the template
+    /// first if there is none yet.
+    pub fn prepare_next(&self, install: &Installation, user: &str) -> Result<PathBuf> {
+        let _lock = self.lock_for_building()?;
+        self.build_template(install, user)?;
+        let next = self.dir.join(next_name()?);
+        if self.ready_count() < self.size.max(1) {
+            add_copy_as(&self.dir, &self.template(), &next)?;
+            return Ok(next);
+        }
+        // Full: the entry a start would claim now becomes the designated one. A start may
+        // claim it first; then the next one is tried.
+        let mut ready = self.entries(READY);
+        ready.sort_by_cached_key(|entry| std::cmp::Reverse(designated(entry)));
+        for entry in ready {
+            match fs::rename(&entry, &next) {
+                Ok(()) => return Ok(next),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => {
+                    return Err(err).with_context(|| {
+                        format!("cannot rename {} to {}", entry.display(), next.display())
+                    });
+                }
+            }
+        }
+        add_copy_as(&self.dir, &self.template(), &next)?;
+        Ok(next)
     }
 
     /// Makes the template unless it exists: initdb and database `test`, never started.
@@ -395,6 +460,26 @@ mod tests {
     fn hash_is_stable() {
         assert_eq!(fnv1a(""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a("a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn designated_entries_are_claimed_first_the_latest_first() {
+        let root = tempfile::tempdir().unwrap();
+        let pool = Pool {
+            dir: root.path().join("pool"),
+            size: 4,
+        };
+        let earlier = next_name().unwrap();
+        let later = next_name().unwrap();
+        assert!(later > earlier, "{later} should sort after {earlier}");
+        for name in ["ready.aaaa", &earlier, "ready.zzzz", &later] {
+            fs::create_dir_all(pool.dir.join(name)).unwrap();
+        }
+        pool.claim(&root.path().join("one")).unwrap();
+        assert!(!pool.dir.join(&later).exists());
+        pool.claim(&root.path().join("two")).unwrap();
+        assert!(!pool.dir.join(&earlier).exists());
+        assert_eq!(pool.ready_count(), 2);
     }
 
     #[test]

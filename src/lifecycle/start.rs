@@ -272,7 +272,7 @@ fn check(args: &StartRequest) -> Result<Checked<'_>> {
     let found = dir.as_deref().map(directory::inspect).transpose()?;
     // -f files are read now, as the invoking account.
     let data = TestData::read(&args.schema_files, args.now.as_deref(), &install)?;
-    if data.is_some() && found == Some(Found::Cluster) {
+    if data.is_some() && matches!(found, Some(Found::Cluster | Found::PgTmp(_))) {
         return Err(exit::usage(
             "-f and --now prepare a new cluster, but -d names an existing one; give an empty or missing directory",
         ));
@@ -348,6 +348,7 @@ fn acquire(
     gate: &mut Option<ownership::DirLock>,
 ) -> Result<Acquired> {
     if let (Some(dir), Some(found)) = (&req.dir, &req.found) {
+        directory::refuse_pool_entry(dir, &session.state)?;
         let on_failure = directory::prepare(
             &req.install,
             dir,

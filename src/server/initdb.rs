@@ -12,7 +12,7 @@ use std::process::Stdio;
 
 /// Authentication: trust on the Unix socket, whose 0700 directory keeps other accounts out;
 /// SCRAM passwords over TCP, which only listens on 127.0.0.1.
-const PG_HBA: &str = "\
+pub const PG_HBA: &str = "\
 # Written by pgtmp.
 # TYPE  DATABASE     USER  ADDRESS        METHOD
 local   all          all                  trust
@@ -89,6 +89,48 @@ fn init_cluster(install: &Installation, instance: &Instance, user: &str) -> Resu
 
 /// Creates `test` in single-user mode: no socket, no listener, about 60 ms.
 pub fn create_test_database(install: &Installation, instance: &Instance, user: &str) -> Result<()> {
+    let text = single_user(install, instance, &create_test_sql(user))?;
+    if text.contains("ERROR:") || text.contains("FATAL:") {
+        // A backend that died of a PANIC (a full disk) or a signal leaves its shared memory.
+        shm::release_left_in(&instance.data());
+        bail!("creating database test failed: {}", process::tail(&text, 4));
+    }
+    Ok(())
+}
+
+/// Gives a cluster that another tool made what pgtmp's have: the superuser role `user` (unless
+/// it is the one initdb made, `owner`) and database `test`; what exists already stays as it is.
+pub fn complete_foreign_cluster(
+    install: &Installation,
+    instance: &Instance,
+    user: &str,
+    owner: &str,
+) -> Result<()> {
+    let mut sql = String::new();
+    if user != owner {
+        sql.push_str(&format!(
+            "CREATE ROLE {} SUPERUSER LOGIN\n",
+            quote_ident(user)
+        ));
+    }
+    sql.push_str(&create_test_sql(user));
+    let text = single_user(install, instance, &sql)?;
+    let failed = text.lines().any(|line| {
+        line.contains("FATAL:") || (line.contains("ERROR:") && !line.contains("already exists"))
+    });
+    if failed {
+        shm::release_left_in(&instance.data());
+        bail!(
+            "preparing role {user} and database test failed: {}",
+            process::tail(&text, 4)
+        );
+    }
+    Ok(())
+}
+
+/// Runs `sql` (one statement a line) in single-user mode as the server account, and returns
+/// everything postgres printed; fails only if postgres itself failed.
+fn single_user(install: &Installation, instance: &Instance, sql: &str) -> Result<String> {
     let mut child = process::pg_command(&install.postgres())
         .arg("--single")
         .arg("-D")
@@ -106,17 +148,11 @@ pub fn create_test_database(install: &Installation, instance: &Instance, user: &
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|err| {
-            crate::output::exit::spawn_error(
-                err,
-                "cannot run postgres --single to create database test",
-            )
-        })?;
-    let statement = format!("{}\n", create_test_sql(user));
+        .map_err(|err| crate::output::exit::spawn_error(err, "cannot run postgres --single"))?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
-            .write_all(statement.as_bytes())
-            .context("cannot send CREATE DATABASE to postgres --single")?;
+            .write_all(format!("{sql}\n").as_bytes())
+            .context("cannot send statements to postgres --single")?;
     }
     let out = child
         .wait_with_output()
@@ -126,12 +162,12 @@ pub fn create_test_database(install: &Installation, instance: &Instance, user: &
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    if !out.status.success() || text.contains("ERROR:") || text.contains("FATAL:") {
+    if !out.status.success() {
         // A backend that died of a PANIC (a full disk) or a signal leaves its shared memory.
         shm::release_left_in(&instance.data());
-        bail!("creating database test failed: {}", process::tail(&text, 4));
+        bail!("postgres --single failed: {}", process::tail(&text, 4));
     }
-    Ok(())
+    Ok(text)
 }
 
 /// Double-quotes an SQL identifier.

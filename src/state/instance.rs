@@ -44,6 +44,8 @@ pub enum Found {
     Cluster,
     /// Left half made by a pgtmp that was killed while preparing it.
     Unfinished,
+    /// Made by pg_tmp (see pg_tmp.rs): a cluster in the data directory of this name.
+    PgTmp(String),
     /// Something pgtmp must not touch, with the reason.
     Foreign(String),
 }
@@ -186,6 +188,11 @@ impl Instance {
         }
         if instance.is_being_prepared() {
             return Ok(Found::Unfinished);
+        }
+        match crate::state::pg_tmp::data_dir_name(&handle) {
+            Ok(Some(data)) => return Ok(Found::PgTmp(data)),
+            Ok(None) => {}
+            Err(reason) => return Ok(Found::Foreign(reason)),
         }
         if handle.has_file("PG_VERSION") {
             return Ok(Found::Foreign(

@@ -6,6 +6,7 @@ pub mod clusters;
 pub mod copytree;
 pub mod instance;
 pub mod ownership;
+pub mod pg_tmp;
 pub mod safefs;
 pub mod segments;
 pub mod statedir;

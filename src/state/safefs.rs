@@ -405,6 +405,24 @@ impl Dir {
         Ok(())
     }
 
+    /// Renames the entry `from` of this directory to `to`, also in it; `to` must not exist.
+    /// Neither is followed should it be a symlink: the entry itself is renamed.
+    pub fn rename(&self, from: impl AsRef<Path>, to: impl AsRef<Path>) -> Result<()> {
+        let (from, to) = (from.as_ref(), to.as_ref());
+        if self.stat_at(to)?.is_some() {
+            bail!("{} is in the way", self.child_path(to).display());
+        }
+        renameat(&self.fd, from, &self.fd, to)
+            .map_err(std::io::Error::from)
+            .with_context(|| {
+                format!(
+                    "cannot rename {} to {}",
+                    self.child_path(from).display(),
+                    self.child_path(to).display()
+                )
+            })
+    }
+
     /// The names of the entries of this directory (without `.` and `..`).
     pub fn names(&self) -> Result<Vec<OsString>> {
         // A descriptor of its own: nix's Dir takes ownership and its position moves.
