@@ -45,7 +45,8 @@ pgtmp --now '2024-01-01 12:00:00+00'   # now() frozen in test and its clones",
     (
         "Environment",
         "\
-PGTMP_DIR               where pools and clusters live [default: ${TMPDIR:-/tmp}/pgtmp-<uid>]
+PGTMP_DIR               where pools and clusters live [default: ${TMPDIR:-/tmp}/pgtmp-<uid>;
+                        for root ${TMPDIR:-/tmp}/pgtmp-root/<server account>]
 PGTMP_POOL_SIZE         prepared data directories kept per installation, about 35 MB each
                         (and per cached schema, at most 2) [default: 8]
 PGTMP_PRESTART          servers kept running, waiting to be claimed by a start (per mode:
@@ -267,8 +268,10 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "PGTMP_BINDIR", value_name = "DIR")]
     pub bindir: Option<PathBuf>,
 
-    /// Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody];
-    /// PGTMP_RUN_AS is ignored when pgtmp is not invoked by root
+    /// Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody,
+    /// or the owner of an existing PGTMP_DIR]; root keeps one state directory per account, and
+    /// without --run-as list, stop, gc, clone and schema cover them all. PGTMP_RUN_AS is ignored
+    /// when pgtmp is not invoked by root
     #[arg(long, global = true, env = "PGTMP_RUN_AS", value_name = "USER")]
     pub run_as: Option<String>,
 
