@@ -86,7 +86,7 @@ _pgtmp() {
 
     case "${cmd}" in
         pgtmp)
-            opts="-t -p -w -k -o -d -F -f -h -V --tcp --port --timeout --keep --options --dir --format --schema-file --now --no-cache --bindir --run-as --help --version start stop initdb run list ls doctor clone schema gc help"
+            opts="-t -p -w -k -o -d -F -f -h -V --tcp --port --timeout --keep --options --dir --format --schema-file --now --no-cache --bindir --pg --pg-path --run-as --help --version start stop initdb run list ls doctor clone schema gc help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -148,6 +148,14 @@ _pgtmp() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pg)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg-path)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --run-as)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -160,7 +168,7 @@ _pgtmp() {
             return 0
             ;;
         pgtmp__subcmd__clone)
-            opts="-F -h --drop --format --bindir --run-as --help"
+            opts="-F -h --drop --format --bindir --pg --pg-path --run-as --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -178,6 +186,14 @@ _pgtmp() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pg)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg-path)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --run-as)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -190,13 +206,21 @@ _pgtmp() {
             return 0
             ;;
         pgtmp__subcmd__doctor)
-            opts="-h --bindir --run-as --help"
+            opts="-h --bindir --pg --pg-path --run-as --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --bindir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg-path)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -212,13 +236,21 @@ _pgtmp() {
             return 0
             ;;
         pgtmp__subcmd__gc)
-            opts="-n -h --dry-run --bindir --run-as --help"
+            opts="-n -h --dry-run --bindir --pg --pg-path --run-as --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --bindir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg-path)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -388,7 +420,7 @@ _pgtmp() {
             return 0
             ;;
         pgtmp__subcmd__initdb)
-            opts="-d -h --dir --bindir --run-as --help"
+            opts="-d -h --dir --bindir --pg --pg-path --run-as --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -403,6 +435,14 @@ _pgtmp() {
                     return 0
                     ;;
                 --bindir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg-path)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -418,13 +458,21 @@ _pgtmp() {
             return 0
             ;;
         pgtmp__subcmd__list)
-            opts="-h --json --bindir --run-as --help"
+            opts="-h --json --bindir --pg --pg-path --run-as --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --bindir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg-path)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -440,7 +488,7 @@ _pgtmp() {
             return 0
             ;;
         pgtmp__subcmd__run)
-            opts="-t -p -w -k -o -d -F -f -h --tcp --port --timeout --keep --options --dir --format --schema-file --now --no-cache --bindir --run-as --help"
+            opts="-t -p -w -k -o -d -F -f -h --tcp --port --timeout --keep --options --dir --format --schema-file --now --no-cache --bindir --pg --pg-path --run-as --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -499,6 +547,14 @@ _pgtmp() {
                     return 0
                     ;;
                 --bindir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg-path)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -514,7 +570,7 @@ _pgtmp() {
             return 0
             ;;
         pgtmp__subcmd__schema)
-            opts="-F -h --format --bindir --run-as --help"
+            opts="-F -h --format --bindir --pg --pg-path --run-as --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -532,6 +588,14 @@ _pgtmp() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pg)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg-path)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --run-as)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -544,7 +608,7 @@ _pgtmp() {
             return 0
             ;;
         pgtmp__subcmd__start)
-            opts="-t -p -w -k -o -d -F -f -h --tcp --port --timeout --keep --options --dir --format --schema-file --now --no-cache --bindir --run-as --help"
+            opts="-t -p -w -k -o -d -F -f -h --tcp --port --timeout --keep --options --dir --format --schema-file --now --no-cache --bindir --pg --pg-path --run-as --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -606,6 +670,14 @@ _pgtmp() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pg)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg-path)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --run-as)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -618,7 +690,7 @@ _pgtmp() {
             return 0
             ;;
         pgtmp__subcmd__stop)
-            opts="-d -k -h --dir --all --keep --bindir --run-as --help"
+            opts="-d -k -h --dir --all --keep --bindir --pg --pg-path --run-as --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -633,6 +705,14 @@ _pgtmp() {
                     return 0
                     ;;
                 --bindir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg-path)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

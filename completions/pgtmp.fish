@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_pgtmp_global_optspecs
-    string join \n t/tcp p/port= w/timeout= k/keep o/options= d/dir= F/format= f/schema-file= now= no-cache bindir= run-as= h/help V/version
+    string join \n t/tcp p/port= w/timeout= k/keep o/options= d/dir= F/format= f/schema-file= now= no-cache bindir= pg= pg-path= run-as= h/help V/version
 end
 
 function __fish_pgtmp_needs_command
@@ -36,6 +36,8 @@ json\t'one JSON object with every detail'"
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s f -l schema-file -d 'Load this SQL file into `test` with psql before printing the URL; repeat for more files, loaded in order' -r -F
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -l now -d 'Make now() in `test` and its clones return this timestamp, or follow the clock with `--now clock`' -r
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -l pg -d 'PostgreSQL major version to use, among the installations found (`pgtmp doctor` lists them); `pgtmp run` also takes several, e.g. 15,16,17, or `all`, and runs CMD once per major, each against a cluster of its own' -r
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -l pg-path -d 'More places to look for installations for --pg, separated by \':\': bin directories, or directories searched (4 levels deep) for bin/ with initdb and postgres, e.g. where relocatable server builds are unpacked' -r
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody, or the owner of an existing PGTMP_DIR]; root keeps one state directory per account, and without --run-as list, stop, gc, clone and schema cover them all. PGTMP_RUN_AS is ignored when pgtmp is not invoked by root' -r
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s t -l tcp -d 'Listen on a free TCP port on 127.0.0.1 (password required) instead of only a Unix socket'
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s k -l keep -d 'Keep the cluster\'s directory when it stops, so `pgtmp start -d DIR` can start it again (and keeps it again, with or without -k)'
@@ -65,6 +67,8 @@ json\t'one JSON object with every detail'"
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s f -l schema-file -d 'Load this SQL file into `test` with psql before printing the URL; repeat for more files, loaded in order' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -l now -d 'Make now() in `test` and its clones return this timestamp, or follow the clock with `--now clock`' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -l pg -d 'PostgreSQL major version to use, among the installations found (`pgtmp doctor` lists them); `pgtmp run` also takes several, e.g. 15,16,17, or `all`, and runs CMD once per major, each against a cluster of its own' -r
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -l pg-path -d 'More places to look for installations for --pg, separated by \':\': bin directories, or directories searched (4 levels deep) for bin/ with initdb and postgres, e.g. where relocatable server builds are unpacked' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody, or the owner of an existing PGTMP_DIR]; root keeps one state directory per account, and without --run-as list, stop, gc, clone and schema cover them all. PGTMP_RUN_AS is ignored when pgtmp is not invoked by root' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s t -l tcp -d 'Listen on a free TCP port on 127.0.0.1 (password required) instead of only a Unix socket'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s k -l keep -d 'Keep the cluster\'s directory when it stops, so `pgtmp start -d DIR` can start it again (and keeps it again, with or without -k)'
@@ -72,12 +76,16 @@ complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -l no-cache -d 'Load 
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s h -l help -d 'Print help'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -s d -l dir -d 'The cluster\'s directory instead of its URL' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -l pg -d 'PostgreSQL major version to use, among the installations found (`pgtmp doctor` lists them); `pgtmp run` also takes several, e.g. 15,16,17, or `all`, and runs CMD once per major, each against a cluster of its own' -r
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -l pg-path -d 'More places to look for installations for --pg, separated by \':\': bin directories, or directories searched (4 levels deep) for bin/ with initdb and postgres, e.g. where relocatable server builds are unpacked' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody, or the owner of an existing PGTMP_DIR]; root keeps one state directory per account, and without --run-as list, stop, gc, clone and schema cover them all. PGTMP_RUN_AS is ignored when pgtmp is not invoked by root' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -l all -d 'Stop every running cluster of this account, all at once'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -s k -l keep -d 'Keep the cluster\'s directory and data, so `pgtmp -d DIR` can start it again (and keeps it again, with or without -k)'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand stop" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand initdb" -s d -l dir -d 'Prepare this directory (empty or missing) instead of a new one under PGTMP_DIR' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand initdb" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand initdb" -l pg -d 'PostgreSQL major version to use, among the installations found (`pgtmp doctor` lists them); `pgtmp run` also takes several, e.g. 15,16,17, or `all`, and runs CMD once per major, each against a cluster of its own' -r
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand initdb" -l pg-path -d 'More places to look for installations for --pg, separated by \':\': bin directories, or directories searched (4 levels deep) for bin/ with initdb and postgres, e.g. where relocatable server builds are unpacked' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand initdb" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody, or the owner of an existing PGTMP_DIR]; root keeps one state directory per account, and without --run-as list, stop, gc, clone and schema cover them all. PGTMP_RUN_AS is ignored when pgtmp is not invoked by root' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand initdb" -s h -l help -d 'Print help'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s p -l port -d 'Listen on this TCP port on 127.0.0.1 (implies -t)' -r
@@ -92,34 +100,48 @@ json\t'one JSON object with every detail'"
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s f -l schema-file -d 'Load this SQL file into `test` with psql before printing the URL; repeat for more files, loaded in order' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -l now -d 'Make now() in `test` and its clones return this timestamp, or follow the clock with `--now clock`' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -l pg -d 'PostgreSQL major version to use, among the installations found (`pgtmp doctor` lists them); `pgtmp run` also takes several, e.g. 15,16,17, or `all`, and runs CMD once per major, each against a cluster of its own' -r
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -l pg-path -d 'More places to look for installations for --pg, separated by \':\': bin directories, or directories searched (4 levels deep) for bin/ with initdb and postgres, e.g. where relocatable server builds are unpacked' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody, or the owner of an existing PGTMP_DIR]; root keeps one state directory per account, and without --run-as list, stop, gc, clone and schema cover them all. PGTMP_RUN_AS is ignored when pgtmp is not invoked by root' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s t -l tcp -d 'Listen on a free TCP port on 127.0.0.1 (password required) instead of only a Unix socket'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s k -l keep -d 'Keep the cluster\'s directory when it stops, so `pgtmp start -d DIR` can start it again (and keeps it again, with or without -k)'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -l no-cache -d 'Load the -f files even if the schema cache holds their result, and do not cache it'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand list" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand list" -l pg -d 'PostgreSQL major version to use, among the installations found (`pgtmp doctor` lists them); `pgtmp run` also takes several, e.g. 15,16,17, or `all`, and runs CMD once per major, each against a cluster of its own' -r
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand list" -l pg-path -d 'More places to look for installations for --pg, separated by \':\': bin directories, or directories searched (4 levels deep) for bin/ with initdb and postgres, e.g. where relocatable server builds are unpacked' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand list" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody, or the owner of an existing PGTMP_DIR]; root keeps one state directory per account, and without --run-as list, stop, gc, clone and schema cover them all. PGTMP_RUN_AS is ignored when pgtmp is not invoked by root' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand list" -l json -d 'Print a JSON array instead of a table'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand list" -s h -l help -d 'Print help'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand ls" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand ls" -l pg -d 'PostgreSQL major version to use, among the installations found (`pgtmp doctor` lists them); `pgtmp run` also takes several, e.g. 15,16,17, or `all`, and runs CMD once per major, each against a cluster of its own' -r
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand ls" -l pg-path -d 'More places to look for installations for --pg, separated by \':\': bin directories, or directories searched (4 levels deep) for bin/ with initdb and postgres, e.g. where relocatable server builds are unpacked' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand ls" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody, or the owner of an existing PGTMP_DIR]; root keeps one state directory per account, and without --run-as list, stop, gc, clone and schema cover them all. PGTMP_RUN_AS is ignored when pgtmp is not invoked by root' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand ls" -l json -d 'Print a JSON array instead of a table'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand ls" -s h -l help -d 'Print help'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand doctor" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand doctor" -l pg -d 'PostgreSQL major version to use, among the installations found (`pgtmp doctor` lists them); `pgtmp run` also takes several, e.g. 15,16,17, or `all`, and runs CMD once per major, each against a cluster of its own' -r
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand doctor" -l pg-path -d 'More places to look for installations for --pg, separated by \':\': bin directories, or directories searched (4 levels deep) for bin/ with initdb and postgres, e.g. where relocatable server builds are unpacked' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand doctor" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody, or the owner of an existing PGTMP_DIR]; root keeps one state directory per account, and without --run-as list, stop, gc, clone and schema cover them all. PGTMP_RUN_AS is ignored when pgtmp is not invoked by root' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand doctor" -s h -l help -d 'Print help'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand clone" -s F -l format -d 'Print the URL as `uri` or, for a TCP cluster, as `jdbc` [default: uri]' -r -f -a "uri\t''
 jdbc\t''"
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand clone" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand clone" -l pg -d 'PostgreSQL major version to use, among the installations found (`pgtmp doctor` lists them); `pgtmp run` also takes several, e.g. 15,16,17, or `all`, and runs CMD once per major, each against a cluster of its own' -r
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand clone" -l pg-path -d 'More places to look for installations for --pg, separated by \':\': bin directories, or directories searched (4 levels deep) for bin/ with initdb and postgres, e.g. where relocatable server builds are unpacked' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand clone" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody, or the owner of an existing PGTMP_DIR]; root keeps one state directory per account, and without --run-as list, stop, gc, clone and schema cover them all. PGTMP_RUN_AS is ignored when pgtmp is not invoked by root' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand clone" -l drop -d 'Drop the clone named by URL now instead of at the end of the cluster'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand clone" -s h -l help -d 'Print help'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand schema" -s F -l format -d 'Print the URL as `uri` or, for a TCP cluster, as `jdbc` [default: uri]' -r -f -a "uri\t''
 jdbc\t''"
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand schema" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand schema" -l pg -d 'PostgreSQL major version to use, among the installations found (`pgtmp doctor` lists them); `pgtmp run` also takes several, e.g. 15,16,17, or `all`, and runs CMD once per major, each against a cluster of its own' -r
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand schema" -l pg-path -d 'More places to look for installations for --pg, separated by \':\': bin directories, or directories searched (4 levels deep) for bin/ with initdb and postgres, e.g. where relocatable server builds are unpacked' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand schema" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody, or the owner of an existing PGTMP_DIR]; root keeps one state directory per account, and without --run-as list, stop, gc, clone and schema cover them all. PGTMP_RUN_AS is ignored when pgtmp is not invoked by root' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand schema" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand gc" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand gc" -l pg -d 'PostgreSQL major version to use, among the installations found (`pgtmp doctor` lists them); `pgtmp run` also takes several, e.g. 15,16,17, or `all`, and runs CMD once per major, each against a cluster of its own' -r
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand gc" -l pg-path -d 'More places to look for installations for --pg, separated by \':\': bin directories, or directories searched (4 levels deep) for bin/ with initdb and postgres, e.g. where relocatable server builds are unpacked' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand gc" -l run-as -d 'Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody, or the owner of an existing PGTMP_DIR]; root keeps one state directory per account, and without --run-as list, stop, gc, clone and schema cover them all. PGTMP_RUN_AS is ignored when pgtmp is not invoked by root' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand gc" -s n -l dry-run -d 'Only print what would be removed'
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand gc" -s h -l help -d 'Print help'

@@ -74,8 +74,8 @@ pub fn run(global: &GlobalArgs) -> Result<()> {
 
 /// Every installation found, in discovery order, and the one that would be used.
 fn installations(report: &mut Report, global: &GlobalArgs) -> Option<Installation> {
-    let chosen = discover::find(global.bindir.as_deref());
-    let candidates = discover::candidates();
+    let chosen = global.choice().and_then(|choice| discover::choose(&choice));
+    let candidates = discover::candidates(&global.pg_path());
     if candidates.is_empty() {
         report.info("no PostgreSQL installation found in the usual places");
     } else {
@@ -97,6 +97,8 @@ fn installations(report: &mut Report, global: &GlobalArgs) -> Option<Installatio
         Ok(install) => {
             let why = if global.bindir.is_some() {
                 "named by --bindir/PGTMP_BINDIR".to_string()
+            } else if global.pg.is_some() {
+                "the first of that major, as --pg/PGTMP_PG asks".to_string()
             } else {
                 candidates
                     .iter()
@@ -312,7 +314,12 @@ fn missing_state_dir(report: &mut Report, path: &Path, invoker: &Account, server
         .skip(1)
         .find(|a| a.exists())
         .unwrap_or(parent);
-    let problem = if invoker.is_root() && existing != parent {
+    // Root's pgtmp-root/ is made 0711, for the server accounts to pass through.
+    let root_states = invoker.is_root()
+        && statedir::chosen_automatically()
+        && parent.file_name() == Some(std::ffi::OsStr::new(statedir::ROOT_STATES))
+        && parent.parent() == Some(existing);
+    let problem = if invoker.is_root() && existing != parent && !root_states {
         Some(format!(
             "{} is missing, and directories root would make for it are private to root",
             parent.display()
