@@ -30,10 +30,12 @@ fn setup() -> Option<(Sandbox, Account, Account)> {
     Some((Sandbox::new(&me), first, second))
 }
 
-/// pgtmp with the state directory placed automatically (no PGTMP_DIR), under the sandbox.
+/// pgtmp with the state directory placed automatically (no PGTMP_DIR), under the sandbox;
+/// no background sweep after a start, which could clean up before `gc` is asked to.
 fn auto(sandbox: &Sandbox, args: &[&str]) -> Outcome {
     let mut cmd = sandbox.pgtmp();
     cmd.env_remove("PGTMP_DIR")
+        .env("PGTMP_NO_SWEEP", "1")
         .env("TMPDIR", &sandbox.root)
         .env_remove("PGTMP_RUN_AS")
         .args(args);

@@ -195,3 +195,45 @@ fn wrong_choices_of_major_are_refused_with_the_reason() {
     }
     sandbox.assert_nothing_left("after refused --pg");
 }
+
+/// SIGTERM to `pgtmp run --pg A,B` while A's CMD runs: CMD gets it, A's cluster is stopped,
+/// B's never starts, and the status is 128+15.
+#[test]
+fn a_signal_ends_the_run_of_every_major() {
+    let Some((system, other, build)) = two_majors() else {
+        return;
+    };
+    let invoker = Invoker::current();
+    let sandbox = Sandbox::new(&invoker);
+    let started = sandbox.path("started");
+    let pgs = sandbox.path("pgs");
+    std::fs::create_dir(&pgs).unwrap();
+    std::os::unix::fs::symlink(&build, pgs.join("other")).unwrap();
+    let script = format!("echo > {}; exec sleep 60", started.display());
+    let mut child = sandbox
+        .pgtmp()
+        .env("PGTMP_PG_PATH", &pgs)
+        .args(["run", "--pg", &format!("{system},{other}"), "--"])
+        .args(["sh", "-c", &script])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cannot start pgtmp run");
+    assert!(
+        wait_until(PGTMP_LIMIT, || started.exists()),
+        "CMD did not start"
+    );
+    signal(child.id() as i32, nix::sys::signal::Signal::SIGTERM);
+    let status = wait_child(&mut child, PGTMP_LIMIT, "pgtmp run --pg");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(143), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "only the first major ran: {stderr}");
+    assert!(
+        lines[0].starts_with(&format!("pgtmp: PostgreSQL {system}."))
+            && lines[0].ends_with("failed (exit 143)"),
+        "{stderr}"
+    );
+    sandbox.assert_nothing_left("after SIGTERM to pgtmp run --pg");
+}
