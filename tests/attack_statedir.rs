@@ -29,9 +29,25 @@ fn auto_pgtmp(sandbox: &Sandbox, tmpdir: &Path) -> Command {
     cmd
 }
 
-/// Where pgtmp puts the automatic state directory of `invoker` under `tmpdir`.
+/// What pgtmp makes in `tmpdir` for the automatic state directory of `invoker`, and so where
+/// another account could plant something: the state directory itself, or for root the
+/// directory of root's own that holds one state directory per server account.
 fn auto_state_dir(tmpdir: &Path, invoker: &Invoker) -> PathBuf {
-    tmpdir.join(format!("pgtmp-{}", invoker.uid))
+    if invoker.is_root() {
+        tmpdir.join("pgtmp-root")
+    } else {
+        tmpdir.join(format!("pgtmp-{}", invoker.uid))
+    }
+}
+
+/// The owner and mode pgtmp gives what `auto_state_dir` names: the server account's and 0700,
+/// or for root's pgtmp-root/ root's and 0711.
+fn auto_owner_and_mode(invoker: &Invoker) -> (u32, u32) {
+    if invoker.is_root() {
+        (0, 0o711)
+    } else {
+        (invoker.server_account().1, 0o700)
+    }
 }
 
 /// Owner, mode and entries of a path (not following a symlink at it).
@@ -223,7 +239,6 @@ fn tmpdir_without_sticky_bit_is_refused(invoker: &Invoker) {
 /// private, or fails cleanly. It never uses a directory the attacker made.
 fn lost_mkdir_race_is_detected(invoker: &Invoker) {
     let Some(attacker) = attacker() else { return };
-    let (_, server_uid) = invoker.server_account();
     for round in 0..4 {
         let sandbox = Sandbox::new(invoker);
         let target = auto_state_dir(&sandbox.root, invoker);
@@ -247,11 +262,9 @@ fn lost_mkdir_race_is_detected(invoker: &Invoker) {
         if out.success() {
             let url = check_started(&out, invoker);
             let (uid, mode, _) = snapshot(&target);
-            assert_eq!(
-                uid, server_uid,
-                "round {round}: the state directory is not the server's"
-            );
-            assert_eq!(mode & 0o777, 0o700, "round {round}: mode {mode:o}");
+            let (owner, private) = auto_owner_and_mode(invoker);
+            assert_eq!(uid, owner, "round {round}: {target:?} is not uid {owner}'s");
+            assert_eq!(mode & 0o777, private, "round {round}: mode {mode:o}");
             assert_eq!(sandbox.psql(&url, "select 1"), "1");
         } else {
             let line = check_failed(&out, 1);
@@ -259,7 +272,7 @@ fn lost_mkdir_race_is_detected(invoker: &Invoker) {
             if let Ok(meta) = fs::symlink_metadata(&target) {
                 assert_ne!(
                     meta.uid(),
-                    server_uid,
+                    auto_owner_and_mode(invoker).0,
                     "round {round}: a failed start left its directory"
                 );
             }

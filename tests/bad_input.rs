@@ -347,7 +347,7 @@ fn uid_without_a_passwd_entry() {
     }
 }
 
-/// Root makes a missing PGTMP_DIR (or ${TMPDIR}/pgtmp-0) and its parents, then finds that the
+/// Root makes a missing PGTMP_DIR (or ${TMPDIR}/pgtmp-root/postgres) and its parents, then finds that the
 /// server account cannot use it: the start fails and removes every directory it made.
 /// Only root makes directories the server account cannot use; as anyone else the directory is
 /// either made and usable or not made at all.
@@ -374,7 +374,10 @@ fn unusable_pgtmp_dir_made_by_root_is_removed() {
     let by_tmpdir = run(by_tmpdir.args(["-w", "20"]), PGTMP_LIMIT);
     for (out, named) in [
         (by_pgtmp_dir, pgtmp_dir.clone()),
-        (by_tmpdir, locked.join("pgtmp-0")),
+        (
+            by_tmpdir,
+            locked.join("pgtmp-root").join(invoker.server_account().0),
+        ),
     ] {
         let line = check_failed(&out, 1);
         assert!(

@@ -5,6 +5,7 @@ pub mod settings;
 
 use crate::os::account::RunAs;
 use crate::output::format::Format;
+use crate::server::discover::Majors;
 use clap::builder::TypedValueParser;
 use clap::error::ErrorKind;
 use clap::parser::ValueSource;
@@ -33,6 +34,7 @@ url=$(pgtmp -t -w 300)        # TCP on 127.0.0.1 with a password, e.g. for JDBC
 pgtmp -k -d ./pgdata          # a cluster in ./pgdata that survives its stop
 pgtmp stop \"$url\"             # stop now instead of at the idle timeout
 pgtmp run -- make test        # a cluster just for this command (PGHOST... set)
+pgtmp run --pg 15,16 -- make test   # once per PostgreSQL major, a cluster each
 eval \"$(pgtmp -F env)\"        # PGHOST, PGPORT, PGUSER, PGDATABASE, DATABASE_URL
 pgtmp -t -F jdbc              # jdbc:postgresql://127.0.0.1:PORT/test?user=..&password=..
 pgtmp list                    # what runs; pgtmp stop --all stops it all
@@ -46,7 +48,8 @@ pgtmp --now '2024-01-01 12:00:00+00'   # now() frozen in test and its clones",
     (
         "Environment",
         "\
-PGTMP_DIR               where pools and clusters live [default: ${TMPDIR:-/tmp}/pgtmp-<uid>]
+PGTMP_DIR               where pools and clusters live [default: ${TMPDIR:-/tmp}/pgtmp-<uid>;
+                        for root ${TMPDIR:-/tmp}/pgtmp-root/<server account>]
 PGTMP_POOL_SIZE         prepared data directories kept per installation, about 35 MB each
                         (and per cached schema, at most 2) [default: 8]
 PGTMP_PRESTART          servers kept running, waiting to be claimed by a start (per mode:
@@ -56,9 +59,9 @@ PGTMP_TRACE             1 = print how long each phase of a start took, on stderr
 PGTMP_CACHE_DAYS        days a schema cache entry may go unused before gc removes it
                         (its ready copies go after an hour unused) [default: 7]
 PGTMP_TCP, PGTMP_PORT, PGTMP_TIMEOUT, PGTMP_KEEP, PGTMP_OPTIONS, PGTMP_FORMAT,
-PGTMP_NOW, PGTMP_NO_CACHE, PGTMP_BINDIR, PGTMP_RUN_AS
+PGTMP_NOW, PGTMP_NO_CACHE, PGTMP_BINDIR, PGTMP_PG, PGTMP_PG_PATH, PGTMP_RUN_AS
                         fallbacks for -t, -p, -w, -k, -o, -F, --now, --no-cache, --bindir,
-                        --run-as; an option written on the command line wins.
+                        --pg, --pg-path, --run-as; an option written on the command line wins.
                         PGTMP_TCP, PGTMP_KEEP, PGTMP_NO_CACHE: 1/0, yes/no, on/off, true/false
 PG*                     the caller's libpq variables are ignored by pgtmp and its servers,
                         except PGPORT, which names the socket file so the port-less URL works",
@@ -193,7 +196,8 @@ const RUN_EXAMPLES: &str = "\
 pgtmp run -- make test             # PGHOST, PGPORT, PGUSER, PGDATABASE, DATABASE_URL set
 pgtmp run -t -- mvn test           # with -t also PGPASSWORD and JDBC_DATABASE_URL
 pgtmp run -f schema.sql -- pytest  # schema loaded before CMD starts
-pgtmp run -- psql                  # a scratch database for one session";
+pgtmp run -- psql                  # a scratch database for one session
+pgtmp run --pg 15,16,17 -- make test   # once per PostgreSQL major, a cluster each";
 
 const LIST_EXAMPLES: &str = "\
 pgtmp list                         # URL, PID, VERSION, AGE, IDLE, CONNS, SIZE
@@ -261,6 +265,10 @@ pub enum Command {
     /// to CMD (a terminal's Ctrl-C reaches it directly) and pgtmp waits for it; should pgtmp
     /// itself be killed, the cluster stops at once anyway. The idle timeout applies only after
     /// CMD, with -k, which keeps the cluster running and says on stderr where it is.
+    ///
+    /// With --pg 15,16,17 (or --pg all) CMD runs once per PostgreSQL major, each against a
+    /// cluster of its own; a line on stderr per major says `ok` or `failed (exit N)`, and the
+    /// status is that of the first that failed.
     #[command(after_help = examples(RUN_EXAMPLES))]
     Run(RunArgs),
     /// List this account's running clusters
@@ -291,8 +299,28 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "PGTMP_BINDIR", value_name = "DIR")]
     pub bindir: Option<PathBuf>,
 
-    /// Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody];
-    /// PGTMP_RUN_AS is ignored when pgtmp is not invoked by root
+    /// PostgreSQL major version to use, among the installations found (`pgtmp doctor` lists
+    /// them); `pgtmp run` also takes several, e.g. 15,16,17, or `all`, and runs CMD once per
+    /// major, each against a cluster of its own
+    #[arg(long = "pg", global = true, env = "PGTMP_PG", value_name = "MAJOR",
+          value_parser = parse_majors)]
+    pub pg: Option<Majors>,
+
+    /// More places to look for installations for --pg, separated by ':': bin directories, or
+    /// directories searched (4 levels deep) for bin/ with initdb and postgres, e.g. where
+    /// relocatable server builds are unpacked
+    #[arg(
+        long = "pg-path",
+        global = true,
+        env = "PGTMP_PG_PATH",
+        value_name = "DIRS"
+    )]
+    pub pg_path: Option<String>,
+
+    /// Account the server runs as when pgtmp is invoked by root [default: postgres, else nobody,
+    /// or the owner of an existing PGTMP_DIR]; root keeps one state directory per account, and
+    /// without --run-as list, stop, gc, clone and schema cover them all. PGTMP_RUN_AS is ignored
+    /// when pgtmp is not invoked by root
     #[arg(long, global = true, env = "PGTMP_RUN_AS", value_name = "USER")]
     pub run_as: Option<String>,
 
@@ -584,6 +612,24 @@ fn parse_switch(text: &str) -> Result<bool, String> {
     }
 }
 
+/// `16`, `15,16,17` or `all`.
+fn parse_majors(text: &str) -> Result<Majors, String> {
+    if text.trim().eq_ignore_ascii_case("all") {
+        return Ok(Majors::All);
+    }
+    let majors: Option<Vec<u32>> = text
+        .split(',')
+        .map(|m| m.trim().parse::<u32>().ok().filter(|&m| m > 0))
+        .collect();
+    match majors {
+        Some(list) if !list.is_empty() => Ok(Majors::List(list)),
+        _ => Err(
+            "expected a PostgreSQL major version (e.g. 16), several separated by commas (15,16,17), or all"
+                .into(),
+        ),
+    }
+}
+
 fn parse_port(text: &str) -> Result<u16, String> {
     match text.parse::<i64>() {
         Ok(port) if (1..=65535).contains(&port) => Ok(port as u16),
@@ -763,6 +809,7 @@ fn resolve_stop(
         (written.now, "--now"),
         (written.no_cache, "--no-cache"),
         (by_hand("bindir"), "--bindir"),
+        (by_hand("pg"), "--pg"),
     ];
     if let Some((_, name)) = unused.iter().find(|(set, _)| *set) {
         return Err(format!(

@@ -4,7 +4,10 @@
 use super::settings::Settings;
 use super::{GlobalArgs, StartArgs};
 use crate::lifecycle::start::StartRequest;
+use crate::output::exit;
+use crate::server::discover::{Choice, Majors};
 use anyhow::Result;
+use std::path::PathBuf;
 
 impl StartArgs {
     /// What this start asks for; fails (a usage error) on an invalid PGTMP_* setting, all of
@@ -22,7 +25,7 @@ impl StartArgs {
             schema_files: self.schema_files.clone(),
             now: self.now.clone(),
             no_cache: self.no_cache,
-            bindir: global.bindir.clone(),
+            install: global.choice()?,
             run_as: global.run_as.clone(),
             run_as_from_env: global.run_as_from_env,
             pool_size: settings.pool_size,
@@ -30,4 +33,53 @@ impl StartArgs {
             sweep_after: settings.sweep_after(),
         })
     }
+}
+
+impl GlobalArgs {
+    /// The installation a command uses: --bindir, or the one major --pg names (several are for
+    /// `pgtmp run`, see [`GlobalArgs::several_majors`]), looked for also in PGTMP_PG_PATH.
+    pub fn choice(&self) -> Result<Choice> {
+        let major = match &self.pg {
+            None => None,
+            Some(_) if self.bindir.is_some() => return Err(pg_and_bindir()),
+            Some(Majors::List(list)) if list.len() == 1 => Some(list[0]),
+            Some(_) => {
+                return Err(exit::usage(
+                    "--pg with several majors (or all) is for `pgtmp run`, which runs CMD once per major; name one major here, e.g. --pg 16",
+                ));
+            }
+        };
+        Ok(Choice {
+            bindir: self.bindir.clone(),
+            major,
+            pg_path: self.pg_path(),
+        })
+    }
+
+    /// The majors of `pgtmp run --pg 15,16` or `--pg all`: None for one major or none.
+    pub fn several_majors(&self) -> Result<Option<&Majors>> {
+        match &self.pg {
+            Some(Majors::List(list)) if list.len() == 1 => Ok(None),
+            Some(_) if self.bindir.is_some() => Err(pg_and_bindir()),
+            other => Ok(other.as_ref()),
+        }
+    }
+
+    /// The directories of PGTMP_PG_PATH (`--pg-path`), separated by `:`.
+    pub fn pg_path(&self) -> Vec<PathBuf> {
+        self.pg_path
+            .as_deref()
+            .map(|text| {
+                std::env::split_paths(text)
+                    .filter(|dir| !dir.as_os_str().is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn pg_and_bindir() -> anyhow::Error {
+    exit::usage(
+        "--pg (PGTMP_PG) picks among the installations found, and --bindir (PGTMP_BINDIR) names one: give only one of them",
+    )
 }

@@ -2,7 +2,7 @@
 //! `pgtmp clone --drop URL`, which drops one early.
 
 use crate::cli::{CloneArgs, GlobalArgs};
-use crate::lifecycle::session::Session;
+use crate::lifecycle::session::{Session, Target};
 use crate::os::detach::{self, Forked};
 use crate::testdata::dburl;
 use crate::testdata::files::{self, Server};
@@ -20,7 +20,7 @@ pub fn run(args: CloneArgs, global: &GlobalArgs) -> Result<()> {
         // Refused before a clone is taken for nothing.
         dburl::jdbc(&cluster_url)?;
     }
-    let session = Session::establish(global.run_as(), None)?;
+    let session = Session::establish_for(global.run_as(), &Target::Url(&cluster_url))?;
     let (instance, state) = crate::state::clusters::running(
         &session.state.path,
         session.invoker.uid.as_raw(),

@@ -74,8 +74,8 @@ pub fn run(global: &GlobalArgs) -> Result<()> {
 
 /// Every installation found, in discovery order, and the one that would be used.
 fn installations(report: &mut Report, global: &GlobalArgs) -> Option<Installation> {
-    let chosen = discover::find(global.bindir.as_deref());
-    let candidates = discover::candidates();
+    let chosen = global.choice().and_then(|choice| discover::choose(&choice));
+    let candidates = discover::candidates(&global.pg_path());
     if candidates.is_empty() {
         report.info("no PostgreSQL installation found in the usual places");
     } else {
@@ -97,6 +97,8 @@ fn installations(report: &mut Report, global: &GlobalArgs) -> Option<Installatio
         Ok(install) => {
             let why = if global.bindir.is_some() {
                 "named by --bindir/PGTMP_BINDIR".to_string()
+            } else if global.pg.is_some() {
+                "the first of that major, as --pg/PGTMP_PG asks".to_string()
             } else {
                 candidates
                     .iter()
@@ -148,7 +150,7 @@ fn accounts(report: &mut Report, global: &GlobalArgs) -> Option<(Account, Accoun
             return None;
         }
     };
-    match account::server_account(&invoker, global.run_as().for_invoker(invoker.is_root())) {
+    match crate::lifecycle::session::server_for(&invoker, global.run_as()) {
         Ok(server) if invoker.is_root() => {
             report.pass(&format!(
                 "running as root: the server runs as {} (uid {}), commands of `pgtmp run` as root; database user {}",
@@ -186,11 +188,12 @@ fn state_dir(
     report: &mut Report,
     accounts: Option<&(Account, Account)>,
 ) -> Option<statedir::StateDir> {
-    let uid = accounts.map_or_else(
-        || nix::unistd::Uid::effective().as_raw(),
-        |(i, _)| i.uid.as_raw(),
-    );
-    let path = match statedir::location_for(uid) {
+    // Without a server account (reported above), the invoker's own place is shown.
+    let location = match accounts {
+        Some((invoker, server)) => statedir::location_for(invoker, server),
+        None => Account::current().and_then(|me| statedir::location_for(&me, &me)),
+    };
+    let path = match location {
         Ok(path) => path,
         Err(err) => {
             report.fail(
@@ -206,13 +209,29 @@ fn state_dir(
         path.display()
     ));
     let (invoker, server) = accounts?;
+    // Root's automatic state directory lies in root's own pgtmp-root/, which lies in TMPDIR.
+    let root_states = (invoker.is_root() && statedir::chosen_automatically())
+        .then(|| path.parent())
+        .flatten();
+    let judged = match root_states {
+        Some(place) => place.parent(),
+        None => path.parent(),
+    };
     if statedir::chosen_automatically()
-        && let Some(parent) = path.parent()
+        && let Some(parent) = judged
         && let Ok(Some(dir)) = Dir::open_if_exists(parent)
         && let Ok(st) = dir.stat()
         && let Err(problem) = statedir::judge_parent(parent, &st, invoker, server)
     {
         report.fail(&problem.what, &problem.fix);
+    }
+    if let Some(place) = root_states
+        && let Err(err) = statedir::open_root_states(place)
+    {
+        let text = format!("{err:#}");
+        let (what, fix) = text.split_once("; ").unwrap_or((&text, "remove it"));
+        report.fail(&format!("PGTMP_DIR {}: {what}", path.display()), fix);
+        return None;
     }
     // Judged exactly as a start judges it (statedir::judge_existing), through a handle.
     match Dir::open_if_exists(&path) {
@@ -295,7 +314,12 @@ fn missing_state_dir(report: &mut Report, path: &Path, invoker: &Account, server
         .skip(1)
         .find(|a| a.exists())
         .unwrap_or(parent);
-    let problem = if invoker.is_root() && existing != parent {
+    // Root's pgtmp-root/ is made 0711, for the server accounts to pass through.
+    let root_states = invoker.is_root()
+        && statedir::chosen_automatically()
+        && parent.file_name() == Some(std::ffi::OsStr::new(statedir::ROOT_STATES))
+        && parent.parent() == Some(existing);
+    let problem = if invoker.is_root() && existing != parent && !root_states {
         Some(format!(
             "{} is missing, and directories root would make for it are private to root",
             parent.display()

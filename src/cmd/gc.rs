@@ -9,7 +9,13 @@ use std::io::Write;
 pub fn run(args: &GcArgs, global: &GlobalArgs) -> Result<()> {
     // Checked before anything is made or removed.
     let cache_age = crate::cli::settings::cache_max_age()?;
-    let session = Session::establish(global.run_as(), None)?;
+    Session::in_each(global.run_as(), |session| {
+        sweep_one(session, args, cache_age)
+    })
+}
+
+/// Sweeps one state directory and prints what was done.
+fn sweep_one(session: &Session, args: &GcArgs, cache_age: std::time::Duration) -> Result<()> {
     let step = crate::output::progress::step(&format!(
         "sweeping {} (stopping what dead runs left may take seconds)",
         session.state.path.display()

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 pub fn run(dir: Option<PathBuf>, global: &GlobalArgs) -> Result<()> {
     crate::server::cluster::ensure_open_files()?;
-    let install = discover::find(global.bindir.as_deref())?;
+    let install = discover::choose(&global.choice()?)?;
     crate::os::account::check_has_entry()?;
     let path = match dir {
         Some(dir) => {

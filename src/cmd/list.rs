@@ -1,12 +1,12 @@
 //! `pgtmp list` (`ls`): this account's running clusters, as a table or JSON.
 
-use crate::os::account::Account;
+use crate::cli::GlobalArgs;
+use crate::lifecycle::session;
 use crate::os::process::Pid;
 use crate::output::url;
 use crate::server::client;
 use crate::state::clusters::{self, ClusterDir};
 use crate::state::ownership;
-use crate::state::statedir;
 use anyhow::{Context, Result};
 use nix::unistd::Uid;
 use serde::Serialize;
@@ -42,23 +42,27 @@ struct Entry {
 /// Only reads: nothing is created, and root needs no account switch to read. Root reads a
 /// directory the server account owns, so everything is read with bounds, and whatever is
 /// not as pgtmp makes it is skipped with a warning (see clusters.rs).
-pub fn run(json: bool) -> Result<()> {
-    let invoker = Account::current()?;
-    let path = statedir::location_for(invoker.uid.as_raw())?;
-    let state = match clusters::open_state_dir(&path) {
-        Ok(state) => state,
-        Err(err) => {
-            clusters::warn_skipping(&path, &err);
-            None
-        }
-    };
-    let mut entries: Vec<Entry> = state
-        .as_ref()
-        .map(clusters::all)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|cluster| entry(cluster, invoker.uid.as_raw()))
-        .collect();
+pub fn run(json: bool, global: &GlobalArgs) -> Result<()> {
+    // Root's clusters lie in one state directory per server account: all of them are read.
+    let (invoker, covered) = session::covered(global.run_as())?;
+    let mut entries: Vec<Entry> = Vec::new();
+    for (_, path) in &covered {
+        let state = match clusters::open_state_dir(path) {
+            Ok(state) => state,
+            Err(err) => {
+                clusters::warn_skipping(path, &err);
+                None
+            }
+        };
+        entries.extend(
+            state
+                .as_ref()
+                .map(clusters::all)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|cluster| entry(cluster, invoker.uid.as_raw())),
+        );
+    }
     entries.sort_by_key(|e| std::cmp::Reverse(e.age_seconds));
     let text = if json {
         serde_json::to_string_pretty(&entries).context("cannot render JSON")? + "\n"

@@ -24,7 +24,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Stop(args)) => stop::run(args, &global),
         Some(Command::Initdb(args)) => initdb::run(args.dir.or(cli.start.dir), &global),
         Some(Command::Run(args)) => run::run(args, &global),
-        Some(Command::List(args)) => list::run(args.json),
+        Some(Command::List(args)) => list::run(args.json, &global),
         Some(Command::Doctor) => doctor::run(&global),
         Some(Command::Clone(args)) => clone::run(args, &global),
         Some(Command::Schema(args)) => schema::run(args, &global),

@@ -21,7 +21,7 @@ use crate::os::process::{self, Pid};
 use crate::os::signals::{Arrived, Held, SignalPipe};
 use crate::output::exit::{self, Passed};
 use crate::output::format::{Cluster, Format};
-use crate::server::discover::Installation;
+use crate::server::discover::{self, Installation};
 use anyhow::{Context, Result, anyhow, bail};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitStatus, waitpid};
@@ -77,15 +77,102 @@ pub fn run(mut args: RunArgs, global: &GlobalArgs) -> Result<()> {
         .ok_or_else(|| exit::usage("say which command to run: pgtmp run -- CMD [ARGS...]"))?;
     let arguments: Vec<OsString> = words.collect();
     check_runnable(&program)?;
+    if let Some(majors) = global.several_majors()? {
+        let installs = discover::of_majors(&global.pg_path(), majors)?;
+        // Each major's start names its installation; --pg has done its part.
+        let single = GlobalArgs {
+            pg: None,
+            ..global.clone()
+        };
+        let request = args.start.request(&single)?;
+        return each_major(request, &installs, &program, &arguments);
+    }
     let request = args.start.request(global)?;
+    run_once(&request, &program, &arguments)
+}
 
+/// `pgtmp run --pg 15,16 -- CMD`: CMD once per installation, each against a cluster of its
+/// own, one after the other, each in a child forked for it that runs exactly as `pgtmp run`
+/// does with one installation. A line per major says how CMD did; the status is that of
+/// the first that failed. The signals `pgtmp run` catches are held here and passed on to the
+/// child of the moment; after one, no further major is run.
+fn each_major(
+    mut request: StartRequest,
+    installs: &[Installation],
+    program: &OsString,
+    arguments: &[OsString],
+) -> Result<()> {
+    let held = Held::new(&CAUGHT)?;
+    let mut failed = None;
+    for install in installs {
+        let version = install
+            .version()
+            .unwrap_or_else(|_| install.bindir.display().to_string());
+        request.install.bindir = Some(install.bindir.clone());
+        let pid = match detach::fork()? {
+            Forked::Child => {
+                drop(held);
+                let code = match run_once(&request, program, arguments) {
+                    Ok(()) => 0,
+                    Err(err) => exit::report(&err),
+                };
+                std::process::exit(i32::from(code));
+            }
+            Forked::Parent(pid) => pid,
+        };
+        let (code, interrupted) = wait_passing_on(pid, &held)?;
+        let verdict = match code {
+            0 => "ok".to_string(),
+            code => format!("failed (exit {code})"),
+        };
+        eprintln!("pgtmp: PostgreSQL {version}: {verdict}");
+        if code != 0 {
+            failed.get_or_insert(code);
+        }
+        if let Some(signal) = interrupted {
+            return Err(Passed(128u8.wrapping_add(signal as u8)).into());
+        }
+    }
+    match failed {
+        None => Ok(()),
+        Some(code) => Err(Passed(code).into()),
+    }
+}
+
+/// Waits for the child running one major, passing on the held signals that arrive as
+/// `wait_forwarding` does; its status, and the last such signal.
+fn wait_passing_on(pid: Pid, held: &Held) -> Result<(u8, Option<i32>)> {
+    let mut interrupted = None;
+    loop {
+        if let Some(arrived) = held.wait(Duration::from_millis(200))
+            && arrived.signal != Signal::SIGCHLD as i32
+        {
+            interrupted = Some(arrived.signal);
+            let reached = arrived.from_kernel && in_my_group(pid);
+            if !reached && let Ok(signal) = Signal::try_from(arrived.signal) {
+                process::signal(pid, signal)?;
+            }
+        }
+        match waitpid(pid.nix(), Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok((code as u8, interrupted)),
+            Ok(WaitStatus::Signaled(_, signal, _)) => {
+                return Ok((128u8.wrapping_add(signal as u8), interrupted));
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(err) => bail!("cannot wait for process {pid}: {err}"),
+        }
+    }
+}
+
+/// One cluster, CMD against it, the cluster stopped: `pgtmp run` with one installation.
+fn run_once(request: &StartRequest, program: &OsString, arguments: &[OsString]) -> Result<()> {
     let held = Held::new(&CAUGHT)?;
     let Started {
         cluster,
         holder,
         signals,
         interrupted,
-    } = start_in_child(&request, held)?;
+    } = start_in_child(request, held)?;
     let keep = cluster.keep;
     let format = request.format;
     if let Some(signal) = interrupted {
@@ -93,8 +180,8 @@ pub fn run(mut args: RunArgs, global: &GlobalArgs) -> Result<()> {
         return Err(Passed(128 + signal as u8).into());
     }
 
-    let mut cmd = Command::new(&program);
-    cmd.args(&arguments);
+    let mut cmd = Command::new(program);
+    cmd.args(arguments);
     for name in REDIRECTING {
         cmd.env_remove(name);
     }

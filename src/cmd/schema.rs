@@ -2,7 +2,7 @@
 //! first on their search_path.
 
 use crate::cli::{GlobalArgs, SchemaArgs};
-use crate::lifecycle::session::Session;
+use crate::lifecycle::session::{Session, Target};
 use crate::os::secret;
 use crate::server::initdb::quote_ident;
 use crate::state::instance::NAME_ALPHABET;
@@ -19,7 +19,7 @@ pub fn run(args: SchemaArgs, global: &GlobalArgs) -> Result<()> {
         // Refused before a schema is made for nothing.
         dburl::jdbc(&url)?;
     }
-    let session = Session::establish(global.run_as(), None)?;
+    let session = Session::establish_for(global.run_as(), &Target::Url(&url))?;
     let (instance, state) =
         crate::state::clusters::running(&session.state.path, session.invoker.uid.as_raw(), &url)?;
     let database = dburl::database(&url)?;

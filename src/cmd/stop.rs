@@ -7,7 +7,7 @@
 //! a state file naming an unrelated process, makes pgtmp refuse, never signal.
 
 use crate::cli::{GlobalArgs, StopArgs};
-use crate::lifecycle::session::Session;
+use crate::lifecycle::session::{Session, Target};
 use crate::lifecycle::watchdog;
 use crate::os::process;
 use crate::output::exit;
@@ -20,13 +20,18 @@ use nix::sys::signal::Signal;
 use std::time::Duration;
 
 pub fn run(args: StopArgs, global: &GlobalArgs) -> Result<()> {
-    let session = Session::establish(global.run_as(), None)?;
     let cluster = match (args.url, args.dir) {
-        (Some(url), _) => clusters::find_by_url(&session.state.path, &url)?,
+        (Some(url), _) => {
+            let session = Session::establish_for(global.run_as(), &Target::Url(&url))?;
+            let cluster = clusters::find_by_url(&session.state.path, &url)?;
+            (session, cluster)
+        }
         (None, Some(dir)) => {
             let dir = std::path::absolute(&dir)
                 .with_context(|| format!("cannot resolve {}", dir.display()))?;
-            clusters::own(&session.state.path, &dir)?
+            let session = Session::establish_for(global.run_as(), &Target::Dir(&dir))?;
+            let cluster = clusters::own(&session.state.path, &dir)?;
+            (session, cluster)
         }
         (None, None) => {
             return Err(exit::usage(
@@ -34,16 +39,20 @@ pub fn run(args: StopArgs, global: &GlobalArgs) -> Result<()> {
             ));
         }
     };
+    let (session, cluster) = cluster;
     stop(&session, &cluster, args.keep, args.wait)
 }
 
-/// `pgtmp stop --all`: every running cluster of the invoking account, all at once. One that
-/// stops by itself meanwhile is not an error; every one that fails is reported.
-///
+/// `pgtmp stop --all`: every running cluster of the invoking account, all at once (for root,
+/// of every server account in turn). One that stops by itself meanwhile is not an error;
+/// every one that fails is reported.
+pub fn all(keep: bool, wait: Option<u64>, global: &GlobalArgs) -> Result<()> {
+    Session::in_each(global.run_as(), |session| all_of(session, keep, wait))
+}
+
 /// Threads are fine here: the session switch is done before any exists, and nothing forks
 /// afterwards.
-pub fn all(keep: bool, wait: Option<u64>, global: &GlobalArgs) -> Result<()> {
-    let session = Session::establish(global.run_as(), None)?;
+fn all_of(session: &Session, keep: bool, wait: Option<u64>) -> Result<()> {
     let Some(state) = clusters::open_state_dir(&session.state.path)? else {
         return Ok(());
     };
@@ -61,7 +70,6 @@ pub fn all(keep: bool, wait: Option<u64>, global: &GlobalArgs) -> Result<()> {
         let stops: Vec<_> = running
             .iter()
             .map(|cluster| {
-                let session = &session;
                 scope.spawn(move || match stop(session, cluster, keep, wait) {
                     Err(err) if cluster.read_state().ok().flatten().is_some() => {
                         Some(format!("{err:#}"))

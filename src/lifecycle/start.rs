@@ -66,7 +66,8 @@ pub struct StartRequest {
     pub schema_files: Vec<PathBuf>,
     pub now: Option<String>,
     pub no_cache: bool,
-    pub bindir: Option<PathBuf>,
+    /// Which PostgreSQL installation: --bindir, --pg, PGTMP_PG_PATH.
+    pub install: discover::Choice,
     pub run_as: Option<String>,
     pub run_as_from_env: bool,
     /// Ready pool entries kept per installation.
@@ -267,7 +268,7 @@ fn check(args: &StartRequest) -> Result<Checked<'_>> {
     format::check(args.format, args.tcp)?;
     cluster::ensure_open_files()?;
     let options = cluster::split_options(&args.options)?;
-    let install = discover::find(args.bindir.as_deref())?;
+    let install = discover::choose(&args.install)?;
     let dir = args.dir.as_deref().map(directory::absolute).transpose()?;
     let found = dir.as_deref().map(directory::inspect).transpose()?;
     // -f files are read now, as the invoking account.

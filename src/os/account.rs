@@ -47,6 +47,13 @@ impl Account {
         }
     }
 
+    /// The account with `uid`, when the user database has one.
+    pub fn by_uid(uid: u32) -> Result<Option<Account>> {
+        let user = User::from_uid(Uid::from_raw(uid))
+            .with_context(|| format!("cannot look up uid {uid}"))?;
+        Ok(user.map(Account::from_user))
+    }
+
     pub fn by_name(name: &str) -> Result<Option<Account>> {
         let user =
             User::from_name(name).with_context(|| format!("cannot look up account '{name}'"))?;

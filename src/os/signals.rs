@@ -111,6 +111,7 @@ pub fn ignore(signal: Signal) -> Result<()> {
 /// Signals held back (blocked) until this is dropped: they stay pending, and are delivered then
 /// to whatever disposition is in force.
 pub struct Held {
+    held: SigSet,
     previous: SigSet,
 }
 
@@ -123,7 +124,32 @@ impl Held {
         let mut previous = SigSet::empty();
         nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut previous))
             .context("cannot block signals")?;
-        Ok(Held { previous })
+        Ok(Held {
+            held: set,
+            previous,
+        })
+    }
+
+    /// Takes one of the held signals that is pending or arrives within `limit`, if any.
+    pub fn wait(&self, limit: Duration) -> Option<Arrived> {
+        let timeout = nix::libc::timespec {
+            tv_sec: limit.as_secs().try_into().unwrap_or(nix::libc::time_t::MAX),
+            tv_nsec: limit.subsec_nanos().into(),
+        };
+        let mut info = std::mem::MaybeUninit::<nix::libc::siginfo_t>::zeroed();
+        // SAFETY: the set, the siginfo buffer and the timeout are valid for the whole call;
+        // sigtimedwait only takes a signal this thread blocks.
+        let signal =
+            unsafe { nix::libc::sigtimedwait(self.held.as_ref(), info.as_mut_ptr(), &timeout) };
+        if signal < 0 {
+            return None;
+        }
+        // SAFETY: zero-initialised, and filled in by sigtimedwait, which returned a signal.
+        let info = unsafe { info.assume_init() };
+        Some(Arrived {
+            signal,
+            from_kernel: info.si_code == SI_KERNEL,
+        })
     }
 }
 

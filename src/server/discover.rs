@@ -93,6 +93,142 @@ pub enum Source {
     Path,
     PgConfig,
     WellKnown(&'static str),
+    /// A directory of PGTMP_PG_PATH (`--pg-path`).
+    PgPath(PathBuf),
+}
+
+/// Which majors `--pg` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Majors {
+    /// These, in this order (one for every command but `pgtmp run`).
+    List(Vec<u32>),
+    /// One installation of every major found, oldest first.
+    All,
+}
+
+/// How to choose the installation: `--bindir` names one; `--pg` picks a major among those
+/// found, also in the directories of PGTMP_PG_PATH (`--pg-path`), which are searched last.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Choice {
+    pub bindir: Option<PathBuf>,
+    pub major: Option<u32>,
+    pub pg_path: Vec<PathBuf>,
+}
+
+/// How deep below a PGTMP_PG_PATH directory a `bin/` with initdb and postgres is looked for
+/// (an npm build unpacks to `VERSION/package/native/bin`).
+const PG_PATH_DEPTH: usize = 4;
+
+/// The installation `choice` asks for.
+pub fn choose(choice: &Choice) -> Result<Installation> {
+    if let Some(major) = choice.major {
+        return of_major(&choice.pg_path, major);
+    }
+    match find(choice.bindir.as_deref()) {
+        Err(err) if choice.bindir.is_none() => {
+            // Nothing in the usual places: the newest in PGTMP_PG_PATH, if any.
+            let extra = in_pg_path(&choice.pg_path);
+            let newest = extra
+                .iter()
+                .filter_map(|(install, _)| Some((install.major_version().ok()?, install)))
+                .max_by_key(|(major, _)| *major);
+            newest.map(|(_, install)| install.clone()).ok_or(err)
+        }
+        other => other,
+    }
+}
+
+/// The first installation found of major `major`; an error lists the majors there are.
+pub fn of_major(pg_path: &[PathBuf], major: u32) -> Result<Installation> {
+    let found = by_major(pg_path);
+    if let Some((_, install)) = found.iter().find(|(m, _)| *m == major) {
+        return Ok(install.clone());
+    }
+    let mut majors: Vec<u32> = found.iter().map(|(m, _)| *m).collect();
+    majors.sort_unstable();
+    let have: Vec<String> = majors.iter().map(u32::to_string).collect();
+    bail!(
+        "--pg {major}: no PostgreSQL {major} installation found; installed: {}; install it, \
+         or add the directory holding its bin/ to PGTMP_PG_PATH (--pg-path)",
+        if have.is_empty() {
+            "none".to_string()
+        } else {
+            have.join(", ")
+        }
+    )
+}
+
+/// One installation per major asked for, in order: `--pg 15,16` or `--pg all`.
+pub fn of_majors(pg_path: &[PathBuf], majors: &Majors) -> Result<Vec<Installation>> {
+    match majors {
+        Majors::List(list) => list.iter().map(|&m| of_major(pg_path, m)).collect(),
+        Majors::All => {
+            let mut found = by_major(pg_path);
+            if found.is_empty() {
+                bail!(
+                    "--pg all: no PostgreSQL installation found; install one, or add the directory holding its bin/ to PGTMP_PG_PATH (--pg-path)"
+                );
+            }
+            found.sort_by_key(|(m, _)| *m);
+            Ok(found.into_iter().map(|(_, install)| install).collect())
+        }
+    }
+}
+
+/// The first installation found of every major, in the order they are found.
+fn by_major(pg_path: &[PathBuf]) -> Vec<(u32, Installation)> {
+    let mut found: Vec<(u32, Installation)> = Vec::new();
+    for (install, _) in candidates(pg_path) {
+        if let Ok(major) = install.major_version()
+            && !found.iter().any(|(m, _)| *m == major)
+        {
+            found.push((major, install));
+        }
+    }
+    found
+}
+
+/// The installations in the PGTMP_PG_PATH directories: each is one (a bin directory), or is
+/// searched for `bin/` directories that are, newest version name first.
+fn in_pg_path(pg_path: &[PathBuf]) -> Vec<(Installation, Source)> {
+    let mut found = Vec::new();
+    for root in pg_path {
+        let mut level = vec![root.clone()];
+        for depth in 0..=PG_PATH_DEPTH {
+            let mut next = Vec::new();
+            for dir in level {
+                if let Some(install) = Installation::at(&dir) {
+                    found.push((install, Source::PgPath(root.clone())));
+                    continue;
+                }
+                if depth < PG_PATH_DEPTH {
+                    next.extend(subdirectories(&dir));
+                }
+            }
+            level = next;
+        }
+    }
+    found
+}
+
+/// The directories in `dir`, newest version name first.
+fn subdirectories(dir: &Path) -> Vec<PathBuf> {
+    let names = fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| {
+                    let e = e.ok()?;
+                    // Followed: installations are often reached through symlinks.
+                    fs::metadata(e.path()).ok()?.is_dir().then_some(e)
+                })
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    newest_first(names)
+        .into_iter()
+        .map(|name| dir.join(name))
+        .collect()
 }
 
 impl std::fmt::Display for Source {
@@ -101,13 +237,15 @@ impl std::fmt::Display for Source {
             Source::Path => f.write_str("initdb on PATH"),
             Source::PgConfig => f.write_str("pg_config --bindir"),
             Source::WellKnown(pattern) => write!(f, "well-known place {pattern}"),
+            Source::PgPath(root) => write!(f, "PGTMP_PG_PATH {}", root.display()),
         }
     }
 }
 
-/// Every installation `find` would consider, in the order it considers them, each once; the
-/// first is the one it uses (unless `--bindir` names another).
-pub fn candidates() -> Vec<(Installation, Source)> {
+/// Every installation `find` would consider, in the order it considers them, each once, then
+/// those in the PGTMP_PG_PATH directories `pg_path`; the first is the one it uses (unless
+/// `--bindir` or `--pg` names another).
+pub fn candidates(pg_path: &[PathBuf]) -> Vec<(Installation, Source)> {
     let mut found: Vec<(Installation, Source)> = Vec::new();
     let mut add = |install: Option<Installation>, source: Source| {
         if let Some(install) = install
@@ -128,6 +266,9 @@ pub fn candidates() -> Vec<(Installation, Source)> {
         for dir in expand(pattern) {
             add(Installation::at(&dir), Source::WellKnown(pattern));
         }
+    }
+    for (install, source) in in_pg_path(pg_path) {
+        add(Some(install), source);
     }
     found
 }
@@ -288,6 +429,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = find(Some(dir.path())).unwrap_err();
         assert!(format!("{err:#}").contains("initdb and postgres are not both there"));
+    }
+
+    #[test]
+    fn pg_path_finds_bin_directories_below_it() {
+        let root = tempfile::tempdir().unwrap();
+        for dir in ["16.1/package/native/bin", "13.2/bin", "empty/x/y"] {
+            let bin = root.path().join(dir);
+            fs::create_dir_all(&bin).unwrap();
+            if dir.ends_with("bin") {
+                for program in ["initdb", "postgres"] {
+                    fs::write(bin.join(program), "").unwrap();
+                    fs::set_permissions(bin.join(program), fs::Permissions::from_mode(0o755))
+                        .unwrap();
+                }
+            }
+        }
+        let mut found: Vec<PathBuf> = in_pg_path(&[root.path().to_path_buf()])
+            .into_iter()
+            .map(|(install, _)| install.bindir)
+            .collect();
+        found.sort();
+        let real = fs::canonicalize(root.path()).unwrap();
+        assert_eq!(
+            found,
+            [real.join("13.2/bin"), real.join("16.1/package/native/bin")]
+        );
     }
 
     #[test]

@@ -30,9 +30,21 @@ pub fn instance_socket_len(state_dir: &Path) -> usize {
     state_dir.as_os_str().len() + 1 + INSTANCE_NAME_LEN + SOCKET_FILE_LEN
 }
 
-/// Where the state lives: `PGTMP_DIR` when set, else `${TMPDIR:-/tmp}/pgtmp-<uid>`, falling back
-/// to `/tmp` when TMPDIR is so deep that socket paths would not fit.
-pub fn location(pgtmp_dir: Option<&str>, tmpdir: Option<&str>, uid: u32) -> Result<PathBuf> {
+/// Where root keeps its state directories, one per server account (`pgtmp-root/<account>`):
+/// a directory of root's own that nobody else can write, so that every state directory in it
+/// was made by root and handed over, and root can find them all again (`list`, `stop --all`,
+/// `gc`) without trusting anything another account made.
+pub const ROOT_STATES: &str = "pgtmp-root";
+
+/// Where the state lives: `PGTMP_DIR` when set, else `${TMPDIR:-/tmp}/pgtmp-<uid>`, or for root
+/// `${TMPDIR:-/tmp}/pgtmp-root/<server account>`, falling back to `/tmp` when TMPDIR is so deep
+/// that socket paths would not fit.
+pub fn location(
+    pgtmp_dir: Option<&str>,
+    tmpdir: Option<&str>,
+    uid: u32,
+    server: &str,
+) -> Result<PathBuf> {
     if let Some(dir) = pgtmp_dir.filter(|d| !d.is_empty()) {
         let dir = absolute(Path::new(dir))?;
         if has_comma(&dir) {
@@ -52,14 +64,66 @@ pub fn location(pgtmp_dir: Option<&str>, tmpdir: Option<&str>, uid: u32) -> Resu
         }
         return Ok(dir);
     }
-    let name = format!("pgtmp-{uid}");
-    let base = tmpdir.filter(|t| t.starts_with('/')).unwrap_or("/tmp");
-    let preferred = Path::new(base).join(&name);
+    let name = if uid == 0 {
+        Path::new(ROOT_STATES).join(server)
+    } else {
+        PathBuf::from(format!("pgtmp-{uid}"))
+    };
+    let preferred = Path::new(automatic_base(tmpdir)).join(&name);
     if instance_socket_len(&preferred) <= SOCKET_PATH_MAX && !has_comma(&preferred) {
         Ok(preferred)
     } else {
         Ok(Path::new("/tmp").join(name))
     }
+}
+
+/// TMPDIR when it is absolute, else /tmp: where an automatically placed state directory goes.
+fn automatic_base(tmpdir: Option<&str>) -> &str {
+    tmpdir.filter(|t| t.starts_with('/')).unwrap_or("/tmp")
+}
+
+/// The directories that may hold root's state directories (see [`ROOT_STATES`]): under TMPDIR
+/// and, where TMPDIR is too deep for a socket path, under /tmp.
+pub fn root_states(tmpdir: Option<&str>) -> Vec<PathBuf> {
+    let mut places = vec![Path::new(automatic_base(tmpdir)).join(ROOT_STATES)];
+    let fallback = Path::new("/tmp").join(ROOT_STATES);
+    if !places.contains(&fallback) {
+        places.push(fallback);
+    }
+    places
+}
+
+/// The names (server accounts) of root's state directories in `place`, a directory of root's
+/// own that nobody else can write; nothing when it does not exist, an error when it is not
+/// root's private directory (then none of what it holds is trusted).
+pub fn root_state_names(place: &Path) -> Result<Vec<String>> {
+    let Some(dir) = open_root_states(place)? else {
+        return Ok(Vec::new());
+    };
+    Ok(dir
+        .names()?
+        .into_iter()
+        .filter_map(|name| name.into_string().ok())
+        .collect())
+}
+
+/// Opens root's [`ROOT_STATES`] directory `place` (None when it does not exist), refusing a
+/// symlink and anything but a directory of root's that nobody else can write: another
+/// account could have planted a state directory in that.
+pub fn open_root_states(place: &Path) -> Result<Option<Dir>> {
+    let Some(dir) = Dir::open_if_exists(place)? else {
+        return Ok(None);
+    };
+    let st = dir.stat()?;
+    if st.st_uid != 0 || safefs::mode_of(&st) & 0o022 != 0 {
+        bail!(
+            "{} belongs to uid {} (mode {:o}), not privately to root, so another account could have planted a state directory in it; remove it, or set PGTMP_DIR",
+            place.display(),
+            st.st_uid,
+            safefs::mode_of(&st)
+        );
+    }
+    Ok(Some(dir))
 }
 
 /// True when `path` holds a comma: libpq reads a comma in a URL's host as a list of hosts, so
@@ -68,12 +132,14 @@ pub fn has_comma(path: &Path) -> bool {
     path.as_os_str().as_encoded_bytes().contains(&b',')
 }
 
-/// `location` for the account `uid`, from this process's PGTMP_DIR and TMPDIR.
-pub fn location_for(uid: u32) -> Result<PathBuf> {
+/// `location` of `invoker`'s state for servers run as `server`, from this process's PGTMP_DIR
+/// and TMPDIR.
+pub fn location_for(invoker: &Account, server: &Account) -> Result<PathBuf> {
     location(
         std::env::var("PGTMP_DIR").ok().as_deref(),
         std::env::var("TMPDIR").ok().as_deref(),
-        uid,
+        invoker.uid.as_raw(),
+        &server.name,
     )
 }
 
@@ -227,8 +293,15 @@ impl StateDir {
                 path.display()
             ),
         };
-        let made_parents = topmost_missing(parent);
-        if made_parents.is_some() {
+        let root_states = invoker.is_root()
+            && chosen_automatically()
+            && parent.file_name() == Some(std::ffi::OsStr::new(ROOT_STATES));
+        let made_parents = if root_states {
+            establish_root_states(parent, invoker, server)?.then(|| parent.to_path_buf())
+        } else {
+            topmost_missing(parent)
+        };
+        if made_parents.is_some() && !root_states {
             DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
@@ -354,6 +427,41 @@ impl StateDir {
     }
 }
 
+/// Makes or checks root's [`ROOT_STATES`] directory `place`: root's own, writable by nobody
+/// else, and mode 0711 when made, so that the server accounts can reach their state
+/// directories in it but nobody can list them. True when it made it.
+fn establish_root_states(place: &Path, invoker: &Account, server: &Account) -> Result<bool> {
+    let (Some(base), Some(name)) = (place.parent(), place.file_name()) else {
+        bail!("{} has no parent directory", place.display());
+    };
+    let base_dir = Dir::open(base).with_context(|| {
+        format!(
+            "cannot open the state directory's parent {}",
+            base.display()
+        )
+    })?;
+    judge_parent(base, &base_dir.stat()?, invoker, server).map_err(Problem::into_error)?;
+    match base_dir.make_dir(name, 0o711) {
+        Ok(dir) => {
+            // Whatever the umask: the server accounts must be able to pass through it.
+            if let Err(err) = dir.chmod(0o711) {
+                let _ = base_dir.remove_empty_dir(name);
+                return Err(err);
+            }
+            Ok(true)
+        }
+        Err(err) if !safefs::has_io_kind(&err, std::io::ErrorKind::AlreadyExists) => Err(err
+            .context(format!(
+                "cannot create {}; set PGTMP_DIR to a directory you can write",
+                place.display()
+            ))),
+        Err(_) => {
+            open_root_states(place)?;
+            Ok(false)
+        }
+    }
+}
+
 /// The cluster directory a registration in `dir` names, read with bounds.
 fn read_registration(dir: &Dir, name: &std::ffi::OsStr) -> Result<Option<PathBuf>> {
     Ok(dir
@@ -398,29 +506,50 @@ mod tests {
     #[test]
     fn default_location_uses_tmpdir_and_uid() {
         assert_eq!(
-            location(None, None, 1000).unwrap(),
+            location(None, None, 1000, "me").unwrap(),
             Path::new("/tmp/pgtmp-1000")
         );
         assert_eq!(
-            location(None, Some("/var/tmp"), 0).unwrap(),
-            Path::new("/var/tmp/pgtmp-0")
-        );
-        assert_eq!(
-            location(None, Some("relative"), 7).unwrap(),
+            location(None, Some("relative"), 7, "me").unwrap(),
             Path::new("/tmp/pgtmp-7")
         );
         assert_eq!(
-            location(Some(""), None, 7).unwrap(),
+            location(Some(""), None, 7, "me").unwrap(),
             Path::new("/tmp/pgtmp-7")
         );
     }
 
     #[test]
+    fn root_gets_one_state_directory_per_server_account() {
+        assert_eq!(
+            location(None, Some("/var/tmp"), 0, "postgres").unwrap(),
+            Path::new("/var/tmp/pgtmp-root/postgres")
+        );
+        assert_eq!(
+            location(None, None, 0, "other").unwrap(),
+            Path::new("/tmp/pgtmp-root/other")
+        );
+        // An explicit PGTMP_DIR is one directory, whoever runs the servers.
+        assert_eq!(
+            location(Some("/srv/p"), None, 0, "other").unwrap(),
+            Path::new("/srv/p")
+        );
+        assert_eq!(
+            root_states(Some("/var/tmp")),
+            [
+                Path::new("/var/tmp/pgtmp-root"),
+                Path::new("/tmp/pgtmp-root")
+            ]
+        );
+        assert_eq!(root_states(None), [Path::new("/tmp/pgtmp-root")]);
+    }
+
+    #[test]
     fn commas_are_refused_or_avoided() {
-        let err = location(Some("/srv/a,b"), None, 5).unwrap_err();
+        let err = location(Some("/srv/a,b"), None, 5, "u").unwrap_err();
         assert!(format!("{err:#}").contains("comma"), "{err:#}");
         assert_eq!(
-            location(None, Some("/var/a,b"), 5).unwrap(),
+            location(None, Some("/var/a,b"), 5, "u").unwrap(),
             Path::new("/tmp/pgtmp-5")
         );
     }
@@ -429,7 +558,7 @@ mod tests {
     fn deep_tmpdir_falls_back_to_tmp() {
         let deep = format!("/{}", "d".repeat(120));
         assert_eq!(
-            location(None, Some(&deep), 5).unwrap(),
+            location(None, Some(&deep), 5, "u").unwrap(),
             Path::new("/tmp/pgtmp-5")
         );
     }
@@ -437,11 +566,11 @@ mod tests {
     #[test]
     fn explicit_dir_wins_but_must_fit() {
         assert_eq!(
-            location(Some("/srv/p"), Some("/x"), 5).unwrap(),
+            location(Some("/srv/p"), Some("/x"), 5, "u").unwrap(),
             Path::new("/srv/p")
         );
         let deep = format!("/{}", "d".repeat(120));
-        let err = location(Some(&deep), None, 5).unwrap_err();
+        let err = location(Some(&deep), None, 5, "u").unwrap_err();
         assert!(format!("{err:#}").contains("socket path limit"));
     }
 
@@ -525,7 +654,7 @@ mod tests {
 
     #[test]
     fn socket_paths_fit_for_defaults() {
-        let dir = location(None, None, u32::MAX).unwrap();
+        let dir = location(None, None, u32::MAX, "u").unwrap();
         assert!(instance_socket_len(&dir) <= SOCKET_PATH_MAX);
     }
 }

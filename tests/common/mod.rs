@@ -204,6 +204,13 @@ impl fmt::Display for Invoker {
 /// The account `name`, created (with a home directory, as an ordinary login account) when it
 /// does not exist yet. Only root gets here. Several test binaries may race to create it, so a
 /// failed `useradd` is fine as long as the account exists afterwards.
+/// A further ordinary account `name`, made when missing (e.g. a second server account for
+/// root's `--run-as`): its name and uid.
+pub fn ordinary_account(name: &str) -> (String, u32) {
+    let user = ensure_account(name);
+    (user.name, user.uid.as_raw())
+}
+
 fn ensure_account(name: &str) -> User {
     let lookup = || User::from_name(name).ok().flatten();
     if let Some(user) = lookup() {
