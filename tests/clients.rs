@@ -1,6 +1,9 @@
 //! Real clients: the printed uri, dsn and jdbc forms work from psql, from Python's psycopg
-//! (Debian: python3-psycopg2 or python3-psycopg) and from Java's JDBC driver (Debian:
-//! libpostgresql-jdbc-java, with a JDK for `java File.java`).
+//! (Debian: python3-psycopg2 or python3-psycopg), from Java's JDBC driver (Debian:
+//! libpostgresql-jdbc-java, with a JDK for `java File.java`), from Go's lib/pq and pgx
+//! (Debian: golang-go, golang-github-lib-pq-dev, golang-github-jackc-pgx-v4-dev) and from
+//! node-postgres (npm's `pg`, installed by the test). A TCP cluster serves TLS; a socket one
+//! does not need it.
 //!
 //! In CI (CI=true) every client must be there: .ci/run installs them. Elsewhere a missing
 //! client is reported as a skip.
@@ -11,12 +14,20 @@ mod common;
 use common::*;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 both_invokers!(
     psql_takes_uri_and_dsn,
     psycopg_takes_uri_and_dsn,
-    jdbc_takes_the_jdbc_url
+    jdbc_takes_the_jdbc_url,
+    tcp_serves_tls_and_the_socket_needs_none,
+    go_drivers_take_the_tcp_url,
+    node_postgres_takes_the_tcp_url,
 );
+
+/// What every TLS probe selects: who and where, and whether the session is encrypted.
+const WHO_AND_TLS: &str = "select current_user || ' ' || current_database() || ' ' || \
+     case when ssl then 'tls' else 'plain' end from pg_stat_ssl where pid = pg_backend_pid()";
 
 /// The cluster forms to try: uri and dsn over the socket and over TCP.
 fn uri_and_dsn(sandbox: &Sandbox) -> Vec<(String, String)> {
@@ -142,4 +153,249 @@ fn jdbc_takes_the_jdbc_url(invoker: &Invoker) {
     let out = run(&mut cmd, PGTMP_LIMIT);
     assert!(out.success(), "JDBC with {jdbc}:\n{out}");
     assert_eq!(out.stdout, format!("{} test\n", invoker.name), "{out}");
+}
+
+/// The TCP URL as printed, with `query` (`sslmode=...`) added.
+fn with_query(url: &str, query: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}{query}")
+}
+
+fn tcp_serves_tls_and_the_socket_needs_none(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let who = format!("{} test", invoker.name);
+    let json = sandbox.start(&["-t", "-w", "60", "-F", "json"]);
+    let url = json_field(&json, "url");
+    // psql's default (prefer) picks TLS; require insists on it; disable still connects.
+    for (query, expected) in [
+        (None, "tls"),
+        (Some("sslmode=require"), "tls"),
+        (Some("sslmode=disable"), "plain"),
+    ] {
+        let url = query.map_or(url.clone(), |q| with_query(&url, q));
+        assert_eq!(
+            sandbox.psql(&url, WHO_AND_TLS),
+            format!("{who} {expected}"),
+            "{url}"
+        );
+    }
+    // The certificate is the server's own: a client that trusts it verifies the host too.
+    let cert = format!("{}/server.crt", json_field(&json, "data_dir"));
+    let verified = with_query(&url, &format!("sslmode=verify-full&sslrootcert={cert}"));
+    assert_eq!(sandbox.psql(&verified, WHO_AND_TLS), format!("{who} tls"));
+    // A socket start works as before, without TLS.
+    let socket = sandbox.start(&["-w", "60"]);
+    assert_eq!(sandbox.psql(&socket, WHO_AND_TLS), format!("{who} plain"));
+    // The user's -o wins over pgtmp's ssl=on.
+    let off = sandbox.start(&["-t", "-w", "60", "-o", "-c ssl=off"]);
+    let out = sandbox.try_psql(&with_query(&off, "sslmode=require"), "select 1");
+    assert!(!out.success(), "ssl=off still served TLS:\n{out}");
+    assert_eq!(sandbox.psql(&off, WHO_AND_TLS), format!("{who} plain"));
+}
+
+/// The value of the string field `name` in a JSON object printed by pgtmp.
+fn json_field(json: &str, name: &str) -> String {
+    let value: serde_json::Value =
+        serde_json::from_str(json).unwrap_or_else(|err| panic!("{err}: {json}"));
+    value[name]
+        .as_str()
+        .unwrap_or_else(|| panic!("no string {name} in {json}"))
+        .to_string()
+}
+
+/// Where Debian's golang-*-dev packages put their sources (a GOPATH without modules).
+const GOPATH: &str = "/usr/share/gocode";
+
+const GO_PROBE: &str = r#"
+package main
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"os"
+
+	"github.com/jackc/pgx/v4"
+	_ "github.com/lib/pq"
+)
+
+func main() {
+	line, err := probe(os.Args[1], os.Args[2], os.Args[3])
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", os.Args[1], err)
+		os.Exit(1)
+	}
+	fmt.Println(line)
+}
+
+func probe(driver, url, query string) (line string, err error) {
+	switch driver {
+	case "pq":
+		db, err := sql.Open("postgres", url)
+		if err != nil {
+			return "", err
+		}
+		defer db.Close()
+		err = db.QueryRow(query).Scan(&line)
+		return line, err
+	case "pgx":
+		ctx := context.Background()
+		conn, err := pgx.Connect(ctx, url)
+		if err != nil {
+			return "", err
+		}
+		defer conn.Close(ctx)
+		err = conn.QueryRow(ctx, query).Scan(&line)
+		return line, err
+	}
+	return "", fmt.Errorf("unknown driver %q", driver)
+}
+"#;
+
+/// The Go probe, built once per test process (Go builds are slow) into the shared directory
+/// both invokers can run it from; Go's build cache persists in the target directory. Err says
+/// what is missing.
+fn go_probe() -> Result<PathBuf, (&'static str, &'static str)> {
+    static PROBE: std::sync::OnceLock<Result<PathBuf, (&str, &str)>> = std::sync::OnceLock::new();
+    PROBE.get_or_init(build_go_probe).clone()
+}
+
+fn build_go_probe() -> Result<PathBuf, (&'static str, &'static str)> {
+    let go = Command::new("go")
+        .arg("version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !go.is_ok_and(|s| s.success()) {
+        return Err(("Go", "Debian: apt-get install golang-go"));
+    }
+    let source = |package: &str| PathBuf::from(GOPATH).join("src").join(package).is_dir();
+    if !source("github.com/lib/pq") {
+        return Err((
+            "Go's lib/pq",
+            "Debian: apt-get install golang-github-lib-pq-dev",
+        ));
+    }
+    if !source("github.com/jackc/pgx/v4") {
+        return Err((
+            "Go's pgx",
+            "Debian: apt-get install golang-github-jackc-pgx-v4-dev",
+        ));
+    }
+    let dir = shared_dir().join("go-probe");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("main.go"), GO_PROBE).unwrap();
+    let binary = shared_dir().join("go-probe-bin");
+    let mut build = Command::new("go");
+    build
+        .args(["build", "-o"])
+        .arg(&binary)
+        .arg("main.go")
+        .current_dir(&dir)
+        .env("GOPATH", GOPATH)
+        .env("GO111MODULE", "off")
+        .env("GOFLAGS", "")
+        .env("CGO_ENABLED", "0")
+        .env(
+            "GOCACHE",
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("go-cache"),
+        );
+    let out = run(&mut build, Duration::from_secs(600));
+    assert!(out.success(), "building the Go probe failed:\n{out}");
+    Ok(binary)
+}
+
+fn go_drivers_take_the_tcp_url(invoker: &Invoker) {
+    let probe = match go_probe() {
+        Ok(probe) => probe,
+        Err((program, install)) => return missing(program, install),
+    };
+    let sandbox = Sandbox::new(invoker);
+    let url = sandbox.start(&["-t", "-w", "60"]);
+    let who = format!("{} test", invoker.name);
+    // lib/pq asks for sslmode=require unless told otherwise, pgx for prefer: both get TLS
+    // from the URL as printed. Asking for none works too.
+    for (driver, url, expected) in [
+        ("pq", url.clone(), "tls"),
+        ("pgx", url.clone(), "tls"),
+        ("pq", with_query(&url, "sslmode=disable"), "plain"),
+        ("pgx", with_query(&url, "sslmode=require"), "tls"),
+    ] {
+        let mut cmd = invoker.command(&probe);
+        cmd.args([driver, &url, WHO_AND_TLS]);
+        let out = run(&mut cmd, PSQL_LIMIT);
+        assert!(out.success(), "Go's {driver} with {url}:\n{out}");
+        assert_eq!(out.stdout, format!("{who} {expected}\n"), "{driver}: {out}");
+    }
+}
+
+/// The node-postgres release the test installs.
+const NODE_POSTGRES: &str = "pg@8.23.1";
+
+const NODE_PROBE: &str = r#"
+const { Client } = require('pg');
+const [url, query, tls] = process.argv.slice(2);
+const client = new Client({ connectionString: url, ssl: tls === 'tls' ? { rejectUnauthorized: false } : undefined });
+client.connect()
+  .then(() => client.query({ text: query, rowMode: 'array' }))
+  .then((result) => { console.log(result.rows[0][0]); return client.end(); })
+  .catch((err) => { console.error(err.message); process.exit(1); });
+"#;
+
+/// node-postgres, installed once per test process with npm into the shared directory, from
+/// npm's cache in the target directory when it has it. Err says what is missing.
+fn node_probe() -> Result<PathBuf, (&'static str, &'static str)> {
+    static PROBE: std::sync::OnceLock<Result<PathBuf, (&str, &str)>> = std::sync::OnceLock::new();
+    PROBE.get_or_init(install_node_probe).clone()
+}
+
+fn install_node_probe() -> Result<PathBuf, (&'static str, &'static str)> {
+    for program in ["node", "npm"] {
+        let found = Command::new(program)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if !found.is_ok_and(|s| s.success()) {
+            return Err(("Node.js with npm", "Debian: apt-get install nodejs npm"));
+        }
+    }
+    let dir = shared_dir().join("node-probe");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut install = Command::new("npm");
+    install
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--prefer-offline",
+            "--prefix",
+        ])
+        .arg(&dir)
+        .arg("--cache")
+        .arg(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("npm-cache"))
+        .arg(NODE_POSTGRES);
+    let out = run(&mut install, Duration::from_secs(300));
+    assert!(out.success(), "npm install {NODE_POSTGRES} failed:\n{out}");
+    let probe = dir.join("probe.js");
+    std::fs::write(&probe, NODE_PROBE).unwrap();
+    Ok(probe)
+}
+
+fn node_postgres_takes_the_tcp_url(invoker: &Invoker) {
+    let probe = match node_probe() {
+        Ok(probe) => probe,
+        Err((program, install)) => return missing(program, install),
+    };
+    let sandbox = Sandbox::new(invoker);
+    let url = sandbox.start(&["-t", "-w", "60"]);
+    let who = format!("{} test", invoker.name);
+    // node-postgres uses no TLS unless asked; asked, it gets it.
+    for (tls, expected) in [("plain", "plain"), ("tls", "tls")] {
+        let mut cmd = invoker.command("node");
+        cmd.arg(&probe).args([&url, WHO_AND_TLS, tls]);
+        let out = run(&mut cmd, PSQL_LIMIT);
+        assert!(out.success(), "node-postgres ({tls}) with {url}:\n{out}");
+        assert_eq!(out.stdout, format!("{who} {expected}\n"), "{tls}: {out}");
+    }
 }

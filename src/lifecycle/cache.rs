@@ -35,8 +35,9 @@ use std::time::{Duration, SystemTime};
 /// entry with a loaded schema is larger than a pool entry (75 MB for a small one).
 pub const MAX_READY: usize = 2;
 
-/// Bumped whenever what an entry contains changes, so old entries are never used.
-const ENTRY_FORMAT: &str = "pgtmp-cache-1";
+/// Bumped whenever what an entry contains changes, so old entries are never used (2: a TLS
+/// key and certificate; older entries age out like unused ones).
+const ENTRY_FORMAT: &str = "pgtmp-cache-2";
 const READY: &str = "ready.";
 const BUILDING: &str = "new.";
 const BUILD: &str = "build.";

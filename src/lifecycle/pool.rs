@@ -40,10 +40,11 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_SIZE: usize = 8;
 /// The most PGTMP_POOL_SIZE may say.
 pub const MAX_SIZE: usize = 64;
-/// Bumped whenever what a prepared entry contains changes, so old entries are not reused, or
-/// the files by which a start claims a pre-started server of the pool (3: JSON claims), so
-/// that a start never claims a server whose watchdog reads another format.
-const ENTRY_FORMAT: &str = "3";
+/// Bumped whenever what a prepared entry contains changes, so old entries are not reused (4:
+/// a TLS key and certificate, without which a TCP start serves no TLS), or the files by which
+/// a start claims a pre-started server of the pool (3: JSON claims), so that a start never
+/// claims a server whose watchdog reads another format.
+const ENTRY_FORMAT: &str = "4";
 
 const READY: &str = "ready.";
 /// A ready entry `pgtmp initdb` printed: the next start takes it (see [`Pool::prepare_next`]).

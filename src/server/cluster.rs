@@ -3,6 +3,7 @@
 use crate::os::process;
 use crate::output::exit;
 use crate::server::discover::Installation;
+use crate::server::tls;
 use crate::state::instance::Instance;
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::Signal;
@@ -175,12 +176,24 @@ impl ServerSpec<'_> {
             "-c".to_string(),
             format!("cluster_name=pgtmp-{name}"),
         ];
+        if self.tls() {
+            // Before -o, so that `-o "-c ssl=off"` wins.
+            args.push("-c".to_string());
+            args.push("ssl=on".to_string());
+        }
         for setting in TEST_SETTINGS {
             args.push("-c".to_string());
             args.push((*setting).to_string());
         }
         args.extend(self.options.iter().cloned());
         args
+    }
+
+    /// TLS is served on the TCP listener when the data directory has its certificate (made
+    /// with it, see [`tls::add_certificate`]); a socket start never needs it: clients do not
+    /// use TLS on a Unix socket, and loading the key would only slow the start.
+    fn tls(&self) -> bool {
+        self.tcp && tls::has_certificate(&self.instance.data())
     }
 
     /// Starts postgres with its output appended to `log`. On Linux the server gets SIGQUIT
@@ -386,6 +399,38 @@ mod tests {
                 .contains(&"listen_addresses=127.0.0.1".to_string())
         );
         assert!(!spec.args().iter().any(|a| a.contains('*')));
+    }
+
+    #[test]
+    fn tls_is_on_for_tcp_with_a_certificate_and_options_win() {
+        let install = Installation {
+            bindir: PathBuf::from("/pg/bin"),
+        };
+        let root = tempfile::tempdir().unwrap();
+        let instance = Instance::new(root.path());
+        let options = split_options(&["-c ssl=off".to_string()]).unwrap();
+        let spec = ServerSpec {
+            install: &install,
+            instance: &instance,
+            socket_dir: &instance.dir,
+            port: 5432,
+            tcp: true,
+            options: &options,
+        };
+        let ssl_on = |spec: &ServerSpec| spec.args().iter().position(|a| a == "ssl=on");
+        assert_eq!(ssl_on(&spec), None, "no certificate, no TLS");
+        std::fs::create_dir(instance.data()).unwrap();
+        for file in [tls::CERT_FILE, tls::KEY_FILE] {
+            std::fs::write(instance.data().join(file), "pem").unwrap();
+        }
+        let at = ssl_on(&spec).expect("TCP with a certificate serves TLS");
+        let off = spec.args().iter().position(|a| a == "ssl=off").unwrap();
+        assert!(at < off, "-o comes after ssl=on, so it wins");
+        assert_eq!(
+            ssl_on(&ServerSpec { tcp: false, ..spec }),
+            None,
+            "socket only"
+        );
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! Preparing a data directory: initdb, pg_hba.conf, and the `test` database, ready to start.
+//! Preparing a data directory: initdb, pg_hba.conf, the TLS certificate, and the `test`
+//! database, ready to start.
 
 use crate::os::process;
 use crate::server::discover::Installation;
 use crate::server::shm;
+use crate::server::tls;
 use crate::state::instance::Instance;
 use anyhow::{Context, Result, bail};
 use std::fs;
@@ -29,9 +31,10 @@ pub fn prepare(install: &Installation, instance: &Instance, user: &str) -> Resul
     instance.write_marker()
 }
 
-/// Runs initdb into `instance.dir` (existing and empty) and writes pg_hba.conf, but creates no
-/// database `test`: the first start must create it (see [`create_test_sql`]). This is the
-/// fastest way to a startable cluster when nothing is prepared.
+/// Runs initdb into `instance.dir` (existing and empty), writes pg_hba.conf and adds the TLS
+/// certificate (see [`tls::add_certificate`]), but creates no database `test`: the first
+/// start must create it (see [`create_test_sql`]). This is the fastest way to a startable
+/// cluster when nothing is prepared.
 pub fn prepare_without_test(install: &Installation, instance: &Instance, user: &str) -> Result<()> {
     init_cluster(install, instance, user)?;
     instance.write_marker()
@@ -83,6 +86,7 @@ fn init_cluster(install: &Installation, instance: &Instance, user: &str) -> Resu
     }
     let hba = data.join("pg_hba.conf");
     fs::write(&hba, PG_HBA).with_context(|| format!("cannot write {}", hba.display()))?;
+    tls::add_certificate(install, &data)?;
     crate::os::testpause::point("initialized");
     Ok(())
 }

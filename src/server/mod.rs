@@ -1,8 +1,9 @@
 //! Driving PostgreSQL itself: finding the installations, initdb, the postgres command line and its
-//! start and stop, the probe session, and the server's shared memory.
+//! start and stop, the probe session, the server's shared memory and its TLS certificate.
 
 pub mod client;
 pub mod cluster;
 pub mod discover;
 pub mod initdb;
 pub mod shm;
+pub mod tls;

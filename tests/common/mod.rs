@@ -282,6 +282,14 @@ fn shared_binary() -> &'static Path {
     })
 }
 
+/// A directory that every account can read and enter, removed when the test process exits
+/// (it holds the shared binary): for programs a test builds once and runs as either invoker.
+pub fn shared_dir() -> &'static Path {
+    shared_binary()
+        .parent()
+        .expect("the shared binary is in a directory")
+}
+
 // ---------------------------------------------------------------------------------------------
 // Running programs
 
