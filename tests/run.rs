@@ -15,6 +15,7 @@ use std::time::Duration;
 both_invokers!(
     cmd_gets_the_cluster,
     tcp_cmd_gets_a_password,
+    sslmode_that_works_is_kept,
     exit_status_passes_through,
     cmd_that_cannot_run,
     signals_are_passed_on,
@@ -89,6 +90,39 @@ psql -XAt "$DATABASE_URL" -c "select 'url ok'""#;
         fields[3]
     );
     sandbox.assert_nothing_left("after pgtmp run -t");
+}
+
+/// The caller's PGSSLMODE is kept when every cluster can meet it (`disable`, `prefer`,
+/// `require`: a TCP cluster serves TLS, a socket needs none) and removed when it asks to verify
+/// a certificate nobody signed.
+fn sslmode_that_works_is_kept(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let script = r#"printf '%s ' "${PGSSLMODE-unset}"
+psql -XAt -c "select case when ssl then 'tls' else 'plain' end from pg_stat_ssl where pid = pg_backend_pid()""#;
+    for (tcp, mode, expected) in [
+        (true, "disable", "disable plain"),
+        (true, "require", "require tls"),
+        (true, "verify-full", "unset tls"),
+        (false, "require", "require plain"),
+    ] {
+        let mut cmd = sandbox.pgtmp();
+        cmd.env("PGSSLMODE", mode).arg("run");
+        if tcp {
+            cmd.arg("-t");
+        }
+        cmd.args(["--", "sh", "-c", script]);
+        let out = run(&mut cmd, PGTMP_LIMIT);
+        assert!(
+            out.success() && out.stderr.is_empty(),
+            "PGSSLMODE={mode}:\n{out}"
+        );
+        assert_eq!(
+            out.stdout,
+            format!("{expected}\n"),
+            "PGSSLMODE={mode}, tcp {tcp}"
+        );
+    }
+    sandbox.assert_nothing_left("after pgtmp run with PGSSLMODE");
 }
 
 fn exit_status_passes_through(invoker: &Invoker) {

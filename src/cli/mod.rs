@@ -259,7 +259,8 @@ pub enum Command {
     ///
     /// CMD gets DATABASE_URL, PGHOST, PGPORT, PGUSER, PGDATABASE and, with -t, PGPASSWORD and
     /// JDBC_DATABASE_URL, so a bare `psql` connects; libpq variables that would point elsewhere (PGHOSTADDR,
-    /// PGSERVICE, PGSSLMODE...) are removed. CMD runs as the invoking account, root included;
+    /// PGSERVICE...) are removed, and so is a PGSSLMODE other than disable, allow, prefer or
+    /// require (a TCP cluster serves TLS). CMD runs as the invoking account, root included;
     /// only the server runs as an unprivileged account. The cluster is stopped and removed when
     /// CMD exits, whatever the reason: SIGINT, SIGTERM and SIGHUP sent to pgtmp are passed on
     /// to CMD (a terminal's Ctrl-C reaches it directly) and pgtmp waits for it; should pgtmp

@@ -25,7 +25,7 @@ use crate::server::discover::{self, Installation};
 use anyhow::{Context, Result, anyhow, bail};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitStatus, waitpid};
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io::{ErrorKind, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
@@ -46,19 +46,33 @@ const CAUGHT: [Signal; 4] = [
 ];
 
 /// libpq variables of the caller that would point CMD's clients somewhere else than the
-/// cluster (or demand SSL, which it does not offer).
+/// cluster, or make them refuse it (GSSAPI encryption it does not offer, a certificate
+/// authority it was not signed by). PGSSLMODE is among them only with a value in none of
+/// [`SSLMODES_KEPT`].
 const REDIRECTING: &[&str] = &[
     "PGHOSTADDR",
     "PGSERVICE",
     "PGSERVICEFILE",
     "PGPASSWORD",
-    "PGSSLMODE",
-    "PGREQUIRESSL",
     "PGGSSENCMODE",
     "PGREQUIREAUTH",
     "PGTARGETSESSIONATTRS",
     "PGCHANNELBINDING",
 ];
+
+/// The PGSSLMODE values that work with every cluster, so CMD keeps them: a TCP cluster serves
+/// TLS (with a certificate nobody signed, so `verify-ca` and `verify-full` fail), and clients
+/// use none on a Unix socket. PGREQUIRESSL=1 says `require` in libpq's older words.
+const SSLMODES_KEPT: &[&str] = &["disable", "allow", "prefer", "require"];
+
+/// True when the caller's `name`=`value` would send CMD's clients elsewhere or make them fail.
+fn redirects(name: &str, value: &OsStr) -> bool {
+    match name {
+        "PGSSLMODE" => !SSLMODES_KEPT.iter().any(|kept| value == *kept),
+        "PGREQUIRESSL" => value != "0" && value != "1",
+        _ => REDIRECTING.contains(&name),
+    }
+}
 
 pub fn run(mut args: RunArgs, global: &GlobalArgs) -> Result<()> {
     // The format only shapes the line that says where a kept (-k) cluster is. Without -k
@@ -182,8 +196,10 @@ fn run_once(request: &StartRequest, program: &OsString, arguments: &[OsString]) 
 
     let mut cmd = Command::new(program);
     cmd.args(arguments);
-    for name in REDIRECTING {
-        cmd.env_remove(name);
+    for (name, value) in std::env::vars_os() {
+        if redirects(&name.to_string_lossy(), &value) {
+            cmd.env_remove(name);
+        }
     }
     cmd.envs(cluster.environment());
     let status = match cmd.spawn() {
@@ -417,6 +433,19 @@ fn finish(cluster: &Cluster, holder: Holder, keep: bool, format: Format) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_sslmodes_that_cannot_work_are_removed() {
+        for mode in ["disable", "allow", "prefer", "require"] {
+            assert!(!redirects("PGSSLMODE", OsStr::new(mode)), "{mode}");
+        }
+        for mode in ["verify-ca", "verify-full", "", "REQUIRE"] {
+            assert!(redirects("PGSSLMODE", OsStr::new(mode)), "{mode:?}");
+        }
+        assert!(!redirects("PGREQUIRESSL", OsStr::new("1")));
+        assert!(redirects("PGHOSTADDR", OsStr::new("192.0.2.1")));
+        assert!(!redirects("PGAPPNAME", OsStr::new("mine")));
+    }
 
     #[test]
     fn statuses_follow_the_shell() {
