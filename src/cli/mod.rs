@@ -342,7 +342,7 @@ impl GlobalArgs {
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct StartArgs {
-    /// Listen on a free TCP port on 127.0.0.1 (password required) instead of only a Unix socket
+    /// Listen on a free TCP port on 127.0.0.1 (password required, TLS offered) instead of only a Unix socket
     #[arg(short = 't', long = "tcp", env = "PGTMP_TCP", value_parser = parse_switch)]
     pub tcp: bool,
 
