@@ -103,7 +103,7 @@ fn pg_dump_file_loads(invoker: &Invoker) {
     if test_bindir().is_some() && out.stderr.contains("server version mismatch") {
         return cannot_run_here(&format!(
             "pg_dump on PATH refuses PGTMP_TEST_BINDIR's newer server: {}",
-            out.stderr.trim()
+            out.stderr.trim().replace('\n', "; ")
         ));
     }
     assert!(out.success(), "pg_dump:\n{out}");
