@@ -216,6 +216,8 @@ fn no_postgresql_found(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
     let mut cmd = Invoker::current().command("unshare");
     sandbox.pgtmp_env(&mut cmd);
+    // Discovery on this machine: the PGTMP_TEST_BINDIR under test would be used instead.
+    cmd.env_remove("PGTMP_BINDIR");
     cmd.env("PATH", "/usr/bin:/bin").args([
         "--mount",
         "sh",

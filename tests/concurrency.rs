@@ -86,8 +86,12 @@ fn eight_concurrent_starts_without_a_pool(invoker: &Invoker) {
     check_distinct_and_isolated(&sandbox, &urls);
 }
 
-/// The installed PostgreSQL's bin directory (the one pgtmp finds first on this machine).
+/// The bin directory under test: PGTMP_TEST_BINDIR, else the installed PostgreSQL's (the one
+/// pgtmp finds first on this machine).
 fn real_bindir() -> PathBuf {
+    if let Some(dir) = test_bindir() {
+        return dir.to_path_buf();
+    }
     let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
         .flatten()

@@ -1040,7 +1040,7 @@ fn secrets_stay_secret(invoker: &Invoker) {
         .find(|u| u.uid.as_raw() != invoker.uid && u.uid.as_raw() != server_uid)
         .expect("no third account to try connecting as");
     let socket_url = socket_url_for(&invoker.name, &dir, parse_tcp_url(&url).port);
-    let mut psql = Command::new("psql");
+    let mut psql = Command::new(client("psql"));
     psql.args(["-X", "-At", "-c", "select 1", &socket_url])
         .uid(other.uid.as_raw())
         .gid(other.gid.as_raw())

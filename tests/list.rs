@@ -188,7 +188,15 @@ fn doctor_explains_and_changes_nothing(invoker: &Invoker) {
     assert!(out.success(), "{out}");
     let text = &out.stdout;
     assert!(text.contains("pass  installation: "), "{text}");
-    assert!(text.contains("<- used"), "{text}");
+    match test_bindir() {
+        // Named by PGTMP_BINDIR: not among the installations discovery lists.
+        Some(dir) => assert!(
+            text.contains(&format!("pass  installation: {}", dir.display()))
+                && text.contains("named by --bindir/PGTMP_BINDIR"),
+            "{text}"
+        ),
+        None => assert!(text.contains("<- used"), "{text}"),
+    }
     assert!(
         text.contains(&format!("PGTMP_DIR {}", sandbox.pgtmp_dir.display())),
         "{text}"

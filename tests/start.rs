@@ -69,6 +69,16 @@ fn socket_url_contract(invoker: &Invoker) {
     );
 
     assert_eq!(sandbox.psql(&url, "select 1"), "1");
+    if let Some(major) = test_major() {
+        assert_eq!(
+            sandbox.psql(
+                &url,
+                "select current_setting('server_version_num')::int / 10000"
+            ),
+            major.to_string(),
+            "the server is PGTMP_TEST_BINDIR's PostgreSQL {major}"
+        );
+    }
     let who = sandbox.psql(
         &url,
         "select current_user, current_database(), \
@@ -90,7 +100,7 @@ fn socket_url_contract(invoker: &Invoker) {
     );
 
     // The role is the login name, so plain `psql -h DIR test` works too.
-    let mut plain = invoker.command("psql");
+    let mut plain = invoker.command(client("psql"));
     plain
         .args(["-X", "-At", "-h"])
         .arg(&dir)

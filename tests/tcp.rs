@@ -50,6 +50,22 @@ fn tcp_url_contract(invoker: &Invoker) {
         format!("{}|test", invoker.name)
     );
     assert_eq!(sandbox.psql(&first, "show listen_addresses"), "127.0.0.1");
+    // On every major (13's password_encryption is md5): a SCRAM verifier, SCRAM host rules.
+    assert_eq!(
+        sandbox.psql(
+            &first,
+            "select rolpassword like 'SCRAM-SHA-256$%' from pg_authid where rolname = current_user"
+        ),
+        "t",
+        "the password is stored as a SCRAM verifier"
+    );
+    assert_eq!(
+        sandbox.psql(
+            &first,
+            "select string_agg(distinct auth_method, ',') from pg_hba_file_rules where type = 'host'"
+        ),
+        "scram-sha-256"
+    );
     let dir = dir_listening_on(&sandbox, a.port);
     let postmaster = postmaster_pid(&dir).expect("no postmaster.pid");
     assert_eq!(

@@ -173,14 +173,17 @@ impl Invoker {
             .expect("neither 'postgres' nor 'nobody' exists to run the server as")
     }
 
-    /// A command run as this account, with the caller's PG* variables removed and `/` as its
-    /// working directory.
+    /// A command run as this account, with the caller's PG* variables removed (but
+    /// PGTMP_BINDIR naming the [`test_bindir`], if any) and `/` as its working directory.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
         let mut cmd = Command::new(program);
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("PG") {
                 cmd.env_remove(key);
             }
+        }
+        if let Some(bindir) = test_bindir() {
+            cmd.env("PGTMP_BINDIR", bindir);
         }
         cmd.current_dir("/");
         if self.switched {
@@ -288,6 +291,100 @@ pub fn shared_dir() -> &'static Path {
     shared_binary()
         .parent()
         .expect("the shared binary is in a directory")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The PostgreSQL under test
+
+/// The server binaries under test: `$PGTMP_TEST_BINDIR` (e.g. a build of another major that
+/// scripts/test-versions fetched), which every pgtmp the suite runs gets as PGTMP_BINDIR; None
+/// when unset: the installation pgtmp finds on this machine. Checked once (see [`check_bindir`]).
+pub fn test_bindir() -> Option<&'static Path> {
+    Some(tested()?.0.as_path())
+}
+
+/// The major version of the [`test_bindir`], if one is set.
+pub fn test_major() -> Option<u32> {
+    Some(tested()?.1)
+}
+
+/// A client program (`psql`, `pg_dump`): the one in the [`test_bindir`] if it has one, else
+/// the one on PATH.
+pub fn client(program: &str) -> PathBuf {
+    test_bindir()
+        .map(|dir| dir.join(program))
+        .filter(|path| path.is_file())
+        .unwrap_or_else(|| PathBuf::from(program))
+}
+
+fn tested() -> Option<&'static (PathBuf, u32)> {
+    static TESTED: OnceLock<Option<(PathBuf, u32)>> = OnceLock::new();
+    TESTED
+        .get_or_init(|| {
+            let dir = std::env::var_os("PGTMP_TEST_BINDIR").filter(|d| !d.is_empty())?;
+            Some(check_bindir(Path::new(&dir)))
+        })
+        .as_ref()
+}
+
+/// Checks that PGTMP_TEST_BINDIR holds a PostgreSQL server that every account the suite runs
+/// servers as can run (as root: the ordinary and attacker accounts, and `postgres`); returns
+/// its absolute path and major version. Panics saying what to do otherwise.
+fn check_bindir(dir: &Path) -> (PathBuf, u32) {
+    let var = format!("PGTMP_TEST_BINDIR={}", dir.display());
+    let programs = ["postgres", "initdb"];
+    let dir = fs::canonicalize(dir).ok().filter(|dir| {
+        programs
+            .iter()
+            .all(|p| fs::metadata(dir.join(p)).is_ok_and(|m| m.is_file()))
+    });
+    let Some(dir) = dir else {
+        panic!(
+            "{var} is not a directory holding PostgreSQL's postgres and initdb; point it at a \
+             server bin directory (`pg_config --bindir`), or let scripts/test-versions fetch one"
+        );
+    };
+    // `PROGRAM --version`'s output, or why it failed.
+    let version = |cmd: &mut Command| match cmd.arg("--version").current_dir("/").output() {
+        Ok(out) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+        Ok(out) => Err(format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )),
+        Err(err) => Err(err.to_string()),
+    };
+    let text = version(&mut Command::new(dir.join("postgres")))
+        .unwrap_or_else(|err| panic!("{var}: its postgres does not run: {err}"));
+    let major = text
+        .split_whitespace()
+        .find_map(|word| word.split(['.', 'b', 'r']).next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{var}: no version in `postgres --version`: {text:?}"));
+    if Uid::current().is_root() {
+        let (server, _) = Invoker::current().server_account();
+        let accounts = [Invoker::ordinary(), Invoker::attacker()]
+            .into_iter()
+            .flatten()
+            .map(|invoker| invoker.name)
+            .chain([server]);
+        for name in accounts {
+            let user = User::from_name(&name).ok().flatten().unwrap();
+            for program in programs {
+                let mut cmd = Command::new(dir.join(program));
+                cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+                if let Err(err) = version(&mut cmd) {
+                    panic!(
+                        "{var}: the account {name} cannot run {program} there, and the suite \
+                         runs servers as {name} too; make the installation readable by every \
+                         account (chmod -R a+rX on it, a+x on each directory above it: not under \
+                         a private home such as /root), or let scripts/test-versions fetch it \
+                         (its cache is readable by all): {err}"
+                    );
+                }
+            }
+        }
+    }
+    (dir, major)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -891,7 +988,7 @@ impl Sandbox {
 
     /// psql as the invoker: `psql -X -At -v ON_ERROR_STOP=1 URL`.
     pub fn psql_command(&self, url: &str) -> Command {
-        let mut cmd = self.invoker.command("psql");
+        let mut cmd = self.invoker.command(client("psql"));
         self.mark(&mut cmd);
         cmd.args(["-X", "-At", "-v", "ON_ERROR_STOP=1", url]);
         cmd
@@ -1165,7 +1262,7 @@ fn make_writable(root: &Path) {
 fn require_client() {
     static CHECKED: OnceLock<()> = OnceLock::new();
     CHECKED.get_or_init(|| {
-        let ok = Command::new("psql")
+        let ok = Command::new(client("psql"))
             .arg("--version")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
