@@ -2,10 +2,7 @@
 //! it its own -w and -k; TCP ones hand out their password once; unclaimed ones stop by
 //! themselves and leave nothing; bad settings are refused.
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;

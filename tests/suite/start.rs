@@ -1,10 +1,7 @@
 //! `pgtmp [start]`: the URL contract on the Unix socket, handing control back at once, the
 //! caller's PG* variables, who owns and runs what, and `pgtmp initdb`.
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;

@@ -5,10 +5,7 @@
 //! Points inside a start are hit deterministically with the test-only `PGTMP_TEST_PAUSE=<phase>`
 //! (pgtmp stops itself with SIGSTOP there; see src/testpause.rs).
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use nix::sys::signal::Signal;
 use std::collections::BTreeSet;
 use std::fs;

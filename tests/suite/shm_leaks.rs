@@ -6,10 +6,7 @@
 //! totals: the segments checked are those the killed backend had made and mapped, read from
 //! /proc just before the kill.
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use std::collections::BTreeSet;

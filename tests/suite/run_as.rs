@@ -2,10 +2,7 @@
 //! own `pgtmp-root/`, starts as any account in any order, and `list`, `stop`, `stop --all` and
 //! `gc` finding all of root's clusters without `--run-as` being repeated. Root only.
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use nix::sys::signal::Signal;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

@@ -2,10 +2,7 @@
 //! when done; never shown when stderr is not a terminal (the start contract stays one line on
 //! stdout and nothing on stderr).
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 
 both_invokers!(progress_on_a_terminal, no_progress_off_a_terminal);
 

@@ -1,10 +1,7 @@
 //! `pgtmp list`, `pgtmp stop --all` and `pgtmp doctor`: seeing and stopping what runs, and
 //! explaining the set-up without changing anything.
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -8,10 +8,7 @@
 //! In CI (CI=true) every client must be there: .ci/run installs them. Elsewhere a missing
 //! client is reported as a skip.
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;

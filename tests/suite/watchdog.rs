@@ -1,10 +1,7 @@
 //! The watchdog: idle timeout with and without clients, its invisible probe, surviving the
 //! caller's signals, cleaning up after a dead postmaster, and `-k`.
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use nix::sys::signal::Signal;
 use std::fs;
 use std::os::unix::process::ExitStatusExt;

@@ -2,10 +2,7 @@
 //! and no cluster left behind on any exit path (CMD exits, CMD is killed, pgtmp is signalled
 //! or killed, CMD cannot be run).
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use nix::sys::signal::Signal;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

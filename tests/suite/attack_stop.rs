@@ -3,10 +3,7 @@
 //! nothing hangs or reads without end. Also -k on either side of `stop`, and `stop --all`
 //! stopping clusters at once rather than one after another.
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -1,10 +1,7 @@
 //! Bad input: one line on stderr starting with `pgtmp: error:`, exit 2 for usage errors and 1
 //! for runtime failures, and nothing left behind (no instance directory, no process).
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::fs;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;

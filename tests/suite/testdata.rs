@@ -1,9 +1,6 @@
 //! Test data: `-f` schema files, `--now`, `pgtmp clone`, `pgtmp schema` and the schema cache.
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -2,10 +2,7 @@
 //! are copies of a per-installation template, the timing trace says which path a start took,
 //! and pools of installations that are gone get removed.
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

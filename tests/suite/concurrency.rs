@@ -1,10 +1,7 @@
 //! Eight starts at once in one PGTMP_DIR, from a filled pool and without one: eight distinct,
 //! working, isolated clusters.
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::PermissionsExt;

@@ -4,10 +4,7 @@
 //! npm that .ci/run fetches with scripts/fetch-pg into PGTMP_VERSIONS_CACHE
 //! (default /tmp/pgtmp-pg-versions).
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::path::PathBuf;
 
 both_invokers!(

@@ -3,10 +3,7 @@
 //! directory someone else made, or one others can write, is never adopted; a lost mkdir race
 //! is detected. Each test checks that what was planted kept its owner, mode and contents.
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};

@@ -7,10 +7,7 @@
 //! Debian packages: ruby-pg, python3-psycopg2, libpostgresql-jdbc-java and a JDK; .ci/run
 //! installs them, and in CI (CI=true) a missing one fails instead of skipping.
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::process::Stdio;
 
 both_invokers!(

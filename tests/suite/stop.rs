@@ -1,10 +1,7 @@
 //! `pgtmp stop URL | -d DIR`: stop a cluster now and remove it (keep it with -k); only the
 //! invoking account's clusters.
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -2,10 +2,7 @@
 //! started and works from psql and the shell, including for a directory whose path needs
 //! quoting.
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::path::Path;
 
 both_invokers!(

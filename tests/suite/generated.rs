@@ -1,7 +1,7 @@
 //! The man page and shell completions are generated from the clap definition; this test fails
 //! when the committed copies differ. Regenerate with:
 //!
-//!     PGTMP_REGENERATE=1 cargo test --test generated
+//!     PGTMP_REGENERATE=1 cargo test --test suite generated::
 
 use clap::CommandFactory;
 use clap_complete::Shell;
@@ -203,7 +203,7 @@ fn check(path: &Path, expected: &str) {
     let committed = std::fs::read_to_string(path).unwrap_or_default();
     assert!(
         committed == expected,
-        "{} is out of date with the command line; run: PGTMP_REGENERATE=1 cargo test --test generated",
+        "{} is out of date with the command line; run: PGTMP_REGENERATE=1 cargo test --test suite generated::",
         path.display()
     );
 }

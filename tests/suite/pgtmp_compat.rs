@@ -2,10 +2,7 @@
 //! -w (waiting for clients) on either side, `selftest`, and directories pg_tmp made are taken
 //! over by `pgtmp -d`.
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;

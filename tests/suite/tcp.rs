@@ -1,10 +1,7 @@
 //! `pgtmp -t` and `-p PORT`: loopback-only TCP with a fresh password per cluster, while the
 //! Unix socket stays trust-authenticated.
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::path::PathBuf;
 
 both_invokers!(tcp_url_contract, fixed_port_implies_tcp);

@@ -3,10 +3,7 @@
 //! (`ulimit -u`) or open files (`ulimit -n`). Each fails with one line naming the problem and
 //! the fix, or works; nothing is left in PGTMP_DIR either way.
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
