@@ -174,7 +174,7 @@ fn another_accounts_fake_cluster_is_refused() {
     };
     let sandbox = Sandbox::new(&invoker);
     // PGTMP_DIR exists, as it does for anyone who has used pgtmp.
-    let url = sandbox.start(&["-w", "60"]);
+    let url = sandbox.start(&["-w", UNTIL_STOPPED]);
     let victim = victim(&invoker);
     let fake = sandbox.path("fake");
     let state = state_naming(victim.pid(), invoker.uid, &invoker.name);
@@ -206,7 +206,7 @@ fn another_accounts_fake_cluster_is_refused() {
 /// nowhere (planted, say, by a script), is not one of its clusters either.
 fn a_planted_copy_of_the_invokers_own_is_refused(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let url = sandbox.start(&["-w", "60"]);
+    let url = sandbox.start(&["-w", UNTIL_STOPPED]);
     let victim = victim(invoker);
     let planted = sandbox.path("planted");
     // The account pgtmp runs as, which owns its clusters.
@@ -257,7 +257,7 @@ fn server_invoker(root: &Invoker) -> Invoker {
 /// directory), so pgtmp signals nothing and says why; the cluster runs on.
 fn an_edited_state_file_signals_nobody_else(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let url = sandbox.start(&["-w", "60"]);
+    let url = sandbox.start(&["-w", UNTIL_STOPPED]);
     let dir = parse_socket_url(&url).dir;
     let victim = victim(invoker);
     let state_path = dir.join("pgtmp.state");
@@ -297,7 +297,7 @@ fn planted_registrations_neither_hang_nor_flood() {
         return cannot_run_here("needs root, whose PGTMP_DIR belongs to another account");
     }
     let sandbox = Sandbox::new(&root);
-    let url = sandbox.start(&["-w", "60"]);
+    let url = sandbox.start(&["-w", UNTIL_STOPPED]);
     let dir = parse_socket_url(&url).dir;
     let server = server_invoker(&root);
     let p = sandbox.pgtmp_dir.display();
@@ -350,8 +350,8 @@ fn stop_keeps_with_k_on_either_side(invoker: &Invoker) {
     ];
     for (n, (elsewhere, form)) in forms.into_iter().enumerate() {
         let url = match elsewhere {
-            Some(dir) => sandbox.start(&["-w", "60", "-d", dir]),
-            None => sandbox.start(&["-w", "60"]),
+            Some(dir) => sandbox.start(&["-w", UNTIL_STOPPED, "-d", dir]),
+            None => sandbox.start(&["-w", UNTIL_STOPPED]),
         };
         let dir = parse_socket_url(&url).dir;
         sandbox.psql(&url, &format!("create table kept{n} (x int)"));
@@ -372,7 +372,7 @@ fn stop_keeps_with_k_on_either_side(invoker: &Invoker) {
             "pgtmp {args:?} removed {}",
             dir.display()
         );
-        let again = sandbox.start(&["-w", "60", "-d", dir.to_str().unwrap()]);
+        let again = sandbox.start(&["-w", UNTIL_STOPPED, "-d", dir.to_str().unwrap()]);
         assert_eq!(
             sandbox.psql(&again, &format!("select count(*) from kept{n}")),
             "0",
@@ -394,13 +394,15 @@ fn stop_all_stops_at_once() {
     let invoker = Invoker::current();
     let sandbox = Sandbox::new(&invoker);
     let single = {
-        let url = sandbox.start(&["-w", "60"]);
+        let url = sandbox.start(&["-w", UNTIL_STOPPED]);
         let started = Instant::now();
         let out = sandbox.run(&["stop", &url]);
         assert!(out.success(), "{out}");
         started.elapsed()
     };
-    let urls: Vec<String> = (0..8).map(|_| sandbox.start(&["-w", "60"])).collect();
+    let urls: Vec<String> = (0..8)
+        .map(|_| sandbox.start(&["-w", UNTIL_STOPPED]))
+        .collect();
     let pids: Vec<i32> = urls
         .iter()
         .map(|url| postmaster_pid(&parse_socket_url(url).dir).unwrap())

@@ -64,7 +64,7 @@ fn usage_errors(invoker: &Invoker) {
         .and_then(|text| text.trim().parse::<u16>().ok())
         .unwrap_or(1024);
     if lowest > 80 {
-        let out = sandbox.run(&["-p", "80", "-w", "20"]);
+        let out = sandbox.run(&["-p", "80", "-w", UNTIL_STOPPED]);
         let line = check_failed(&out, 2);
         assert!(
             line.contains("privileged") && line.contains(&format!("{lowest} or above")),
@@ -79,7 +79,7 @@ fn port_in_use(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
     let holder = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = holder.local_addr().unwrap().port().to_string();
-    let out = sandbox.run(&["-p", &port, "-w", "20"]);
+    let out = sandbox.run(&["-p", &port, "-w", UNTIL_STOPPED]);
     let line = check_failed(&out, 1);
     assert!(
         line.contains(&port) && line.contains("in use"),
@@ -91,7 +91,7 @@ fn port_in_use(invoker: &Invoker) {
 /// `-o` with a setting postgres rejects: the error shows postgres' FATAL line.
 fn option_rejected_by_postgres(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let out = sandbox.run(&["-o", "-c nonsense=1", "-w", "20"]);
+    let out = sandbox.run(&["-o", "-c nonsense=1", "-w", UNTIL_STOPPED]);
     let line = check_failed(&out, 1);
     assert!(
         line.contains("FATAL") && line.contains("nonsense"),
@@ -106,7 +106,7 @@ fn dir_naming_a_file(invoker: &Invoker) {
     let file = sandbox.path("a-file");
     fs::write(&file, "precious\n").unwrap();
     give_to(&file, invoker);
-    let out = sandbox.run(&["-d", file.to_str().unwrap(), "-w", "20"]);
+    let out = sandbox.run(&["-d", file.to_str().unwrap(), "-w", UNTIL_STOPPED]);
     let line = check_failed(&out, 1);
     assert!(
         line.contains(file.to_str().unwrap()),
@@ -125,7 +125,7 @@ fn dir_naming_a_foreign_directory(invoker: &Invoker) {
     give_to(&dir, invoker);
     give_to(&dir.join("holiday.jpg"), invoker);
     let mode = fs::metadata(&dir).unwrap().permissions().mode();
-    let out = sandbox.run(&["-d", dir.to_str().unwrap(), "-w", "20"]);
+    let out = sandbox.run(&["-d", dir.to_str().unwrap(), "-w", UNTIL_STOPPED]);
     let line = check_failed(&out, 1);
     assert!(
         line.contains(dir.to_str().unwrap()),
@@ -152,7 +152,7 @@ fn unwritable_pgtmp_dir(invoker: &Invoker) {
         sandbox
             .pgtmp()
             .env("PGTMP_DIR", &read_only)
-            .args(["-w", "20"]),
+            .args(["-w", UNTIL_STOPPED]),
         PGTMP_LIMIT,
     );
     let line = check_failed(&out, 1);
@@ -168,7 +168,7 @@ fn unwritable_pgtmp_dir(invoker: &Invoker) {
 /// `--bindir` (and PGTMP_BINDIR) naming a directory that does not exist.
 fn missing_bindir(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let out = sandbox.run(&["--bindir", "/nonexistent/pg/bin", "-w", "20"]);
+    let out = sandbox.run(&["--bindir", "/nonexistent/pg/bin", "-w", UNTIL_STOPPED]);
     let line = check_failed(&out, 1);
     assert!(
         line.contains("/nonexistent/pg/bin"),
@@ -178,7 +178,7 @@ fn missing_bindir(invoker: &Invoker) {
         sandbox
             .pgtmp()
             .env("PGTMP_BINDIR", "/nonexistent/pg/bin")
-            .args(["-w", "20"]),
+            .args(["-w", UNTIL_STOPPED]),
         PGTMP_LIMIT,
     );
     let line = check_failed(&out, 1);
@@ -231,7 +231,7 @@ fn no_postgresql_found(invoker: &Invoker) {
             .env("USER", &invoker.name)
             .env("LOGNAME", &invoker.name);
     }
-    cmd.arg(invoker.bin()).args(["-w", "20"]);
+    cmd.arg(invoker.bin()).args(["-w", UNTIL_STOPPED]);
     let out = run(&mut cmd, PGTMP_LIMIT);
     assert!(
         !matches!(out.code(), Some(97 | 98)),
@@ -292,7 +292,7 @@ fn options_that_move_the_server(invoker: &Invoker) {
     ];
     for (option, instead) in cases {
         for args in [
-            &["-w", "20", "-o", option][..],
+            &["-w", UNTIL_STOPPED, "-o", option][..],
             &["run", "-o", option, "--", "true"],
         ] {
             let out = sandbox.run(args);
@@ -308,13 +308,13 @@ fn options_that_move_the_server(invoker: &Invoker) {
         sandbox
             .pgtmp()
             .env("PGTMP_OPTIONS", "-c port=6000")
-            .args(["-w", "20"]),
+            .args(["-w", UNTIL_STOPPED]),
         PGTMP_LIMIT,
     );
     check_failed(&out, 2);
     sandbox.assert_nothing_left("PGTMP_OPTIONS='-c port=6000' pgtmp");
     // Other settings still work.
-    let url = sandbox.start(&["-w", "20", "-o", "-c work_mem=8MB"]);
+    let url = sandbox.start(&["-w", UNTIL_STOPPED, "-o", "-c work_mem=8MB"]);
     assert_eq!(sandbox.psql(&url, "show work_mem"), "8MB");
 }
 
@@ -333,7 +333,7 @@ fn uid_without_a_passwd_entry() {
         .expect("a free uid");
     let sandbox = Sandbox::new(&invoker);
     fs::set_permissions(&sandbox.root, fs::Permissions::from_mode(0o777)).unwrap();
-    for args in [&["-w", "20"][..], &["initdb"]] {
+    for args in [&["-w", UNTIL_STOPPED][..], &["initdb"]] {
         let mut cmd = sandbox.pgtmp();
         cmd.uid(uid).gid(uid).args(args);
         let out = run(&mut cmd, PGTMP_LIMIT);
@@ -365,12 +365,12 @@ fn unusable_pgtmp_dir_made_by_root_is_removed() {
         sandbox
             .pgtmp()
             .env("PGTMP_DIR", &pgtmp_dir)
-            .args(["-w", "20"]),
+            .args(["-w", UNTIL_STOPPED]),
         PGTMP_LIMIT,
     );
     let mut by_tmpdir = sandbox.pgtmp();
     by_tmpdir.env_remove("PGTMP_DIR").env("TMPDIR", &locked);
-    let by_tmpdir = run(by_tmpdir.args(["-w", "20"]), PGTMP_LIMIT);
+    let by_tmpdir = run(by_tmpdir.args(["-w", UNTIL_STOPPED]), PGTMP_LIMIT);
     for (out, named) in [
         (by_pgtmp_dir, pgtmp_dir.clone()),
         (
@@ -408,7 +408,7 @@ fn run_as_from_the_environment_is_for_root(invoker: &Invoker) {
         sandbox
             .pgtmp()
             .env("PGTMP_RUN_AS", &other)
-            .args(["-w", "20"]),
+            .args(["-w", UNTIL_STOPPED]),
         PGTMP_LIMIT,
     );
     let url = check_started(&out, invoker);
@@ -425,7 +425,7 @@ fn run_as_from_the_environment_is_for_root(invoker: &Invoker) {
     );
     assert_eq!(sandbox.psql(&url, "select 1"), "1");
     if !invoker.is_root() {
-        let out = sandbox.run(&["--run-as", &other, "-w", "20"]);
+        let out = sandbox.run(&["--run-as", &other, "-w", UNTIL_STOPPED]);
         let line = check_failed(&out, 2);
         assert!(line.contains("--run-as"), "{line}");
     }
@@ -470,7 +470,10 @@ fn switch_variables_take_the_usual_spellings(invoker: &Invoker) {
     }
     for name in ["PGTMP_TCP", "PGTMP_KEEP", "PGTMP_NO_CACHE"] {
         let out = run(
-            sandbox.pgtmp().env(name, "maybe").args(["-w", "20"]),
+            sandbox
+                .pgtmp()
+                .env(name, "maybe")
+                .args(["-w", UNTIL_STOPPED]),
             PGTMP_LIMIT,
         );
         let line = check_failed(&out, 2);
@@ -486,7 +489,7 @@ fn switch_variables_take_the_usual_spellings(invoker: &Invoker) {
 fn paths_with_a_comma(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
     let dir = sandbox.path("a,b");
-    let out = sandbox.run(&["-d", dir.to_str().unwrap(), "-w", "20"]);
+    let out = sandbox.run(&["-d", dir.to_str().unwrap(), "-w", UNTIL_STOPPED]);
     let line = check_failed(&out, 2);
     assert!(line.contains("comma") && line.contains("a,b"), "{line}");
     assert!(!dir.exists(), "pgtmp -d {} made it", dir.display());
@@ -494,7 +497,10 @@ fn paths_with_a_comma(invoker: &Invoker) {
 
     let state = sandbox.path("c,d");
     let out = run(
-        sandbox.pgtmp().env("PGTMP_DIR", &state).args(["-w", "20"]),
+        sandbox
+            .pgtmp()
+            .env("PGTMP_DIR", &state)
+            .args(["-w", UNTIL_STOPPED]),
         PGTMP_LIMIT,
     );
     let line = check_failed(&out, 1);
@@ -632,7 +638,7 @@ fn include_the_server_account_cannot_reach() {
     )
     .unwrap();
     let main_arg = main.to_str().unwrap();
-    let out = sandbox.run(&["-w", "20", "-f", main_arg]);
+    let out = sandbox.run(&["-w", UNTIL_STOPPED, "-f", main_arg]);
     let line = check_failed(&out, 1);
     let (account, _) = invoker.server_account();
     assert!(
@@ -646,6 +652,6 @@ fn include_the_server_account_cannot_reach() {
     );
     sandbox.assert_nothing_left("an unreachable include");
     fs::set_permissions(&private, fs::Permissions::from_mode(0o711)).unwrap();
-    let url = sandbox.start(&["-w", "20", "-f", main_arg]);
+    let url = sandbox.start(&["-w", UNTIL_STOPPED, "-f", main_arg]);
     assert_eq!(sandbox.psql(&url, "select count(*) from included"), "0");
 }

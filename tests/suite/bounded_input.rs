@@ -37,7 +37,7 @@ fn schema_files_must_be_regular_files(invoker: &Invoker) {
     for (path, kind) in &cases {
         let context = format!("-f {}", path.display());
         let out = run(
-            sandbox.pgtmp().args(["-w", "30", "-f", arg(path)]),
+            sandbox.pgtmp().args(["-w", UNTIL_STOPPED, "-f", arg(path)]),
             REFUSAL_LIMIT,
         );
         let line = check_failed(&out, 2);
@@ -59,7 +59,7 @@ fn a_symlink_to_a_schema_file_is_fine(invoker: &Invoker) {
     fs::write(&file, "create table linked (id int);\n").unwrap();
     let link = sandbox.path("link.sql");
     std::os::unix::fs::symlink(&file, &link).unwrap();
-    let url = sandbox.start(&["-w", "30", "-f", arg(&link)]);
+    let url = sandbox.start(&["-w", UNTIL_STOPPED, "-f", arg(&link)]);
     assert_eq!(
         sandbox.psql(&url, "select count(*) from linked"),
         "0",
@@ -157,7 +157,7 @@ fn too_few_processes() {
         return;
     };
     let sandbox = Sandbox::with_pool(&invoker, 1);
-    let url = sandbox.start(&["-w", "30"]);
+    let url = sandbox.start(&["-w", UNTIL_STOPPED]);
     sandbox.wait_for_full_pool(1, PGTMP_LIMIT);
     assert!(sandbox.run(&["stop", &url]).success());
     let mut refused = Vec::new();
@@ -165,7 +165,11 @@ fn too_few_processes() {
         empty_pool(&sandbox);
         let limit = tasks_of(invoker.uid) + extra;
         let context = format!("ulimit -u {limit} ({extra} above what runs)");
-        let out = run_limited(&sandbox, &format!("--nproc={limit}"), "-w 30");
+        let out = run_limited(
+            &sandbox,
+            &format!("--nproc={limit}"),
+            &format!("-w {UNTIL_STOPPED}"),
+        );
         if let Some(line) = check_limited(&sandbox, &out, &context) {
             refused.push(line);
         }
@@ -184,13 +188,17 @@ fn too_few_open_files() {
         return;
     };
     let sandbox = Sandbox::with_pool(&invoker, 1);
-    let url = sandbox.start(&["-w", "30"]);
+    let url = sandbox.start(&["-w", UNTIL_STOPPED]);
     sandbox.wait_for_full_pool(1, PGTMP_LIMIT);
     assert!(sandbox.run(&["stop", &url]).success());
     for limit in [5, 10, 20, 40] {
         empty_pool(&sandbox);
         let context = format!("ulimit -n {limit}");
-        let out = run_limited(&sandbox, &format!("--nofile={limit}"), "-w 30");
+        let out = run_limited(
+            &sandbox,
+            &format!("--nofile={limit}"),
+            &format!("-w {UNTIL_STOPPED}"),
+        );
         let line = check_limited(&sandbox, &out, &context);
         assert!(
             line.as_deref()
@@ -199,7 +207,7 @@ fn too_few_open_files() {
         );
     }
     empty_pool(&sandbox);
-    let out = run_limited(&sandbox, "--nofile=10:4096", "-w 30");
+    let out = run_limited(&sandbox, "--nofile=10:4096", &format!("-w {UNTIL_STOPPED}"));
     assert!(out.success(), "a soft limit of 10 was not raised: {out}");
     check_limited(&sandbox, &out, "ulimit -Sn 10");
 }

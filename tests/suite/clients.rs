@@ -31,7 +31,7 @@ fn uri_and_dsn(sandbox: &Sandbox) -> Vec<(String, String)> {
     let mut forms = Vec::new();
     for tcp in [false, true] {
         for format in ["uri", "dsn"] {
-            let mut args = vec!["-w", "60", "-F", format];
+            let mut args = vec!["-w", UNTIL_STOPPED, "-F", format];
             if tcp {
                 args.push("-t");
             }
@@ -144,7 +144,7 @@ fn jdbc_takes_the_jdbc_url(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
     let probe = sandbox.path("Probe.java");
     std::fs::write(&probe, JDBC_PROBE).unwrap();
-    let jdbc = sandbox.start(&["-t", "-w", "60", "-F", "jdbc"]);
+    let jdbc = sandbox.start(&["-t", "-w", UNTIL_STOPPED, "-F", "jdbc"]);
     let mut cmd = invoker.command("java");
     cmd.arg("-cp").arg(&jar).arg(&probe).arg(&jdbc);
     let out = run(&mut cmd, PGTMP_LIMIT);
@@ -161,7 +161,7 @@ fn with_query(url: &str, query: &str) -> String {
 fn tcp_serves_tls_and_the_socket_needs_none(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
     let who = format!("{} test", invoker.name);
-    let json = sandbox.start(&["-t", "-w", "60", "-F", "json"]);
+    let json = sandbox.start(&["-t", "-w", UNTIL_STOPPED, "-F", "json"]);
     let url = json_field(&json, "url");
     // psql's default (prefer) picks TLS; require insists on it; disable still connects.
     for (query, expected) in [
@@ -181,10 +181,10 @@ fn tcp_serves_tls_and_the_socket_needs_none(invoker: &Invoker) {
     let verified = with_query(&url, &format!("sslmode=verify-full&sslrootcert={cert}"));
     assert_eq!(sandbox.psql(&verified, WHO_AND_TLS), format!("{who} tls"));
     // A socket start works as before, without TLS.
-    let socket = sandbox.start(&["-w", "60"]);
+    let socket = sandbox.start(&["-w", UNTIL_STOPPED]);
     assert_eq!(sandbox.psql(&socket, WHO_AND_TLS), format!("{who} plain"));
     // The user's -o wins over pgtmp's ssl=on.
-    let off = sandbox.start(&["-t", "-w", "60", "-o", "-c ssl=off"]);
+    let off = sandbox.start(&["-t", "-w", UNTIL_STOPPED, "-o", "-c ssl=off"]);
     let out = sandbox.try_psql(&with_query(&off, "sslmode=require"), "select 1");
     assert!(!out.success(), "ssl=off still served TLS:\n{out}");
     assert_eq!(sandbox.psql(&off, WHO_AND_TLS), format!("{who} plain"));
@@ -308,7 +308,7 @@ fn go_drivers_take_the_tcp_url(invoker: &Invoker) {
         Err((program, install)) => return missing(program, install),
     };
     let sandbox = Sandbox::new(invoker);
-    let url = sandbox.start(&["-t", "-w", "60"]);
+    let url = sandbox.start(&["-t", "-w", UNTIL_STOPPED]);
     let who = format!("{} test", invoker.name);
     // lib/pq asks for sslmode=require unless told otherwise, pgx for prefer: both get TLS
     // from the URL as printed. Asking for none works too.
@@ -385,7 +385,7 @@ fn node_postgres_takes_the_tcp_url(invoker: &Invoker) {
         Err((program, install)) => return missing(program, install),
     };
     let sandbox = Sandbox::new(invoker);
-    let url = sandbox.start(&["-t", "-w", "60"]);
+    let url = sandbox.start(&["-t", "-w", UNTIL_STOPPED]);
     let who = format!("{} test", invoker.name);
     // node-postgres uses no TLS unless asked; asked, it gets it.
     for (tls, expected) in [("plain", "plain"), ("tls", "tls")] {

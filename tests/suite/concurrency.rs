@@ -20,7 +20,7 @@ const STARTS: usize = 8;
 
 /// Spawns pgtmp STARTS times at the same moment and returns the URLs.
 fn start_all_at_once(sandbox: &Sandbox) -> Vec<String> {
-    sandbox.start_at_once(STARTS, &["-w", "30"])
+    sandbox.start_at_once(STARTS, &["-w", UNTIL_STOPPED])
 }
 
 /// Distinct URLs and directories, each cluster usable, and a table made in one absent from
@@ -107,16 +107,21 @@ fn real_bindir() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
-/// A bin directory like `real`'s whose initdb first sleeps `seconds`.
-fn slow_initdb_bindir(dir: &Path, real: &Path, seconds: u32) {
+/// A bin directory like `real`'s whose initdb first waits until a line can be read from the
+/// FIFO `gate`: it runs only once the test lets it.
+fn gated_initdb_bindir(dir: &Path, real: &Path, gate: &Path) {
     std::fs::create_dir(dir).unwrap();
     for entry in std::fs::read_dir(real).unwrap().flatten() {
         if entry.file_name() != "initdb" {
             std::os::unix::fs::symlink(entry.path(), dir.join(entry.file_name())).unwrap();
         }
     }
+    nix::unistd::mkfifo(gate, nix::sys::stat::Mode::empty()).unwrap();
+    // Read by the account initdb runs as (the server account, for root).
+    std::fs::set_permissions(gate, std::fs::Permissions::from_mode(0o666)).unwrap();
     let script = format!(
-        "#!/bin/sh\nsleep {seconds}\nexec {} \"$@\"\n",
+        "#!/bin/sh\nread go < '{}'\nexec {} \"$@\"\n",
+        gate.display(),
         real.join("initdb").display()
     );
     std::fs::write(dir.join("initdb"), script).unwrap();
@@ -126,33 +131,51 @@ fn slow_initdb_bindir(dir: &Path, real: &Path, seconds: u32) {
 /// A start that runs initdb in the foreground (nothing prepared yet) holds up no `pgtmp gc`:
 /// the PGTMP_DIR gate is held only while the start claims its directory's name, not across
 /// the initdb. And gc leaves that directory alone: the start then works.
+///
+/// The initdb is held until gc has finished, so a gc that waited for it would never finish
+/// (and one that gave up waiting fails).
 fn gc_never_waits_for_a_foreground_initdb(invoker: &Invoker) {
-    const DELAY: u32 = 6;
     let sandbox = Sandbox::new(invoker);
-    let bindir = sandbox.path("slowbin");
-    slow_initdb_bindir(&bindir, &real_bindir(), DELAY);
+    let bindir = sandbox.path("gatedbin");
+    let gate = sandbox.path("initdb-gate");
+    gated_initdb_bindir(&bindir, &real_bindir(), &gate);
     let mut start = sandbox
         .pgtmp()
-        .args(["-w", "20", "--bindir", bindir.to_str().unwrap()])
+        .args(["-w", UNTIL_STOPPED, "--bindir", bindir.to_str().unwrap()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let gated = bindir.join("initdb").to_string_lossy().into_owned();
     assert!(
-        wait_until(Duration::from_secs(20), || !sandbox
-            .instance_dirs()
-            .is_empty()),
-        "the start made no directory"
+        wait_until(PGTMP_LIMIT, || {
+            !sandbox.instance_dirs().is_empty()
+                && sandbox.procs().iter().any(|p| p.cmdline.contains(&gated))
+        }),
+        "the start made no directory, or never ran its initdb"
     );
     let before = Instant::now();
     let gc = sandbox.run(&["gc"]);
     let took = before.elapsed();
     assert!(gc.success(), "{gc}");
     assert!(
-        took < Duration::from_secs(u64::from(DELAY) - 2),
-        "gc waited {took:?} for a start's initdb"
+        gc.stdout.is_empty(),
+        "gc removed what the start is making:\n{gc}"
     );
-    let status = wait_child(&mut start, PGTMP_LIMIT, "the slow start");
+    assert!(
+        start.try_wait().unwrap().is_none(),
+        "the start ended before its initdb was let run"
+    );
+    eprintln!("gc finished in {took:?} while the start's initdb was held");
+    // Opened for reading and writing, which never blocks: the initdb's shell reads the line.
+    let mut release = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&gate)
+        .unwrap();
+    std::io::Write::write_all(&mut release, b"go\n").unwrap();
+    let status = wait_child(&mut start, PGTMP_LIMIT, "the held start");
+    drop(release);
     let mut url = String::new();
     std::io::Read::read_to_string(&mut start.stdout.take().unwrap(), &mut url).unwrap();
     assert!(status.success(), "the start failed after gc ran beside it");

@@ -112,8 +112,24 @@ impl Segments {
     }
 }
 
-/// The pids of a process's children.
+/// The pids of a process's children: from the kernel's lists of its threads' children (a
+/// small read; the watch below asks every few milliseconds), else, on a kernel without those
+/// lists, by looking at the parent of every process.
 fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let lists: Vec<String> = tasks
+        .flatten()
+        .filter_map(|task| fs::read_to_string(task.path().join("children")).ok())
+        .collect();
+    if !lists.is_empty() {
+        return lists
+            .iter()
+            .flat_map(|list| list.split_whitespace())
+            .filter_map(|child| child.parse().ok())
+            .collect();
+    }
     fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -289,14 +305,25 @@ impl Background {
 }
 
 /// Waits until a process of the sandbox has stopped itself at a PGTMP_TEST_PAUSE phase.
-fn paused_process(sandbox: &Sandbox, phase: &str) -> i32 {
+///
+/// `near` (pgtmp, or the shell running it) and its children are looked at in every poll, so a
+/// pgtmp that stops is seen at once (some phases are followed by an idle timeout of seconds);
+/// every process of the sandbox, which takes far longer to find, in every tenth (the watchdog
+/// is detached, nobody's child).
+fn paused_process(sandbox: &Sandbox, near: i32, phase: &str) -> i32 {
+    let stopped = |pid: &i32| proc_state(*pid) == Some('T');
     let mut pid = None;
+    let mut polls = 0;
     let found = wait_until(PGTMP_LIMIT, || {
-        pid = sandbox
-            .procs()
-            .iter()
-            .map(|p| p.pid)
-            .find(|&p| proc_state(p) == Some('T'));
+        polls += 1;
+        pid = std::iter::once(near)
+            .chain(children_of(near))
+            .find(stopped)
+            .or_else(|| {
+                (polls % 10 == 0)
+                    .then(|| sandbox.procs().iter().map(|p| p.pid).find(stopped))
+                    .flatten()
+            });
         pid.is_some()
     });
     assert!(found, "no process stopped at phase {phase}");
@@ -308,7 +335,7 @@ fn start_paused(sandbox: &Sandbox, args: &[&str], phase: &str) -> (Background, i
     let mut cmd = sandbox.pgtmp();
     cmd.args(args).env("PGTMP_TEST_PAUSE", phase);
     let background = Background::spawn(cmd);
-    let paused = paused_process(sandbox, phase);
+    let paused = paused_process(sandbox, background.pid(), phase);
     (background, paused)
 }
 
@@ -320,7 +347,7 @@ fn start_paused(sandbox: &Sandbox, args: &[&str], phase: &str) -> (Background, i
 fn killed_watchdog_takes_its_server_down(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
     let watch = ShmWatch::new(&sandbox);
-    let url = sandbox.start(&["-w", "60"]);
+    let url = sandbox.start(&["-w", UNTIL_STOPPED]);
     let dir = parse_socket_url(&url).dir;
     watch.record(&dir);
     let postmaster = postmaster_pid(&dir).expect("no postmaster.pid");
@@ -347,7 +374,7 @@ fn killed_watchdog_takes_its_server_down(invoker: &Invoker) {
 fn killed_postmaster_leaves_nothing(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
     let watch = ShmWatch::new(&sandbox);
-    let url = sandbox.start(&["-w", "60"]);
+    let url = sandbox.start(&["-w", UNTIL_STOPPED]);
     let dir = parse_socket_url(&url).dir;
     let postmaster = postmaster_pid(&dir).expect("no postmaster.pid");
     let mut client = sandbox
@@ -412,7 +439,7 @@ fn pgtmp_killed_before_the_watchdog_exists(invoker: &Invoker) {
                 );
             }
             let watch = ShmWatch::new(&sandbox);
-            let (pgtmp, paused) = start_paused(&sandbox, &["-w", "60"], phase);
+            let (pgtmp, paused) = start_paused(&sandbox, &["-w", UNTIL_STOPPED], phase);
             assert_eq!(paused, pgtmp.pid(), "{context}: the wrong process stopped");
             let dir = sandbox.only_instance();
             signal(paused, Signal::SIGKILL);
@@ -450,7 +477,7 @@ fn pgtmp_killed_after_the_server_is_ready(invoker: &Invoker) {
 fn pgtmp_killed_while_preparing_a_directory(invoker: &Invoker) {
     let sandbox = Sandbox::with_pool(invoker, 0);
     let watch = ShmWatch::new(&sandbox);
-    let (pgtmp, paused) = start_paused(&sandbox, &["-w", "60"], "initialized");
+    let (pgtmp, paused) = start_paused(&sandbox, &["-w", UNTIL_STOPPED], "initialized");
     assert_eq!(paused, pgtmp.pid(), "the wrong process stopped");
     let dir = sandbox.only_instance();
     signal(paused, Signal::SIGKILL);
@@ -460,13 +487,17 @@ fn pgtmp_killed_while_preparing_a_directory(invoker: &Invoker) {
 
     let given = sandbox.path("given");
     let given_arg = given.to_str().unwrap();
-    let (pgtmp, paused) = start_paused(&sandbox, &["-w", "60", "-d", given_arg], "initialized");
+    let (pgtmp, paused) = start_paused(
+        &sandbox,
+        &["-w", UNTIL_STOPPED, "-d", given_arg],
+        "initialized",
+    );
     signal(paused, Signal::SIGKILL);
     let (_, sig, stdout, _) = pgtmp.finish();
     assert_eq!(sig, Some(9));
     assert!(stdout.is_empty(), "printed {stdout:?}");
     assert!(given.join("PGTMP.preparing").is_file() && given.join("data/PG_VERSION").is_file());
-    let url = sandbox.start(&["-w", "60", "-d", given_arg]);
+    let url = sandbox.start(&["-w", UNTIL_STOPPED, "-d", given_arg]);
     assert_eq!(
         sandbox.psql(
             &url,
@@ -491,7 +522,7 @@ fn watchdog_killed_during_the_start(invoker: &Invoker) {
         let context = format!("watchdog killed at {phase}");
         let sandbox = Sandbox::new(invoker);
         let watch = ShmWatch::new(&sandbox);
-        let (pgtmp, watchdog) = start_paused(&sandbox, &["-w", "60"], phase);
+        let (pgtmp, watchdog) = start_paused(&sandbox, &["-w", UNTIL_STOPPED], phase);
         assert_ne!(watchdog, pgtmp.pid(), "{context}: pgtmp itself stopped");
         let dir = sandbox.only_instance();
         watch.record(&dir);
@@ -576,7 +607,7 @@ fn signals_to_the_callers_group(invoker: &Invoker) {
             shell.env("PGTMP_TEST_PAUSE", phase);
             let shell = Background::spawn(shell);
             let group = shell.pid();
-            paused_process(&sandbox, phase);
+            paused_process(&sandbox, group, phase);
             let group = nix::unistd::Pid::from_raw(group);
             nix::sys::signal::killpg(group, sig).expect("cannot signal the group");
             let _ = nix::sys::signal::killpg(group, Signal::SIGCONT);
@@ -672,7 +703,7 @@ fn parallel_starts_with_concurrent_gc(invoker: &Invoker) {
                 removed
             })
         };
-        let urls = sandbox.start_at_once(8, &["-w", "60"]);
+        let urls = sandbox.start_at_once(8, &["-w", UNTIL_STOPPED]);
         for url in &urls {
             assert_eq!(sandbox.psql(url, "select 1"), "1", "round {round}");
         }
@@ -989,7 +1020,7 @@ fn shared_memory_exhausted(invoker: &Invoker) {
 /// the Unix socket.
 fn secrets_stay_secret(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let url = sandbox.start(&["-t", "-w", "30"]);
+    let url = sandbox.start(&["-t", "-w", UNTIL_STOPPED]);
     let password = parse_tcp_url(&url).password;
     assert_eq!(sandbox.psql(&url, "select 1"), "1");
     let dir = sandbox.only_instance();

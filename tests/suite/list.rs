@@ -31,8 +31,8 @@ fn list_shows_running_clusters(invoker: &Invoker) {
     assert!(out.success() && out.stdout.is_empty(), "{out}");
     assert!(!sandbox.pgtmp_dir.exists(), "pgtmp list created PGTMP_DIR");
 
-    let socket_url = sandbox.start(&["-w", "60"]);
-    let tcp_url = sandbox.start(&["-t", "-w", "60"]);
+    let socket_url = sandbox.start(&["-w", UNTIL_STOPPED]);
+    let tcp_url = sandbox.start(&["-t", "-w", UNTIL_STOPPED]);
     let mut session = sandbox.psql_session(&socket_url);
     assert_eq!(session.query_line("select 1;"), "1");
 
@@ -103,7 +103,7 @@ fn list_shows_running_clusters(invoker: &Invoker) {
 /// list skips it instead of failing.
 fn list_tolerates_clusters_in_odd_states(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let url = sandbox.start(&["-w", "60"]);
+    let url = sandbox.start(&["-w", UNTIL_STOPPED]);
     let running = parse_socket_url(&url).dir;
     let (_, server_uid) = invoker.server_account();
     for (name, state) in [
@@ -139,9 +139,9 @@ fn stop_all_stops_everything(invoker: &Invoker) {
     );
     let elsewhere = sandbox.path("elsewhere");
     let urls = [
-        sandbox.start(&["-w", "60"]),
+        sandbox.start(&["-w", UNTIL_STOPPED]),
         sandbox.start(&["-t", "-w", "0"]),
-        sandbox.start(&["-k", "-w", "60", "-d", elsewhere.to_str().unwrap()]),
+        sandbox.start(&["-k", "-w", UNTIL_STOPPED, "-d", elsewhere.to_str().unwrap()]),
     ];
     assert_eq!(list_json(&sandbox).len(), 3);
     let pids: Vec<i32> = sandbox
@@ -215,7 +215,7 @@ fn doctor_explains_and_changes_nothing(invoker: &Invoker) {
     assert!(!sandbox.pgtmp_dir.exists(), "doctor created PGTMP_DIR");
     sandbox.assert_no_process(&sandbox.root, "after pgtmp doctor");
     // With a pool whose refill failed, doctor says so.
-    let _url = sandbox.start(&["-w", "60"]);
+    let _url = sandbox.start(&["-w", UNTIL_STOPPED]);
     let pools = sandbox.pgtmp_dir.join("pool");
     fs::create_dir_all(pools.join("0123456789abcdef")).unwrap();
     fs::write(
@@ -296,7 +296,7 @@ fn bad_variables_stop_starts_only(invoker: &Invoker) {
             sandbox
                 .pgtmp()
                 .env("PGTMP_TIMEOUT", "soon")
-                .args(["-w", "30"]),
+                .args(["-w", UNTIL_STOPPED]),
             PGTMP_LIMIT,
         ),
         invoker,

@@ -39,7 +39,7 @@ fn initdb_prepares_the_entry_the_next_start_takes(invoker: &Invoker) {
         sandbox.instance_dirs()
     );
     let inode = fs::metadata(&entry).unwrap().ino();
-    let url = sandbox.start(&["-w", "20"]);
+    let url = sandbox.start(&["-w", UNTIL_STOPPED]);
     let dir = parse_socket_url(&url).dir;
     assert_eq!(
         fs::metadata(&dir).unwrap().ino(),
@@ -51,7 +51,7 @@ fn initdb_prepares_the_entry_the_next_start_takes(invoker: &Invoker) {
     // pg_tmp's `pg_tmp -d "$(pg_tmp initdb)"` would start the entry where it lies, where another
     // start could claim it: refused, naming the way that works.
     let again = PathBuf::from(check_started(&sandbox.run(&["initdb"]), invoker));
-    let out = sandbox.run(&["-d", again.to_str().unwrap(), "-w", "20"]);
+    let out = sandbox.run(&["-d", again.to_str().unwrap(), "-w", UNTIL_STOPPED]);
     let line = check_failed(&out, 2);
     assert!(
         line.contains("pool") && line.contains("run `pgtmp`"),
@@ -77,7 +77,7 @@ fn initdb_keeps_the_pool_within_its_size(invoker: &Invoker) {
     assert_eq!(clusters.len(), 3, "{clusters:?}");
     let last = printed.last().unwrap();
     let inode = fs::metadata(last).unwrap().ino();
-    let url = sandbox.start(&["-w", "20"]);
+    let url = sandbox.start(&["-w", UNTIL_STOPPED]);
     assert_eq!(
         fs::metadata(parse_socket_url(&url).dir).unwrap().ino(),
         inode,
@@ -109,7 +109,7 @@ fn stop_w_waits_until_no_client_is_connected(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
     let dir = sandbox.path("cluster");
     let dir_arg = dir.to_str().unwrap();
-    let url = sandbox.start(&["-w", "60", "-d", dir_arg]);
+    let url = sandbox.start(&["-w", UNTIL_STOPPED, "-d", dir_arg]);
     let postmaster = postmaster_pid(&dir).expect("no postmaster.pid");
     let mut client = sandbox.psql_session(&url);
     assert_eq!(client.query_line("select 1;"), "1");
@@ -144,7 +144,7 @@ fn stop_w_waits_until_no_client_is_connected(invoker: &Invoker) {
 /// call, as pg_tmp's loop sleeps before it looks; a -w that is not a number is refused.
 fn stop_w_after_stop_checks_after_the_interval(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let url = sandbox.start(&["-w", "60"]);
+    let url = sandbox.start(&["-w", UNTIL_STOPPED]);
     let dir = parse_socket_url(&url).dir;
     let line = check_failed(&sandbox.run(&["stop", "-w", "abc", &url]), 2);
     assert!(line.contains("-w") && line.contains("seconds"), "{line}");
@@ -335,7 +335,7 @@ fn a_directory_pg_tmp_made_and_ran_is_carried_over(invoker: &Invoker) {
     );
     pg_ctl_stop(invoker, &data);
     let dir_arg = dir.to_str().unwrap();
-    let url = sandbox.start(&["-d", dir_arg, "-w", "60"]);
+    let url = sandbox.start(&["-d", dir_arg, "-w", UNTIL_STOPPED]);
     assert_eq!(parse_socket_url(&url).dir, dir);
     assert_eq!(sandbox.psql(&url, "select x from carried"), "42");
     assert!(dir.join("data/PG_VERSION").is_file() && !data.exists());
@@ -346,7 +346,7 @@ fn a_directory_pg_tmp_made_and_ran_is_carried_over(invoker: &Invoker) {
         "the cluster taken over from pg_tmp should be kept"
     );
     // Started again, it is pgtmp's own now.
-    let url = sandbox.start(&["-d", dir_arg, "-w", "60"]);
+    let url = sandbox.start(&["-d", dir_arg, "-w", UNTIL_STOPPED]);
     assert_eq!(sandbox.psql(&url, "select x from carried"), "42");
     let out = sandbox.run(&["stop", "-d", dir_arg]);
     assert!(out.success() && dir.join("data").is_dir(), "{out}");
@@ -359,7 +359,7 @@ fn a_directory_pg_tmp_prepared_starts_and_tcp_asks_for_the_password(invoker: &In
     let sandbox = Sandbox::new(invoker);
     let dir = sandbox.path("prepared");
     pg_tmp_initdb(invoker, &dir);
-    let url = sandbox.start(&["-t", "-d", dir.to_str().unwrap(), "-w", "60"]);
+    let url = sandbox.start(&["-t", "-d", dir.to_str().unwrap(), "-w", UNTIL_STOPPED]);
     assert_eq!(sandbox.psql(&url, "select current_database()"), "test");
     let tcp = parse_tcp_url(&url);
     let without = format!(
@@ -384,7 +384,7 @@ fn a_directory_pg_tmp_runs_in_is_refused_untouched(invoker: &Invoker) {
     let dir = sandbox.path("running");
     let data = pg_tmp_initdb(invoker, &dir);
     pg_tmp_start(invoker, &dir, &data);
-    let out = sandbox.run(&["-d", dir.to_str().unwrap(), "-w", "60"]);
+    let out = sandbox.run(&["-d", dir.to_str().unwrap(), "-w", UNTIL_STOPPED]);
     let line = check_failed(&out, 1);
     assert!(
         line.contains("runs in") && line.contains("stop it first"),

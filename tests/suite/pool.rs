@@ -47,7 +47,7 @@ fn traced_start(sandbox: &Sandbox, args: &[&str]) -> (String, Vec<String>) {
 
 fn first_start_runs_initdb_later_ones_copy_the_template(invoker: &Invoker) {
     let sandbox = Sandbox::with_pool(invoker, 1);
-    let (url, phases) = traced_start(&sandbox, &["-w", "30"]);
+    let (url, phases) = traced_start(&sandbox, &["-w", UNTIL_STOPPED]);
     assert!(phases.contains(&"initdb".into()), "{phases:?}");
     assert_eq!(sandbox.psql(&url, "select current_database()"), "test");
     sandbox.wait_for_full_pool(1, Duration::from_secs(60));
@@ -61,9 +61,9 @@ fn first_start_runs_initdb_later_ones_copy_the_template(invoker: &Invoker) {
     // template in the foreground, not run initdb.
     let lock = fs::File::open(pool.join("lock")).unwrap();
     let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
-    let (first, phases) = traced_start(&sandbox, &["-w", "30"]);
+    let (first, phases) = traced_start(&sandbox, &["-w", UNTIL_STOPPED]);
     assert!(phases.contains(&"claim".into()), "{phases:?}");
-    let (second, phases) = traced_start(&sandbox, &["-w", "30"]);
+    let (second, phases) = traced_start(&sandbox, &["-w", UNTIL_STOPPED]);
     assert!(phases.contains(&"copy".into()), "{phases:?}");
     assert!(!phases.contains(&"initdb".into()), "{phases:?}");
     drop(held);
@@ -91,7 +91,7 @@ fn first_start_runs_initdb_later_ones_copy_the_template(invoker: &Invoker) {
 
 fn trace_names_every_phase_on_stderr_only(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let (url, phases) = traced_start(&sandbox, &["-t", "-w", "30"]);
+    let (url, phases) = traced_start(&sandbox, &["-t", "-w", UNTIL_STOPPED]);
     for phase in [
         "discover",
         "session",
@@ -137,7 +137,7 @@ fn plant_pool(sandbox: &Sandbox, key: &str, bindir: &Path) -> PathBuf {
 
 fn pools_of_vanished_or_changed_installations_are_removed(invoker: &Invoker) {
     let sandbox = Sandbox::with_pool(invoker, 1);
-    let url = sandbox.start(&["-w", "30"]);
+    let url = sandbox.start(&["-w", UNTIL_STOPPED]);
     sandbox.wait_for_full_pool(1, Duration::from_secs(60));
     let live = pool_dir(&sandbox);
     let bindir = PathBuf::from(
@@ -156,7 +156,7 @@ fn pools_of_vanished_or_changed_installations_are_removed(invoker: &Invoker) {
     let upgraded = plant_pool(&sandbox, "00000000000000bb", &bindir);
 
     // The next start's refill sweeps them; the live pool stays.
-    let second = sandbox.start(&["-w", "30"]);
+    let second = sandbox.start(&["-w", UNTIL_STOPPED]);
     assert!(
         wait_until(Duration::from_secs(60), || {
             !vanished.exists() && !upgraded.exists() && !sandbox.refill_running()

@@ -84,7 +84,7 @@ fn claim(sandbox: &Sandbox, args: &[&str]) -> (String, bool) {
 
 fn a_start_claims_a_waiting_server_with_its_own_timeout(invoker: &Invoker) {
     let sandbox = Sandbox::with_pool(invoker, POOL);
-    let names = prepare(&sandbox, 1, 600, &["-w", "60"]);
+    let names = prepare(&sandbox, 1, 600, &["-w", UNTIL_STOPPED]);
     let (url, claimed) = claim(&sandbox, &["-w", "2"]);
     assert!(claimed, "the start did not claim the waiting server");
     let dir = parse_socket_url(&url).dir;
@@ -108,7 +108,7 @@ fn a_start_claims_a_waiting_server_with_its_own_timeout(invoker: &Invoker) {
 fn a_claimed_server_honours_keep(invoker: &Invoker) {
     let sandbox = Sandbox::with_pool(invoker, POOL);
     prepare(&sandbox, 1, 600, &[]);
-    let (url, claimed) = claim(&sandbox, &["-k", "-w", "60"]);
+    let (url, claimed) = claim(&sandbox, &["-k", "-w", UNTIL_STOPPED]);
     assert!(claimed, "the start did not claim the waiting server");
     sandbox.psql(
         &url,
@@ -122,7 +122,7 @@ fn a_claimed_server_honours_keep(invoker: &Invoker) {
         "-k did not keep the directory"
     );
     assert!(!dir.join("claim").exists() && !dir.join("password").exists());
-    let again = sandbox.start(&["-d", dir.to_str().unwrap(), "-w", "30"]);
+    let again = sandbox.start(&["-d", dir.to_str().unwrap(), "-w", UNTIL_STOPPED]);
     assert_eq!(sandbox.psql(&again, "select x from kept"), "42");
     sandbox.run(&["stop", &again]);
 }
@@ -135,7 +135,7 @@ fn tcp_waiting_servers_hand_out_their_password_once(invoker: &Invoker) {
         dir.join("password").is_file(),
         "a waiting TCP server keeps its password"
     );
-    let (url, claimed) = claim(&sandbox, &["-t", "-w", "30"]);
+    let (url, claimed) = claim(&sandbox, &["-t", "-w", UNTIL_STOPPED]);
     assert!(claimed, "the start did not claim the waiting TCP server");
     assert!(
         !dir.join("password").exists(),
@@ -155,13 +155,13 @@ fn tcp_waiting_servers_hand_out_their_password_once(invoker: &Invoker) {
     );
     assert!(!out.success(), "connected without the password:\n{out}");
     // A socket start never gets a TCP server.
-    let (socket_url, claimed) = claim(&sandbox, &["-w", "30"]);
+    let (socket_url, claimed) = claim(&sandbox, &["-w", UNTIL_STOPPED]);
     assert!(!claimed && socket_url.contains("host=%2F"), "{socket_url}");
 }
 
 fn unclaimed_servers_stop_after_their_timeout(invoker: &Invoker) {
     let sandbox = Sandbox::with_pool(invoker, POOL);
-    let names = prepare(&sandbox, 2, 5, &["-w", "30"]);
+    let names = prepare(&sandbox, 2, 5, &["-w", UNTIL_STOPPED]);
     let dirs: Vec<PathBuf> = names.iter().map(|n| sandbox.pgtmp_dir.join(n)).collect();
     assert!(
         wait_until(Duration::from_secs(5) + SLACK * 4, || {

@@ -19,7 +19,7 @@ fn on_terminal(sandbox: &Sandbox, args: &str) -> String {
 fn progress_on_a_terminal(invoker: &Invoker) {
     // Pool size 0: nothing is prepared, so the start runs initdb in the foreground.
     let sandbox = Sandbox::new(invoker);
-    let shown = on_terminal(&sandbox, "-w 60");
+    let shown = on_terminal(&sandbox, &format!("-w {UNTIL_STOPPED}"));
     let line = "pgtmp: initializing a data directory (nothing prepared yet)...";
     let at = shown
         .find(line)
@@ -33,7 +33,10 @@ fn progress_on_a_terminal(invoker: &Invoker) {
     assert_eq!(rest[4..].lines().count(), 1, "{shown:?}");
     // -d runs initdb in the foreground too.
     let dir = sandbox.path("d");
-    let shown = on_terminal(&sandbox, &format!("-w 60 -d {}", dir.display()));
+    let shown = on_terminal(
+        &sandbox,
+        &format!("-w {UNTIL_STOPPED} -d {}", dir.display()),
+    );
     assert!(
         shown.contains(&format!(
             "pgtmp: initializing {}...\r\u{1b}[K",
@@ -46,7 +49,7 @@ fn progress_on_a_terminal(invoker: &Invoker) {
     let schema = sandbox.path("schema.sql");
     let shown = on_terminal(
         &sandbox,
-        &format!("-w 60 --no-cache -f {}", schema.display()),
+        &format!("-w {UNTIL_STOPPED} --no-cache -f {}", schema.display()),
     );
     assert!(
         shown.contains(&format!(
@@ -66,10 +69,10 @@ fn progress_on_a_terminal(invoker: &Invoker) {
 
 fn no_progress_off_a_terminal(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let out = sandbox.run(&["-w", "60"]);
+    let out = sandbox.run(&["-w", UNTIL_STOPPED]);
     check_started(&out, invoker);
     let dir = sandbox.path("d");
-    let out = sandbox.run(&["-w", "60", "-d", dir.to_str().unwrap()]);
+    let out = sandbox.run(&["-w", UNTIL_STOPPED, "-d", dir.to_str().unwrap()]);
     check_started(&out, invoker);
     let out = sandbox.run(&["gc"]);
     assert!(out.success() && out.stderr.is_empty(), "{out}");

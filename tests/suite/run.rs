@@ -291,7 +291,7 @@ fn killed_pgtmp_leaves_nothing(invoker: &Invoker) {
 /// cluster from then on.
 fn keep_leaves_the_cluster_running(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let out = sandbox.run(&["run", "-k", "-w", "60", "--", "true"]);
+    let out = sandbox.run(&["run", "-k", "-w", UNTIL_STOPPED, "--", "true"]);
     assert!(out.success() && out.stdout.is_empty(), "{out}");
     let lines = out.stderr_lines();
     assert_eq!(lines.len(), 1, "{out}");

@@ -78,10 +78,13 @@ fn root_starts_as_any_account_in_any_order_and_finds_them_all() {
         return;
     };
     let states = sandbox.root.join("pgtmp-root");
-    let a = started(&auto(&sandbox, &["-w", "60"]));
-    let b = started(&auto(&sandbox, &["--run-as", &second, "-w", "60"]));
-    let c = started(&auto(&sandbox, &["--run-as", &first, "-w", "60"]));
-    let t = started(&auto(&sandbox, &["-t", "--run-as", &second, "-w", "60"]));
+    let a = started(&auto(&sandbox, &["-w", UNTIL_STOPPED]));
+    let b = started(&auto(&sandbox, &["--run-as", &second, "-w", UNTIL_STOPPED]));
+    let c = started(&auto(&sandbox, &["--run-as", &first, "-w", UNTIL_STOPPED]));
+    let t = started(&auto(
+        &sandbox,
+        &["-t", "--run-as", &second, "-w", UNTIL_STOPPED],
+    ));
     // One private state directory per account in root's own directory, which nobody can list.
     let meta = std::fs::metadata(&states).expect("pgtmp-root");
     assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o711));
@@ -115,7 +118,7 @@ fn root_starts_as_any_account_in_any_order_and_finds_them_all() {
     assert_eq!(listed(&sandbox, auto), [dir_of(&a)]);
 
     // stop --all reaches every account's clusters.
-    let d = started(&auto(&sandbox, &["--run-as", &second, "-w", "60"]));
+    let d = started(&auto(&sandbox, &["--run-as", &second, "-w", UNTIL_STOPPED]));
     assert_eq!(listed(&sandbox, auto).len(), 2);
     quiet_success(&auto(&sandbox, &["stop", "--all"]), "pgtmp stop --all");
     assert!(listed(&sandbox, auto).is_empty());
@@ -129,14 +132,14 @@ fn gc_finds_what_dead_runs_left_under_every_server_account() {
     let Some((sandbox, _, (second, _))) = setup() else {
         return;
     };
-    let url = started(&auto(&sandbox, &["--run-as", &second, "-w", "60"]));
+    let url = started(&auto(&sandbox, &["--run-as", &second, "-w", UNTIL_STOPPED]));
     let dir = dir_of(&url);
     let watchdog = watchdog_pid(&dir).expect("watchdog pid");
     let postmaster = postmaster_pid(&dir).expect("postmaster pid");
     signal(watchdog, Signal::SIGKILL);
     assert!(wait_until(Duration::from_secs(10), || !alive(watchdog)));
     // Also a live cluster of the default account, which gc leaves alone.
-    let kept = started(&auto(&sandbox, &["-w", "60"]));
+    let kept = started(&auto(&sandbox, &["-w", UNTIL_STOPPED]));
     let out = auto(&sandbox, &["gc"]);
     quiet_success(&out, "pgtmp gc");
     assert!(
@@ -155,10 +158,10 @@ fn a_private_pgtmp_dir_keeps_the_account_root_handed_it_to() {
         return;
     };
     // PGTMP_DIR set, as the sandbox does: handed to the second account by the first start.
-    let url = sandbox.start(&["--run-as", &second, "-w", "60"]);
+    let url = sandbox.start(&["--run-as", &second, "-w", UNTIL_STOPPED]);
     assert_eq!(owner(&sandbox.pgtmp_dir), second_uid);
     // Later commands without --run-as use the account that owns it.
-    let again = sandbox.start(&["-w", "60"]);
+    let again = sandbox.start(&["-w", UNTIL_STOPPED]);
     assert_eq!(owner(&dir_of(&again)), second_uid);
     assert_eq!(listed(&sandbox, |s, a| s.run(a)), {
         let mut both = vec![dir_of(&url), dir_of(&again)];
@@ -170,7 +173,7 @@ fn a_private_pgtmp_dir_keeps_the_account_root_handed_it_to() {
     quiet_success(&sandbox.run(&["gc"]), "pgtmp gc");
     assert!(listed(&sandbox, |s, a| s.run(a)).is_empty());
     // Naming another account for it stays an error that says whose it is.
-    let out = sandbox.run(&["--run-as", "postgres", "-w", "60"]);
+    let out = sandbox.run(&["--run-as", "postgres", "-w", UNTIL_STOPPED]);
     let line = check_failed(&out, 1);
     assert!(
         line.contains(&format!("belongs to uid {second_uid}")),

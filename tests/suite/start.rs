@@ -23,10 +23,11 @@ fn callers_other_descriptors_are_not_held(invoker: &Invoker) {
     let sandbox = Sandbox::with_pool(invoker, 1);
     let url_file = sandbox.path("url");
     let script = format!(
-        r#"( "$PGTMP" -w 60 9>&1 >'{}' ) | cat; echo done"#,
+        r#"( "$PGTMP" -w {UNTIL_STOPPED} 9>&1 >'{}' ) | cat; echo done"#,
         url_file.display()
     );
-    let out = run(&mut sandbox.shell(&script), Duration::from_secs(30));
+    // A watchdog holding descriptor 9 would keep `cat` waiting for its whole -w.
+    let out = run(&mut sandbox.shell(&script), PGTMP_LIMIT);
     assert!(out.success() && out.stdout.contains("done"), "{out}");
     let url = std::fs::read_to_string(&url_file).unwrap();
     assert_eq!(
@@ -40,7 +41,7 @@ fn callers_other_descriptors_are_not_held(invoker: &Invoker) {
 /// private directory holding data/ and postgres.log, and no TCP listener at all.
 fn socket_url_contract(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let url = sandbox.start(&["-w", "20"]);
+    let url = sandbox.start(&["-w", UNTIL_STOPPED]);
     let parsed = parse_socket_url(&url);
     assert_eq!(
         parsed.user, invoker.name,
@@ -109,22 +110,35 @@ fn socket_url_contract(invoker: &Invoker) {
 
 /// No process pgtmp leaves behind holds the caller's stdout or stderr: the command
 /// substitution of a shell returns as soon as pgtmp exits.
+///
+/// The shell notes the time when pgtmp exits (inside the substitution) and when the
+/// substitution returns; a process holding the output would keep it waiting for its -w.
 fn shell_gets_control_back(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let out = run(
-        &mut sandbox.shell(r#"url=$("$PGTMP" -w 60); echo "$url""#),
-        Duration::from_secs(30),
+    let exited = sandbox.path("exited");
+    let script = format!(
+        r#"url=$("$PGTMP" -w {UNTIL_STOPPED}; date +%s%N > '{}'); date +%s%N; echo "$url""#,
+        exited.display()
     );
+    let out = run(&mut sandbox.shell(&script), PGTMP_LIMIT);
     assert!(
         out.success() && out.stderr.is_empty(),
-        "sh -c 'url=$(pgtmp -w 60); echo \"$url\"':\n{out}"
+        "sh -c 'url=$(pgtmp); echo \"$url\"':\n{out}"
     );
+    let nanos = |text: &str| {
+        text.trim()
+            .parse::<u64>()
+            .expect("not a time from date +%s%N")
+    };
+    let (returned, url) = out.stdout.split_once('\n').expect("two lines");
+    let exited = nanos(&std::fs::read_to_string(&exited).unwrap());
+    let waited = Duration::from_nanos(nanos(returned).saturating_sub(exited));
+    let bound = Duration::from_secs(1) + SLACK;
     assert!(
-        out.elapsed < Duration::from_secs(10),
-        "the shell got control back only after {:?}",
-        out.elapsed
+        waited < bound,
+        "the shell got control back only {waited:?} after pgtmp exited (bound {bound:?})"
     );
-    let url = out.stdout.trim();
+    let url = url.trim();
     parse_socket_url(url);
     assert_eq!(sandbox.psql(url, "select 1"), "1");
     let stopped = sandbox.run(&["stop", url]);
@@ -143,7 +157,7 @@ fn caller_pg_environment_is_harmless(invoker: &Invoker) {
         ("PGPASSWORD", "not-the-password"),
     ];
     let sandbox = Sandbox::new(invoker);
-    for args in [&["-w", "20"][..], &["-t", "-w", "20"][..]] {
+    for args in [&["-w", UNTIL_STOPPED][..], &["-t", "-w", UNTIL_STOPPED][..]] {
         let out = run(sandbox.pgtmp().envs(odd).args(args), PGTMP_LIMIT);
         let url = check_started(&out, invoker);
         if args.contains(&"-t") {
@@ -170,7 +184,7 @@ fn caller_pg_environment_is_harmless(invoker: &Invoker) {
 /// PGTMP_DIR, and root's URL works; an ordinary account runs and owns everything itself.
 fn server_account_owns_everything(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let url = sandbox.start(&["-w", "20"]);
+    let url = sandbox.start(&["-w", UNTIL_STOPPED]);
     let dir = parse_socket_url(&url).dir;
     let (server, server_uid) = invoker.server_account();
     if invoker.is_root() {
@@ -211,7 +225,7 @@ fn root_runs_the_server_as_run_as_account() {
         return skip("--run-as only applies when pgtmp is invoked by root");
     };
     let sandbox = Sandbox::new(&me);
-    let url = sandbox.start(&["--run-as", &other.name, "-w", "20"]);
+    let url = sandbox.start(&["--run-as", &other.name, "-w", UNTIL_STOPPED]);
     let parsed = parse_socket_url(&url);
     assert_eq!(parsed.user, me.name, "the role is still root's login name");
     let postmaster = postmaster_pid(&parsed.dir).expect("no postmaster.pid");
@@ -233,12 +247,12 @@ fn initdb_prepares_directories_that_start(invoker: &Invoker) {
     assert_eq!(PathBuf::from(check_started(&out, invoker)), empty);
     assert!(empty.join("data/PG_VERSION").is_file());
     sandbox.assert_no_process(&empty, "pgtmp initdb -d starts nothing");
-    let url = sandbox.start(&["-d", empty.to_str().unwrap(), "-w", "20"]);
+    let url = sandbox.start(&["-d", empty.to_str().unwrap(), "-w", UNTIL_STOPPED]);
     assert_eq!(parse_socket_url(&url).dir, empty);
     assert_eq!(sandbox.psql(&url, "select current_user"), invoker.name);
 
     let missing = sandbox.path("missing");
-    let url = sandbox.start(&["-d", missing.to_str().unwrap(), "-w", "20"]);
+    let url = sandbox.start(&["-d", missing.to_str().unwrap(), "-w", UNTIL_STOPPED]);
     assert_eq!(parse_socket_url(&url).dir, missing);
     assert_eq!(sandbox.psql(&url, "select 1"), "1");
 }

@@ -37,7 +37,7 @@ fn stop(sandbox: &Sandbox, args: &[&str], dir: &Path) {
 
 fn stop_by_socket_url(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let url = sandbox.start(&["-w", "60"]);
+    let url = sandbox.start(&["-w", UNTIL_STOPPED]);
     let dir = parse_socket_url(&url).dir;
     stop(&sandbox, &[&url], &dir);
     assert!(!dir.exists(), "pgtmp stop URL left {}", dir.display());
@@ -45,7 +45,7 @@ fn stop_by_socket_url(invoker: &Invoker) {
 
 fn stop_by_tcp_url(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let url = sandbox.start(&["-t", "-w", "60"]);
+    let url = sandbox.start(&["-t", "-w", UNTIL_STOPPED]);
     let dir = sandbox.only_instance();
     stop(&sandbox, &[&url], &dir);
     assert!(!dir.exists(), "pgtmp stop TCP-URL left {}", dir.display());
@@ -60,7 +60,7 @@ fn stop_by_every_printed_form(invoker: &Invoker) {
         &["-t", "-F", "jdbc"],
         &["-t", "-F", "json"],
     ] {
-        let mut full = vec!["-w", "60"];
+        let mut full = vec!["-w", UNTIL_STOPPED];
         full.extend_from_slice(args);
         let printed = sandbox.start(&full);
         let dir = sandbox.only_instance();
@@ -75,7 +75,7 @@ fn stop_by_every_printed_form(invoker: &Invoker) {
 
 fn stop_by_directory(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let url = sandbox.start(&["-w", "60"]);
+    let url = sandbox.start(&["-w", UNTIL_STOPPED]);
     let dir = parse_socket_url(&url).dir;
     stop(&sandbox, &["-d", dir.to_str().unwrap()], &dir);
     assert!(!dir.exists(), "pgtmp stop -d left {}", dir.display());
@@ -83,7 +83,7 @@ fn stop_by_directory(invoker: &Invoker) {
 
 fn stop_keeps_a_kept_directory(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let url = sandbox.start(&["-k", "-w", "60"]);
+    let url = sandbox.start(&["-k", "-w", UNTIL_STOPPED]);
     let dir = parse_socket_url(&url).dir;
     stop(&sandbox, &[&url], &dir);
     assert!(
@@ -98,7 +98,7 @@ fn stop_keeps_a_kept_directory(invoker: &Invoker) {
 fn stop_by_tcp_url_of_a_cluster_elsewhere(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
     let dir = sandbox.path("elsewhere");
-    let url = sandbox.start(&["-t", "-w", "60", "-d", dir.to_str().unwrap()]);
+    let url = sandbox.start(&["-t", "-w", UNTIL_STOPPED, "-d", dir.to_str().unwrap()]);
     assert!(
         dir.join("data/PG_VERSION").is_file(),
         "-d did not use {}",
@@ -123,10 +123,10 @@ fn only_the_owner_can_stop_a_cluster() {
     };
     let root_box = Sandbox::new(&root);
     let user_box = Sandbox::new(&user);
-    let root_socket = root_box.start(&["-w", "60"]);
-    let root_tcp = root_box.start(&["-t", "-w", "60"]);
-    let user_socket = user_box.start(&["-w", "60"]);
-    let user_tcp = user_box.start(&["-t", "-w", "60"]);
+    let root_socket = root_box.start(&["-w", UNTIL_STOPPED]);
+    let root_tcp = root_box.start(&["-t", "-w", UNTIL_STOPPED]);
+    let user_socket = user_box.start(&["-w", UNTIL_STOPPED]);
+    let user_tcp = user_box.start(&["-t", "-w", UNTIL_STOPPED]);
     let dir_of = |url: &str| -> PathBuf { parse_socket_url(url).dir };
 
     let attempts: [(&Sandbox, Vec<String>, &Sandbox, &str); 6] = [
@@ -191,7 +191,7 @@ fn a_kept_directory_stays_kept_when_started_again(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
     let dir = sandbox.path("kept");
     let dir_arg = dir.to_str().unwrap();
-    let url = sandbox.start(&["-k", "-d", dir_arg, "-w", "60"]);
+    let url = sandbox.start(&["-k", "-d", dir_arg, "-w", UNTIL_STOPPED]);
     sandbox.psql(
         &url,
         "create table survivor (x int); insert into survivor values (42)",
@@ -203,7 +203,7 @@ fn a_kept_directory_stays_kept_when_started_again(invoker: &Invoker) {
         dir.display()
     );
 
-    let url = sandbox.start(&["-d", dir_arg, "-w", "60"]);
+    let url = sandbox.start(&["-d", dir_arg, "-w", UNTIL_STOPPED]);
     assert_eq!(sandbox.psql(&url, "select x from survivor"), "42");
     stop(&sandbox, &["-d", dir_arg], &dir);
     assert!(
@@ -225,7 +225,7 @@ fn a_kept_directory_stays_kept_when_started_again(invoker: &Invoker) {
         "the idle timeout removed the kept directory {} started again without -k",
         dir.display()
     );
-    let url = sandbox.start(&["-d", dir_arg, "-w", "60"]);
+    let url = sandbox.start(&["-d", dir_arg, "-w", UNTIL_STOPPED]);
     assert_eq!(sandbox.psql(&url, "select x from survivor"), "42");
 }
 
@@ -233,7 +233,7 @@ fn a_kept_directory_stays_kept_when_started_again(invoker: &Invoker) {
 /// server started by the previous binary has it): still listed, and stopped.
 fn a_cluster_the_previous_pgtmp_started_is_listed_and_stopped(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let url = sandbox.start(&["-w", "60"]);
+    let url = sandbox.start(&["-w", UNTIL_STOPPED]);
     let dir = parse_socket_url(&url).dir;
     let path = dir.join("pgtmp.state");
     let json: serde_json::Value =

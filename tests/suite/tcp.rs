@@ -25,8 +25,8 @@ fn url_safe(password: &str) -> bool {
 /// for each cluster and required, a listener on 127.0.0.1 only, and a socket that still works.
 fn tcp_url_contract(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let first = sandbox.start(&["-t", "-w", "20"]);
-    let second = sandbox.start(&["-t", "-w", "20"]);
+    let first = sandbox.start(&["-t", "-w", UNTIL_STOPPED]);
+    let second = sandbox.start(&["-t", "-w", UNTIL_STOPPED]);
     let (a, b) = (parse_tcp_url(&first), parse_tcp_url(&second));
     assert_eq!(a.user, invoker.name, "{first}");
     for parsed in [&a, &b] {
@@ -109,7 +109,7 @@ fn tcp_url_contract(invoker: &Invoker) {
 fn fixed_port_implies_tcp(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
     let port = free_port();
-    let url = sandbox.start(&["-p", &port.to_string(), "-w", "20"]);
+    let url = sandbox.start(&["-p", &port.to_string(), "-w", UNTIL_STOPPED]);
     let parsed = parse_tcp_url(&url);
     assert_eq!(parsed.port, port, "{url}");
     assert!(parsed.password.len() >= 20 && url_safe(&parsed.password));

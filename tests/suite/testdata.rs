@@ -54,7 +54,14 @@ fn schema_files_load_in_order(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
     let schema = sql_file(&sandbox, "schema.sql", SCHEMA);
     let fixtures = sql_file(&sandbox, "fixtures.sql", FIXTURES);
-    let url = sandbox.start(&["-w", "30", "-f", arg(&schema), "-f", arg(&fixtures)]);
+    let url = sandbox.start(&[
+        "-w",
+        UNTIL_STOPPED,
+        "-f",
+        arg(&schema),
+        "-f",
+        arg(&fixtures),
+    ]);
     assert_eq!(
         sandbox.psql(&url, "select string_agg(name, ',' order by id) from items"),
         "one,two,three"
@@ -78,7 +85,7 @@ fn schema_files_load_in_order(invoker: &Invoker) {
     // Loading the files in the other order fails on the second line's dependency.
     let out = sandbox.run(&[
         "-w",
-        "30",
+        UNTIL_STOPPED,
         "--no-cache",
         "-f",
         arg(&fixtures),
@@ -93,7 +100,7 @@ fn schema_files_load_in_order(invoker: &Invoker) {
 fn pg_dump_file_loads(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
     let schema = sql_file(&sandbox, "schema.sql", SCHEMA);
-    let url = sandbox.start(&["-w", "30", "-f", arg(&schema)]);
+    let url = sandbox.start(&["-w", UNTIL_STOPPED, "-f", arg(&schema)]);
     let dump = sandbox.path("dump.sql");
     let mut cmd = invoker.command(client("pg_dump"));
     cmd.arg("-f").arg(&dump).arg(&url);
@@ -105,7 +112,7 @@ fn pg_dump_file_loads(invoker: &Invoker) {
         ));
     }
     assert!(out.success(), "pg_dump:\n{out}");
-    let copy = sandbox.start(&["-w", "30", "-f", arg(&dump)]);
+    let copy = sandbox.start(&["-w", UNTIL_STOPPED, "-f", arg(&dump)]);
     assert_eq!(
         sandbox.psql(&copy, "select string_agg(name, ',' order by id) from items"),
         "one,two"
@@ -117,7 +124,15 @@ fn files_into_a_new_dir_only(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
     let schema = sql_file(&sandbox, "schema.sql", SCHEMA);
     let dir = sandbox.path("kept");
-    let url = sandbox.start(&["-k", "-w", "30", "-d", arg(&dir), "-f", arg(&schema)]);
+    let url = sandbox.start(&[
+        "-k",
+        "-w",
+        UNTIL_STOPPED,
+        "-d",
+        arg(&dir),
+        "-f",
+        arg(&schema),
+    ]);
     assert_eq!(sandbox.psql(&url, "select count(*) from items"), "2");
     assert!(
         !sandbox.pgtmp_dir.join("cache").exists(),
@@ -125,10 +140,10 @@ fn files_into_a_new_dir_only(invoker: &Invoker) {
     );
     let stop = sandbox.run(&["stop", &url]);
     assert!(stop.success(), "{stop}");
-    let out = sandbox.run(&["-w", "30", "-d", arg(&dir), "-f", arg(&schema)]);
+    let out = sandbox.run(&["-w", UNTIL_STOPPED, "-d", arg(&dir), "-f", arg(&schema)]);
     let line = check_failed(&out, 2);
     assert!(line.contains("existing"), "{line}");
-    let again = sandbox.start(&["-w", "30", "-d", arg(&dir)]);
+    let again = sandbox.start(&["-w", UNTIL_STOPPED, "-d", arg(&dir)]);
     assert_eq!(sandbox.psql(&again, "select count(*) from items"), "2");
 }
 
@@ -146,7 +161,7 @@ fn relative_include_is_cached(invoker: &Invoker) {
     let start = || {
         let mut cmd = sandbox.pgtmp();
         cmd.current_dir(&sandbox.root)
-            .args(["-w", "30", "-f", "db/main.sql"]);
+            .args(["-w", UNTIL_STOPPED, "-f", "db/main.sql"]);
         check_started(&run(&mut cmd, PGTMP_LIMIT), invoker)
     };
     assert_eq!(sandbox.psql(&start(), "select count(*) from items"), "2");
@@ -167,7 +182,7 @@ fn broken_file_leaves_nothing(invoker: &Invoker) {
         "bad.sql",
         "create table a (x int);\n\nselect * from no_such_table;\ncreate table b (x int);\n",
     );
-    let out = sandbox.run(&["-w", "30", "-f", arg(&good), "-f", arg(&bad)]);
+    let out = sandbox.run(&["-w", UNTIL_STOPPED, "-f", arg(&good), "-f", arg(&bad)]);
     let line = check_failed(&out, 1);
     assert!(
         line.contains(&format!("{}:3:", bad.display()))
@@ -199,7 +214,7 @@ fn broken_included_file_is_named(invoker: &Invoker) {
     let run = |file: &str| {
         let mut cmd = sandbox.pgtmp();
         cmd.current_dir(&sandbox.root)
-            .args(["-w", "30", "-f", file]);
+            .args(["-w", UNTIL_STOPPED, "-f", file]);
         run(&mut cmd, PGTMP_LIMIT)
     };
     let line = check_failed(&run("db/main.sql"), 1);
@@ -224,7 +239,7 @@ fn broken_file_with_keep_stays(invoker: &Invoker) {
         "bad.sql",
         "create table a (x int);\ninsert into a values (1);\nselect 1/0;\n",
     );
-    let out = sandbox.run(&["-k", "-w", "30", "-f", arg(&bad)]);
+    let out = sandbox.run(&["-k", "-w", UNTIL_STOPPED, "-f", arg(&bad)]);
     let line = check_failed(&out, 1);
     assert!(
         line.contains("bad.sql:3:") && line.contains("division by zero"),
@@ -264,7 +279,7 @@ fn now_fixed_and_clock(invoker: &Invoker) {
     );
     let url = sandbox.start(&[
         "-w",
-        "30",
+        UNTIL_STOPPED,
         "--now",
         "2024-02-29 13:14:15.5+00",
         "-f",
@@ -294,7 +309,7 @@ fn now_fixed_and_clock(invoker: &Invoker) {
     let clone = sandbox.run(&["clone", &url]);
     check(&check_started(&clone, invoker));
 
-    let clock = sandbox.start(&["-w", "30", "--now", "clock"]);
+    let clock = sandbox.start(&["-w", UNTIL_STOPPED, "--now", "clock"]);
     // pg_sleep runs before now() is evaluated; CURRENT_TIMESTAMP is the transaction's start.
     let moved = "select now() - current_timestamp >= interval '40 ms' from pg_sleep(0.05)";
     assert_eq!(
@@ -328,7 +343,7 @@ fn invalid_now_leaves_nothing(invoker: &Invoker) {
 fn clone_while_connected(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
     let schema = sql_file(&sandbox, "schema.sql", SCHEMA);
-    let url = sandbox.start(&["-w", "30", "-t", "-f", arg(&schema)]);
+    let url = sandbox.start(&["-w", UNTIL_STOPPED, "-t", "-f", arg(&schema)]);
     let mut session = sandbox.psql_session(&url);
     assert_eq!(
         session.query_line(
@@ -393,7 +408,7 @@ fn database_of(url: &str) -> String {
 /// A cluster started without files clones its empty state too; only its owner may clone.
 fn clone_without_files(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let url = sandbox.start(&["-w", "30"]);
+    let url = sandbox.start(&["-w", UNTIL_STOPPED]);
     sandbox.psql(&url, "create table only_in_test (x int)");
     let clone = check_started(&sandbox.run(&["clone", &url]), invoker);
     assert_eq!(
@@ -433,7 +448,7 @@ fn parallel_first_clones_all_succeed(invoker: &Invoker) {
 /// the printed URL; it round-trips through `pgtmp schema` and keeps --now working.
 fn schema_url_search_path(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let url = sandbox.start(&["-w", "30", "--now", "2020-01-01 00:00:00+00"]);
+    let url = sandbox.start(&["-w", UNTIL_STOPPED, "--now", "2020-01-01 00:00:00+00"]);
     let first = check_started(&sandbox.run(&["schema", &url]), invoker);
     assert!(first.contains("options=-csearch_path%3Ds_"), "{first}");
     let schema = sandbox.psql(&first, "select current_schema()");
@@ -461,7 +476,7 @@ fn schema_url_search_path(invoker: &Invoker) {
 /// cluster has no JDBC form and gets a usage error, with no schema made.
 fn schema_jdbc_form_sets_current_schema(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let url = sandbox.start(&["-t", "-w", "30"]);
+    let url = sandbox.start(&["-t", "-w", UNTIL_STOPPED]);
     let jdbc = check_started(&sandbox.run(&["schema", "--format", "jdbc", &url]), invoker);
     let tcp = parse_tcp_url(&url);
     let prefix = format!(
@@ -482,7 +497,7 @@ fn schema_jdbc_form_sets_current_schema(invoker: &Invoker) {
         "1",
         "the schema exists"
     );
-    let socket = sandbox.start(&["-w", "30"]);
+    let socket = sandbox.start(&["-w", UNTIL_STOPPED]);
     let line = check_failed(&sandbox.run(&["schema", "-F", "jdbc", &socket]), 2);
     assert!(line.contains("-t"), "{line}");
     assert_eq!(
@@ -500,7 +515,7 @@ fn schema_jdbc_form_sets_current_schema(invoker: &Invoker) {
 /// schema URL's options, or with `-F jdbc` the JDBC form. Garbage is a usage error.
 fn clone_takes_every_printed_form(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let url = sandbox.start(&["-t", "-w", "30"]);
+    let url = sandbox.start(&["-t", "-w", UNTIL_STOPPED]);
     let tcp = parse_tcp_url(&url);
     let schema_url = check_started(&sandbox.run(&["schema", &url]), invoker);
     let clone = check_started(&sandbox.run(&["clone", &schema_url]), invoker);
@@ -514,7 +529,7 @@ fn clone_takes_every_printed_form(invoker: &Invoker) {
         tcp.password
     );
     let printed = |format: &str| {
-        let out = sandbox.run(&["-t", "-w", "30", "-F", format]);
+        let out = sandbox.run(&["-t", "-w", UNTIL_STOPPED, "-F", format]);
         assert!(out.success() && out.stderr.is_empty(), "{out}");
         out.stdout.trim().to_string()
     };
@@ -554,7 +569,7 @@ fn clone_takes_every_printed_form(invoker: &Invoker) {
     );
     let line = check_failed(&sandbox.run(&["clone", "garbage"]), 2);
     assert!(line.contains("garbage") && !line.contains("-d"), "{line}");
-    let socket = sandbox.start(&["-w", "30"]);
+    let socket = sandbox.start(&["-w", UNTIL_STOPPED]);
     let line = check_failed(&sandbox.run(&["clone", "-F", "jdbc", &socket]), 2);
     assert!(line.contains("-t"), "{line}");
 }
@@ -579,20 +594,20 @@ fn cache_hit_and_change_miss(invoker: &Invoker) {
     let text = "create table stamp as select clock_timestamp()::text as t;\n";
     let file = sql_file(&sandbox, "stamp.sql", text);
     let stamp = |url: &str| sandbox.psql(url, "select t from stamp");
-    let first = stamp(&sandbox.start(&["-w", "30", "-f", arg(&file)]));
+    let first = stamp(&sandbox.start(&["-w", UNTIL_STOPPED, "-f", arg(&file)]));
     assert!(
         wait_until(Duration::from_secs(60), || cache_entries(&sandbox) == 1),
         "the cache entry was not built"
     );
-    let second = stamp(&sandbox.start(&["-w", "30", "-f", arg(&file)]));
-    let third = stamp(&sandbox.start(&["-w", "30", "-f", arg(&file)]));
+    let second = stamp(&sandbox.start(&["-w", UNTIL_STOPPED, "-f", arg(&file)]));
+    let third = stamp(&sandbox.start(&["-w", UNTIL_STOPPED, "-f", arg(&file)]));
     assert_ne!(first, second, "the second start loaded afresh");
     assert_eq!(second, third, "the third start did not come from the cache");
-    let fresh = stamp(&sandbox.start(&["-w", "30", "--no-cache", "-f", arg(&file)]));
+    let fresh = stamp(&sandbox.start(&["-w", UNTIL_STOPPED, "--no-cache", "-f", arg(&file)]));
     assert_ne!(fresh, second, "--no-cache used the cache");
 
     fs::write(&file, format!("-- changed\n{text}")).unwrap();
-    let changed = stamp(&sandbox.start(&["-w", "30", "-f", arg(&file)]));
+    let changed = stamp(&sandbox.start(&["-w", UNTIL_STOPPED, "-f", arg(&file)]));
     assert_ne!(changed, second, "a changed file was a cache hit");
     assert!(
         wait_until(Duration::from_secs(60), || cache_entries(&sandbox) == 2),
@@ -609,7 +624,7 @@ fn concurrent_first_starts_build_one_entry(invoker: &Invoker) {
         "stamp.sql",
         "create table stamp as select clock_timestamp()::text as t;\n",
     );
-    let urls = sandbox.start_at_once(3, &["-w", "30", "-f", arg(&file)]);
+    let urls = sandbox.start_at_once(3, &["-w", UNTIL_STOPPED, "-f", arg(&file)]);
     for url in &urls {
         assert_eq!(sandbox.psql(url, "select count(*) from stamp"), "1");
     }
@@ -629,8 +644,8 @@ fn concurrent_first_starts_build_one_entry(invoker: &Invoker) {
         .filter(|e| e.file_name().to_string_lossy().starts_with("build."))
         .count();
     assert_eq!(building, 0, "an abandoned build was left in the cache");
-    let a = sandbox.start(&["-w", "30", "-f", arg(&file)]);
-    let b = sandbox.start(&["-w", "30", "-f", arg(&file)]);
+    let a = sandbox.start(&["-w", UNTIL_STOPPED, "-f", arg(&file)]);
+    let b = sandbox.start(&["-w", UNTIL_STOPPED, "-f", arg(&file)]);
     assert_eq!(
         sandbox.psql(&a, "select t from stamp"),
         sandbox.psql(&b, "select t from stamp"),

@@ -121,7 +121,7 @@ fn probe_is_invisible(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
     let url = sandbox.start(&[
         "-w",
-        "30",
+        UNTIL_STOPPED,
         "-o",
         "-c log_connections=on -c log_statement=all",
     ]);
@@ -176,7 +176,7 @@ fn survives_signals_to_the_callers_group(invoker: &Invoker) {
     ] {
         let file = sandbox.path(&format!("url-{name}"));
         let script = format!(
-            r#"url=$("$PGTMP" -w 30) && echo "$url" > {}; kill -{name} 0; sleep 10"#,
+            r#"url=$("$PGTMP" -w {UNTIL_STOPPED}) && echo "$url" > {}; kill -{name} 0; sleep 10"#,
             file.display()
         );
         let out = run(&mut sandbox.shell_in_new_session(&script), PGTMP_LIMIT);
@@ -207,7 +207,7 @@ fn survives_signals_to_the_callers_group(invoker: &Invoker) {
 /// A postmaster killed with SIGKILL: the watchdog still deletes the directory.
 fn dead_postmaster_is_cleaned_up(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let url = sandbox.start(&["-w", "30"]);
+    let url = sandbox.start(&["-w", UNTIL_STOPPED]);
     let dir = parse_socket_url(&url).dir;
     let postmaster = postmaster_pid(&dir).expect("no postmaster.pid");
     signal(postmaster, Signal::SIGKILL);
@@ -245,7 +245,7 @@ fn keep_leaves_a_restartable_directory(invoker: &Invoker) {
         dir.display()
     );
 
-    let again = sandbox.start(&["-d", dir.to_str().unwrap(), "-k", "-w", "20"]);
+    let again = sandbox.start(&["-d", dir.to_str().unwrap(), "-k", "-w", UNTIL_STOPPED]);
     assert_eq!(parse_socket_url(&again).dir, dir);
     assert_eq!(sandbox.psql(&again, "select x from kept"), "42");
 }

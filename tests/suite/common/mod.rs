@@ -34,6 +34,10 @@ pub const SLACK: Duration = Duration::from_millis(1500);
 pub const PGTMP_LIMIT: Duration = Duration::from_secs(90);
 /// Longest a psql command may take.
 pub const PSQL_LIMIT: Duration = Duration::from_secs(30);
+/// `-w` of a cluster that its test (or the test's sandbox) stops: however loaded the machine,
+/// it does not end by itself while the test still uses it. Tests of the idle timeout give their
+/// own.
+pub const UNTIL_STOPPED: &str = "600";
 
 /// Makes the test `$name::as_self` (current account) and `$name::as_user` (the ordinary
 /// account; reported as skipped when the suite does not run as root) from `fn $name(&Invoker)`.
@@ -527,16 +531,22 @@ pub fn wait_until(limit: Duration, condition: impl FnMut() -> bool) -> bool {
 }
 
 /// Polls `condition` until it holds and returns how long that took, or None after `limit`.
+///
+/// Between checks it waits 20 ms, or three times as long as the check took: a check that scans
+/// every process (see [`procs_referencing`]) then uses at most a quarter of a core, however
+/// many tests poll at once, and a cheap one is still seen within 20 ms.
 pub fn time_until(limit: Duration, mut condition: impl FnMut() -> bool) -> Option<Duration> {
     let started = Instant::now();
     loop {
+        let checked = Instant::now();
         if condition() {
             return Some(started.elapsed());
         }
+        let cost = checked.elapsed();
         if started.elapsed() >= limit {
             return None;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20).max(cost * 3));
     }
 }
 
@@ -576,6 +586,10 @@ pub fn cmdline(pid: i32) -> String {
 
 /// Live processes (zombies excluded, this test process excluded) whose command line, working
 /// directory, environment or open files mention `path`.
+///
+/// Every process of the machine is looked at, which costs tens of milliseconds: the cheap
+/// reads come first, and whether a process is alive is asked only of those that match (a
+/// zombie has no command line, directory, environment or files anyway).
 pub fn procs_referencing(path: &Path) -> Vec<Proc> {
     let needle = path.to_string_lossy().into_owned();
     let me = std::process::id() as i32;
@@ -587,7 +601,7 @@ pub fn procs_referencing(path: &Path) -> Vec<Proc> {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
-        if pid == me || !alive(pid) {
+        if pid == me {
             continue;
         }
         let dir = entry.path();
@@ -603,7 +617,7 @@ pub fn procs_referencing(path: &Path) -> Vec<Proc> {
                         .is_ok_and(|target| mentions(&target.to_string_lossy(), &needle))
                 })
             });
-        if referenced {
+        if referenced && alive(pid) {
             let uid = fs::metadata(&dir).map(|m| m.uid()).unwrap_or(u32::MAX);
             found.push(Proc {
                 pid,
