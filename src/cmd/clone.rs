@@ -7,8 +7,7 @@ use crate::os::detach::{self, Forked};
 use crate::testdata::dburl;
 use crate::testdata::files::{self, Server};
 use crate::testdata::stock;
-use anyhow::{Context, Result};
-use std::io::Write;
+use anyhow::Result;
 
 pub fn run(args: CloneArgs, global: &GlobalArgs) -> Result<()> {
     let jdbc = dburl::jdbc_wanted(args.format.format, "clone")?;
@@ -40,11 +39,7 @@ pub fn run(args: CloneArgs, global: &GlobalArgs) -> Result<()> {
     let url = conn.uri(Some(&name));
     let url = if jdbc { dburl::jdbc(&url)? } else { url };
     let end = crate::output::format::ending(true);
-    let mut stdout = std::io::stdout().lock();
-    write!(stdout, "{url}{end}")
-        .and_then(|()| stdout.flush())
-        .context("cannot print the URL (stdout closed?)")?;
-    drop(stdout);
+    crate::output::stdout::print(&format!("{url}{end}"))?;
     if let Ok(Forked::Child) = detach::fork_detached() {
         detach::lower_priority();
         std::process::exit(i32::from(stock::refill(&server).is_err()));

@@ -13,30 +13,36 @@ use nix::unistd::{AccessFlags, faccessat};
 use std::fs;
 use std::path::Path;
 
-/// The report: checks in order; any fatal failure makes the exit status 1.
+/// The report: checks in order, printed at the end; any fatal failure makes the exit status 1.
 #[derive(Default)]
 struct Report {
     fatal: bool,
+    text: String,
 }
 
 impl Report {
+    fn line(&mut self, line: &str) {
+        self.text.push_str(line);
+        self.text.push('\n');
+    }
+
     fn pass(&mut self, what: &str) {
-        println!("pass  {what}");
+        self.line(&format!("pass  {what}"));
     }
 
     fn info(&mut self, what: &str) {
-        println!("      {what}");
+        self.line(&format!("      {what}"));
     }
 
     /// A failure that does not stop pgtmp from working (exit status stays 0).
     fn warn(&mut self, what: &str, fix: &str) {
-        println!("warn  {what}\n      fix: {fix}");
+        self.line(&format!("warn  {what}\n      fix: {fix}"));
     }
 
     /// A failure that makes pgtmp unusable.
     fn fail(&mut self, what: &str, fix: &str) {
         self.fatal = true;
-        println!("FAIL  {what}\n      fix: {fix}");
+        self.line(&format!("FAIL  {what}\n      fix: {fix}"));
     }
 }
 
@@ -65,11 +71,12 @@ pub fn run(global: &GlobalArgs) -> Result<()> {
         ),
     }
     if report.fatal {
-        println!("pgtmp cannot work here until the failures above are fixed");
+        report.line("pgtmp cannot work here until the failures above are fixed");
+        crate::output::stdout::print(&report.text)?;
         return Err(Passed(crate::output::exit::FAILURE).into());
     }
-    println!("pgtmp can work here");
-    Ok(())
+    report.line("pgtmp can work here");
+    crate::output::stdout::print(&report.text)
 }
 
 /// Every installation found, in discovery order, and the one that would be used.

@@ -3,8 +3,7 @@
 use crate::cli::{GcArgs, GlobalArgs};
 use crate::lifecycle::session::Session;
 use crate::lifecycle::sweep;
-use anyhow::{Context, Result};
-use std::io::Write;
+use anyhow::Result;
 
 pub fn run(args: &GcArgs, global: &GlobalArgs) -> Result<()> {
     // Checked before anything is made or removed.
@@ -23,14 +22,9 @@ fn sweep_one(session: &Session, args: &GcArgs, cache_age: std::time::Duration) -
     let actions = sweep::sweep(&session.state, args.dry_run, true, cache_age);
     drop(step);
     let actions = actions?;
-    let mut stdout = std::io::stdout().lock();
-    for action in &actions {
-        let line = match (args.dry_run, action.split_once(' ')) {
-            (true, Some(("removed", rest))) => format!("would remove {rest}"),
-            (true, Some(("stopped", rest))) => format!("would stop {rest}"),
-            _ => action.clone(),
-        };
-        writeln!(stdout, "{line}").context("cannot print to stdout")?;
-    }
-    Ok(())
+    let text: String = actions
+        .iter()
+        .map(|action| action.describe(args.dry_run) + "\n")
+        .collect();
+    crate::output::stdout::print(&text)
 }

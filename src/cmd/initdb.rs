@@ -29,6 +29,5 @@ pub fn run(dir: Option<PathBuf>, global: &GlobalArgs) -> Result<()> {
             pool.prepare_next(&install, session.user())?
         }
     };
-    println!("{}", path.display());
-    Ok(())
+    crate::output::stdout::print(&format!("{}\n", path.display()))
 }

@@ -10,7 +10,6 @@ use crate::state::ownership;
 use anyhow::{Context, Result};
 use nix::unistd::Uid;
 use serde::Serialize;
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -69,11 +68,7 @@ pub fn run(json: bool, global: &GlobalArgs) -> Result<()> {
     } else {
         table(&entries)
     };
-    let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-        .context("cannot print the list (stdout closed?)")
+    crate::output::stdout::print(&text)
 }
 
 /// A running cluster of `owner`'s, or None for anything else: being prepared, waiting to be

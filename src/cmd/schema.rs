@@ -9,7 +9,6 @@ use crate::state::instance::NAME_ALPHABET;
 use crate::testdata::dburl;
 use crate::testdata::files::{self, Server};
 use anyhow::{Context, Result};
-use std::io::Write;
 
 pub fn run(args: SchemaArgs, global: &GlobalArgs) -> Result<()> {
     let jdbc = dburl::jdbc_wanted(args.format.format, "schema")?;
@@ -49,8 +48,5 @@ pub fn run(args: SchemaArgs, global: &GlobalArgs) -> Result<()> {
         dburl::with_search_path(&url, &path)?
     };
     let end = crate::output::format::ending(true);
-    let mut stdout = std::io::stdout().lock();
-    write!(stdout, "{url}{end}")
-        .and_then(|()| stdout.flush())
-        .context("cannot print the URL (stdout closed?)")
+    crate::output::stdout::print(&format!("{url}{end}"))
 }

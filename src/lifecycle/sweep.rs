@@ -37,8 +37,32 @@ pub const INTERVAL: Duration = Duration::from_secs(60);
 const GATE_WAIT: Duration = Duration::from_secs(30);
 const STAMP: &str = ".swept";
 
-/// What a sweep did (or, dry, would do): one line each.
-pub type Actions = Vec<String>;
+/// One thing a sweep did (or, in a dry run, would do), with what it was done to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Removed: what it was, with its path ("stale registration /tmp/...").
+    Removed(String),
+    /// Stopped: the server, with its pid and directory.
+    Stopped(String),
+    /// Left alone, and why ("/tmp/...: processes still run in it").
+    Skipped(String),
+}
+
+impl Action {
+    /// The line `pgtmp gc` prints: "removed ...", or in a dry run "would remove ...".
+    pub fn describe(&self, dry_run: bool) -> String {
+        match (self, dry_run) {
+            (Action::Removed(what), false) => format!("removed {what}"),
+            (Action::Removed(what), true) => format!("would remove {what}"),
+            (Action::Stopped(what), false) => format!("stopped {what}"),
+            (Action::Stopped(what), true) => format!("would stop {what}"),
+            (Action::Skipped(why), _) => format!("skipped {why}"),
+        }
+    }
+}
+
+/// What a sweep did, in order.
+pub type Actions = Vec<Action>;
 
 /// Sweeps PGTMP_DIR. `wait`: wait for starts that hold PGTMP_DIR (else skip the instance
 /// directories this time). `dry_run`: only say what would be done. `cache_age`: how long a
@@ -48,7 +72,10 @@ pub fn sweep(state: &StateDir, dry_run: bool, wait: bool, cache_age: Duration) -
     let (orphans, registrations) = lock_idle(state, wait)?;
     for (instance, _lock) in &orphans {
         if let Err(err) = sweep_instance(instance, dry_run, &mut actions) {
-            actions.push(format!("skipped {}: {err:#}", instance.dir.display()));
+            actions.push(Action::Skipped(format!(
+                "{}: {err:#}",
+                instance.dir.display()
+            )));
         }
     }
     sweep_registrations(&registrations, dry_run, &mut actions);
@@ -112,16 +139,19 @@ fn sweep_registrations(registrations: &[Registration], dry_run: bool, actions: &
                 actions,
             )
         {
-            actions.push(format!("skipped {}: {err:#}", instance.dir.display()));
+            actions.push(Action::Skipped(format!(
+                "{}: {err:#}",
+                instance.dir.display()
+            )));
             continue;
         }
         if !dry_run {
             let _ = fs::remove_file(registration);
         }
-        actions.push(format!(
-            "removed stale registration {}",
+        actions.push(Action::Removed(format!(
+            "stale registration {}",
             registration.display()
-        ));
+        )));
     }
 }
 
@@ -130,35 +160,35 @@ fn sweep_registrations(registrations: &[Registration], dry_run: bool, actions: &
 fn sweep_prepared(state: &StateDir, cache_age: Duration, dry_run: bool, actions: &mut Actions) {
     let pools = state.pools();
     if fs::symlink_metadata(&pools).is_ok() && !ownership::is_own_dir(&pools) {
-        actions.push(format!(
-            "skipped {}: not a directory of this account's own (a symlink, or someone else's); remove it",
+        actions.push(Action::Skipped(format!(
+            "{}: not a directory of this account's own (a symlink, or someone else's); remove it",
             pools.display()
-        ));
+        )));
     } else {
         sweep_pools(state, dry_run, actions);
         for pool in crate::lifecycle::pool::remove_vanished(&pools, dry_run) {
-            actions.push(format!(
-                "removed pool of a vanished or upgraded installation {}",
+            actions.push(Action::Removed(format!(
+                "pool of a vanished or upgraded installation {}",
                 pool.display()
-            ));
+            )));
         }
     }
     match crate::lifecycle::cache::sweep(&state.path, cache_age, dry_run) {
         Ok(swept) => {
             for entry in swept.entries {
-                actions.push(format!(
-                    "removed unused schema cache entry {}",
+                actions.push(Action::Removed(format!(
+                    "unused schema cache entry {}",
                     entry.display()
-                ));
+                )));
             }
             for copy in swept.ready_copies {
-                actions.push(format!(
-                    "removed ready copy {} of a schema cache entry idle for an hour",
+                actions.push(Action::Removed(format!(
+                    "ready copy {} of a schema cache entry idle for an hour",
                     copy.display()
-                ));
+                )));
             }
         }
-        Err(err) => actions.push(format!("skipped the schema cache: {err:#}")),
+        Err(err) => actions.push(Action::Skipped(format!("the schema cache: {err:#}"))),
     }
 }
 
@@ -226,17 +256,17 @@ fn sweep_instance(instance: &Instance, dry_run: bool, actions: &mut Actions) -> 
             if !dry_run {
                 instance.remove_state();
             }
-            actions.push(format!(
-                "removed the stale state of kept cluster {}",
+            actions.push(Action::Removed(format!(
+                "the stale state of kept cluster {}",
                 instance.dir.display()
-            ));
+            )));
         }
         return Ok(());
     }
     if !dry_run {
         instance.remove()?;
     }
-    actions.push(format!("removed {}", instance.dir.display()));
+    actions.push(Action::Removed(instance.dir.display().to_string()));
     Ok(())
 }
 
@@ -261,10 +291,10 @@ fn stop_orphaned_server(
     let running = recorded.or_else(|| ownership::proven_postmaster_of(&data));
     if let Some(server) = running {
         let pid = server.pid();
-        actions.push(format!(
-            "stopped server (pid {pid}) of {}",
+        actions.push(Action::Stopped(format!(
+            "server (pid {pid}) of {}",
             instance.dir.display()
-        ));
+        )));
         if dry_run {
             return Ok(());
         }
@@ -335,7 +365,7 @@ fn sweep_pools(state: &StateDir, dry_run: bool, actions: &mut Actions) {
                     if !dry_run {
                         let _ = fs::remove_file(&path);
                     }
-                    actions.push(format!("removed stale token {}", path.display()));
+                    actions.push(Action::Removed(format!("stale token {}", path.display())));
                 }
                 continue;
             }
@@ -345,10 +375,10 @@ fn sweep_pools(state: &StateDir, dry_run: bool, actions: &mut Actions) {
             {
                 if ownership::processes_inside(&path) {
                     // The orphaned initdb of a killed refiller: the next sweep gets it.
-                    actions.push(format!(
-                        "skipped {}: processes still run in it",
+                    actions.push(Action::Skipped(format!(
+                        "{}: processes still run in it",
                         path.display()
-                    ));
+                    )));
                     continue;
                 }
                 if !dry_run {
@@ -357,7 +387,10 @@ fn sweep_pools(state: &StateDir, dry_run: bool, actions: &mut Actions) {
                         continue;
                     }
                 }
-                actions.push(format!("removed incomplete pool entry {}", path.display()));
+                actions.push(Action::Removed(format!(
+                    "incomplete pool entry {}",
+                    path.display()
+                )));
             }
         }
     }
@@ -528,7 +561,10 @@ mod tests {
 
         let done = sweep(&state, false, true, WEEK).unwrap();
         assert_eq!(done.len(), 2, "{done:?}");
-        assert!(done.iter().all(|a| a.starts_with("skipped ")), "{done:?}");
+        assert!(
+            done.iter().all(|a| matches!(a, Action::Skipped(_))),
+            "{done:?}"
+        );
         for kept in ["k1/new.x1", "trash.x", "build.y"] {
             assert!(o.join(kept).exists(), "{kept} was removed");
         }

@@ -3,5 +3,6 @@
 pub mod exit;
 pub mod format;
 pub mod progress;
+pub mod stdout;
 pub mod trace;
 pub mod url;

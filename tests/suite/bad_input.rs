@@ -513,7 +513,8 @@ fn paths_with_a_comma(invoker: &Invoker) {
 }
 
 /// When the URL cannot be printed (stdout is /dev/full), nobody can use the cluster: it is
-/// stopped and removed before pgtmp exits 1, not left to its idle timeout.
+/// stopped and removed before pgtmp exits 1, not left to its idle timeout. The other commands
+/// that print fail with one line as well (no panic, as `println!` would give).
 fn url_that_cannot_be_printed(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
     for args in ["-w 300", "-t -w 300"] {
@@ -528,6 +529,21 @@ fn url_that_cannot_be_printed(invoker: &Invoker) {
         );
         sandbox.assert_nothing_left(&format!("pgtmp {args} >/dev/full"));
     }
+    // Every other command that prints says so on one line too, instead of panicking (list
+    // has a cluster to list).
+    let url = sandbox.start(&["-w", UNTIL_STOPPED]);
+    for args in ["doctor", "list", "initdb"] {
+        let out = run(
+            &mut sandbox.shell(&format!("\"$PGTMP\" {args} >/dev/full")),
+            PGTMP_LIMIT,
+        );
+        let line = check_failed(&out, 1);
+        assert!(
+            line.contains("cannot print to stdout"),
+            "pgtmp {args} >/dev/full: {line}"
+        );
+    }
+    assert!(sandbox.run(&["stop", &url]).success());
 }
 
 /// A malformed PGTMP_CACHE_DAYS is refused by `pgtmp gc` and by a start (whose background
