@@ -18,7 +18,6 @@ use crate::server::discover::Installation;
 use crate::server::initdb;
 use crate::server::shm;
 use crate::state::instance::{Instance, State};
-use crate::state::ownership;
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
@@ -394,8 +393,8 @@ impl Watchdog {
             owner_uid: self.plan.owner_uid,
             user: self.plan.user.clone(),
             timeout: self.plan.timeout,
-            watchdog_start: ownership::start_time(watchdog_pid),
-            postmaster_start: ownership::start_time(postmaster_pid),
+            watchdog_start: crate::os::procfs::start_time(watchdog_pid),
+            postmaster_start: crate::os::procfs::start_time(postmaster_pid),
             segments: self.segments.clone(),
         })?;
         if let Some(registration) = &self.plan.registration {
@@ -615,7 +614,7 @@ impl Watchdog {
 /// query does not notice its postmaster's death; it would run on, holding the shared memory,
 /// in a directory about to be removed.
 fn end_orphans() {
-    let orphans = crate::state::ownership::children(Pid::this());
+    let orphans = crate::os::procfs::children(Pid::this());
     for &pid in &orphans {
         // Children of this process, not reaped yet (only this loop reaps them): their pids
         // cannot have been reused, so a plain pid reaches them.

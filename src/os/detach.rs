@@ -15,16 +15,10 @@ static INHERITED: OnceLock<Vec<i32>> = OnceLock::new();
 /// locks held. Call first thing in `main`; later calls do nothing.
 pub fn note_inherited_fds() {
     INHERITED.get_or_init(|| {
-        let listed: Vec<i32> = match std::fs::read_dir("/proc/self/fd") {
-            Ok(entries) => entries
-                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .filter(|&fd| fd > 2)
-                .collect(),
-            Err(_) => return Vec::new(),
-        };
         // The listing's own descriptor was among them and is closed by now.
-        listed
+        crate::os::procfs::own_fds()
             .into_iter()
+            .filter(|&fd| fd > 2)
             // SAFETY: F_GETFD only asks whether the descriptor is open.
             .filter(|&fd| unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) } >= 0)
             .collect()
@@ -43,7 +37,7 @@ pub enum Forked {
 /// The child must finish with `std::process::exit`, never by returning into the caller's code.
 pub fn fork() -> Result<Forked> {
     debug_assert!(
-        crate::os::process::thread_count().is_none_or(|threads| threads == 1),
+        crate::os::procfs::thread_count().is_none_or(|threads| threads == 1),
         "fork with other threads running"
     );
     // Anything still buffered would otherwise be written twice.

@@ -3,7 +3,9 @@
 
 pub mod account;
 pub mod detach;
+pub mod pid;
 pub mod process;
+pub mod procfs;
 pub mod secret;
 pub mod signals;
 pub mod testpause;

@@ -5,61 +5,11 @@
 use anyhow::{Context, Result, bail};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
-use serde::{Deserialize, Serialize};
-use std::fmt;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-/// A process id: its own type, so that a pid is never mixed up with a port, a uid or an exit
-/// code, and converted to the kernel's forms here only. Written to state files and reports as
-/// the plain number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Pid(i32);
-
-impl Pid {
-    pub const fn from_raw(pid: i32) -> Pid {
-        Pid(pid)
-    }
-
-    pub const fn as_raw(self) -> i32 {
-        self.0
-    }
-
-    /// This process.
-    pub fn this() -> Pid {
-        Pid(nix::unistd::getpid().as_raw())
-    }
-
-    /// A child that std::process spawned.
-    pub fn of(child: &std::process::Child) -> Pid {
-        // Linux pids fit in an i32 (pid_max is at most 2^22); std gives them as u32.
-        Pid(child.id() as i32)
-    }
-
-    /// True for a pid that can name one process (0 and negative ones name groups).
-    pub fn is_process(self) -> bool {
-        self.0 > 0
-    }
-
-    /// The same pid as nix takes it.
-    pub fn nix(self) -> nix::unistd::Pid {
-        nix::unistd::Pid::from_raw(self.0)
-    }
-}
-
-impl From<nix::unistd::Pid> for Pid {
-    fn from(pid: nix::unistd::Pid) -> Pid {
-        Pid(pid.as_raw())
-    }
-}
-
-impl fmt::Display for Pid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
+pub use crate::os::pid::Pid;
 
 /// A command for a PostgreSQL program, with the caller's PG* variables removed (PGPORT,
 /// PGDATA, PGHOST, PGUSER... would otherwise change what initdb and postgres do) and a fixed
@@ -124,21 +74,6 @@ pub fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
-/// How many threads this process has, from the `Threads:` line of /proc/self/status; None
-/// where that cannot be read (not Linux, no /proc).
-pub fn thread_count() -> Option<usize> {
-    threads_in(&std::fs::read_to_string("/proc/self/status").ok()?)
-}
-
-fn threads_in(status: &str) -> Option<usize> {
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("Threads:"))?
-        .trim()
-        .parse()
-        .ok()
-}
-
 /// True while a process with this pid exists and has not exited. A zombie (exited, not yet
 /// reaped) counts as gone: an orphan is reaped by init, which may take a while.
 pub fn alive(pid: Pid) -> bool {
@@ -147,29 +82,9 @@ pub fn alive(pid: Pid) -> bool {
         && !is_zombie(pid)
 }
 
-#[cfg(target_os = "linux")]
 fn is_zombie(pid: Pid) -> bool {
-    stat_fields(pid).is_some_and(|fields| fields.first().is_some_and(|state| state == "Z"))
-}
-
-/// The fields of /proc/PID/stat from the third (STATE) on: "PID (COMM) STATE PPID ...", where
-/// COMM may hold spaces and parentheses, so fields are counted after the last ')'. The one
-/// reader of that file (Linux; None elsewhere or when the process is gone).
-#[cfg(target_os = "linux")]
-pub fn stat_fields(pid: Pid) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    Some(rest.split_whitespace().map(str::to_string).collect())
-}
-
-#[cfg(not(target_os = "linux"))]
-pub fn stat_fields(_pid: Pid) -> Option<Vec<String>> {
-    None
-}
-
-#[cfg(not(target_os = "linux"))]
-fn is_zombie(_pid: Pid) -> bool {
-    false
+    crate::os::procfs::stat_fields(pid)
+        .is_some_and(|fields| fields.first().is_some_and(|state| state == "Z"))
 }
 
 /// Sends a signal, treating "already gone" as success.
@@ -202,7 +117,7 @@ impl Pidfd {
             use std::os::fd::FromRawFd;
             // SAFETY: pidfd_open(2) takes a pid and flags (0: a blocking handle) and passes no
             // memory; it returns a new descriptor or -1 with errno set.
-            let ret = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid.0, 0) };
+            let ret = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid.as_raw(), 0) };
             if ret >= 0 {
                 // SAFETY: the kernel has just returned this descriptor; it is open and nothing
                 // else owns it, so the OwnedFd is its only owner and closes it once.
@@ -293,15 +208,6 @@ impl Target for Pid {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn threads_are_read_from_the_status_line() {
-        let status = "Name:\tpgtmp\nUmask:\t0022\nThreads:\t3\nSigQ:\t0/1\n";
-        assert_eq!(threads_in(status), Some(3));
-        assert_eq!(threads_in("Name:\tpgtmp\n"), None);
-        // The test runs on a thread of its own beside the harness's main thread.
-        assert!(thread_count().is_some_and(|threads| threads >= 2));
-    }
 
     #[test]
     fn tail_keeps_last_lines_on_one_line() {

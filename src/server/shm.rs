@@ -36,16 +36,13 @@ pub const DETACH_LIMIT: Duration = Duration::from_secs(10);
 /// Reads what the server with postmaster `pid` in `data` uses (after it reported ready).
 pub fn of_server(pid: Pid, data: &Path) -> Segments {
     let sysv_id = crate::state::ownership::postmaster_file(data).and_then(|(_, sysv_id)| sysv_id);
-    let posix = std::fs::read_to_string(format!("/proc/{pid}/maps"))
-        .map(|maps| posix_names(&maps))
-        .unwrap_or_default();
+    let posix = posix_names(&crate::os::procfs::mapped_files(pid));
     Segments { sysv_id, posix }
 }
 
-fn posix_names(maps: &str) -> Vec<String> {
-    let mut names: Vec<String> = maps
-        .lines()
-        .filter_map(|line| line.split_whitespace().nth(5))
+fn posix_names(mapped: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = mapped
+        .iter()
         .filter_map(|path| path.strip_prefix("/dev/shm/"))
         .filter(|name| is_postgres_segment(name))
         .map(str::to_string)
@@ -313,12 +310,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn posix_segments_are_found_in_maps() {
-        let maps = "7f00-7f01 rw-s 00000000 00:1a 12 /dev/shm/PostgreSQL.1234\n\
-                    7f01-7f02 rw-s 00000000 00:1a 13 /dev/shm/PostgreSQL.1234\n\
-                    7f02-7f03 rw-s 00000000 00:1a 14 /dev/shm/other\n\
-                    7f03-7f04 r-xp 00000000 08:01 15 /usr/lib/postgresql/15/bin/postgres\n";
-        assert_eq!(posix_names(maps), ["PostgreSQL.1234"]);
+    fn posix_segments_are_found_among_mapped_files() {
+        let mapped = [
+            "/dev/shm/PostgreSQL.1234",
+            "/dev/shm/PostgreSQL.1234",
+            "/dev/shm/other",
+            "/usr/lib/postgresql/15/bin/postgres",
+        ]
+        .map(String::from);
+        assert_eq!(posix_names(&mapped), ["PostgreSQL.1234"]);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //!   process looks after that directory. An unlocked directory has no live owner.
 
 use crate::os::process::Pid;
+use crate::os::procfs;
 use anyhow::{Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::{File, OpenOptions};
@@ -115,55 +116,6 @@ pub fn is_locked(dir: &Path) -> bool {
     matches!(try_lock(dir), Ok(None))
 }
 
-/// The start time of a process, in clock ticks since boot (field 22 of /proc/PID/stat): with
-/// the pid, it names one process for the machine's uptime. None if the process is gone, or
-/// where it cannot be told (not Linux).
-#[cfg(target_os = "linux")]
-pub fn start_time(pid: Pid) -> Option<u64> {
-    stat_field(pid, 22)
-}
-
-/// Field `n` (from 1) of /proc/PID/stat, a number: "PID (COMM) STATE PPID ...", where COMM
-/// may hold spaces and parentheses, so fields are counted after the last ')'.
-#[cfg(target_os = "linux")]
-fn stat_field(pid: Pid, n: usize) -> Option<u64> {
-    crate::os::process::stat_fields(pid)?
-        .get(n.checked_sub(3)?)?
-        .parse()
-        .ok()
-}
-
-/// The processes whose parent is `parent` (Linux; none elsewhere).
-pub fn children(parent: Pid) -> Vec<Pid> {
-    #[cfg(target_os = "linux")]
-    {
-        let Ok(procs) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        procs
-            .flatten()
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()?
-                    .parse::<i32>()
-                    .ok()
-                    .map(Pid::from_raw)
-            })
-            .filter(|&pid| stat_field(pid, 4) == u64::try_from(parent.as_raw()).ok())
-            .collect()
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = parent;
-        Vec::new()
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-pub fn start_time(_pid: Pid) -> Option<u64> {
-    None
-}
-
 /// A process proven to be the watchdog or the postmaster of one directory, held by a handle
 /// taken before the proof: a signal sent through it reaches that process or none.
 #[derive(Debug)]
@@ -212,7 +164,8 @@ pub fn prove_watchdog(
         return Ok(None);
     };
     let st = dir.stat()?;
-    let proven = is_process_of(pid, started, uid) && holds(pid, st.st_dev, st.st_ino);
+    let proven =
+        is_process_of(pid, started, uid) && procfs::holds(pid, st.st_dev, st.st_ino, FD_SCAN_LIMIT);
     Ok(proven.then_some(Proven { process }))
 }
 
@@ -232,63 +185,23 @@ pub fn prove_postmaster(
     let st = data.stat()?;
     let started_then = started.is_none_or(|s| is_process_of(pid, s, uid));
     let proven = started_then
-        && uids(pid) == Some((uid.as_raw(), uid.as_raw()))
+        && procfs::uids(pid) == Some((uid.as_raw(), uid.as_raw()))
         && serves(pid, data.path())
-        && std::fs::metadata(format!("/proc/{pid}/cwd"))
-            .is_ok_and(|cwd| cwd.dev() == st.st_dev && cwd.ino() == st.st_ino);
+        && procfs::cwd(pid).is_some_and(|cwd| cwd.dev() == st.st_dev && cwd.ino() == st.st_ino);
     Ok(proven.then_some(Proven { process }))
 }
 
 /// True when `pid` is alive, was started at `started` and runs as `uid`.
 fn is_process_of(pid: Pid, started: u64, uid: nix::unistd::Uid) -> bool {
     crate::os::process::alive(pid)
-        && start_time(pid) == Some(started)
-        && uids(pid) == Some((uid.as_raw(), uid.as_raw()))
-}
-
-/// The real and effective uid of a process (the `Uid:` line of /proc/PID/status).
-fn uids(pid: Pid) -> Option<(u32, u32)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let mut ids = status
-        .lines()
-        .find_map(|line| line.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .map(|id| id.parse::<u32>().ok());
-    Some((ids.next()??, ids.next()??))
-}
-
-/// True when the process has an open descriptor on the file `dev`/`ino`. Only the process's
-/// own account (or root) may look; for anyone else this is false.
-fn holds(pid: Pid, dev: u64, ino: u64) -> bool {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
-    };
-    fds.flatten().take(FD_SCAN_LIMIT).any(|fd| {
-        // metadata follows the descriptor's link to the open file itself.
-        std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino)
-    })
+        && procfs::start_time(pid) == Some(started)
+        && procfs::uids(pid) == Some((uid.as_raw(), uid.as_raw()))
 }
 
 /// True when the command line of `pid` has `-D DATA`.
 fn serves(pid: Pid, data: &Path) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
     let data = data.as_os_str().as_encoded_bytes();
-    args.windows(2).any(|w| w[0] == b"-D" && w[1] == data)
-}
-
-#[cfg(target_os = "linux")]
-fn process_uid(pid: Pid) -> Option<u32> {
-    std::fs::metadata(format!("/proc/{pid}"))
-        .ok()
-        .map(|m| m.uid())
-}
-
-#[cfg(not(target_os = "linux"))]
-fn process_uid(_pid: Pid) -> Option<u32> {
-    None
+    procfs::args(pid).is_some_and(|args| args.windows(2).any(|w| w[0] == b"-D" && w[1] == data))
 }
 
 /// The postmaster that the postmaster.pid of data directory `data` names, if it is proven to
@@ -319,47 +232,16 @@ pub fn postmaster_file(data: &Path) -> Option<(Pid, Option<i32>)> {
 /// e.g. an orphaned initdb or a backend of a killed server. False where it cannot be told.
 pub fn processes_inside(dir: &Path) -> bool {
     let me = nix::unistd::geteuid().as_raw();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    procs.flatten().any(|entry| {
-        let Ok(pid) = entry
-            .file_name()
-            .to_string_lossy()
-            .parse()
-            .map(Pid::from_raw)
-        else {
-            return false;
-        };
-        process_uid(pid) == Some(me)
+    procfs::pids().into_iter().any(|pid| {
+        procfs::owner(pid) == Some(me)
             && crate::os::process::alive(pid)
-            && std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
+            && procfs::cwd_path(pid).is_some_and(|cwd| cwd.starts_with(dir))
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn own_start_time_is_stable() {
-        let me = Pid::this();
-        let started = start_time(me);
-        assert!(started.is_some());
-        assert_eq!(start_time(me), started);
-    }
-
-    #[test]
-    fn children_are_found_by_parent() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("10")
-            .spawn()
-            .unwrap();
-        let found = children(Pid::this());
-        child.kill().unwrap();
-        child.wait().unwrap();
-        assert!(found.contains(&Pid::of(&child)), "{found:?}");
-    }
 
     #[test]
     fn processes_are_found_by_working_directory() {
