@@ -460,6 +460,41 @@ mod tests {
         (root, state)
     }
 
+    /// Waits until no other process holds a descriptor of anything under `root`.
+    ///
+    /// A child that another test thread forks gets a copy of every descriptor this process has
+    /// at that moment and keeps it until its exec: close-on-exec acts only then. A copy of a
+    /// lock holds the lock, so a directory whose lock a sweep took and let go of may for that
+    /// while still be locked, and the next sweep rightly leaves it alone as looked after. This
+    /// process holds no descriptor of those directories once the sweep is done, so after the
+    /// copies are closed no new one can be made.
+    fn wait_for_copies_to_close(root: &Path) {
+        use crate::os::{pid::Pid, procfs};
+        let me = Pid::this();
+        let holders = || -> Vec<String> {
+            procfs::pids()
+                .into_iter()
+                .filter(|&pid| pid != me)
+                .flat_map(|pid| {
+                    procfs::open_files(pid)
+                        .into_iter()
+                        .filter(|target| target.starts_with(root))
+                        .map(move |target| format!("pid {pid}: {}", target.display()))
+                })
+                .collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut held = holders();
+        while !held.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+            held = holders();
+        }
+        assert!(
+            held.is_empty(),
+            "other processes hold descriptors: {held:?}"
+        );
+    }
+
     #[test]
     fn instance_names_are_recognised() {
         assert!(is_instance_name("abcd1234"));
@@ -516,6 +551,8 @@ mod tests {
         let dry = sweep(&state, true, true, WEEK).unwrap();
         assert_eq!(dry.len(), 3, "{dry:?}");
         assert!(p.join("aaaa1111").exists() && p.join("pool/k1/new.x1").exists());
+        // The dry run's locks may live on in a child of another test for a moment.
+        wait_for_copies_to_close(p);
 
         let done = sweep(&state, false, true, WEEK).unwrap();
         assert_eq!(done, dry);

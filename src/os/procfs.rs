@@ -123,6 +123,18 @@ pub fn own_fds() -> Vec<i32> {
         .collect()
 }
 
+/// The files the process has open (where its descriptors lead; empty when they cannot be
+/// read: only the process's own account, or root, may look). Only tests need the paths.
+#[cfg(test)]
+pub fn open_files(pid: Pid) -> Vec<PathBuf> {
+    let Ok(fds) = std::fs::read_dir(path(pid, "fd")) else {
+        return Vec::new();
+    };
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .collect()
+}
+
 /// True when one of the first `limit` open descriptors of the process is on the file
 /// `dev`/`ino`. Only the process's own account (or root) may look; for anyone else this is
 /// false.
