@@ -168,12 +168,16 @@ fn selftest_checks_start_query_and_stop(invoker: &Invoker) {
     let out = sandbox.run(&["selftest"]);
     assert!(out.success() && out.stderr.is_empty(), "{out}");
     let lines: Vec<&str> = out.stdout.lines().collect();
-    for step in ["start", "query", "psql", "stop"] {
+    // The psql step needs the installation's own psql, which relocatable builds lack.
+    let psql = if bindir().join("psql").is_file() {
+        "ok    psql "
+    } else {
+        "skip  psql "
+    };
+    for step in ["ok    start ", "ok    query ", psql, "ok    stop "] {
         assert!(
-            lines
-                .iter()
-                .any(|l| l.starts_with(&format!("ok    {step} "))),
-            "no passed step {step} in:\n{out}"
+            lines.iter().any(|l| l.starts_with(step)),
+            "no step '{step}' in:\n{out}"
         );
     }
     assert_eq!(lines.last(), Some(&"OK"), "{out}");
@@ -186,8 +190,12 @@ fn selftest_checks_start_query_and_stop(invoker: &Invoker) {
     assert!(line.contains("selftest failed at step `start`"), "{line}");
 }
 
-/// The PostgreSQL bin directory pgtmp finds first here (the highest under /usr/lib/postgresql).
+/// The PostgreSQL bin directory under test: the [`test_bindir`], else the one pgtmp finds
+/// first here (the highest under /usr/lib/postgresql).
 fn bindir() -> PathBuf {
+    if let Some(dir) = test_bindir() {
+        return dir.to_path_buf();
+    }
     let mut found: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
         .into_iter()
         .flatten()
@@ -201,10 +209,17 @@ fn bindir() -> PathBuf {
         .expect("no PostgreSQL installation under /usr/lib/postgresql")
 }
 
-/// `program` from the installation, run as the account the server runs as: the one pg_tmp
-/// would have run as (pg_tmp cannot run as root, so root's clusters are its server account's).
+/// `program` from the installation (a client such as createdb from PATH when the installation
+/// has none, as relocatable server builds do), run as the account the server runs as: the one
+/// pg_tmp would have run as (pg_tmp cannot run as root, so root's clusters are its server
+/// account's).
 fn as_server(invoker: &Invoker, program: &str) -> Command {
-    as_server_running(invoker, bindir().join(program))
+    let own = bindir().join(program);
+    if own.is_file() {
+        as_server_running(invoker, own)
+    } else {
+        as_server_running(invoker, program)
+    }
 }
 
 fn as_server_running(invoker: &Invoker, program: impl AsRef<std::ffi::OsStr>) -> Command {

@@ -3,6 +3,9 @@
 //! per major, each against a cluster of its own. The second major is a relocatable build from
 //! npm that .ci/run fetches with scripts/fetch-pg into PGTMP_VERSIONS_CACHE
 //! (default /tmp/pgtmp-pg-versions).
+//!
+//! These tests are about discovery among this machine's installations, so they ignore
+//! PGTMP_TEST_BINDIR: pgtmp runs without the PGTMP_BINDIR the harness would give it.
 
 use crate::common::*;
 use std::path::PathBuf;
@@ -63,6 +66,17 @@ fn major_of(postgres: &std::path::Path) -> Option<u32> {
     version.split('.').next()?.parse().ok()
 }
 
+/// pgtmp as the sandbox runs it, but finding its installations itself (no PGTMP_BINDIR).
+fn discovering(sandbox: &Sandbox) -> std::process::Command {
+    let mut cmd = sandbox.pgtmp();
+    cmd.env_remove("PGTMP_BINDIR");
+    cmd
+}
+
+fn run_discovering(sandbox: &Sandbox, args: &[&str]) -> Outcome {
+    run(discovering(sandbox).args(args), PGTMP_LIMIT)
+}
+
 /// pgtmp with PGTMP_PG_PATH naming the directory `build` only, through a symlink in the
 /// sandbox (as a user's own list of installations would).
 fn with_pg_path(sandbox: &Sandbox, build: &std::path::Path, args: &[&str]) -> Outcome {
@@ -71,7 +85,7 @@ fn with_pg_path(sandbox: &Sandbox, build: &std::path::Path, args: &[&str]) -> Ou
         std::fs::create_dir(&path).unwrap();
         std::os::unix::fs::symlink(build, path.join("other")).unwrap();
     }
-    let mut cmd = sandbox.pgtmp();
+    let mut cmd = discovering(sandbox);
     cmd.env("PGTMP_PG_PATH", &path).args(args);
     run(&mut cmd, PGTMP_LIMIT)
 }
@@ -108,7 +122,7 @@ fn pg_picks_the_installation_of_that_major(invoker: &Invoker) {
         assert_eq!(bindir == SYSTEM_BIN, major == system, "{bindir}");
     }
     // PGTMP_PG does the same.
-    let mut cmd = sandbox.pgtmp();
+    let mut cmd = discovering(&sandbox);
     cmd.env("PGTMP_PG", system.to_string()).args(["-F", "json"]);
     let out = run(&mut cmd, PGTMP_LIMIT);
     assert!(check_started(&out, invoker).contains(SYSTEM_BIN), "{out}");
@@ -170,14 +184,17 @@ fn run_runs_cmd_once_per_major(invoker: &Invoker) {
 fn wrong_choices_of_major_are_refused_with_the_reason() {
     let invoker = Invoker::current();
     let sandbox = Sandbox::new(&invoker);
-    let line = check_failed(&sandbox.run(&["--pg", "99", "-w", "5"]), 1);
+    let line = check_failed(&run_discovering(&sandbox, &["--pg", "99", "-w", "5"]), 1);
     assert!(
         line.contains("no PostgreSQL 99 installation")
             && line.contains("installed: ")
             && line.contains("15"),
         "{line}"
     );
-    let line = check_failed(&sandbox.run(&["run", "--pg", "99", "--", "true"]), 1);
+    let line = check_failed(
+        &run_discovering(&sandbox, &["run", "--pg", "99", "--", "true"]),
+        1,
+    );
     assert!(line.contains("installed: "), "{line}");
     for args in [
         &["--pg", "15", "--bindir", SYSTEM_BIN, "-w", "5"][..],
@@ -187,7 +204,7 @@ fn wrong_choices_of_major_are_refused_with_the_reason() {
         &["--pg", "fifteen", "-w", "5"],
         &["stop", "--pg", "15", "--all"],
     ] {
-        let line = check_failed(&sandbox.run(args), 2);
+        let line = check_failed(&run_discovering(&sandbox, args), 2);
         assert!(line.contains("--pg"), "{args:?}: {line}");
     }
     sandbox.assert_nothing_left("after refused --pg");
@@ -207,8 +224,7 @@ fn a_signal_ends_the_run_of_every_major() {
     std::fs::create_dir(&pgs).unwrap();
     std::os::unix::fs::symlink(&build, pgs.join("other")).unwrap();
     let script = format!("echo > {}; exec sleep 60", started.display());
-    let mut child = sandbox
-        .pgtmp()
+    let mut child = discovering(&sandbox)
         .env("PGTMP_PG_PATH", &pgs)
         .args(["run", "--pg", &format!("{system},{other}"), "--"])
         .args(["sh", "-c", &script])
