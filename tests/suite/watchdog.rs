@@ -139,7 +139,7 @@ fn probe_is_invisible(invoker: &Invoker) {
     let log = dir.join("postgres.log");
     let before = fs::read_to_string(&log).unwrap();
     // Ten polls' worth of time: the watchdog probes the server every 200 ms (TICK in
-    // src/watchdog.rs).
+    // src/lifecycle/watchdog/supervise.rs).
     let grew = wait_until(Duration::from_secs(2), || {
         fs::metadata(&log).unwrap().len() != before.len() as u64
     });
