@@ -70,13 +70,16 @@ pub fn run(global: &GlobalArgs) -> Result<()> {
             "install the PostgreSQL client (Debian/Ubuntu: apt-get install postgresql-client)",
         ),
     }
+    report.line(if report.fatal {
+        "pgtmp cannot work here until the failures above are fixed"
+    } else {
+        "pgtmp can work here"
+    });
+    crate::output::stdout::print(&report.text)?;
     if report.fatal {
-        report.line("pgtmp cannot work here until the failures above are fixed");
-        crate::output::stdout::print(&report.text)?;
         return Err(Passed(crate::output::exit::FAILURE).into());
     }
-    report.line("pgtmp can work here");
-    crate::output::stdout::print(&report.text)
+    Ok(())
 }
 
 /// Every installation found, in discovery order, and the one that would be used.

@@ -52,9 +52,8 @@ pub fn children(parent: Pid) -> Vec<Pid> {
         .collect()
 }
 
-/// The value of the `key:` line of /proc/PID/status (or of /proc/self/status for None).
-fn status_line(pid: Option<Pid>, key: &str) -> Option<String> {
-    let file = pid.map_or_else(|| "/proc/self/status".to_string(), |p| path(p, "status"));
+/// The value of the `key:` line of a status file (/proc/PID/status, /proc/self/status).
+fn status_line(file: &str, key: &str) -> Option<String> {
     value_of(&std::fs::read_to_string(file).ok()?, key)
 }
 
@@ -67,12 +66,12 @@ fn value_of(status: &str, key: &str) -> Option<String> {
 
 /// How many threads this process has (the `Threads:` line of /proc/self/status).
 pub fn thread_count() -> Option<usize> {
-    status_line(None, "Threads")?.parse().ok()
+    status_line("/proc/self/status", "Threads")?.parse().ok()
 }
 
 /// The real and effective uid of a process (the `Uid:` line of /proc/PID/status).
 pub fn uids(pid: Pid) -> Option<(u32, u32)> {
-    let line = status_line(Some(pid), "Uid")?;
+    let line = status_line(&path(pid, "status"), "Uid")?;
     let mut ids = line.split_whitespace().map(|id| id.parse::<u32>().ok());
     Some((ids.next()??, ids.next()??))
 }

@@ -149,8 +149,8 @@ const FD_SCAN_LIMIT: usize = 4096;
 /// The watchdog of the directory `dir`, if `pid` is proven to be it: the process has the
 /// recorded start time (required), runs as `uid` (real and effective), and holds an open
 /// descriptor on this very directory (the watchdog keeps the directory's lock descriptor for
-/// its whole life, see lifecycle/watchdog/supervise.rs). A lock held on the directory proves nothing by itself:
-/// anyone who can open it can lock it.
+/// its whole life, see lifecycle/watchdog/supervise.rs). A lock held on the directory proves
+/// nothing by itself: anyone who can open it can lock it.
 pub fn prove_watchdog(
     dir: &crate::state::safefs::Dir,
     pid: Pid,

@@ -3,7 +3,7 @@
 //! the server and dispose of the directory.
 
 use super::report::{Outcome, Report};
-use super::{Plan, dispose_after_failure};
+use super::{DEFAULT_TIMEOUT, Plan, dispose_after_failure};
 use crate::lifecycle::claim::Claim;
 use crate::lifecycle::lifeline::{self, Pull};
 use crate::os::process::Pid;
@@ -22,9 +22,6 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::process::Child;
 use std::time::{Duration, Instant};
-
-/// Seconds without a client after which a cluster stops, unless -w says otherwise.
-pub const DEFAULT_TIMEOUT: u64 = 60;
 
 /// How often the watchdog looks at the server: it acts within this long of the deadline.
 const TICK: Duration = Duration::from_millis(200);
