@@ -105,14 +105,29 @@ fn initdb_backend(sandbox: &Sandbox, needle: &str, uid: u32) -> Option<(i32, See
     })
 }
 
-/// Waits for an initdb backend (see [`initdb_backend`]), then SIGKILLs initdb's process group
+/// Stops the backend `pid` (SIGSTOP) so that it cannot exit, and release its segments, before
+/// the kill; true when it is stopped with all of `seen` still there. A backend that finished
+/// between being seen and being stopped is let go (initdb starts another).
+fn frozen(pid: i32, seen: &Seen) -> bool {
+    signal(pid, Signal::SIGSTOP);
+    let stopped = wait_until(Duration::from_secs(5), || {
+        matches!(proc_state(pid), Some('T') | Some('Z') | None)
+    }) && proc_state(pid) == Some('T');
+    if stopped && seen.left().len() == seen.count() {
+        return true;
+    }
+    signal(pid, Signal::SIGCONT);
+    false
+}
+
+/// Waits for an initdb backend (see [`initdb_backend`]), stops it, then SIGKILLs initdb's process group
 /// (initdb, its shell, the backend) and the pgtmp process that ran initdb. Returns what the
 /// backend had.
 fn kill_mid_initdb(sandbox: &Sandbox, needle: &str) -> Seen {
     let (_, uid) = sandbox.invoker.server_account();
     let mut found = None;
     let appeared = wait_until(PGTMP_LIMIT, || {
-        found = initdb_backend(sandbox, needle, uid);
+        found = initdb_backend(sandbox, needle, uid).filter(|(pid, seen)| frozen(*pid, seen));
         found.is_some()
     });
     assert!(appeared, "no initdb backend with shared memory ran");
