@@ -19,6 +19,9 @@ _pgtmp() {
             pgtmp,clone)
                 cmd="pgtmp__subcmd__clone"
                 ;;
+            pgtmp,discard)
+                cmd="pgtmp__subcmd__discard"
+                ;;
             pgtmp,doctor)
                 cmd="pgtmp__subcmd__doctor"
                 ;;
@@ -30,6 +33,9 @@ _pgtmp() {
                 ;;
             pgtmp,initdb)
                 cmd="pgtmp__subcmd__initdb"
+                ;;
+            pgtmp,keep)
+                cmd="pgtmp__subcmd__keep"
                 ;;
             pgtmp,list)
                 cmd="pgtmp__subcmd__list"
@@ -55,6 +61,9 @@ _pgtmp() {
             pgtmp__subcmd__help,clone)
                 cmd="pgtmp__subcmd__help__subcmd__clone"
                 ;;
+            pgtmp__subcmd__help,discard)
+                cmd="pgtmp__subcmd__help__subcmd__discard"
+                ;;
             pgtmp__subcmd__help,doctor)
                 cmd="pgtmp__subcmd__help__subcmd__doctor"
                 ;;
@@ -66,6 +75,9 @@ _pgtmp() {
                 ;;
             pgtmp__subcmd__help,initdb)
                 cmd="pgtmp__subcmd__help__subcmd__initdb"
+                ;;
+            pgtmp__subcmd__help,keep)
+                cmd="pgtmp__subcmd__help__subcmd__keep"
                 ;;
             pgtmp__subcmd__help,list)
                 cmd="pgtmp__subcmd__help__subcmd__list"
@@ -92,7 +104,7 @@ _pgtmp() {
 
     case "${cmd}" in
         pgtmp)
-            opts="-t -p -w -k -o -d -F -f -h -V --tcp --port --timeout --keep --options --dir --format --schema-file --now --no-cache --bindir --pg --pg-path --run-as --help --version start stop initdb selftest run list ls doctor clone schema gc help"
+            opts="-t -p -w -k -o -d -F -f -h -V --tcp --port --timeout --keep --options --dir --format --schema-file --now --no-cache --owner-pid --bindir --pg --pg-path --run-as --help --version start stop initdb selftest run list ls keep discard doctor clone schema gc help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -150,6 +162,10 @@ _pgtmp() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --owner-pid)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --bindir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -188,6 +204,36 @@ _pgtmp() {
                     COMPREPLY=($(compgen -W "uri jdbc" -- "${cur}"))
                     return 0
                     ;;
+                --bindir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg-path)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --run-as)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pgtmp__subcmd__discard)
+            opts="-h --bindir --pg --pg-path --run-as --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --bindir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -272,7 +318,7 @@ _pgtmp() {
             return 0
             ;;
         pgtmp__subcmd__help)
-            opts="start stop initdb selftest run list doctor clone schema gc help"
+            opts="start stop initdb selftest run list keep discard doctor clone schema gc help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -286,6 +332,20 @@ _pgtmp() {
             return 0
             ;;
         pgtmp__subcmd__help__subcmd__clone)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pgtmp__subcmd__help__subcmd__discard)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -342,6 +402,20 @@ _pgtmp() {
             return 0
             ;;
         pgtmp__subcmd__help__subcmd__initdb)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pgtmp__subcmd__help__subcmd__keep)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -477,8 +551,38 @@ _pgtmp() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        pgtmp__subcmd__keep)
+            opts="-h --bindir --pg --pg-path --run-as --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --bindir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg-path)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --run-as)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         pgtmp__subcmd__list)
-            opts="-h --json --bindir --pg --pg-path --run-as --help"
+            opts="-a -h --json --all --bindir --pg --pg-path --run-as --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -508,7 +612,7 @@ _pgtmp() {
             return 0
             ;;
         pgtmp__subcmd__run)
-            opts="-t -p -w -k -o -d -F -f -h --tcp --port --timeout --keep --options --dir --format --schema-file --now --no-cache --bindir --pg --pg-path --run-as --help"
+            opts="-t -p -w -k -o -d -F -f -h --tcp --port --timeout --keep --options --dir --format --schema-file --now --no-cache --owner-pid --bindir --pg --pg-path --run-as --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -563,6 +667,10 @@ _pgtmp() {
                     return 0
                     ;;
                 --now)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --owner-pid)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -658,7 +766,7 @@ _pgtmp() {
             return 0
             ;;
         pgtmp__subcmd__start)
-            opts="-t -p -w -k -o -d -F -f -h --tcp --port --timeout --keep --options --dir --format --schema-file --now --no-cache --bindir --pg --pg-path --run-as --help"
+            opts="-t -p -w -k -o -d -F -f -h --tcp --port --timeout --keep --options --dir --format --schema-file --now --no-cache --owner-pid --bindir --pg --pg-path --run-as --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -713,6 +821,10 @@ _pgtmp() {
                     return 0
                     ;;
                 --now)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --owner-pid)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -59,9 +59,10 @@ PGTMP_TRACE             1 = print how long each phase of a start took, on stderr
 PGTMP_CACHE_DAYS        days a schema cache entry may go unused before gc removes it
                         (its ready copies go after an hour unused) [default: 7]
 PGTMP_TCP, PGTMP_PORT, PGTMP_TIMEOUT, PGTMP_KEEP, PGTMP_OPTIONS, PGTMP_FORMAT,
-PGTMP_NOW, PGTMP_NO_CACHE, PGTMP_BINDIR, PGTMP_PG, PGTMP_PG_PATH, PGTMP_RUN_AS
-                        fallbacks for -t, -p, -w, -k, -o, -F, --now, --no-cache, --bindir,
-                        --pg, --pg-path, --run-as; an option written on the command line wins.
+PGTMP_NOW, PGTMP_NO_CACHE, PGTMP_OWNER_PID, PGTMP_BINDIR, PGTMP_PG, PGTMP_PG_PATH, PGTMP_RUN_AS
+                        fallbacks for -t, -p, -w, -k, -o, -F, --now, --no-cache, --owner-pid,
+                        --bindir, --pg, --pg-path, --run-as; an option written on the command
+                        line wins.
                         PGTMP_TCP, PGTMP_KEEP, PGTMP_NO_CACHE: 1/0, yes/no, on/off, true/false
 PG*                     the caller's libpq variables are ignored by pgtmp and its servers,
                         except PGPORT, which names the socket file so the port-less URL works",
@@ -201,7 +202,18 @@ pgtmp run --pg 15,16,17 -- make test   # once per PostgreSQL major, a cluster ea
 
 const LIST_EXAMPLES: &str = "\
 pgtmp list                         # URL, PID, VERSION, AGE, IDLE, CONNS, SIZE
+pgtmp list --all                   # and the kept clusters that have stopped
 pgtmp ls --json | jq -r '.[].url'  # the same as JSON";
+
+const KEEP_EXAMPLES: &str = "\
+pgtmp keep \"$db\"                   # a test failed: keep its cluster when it stops
+pgtmp -d DIR                       # later: the kept cluster again, with its data
+pgtmp discard DIR                  # done looking: stop it if it runs, and remove it";
+
+const DISCARD_EXAMPLES: &str = "\
+pgtmp discard \"$url\"               # stop the cluster if it runs, and remove it, kept or not
+pgtmp list --all --json | jq -r '.[] | select(.running | not) | .dir' |
+  xargs -r -n1 pgtmp discard       # every kept cluster that has stopped";
 
 const DOCTOR_EXAMPLES: &str = "\
 pgtmp doctor                       # pass/warn/FAIL per check, each with its fix
@@ -272,9 +284,25 @@ pub enum Command {
     /// status is that of the first that failed.
     #[command(after_help = examples(RUN_EXAMPLES))]
     Run(RunArgs),
-    /// List this account's running clusters
+    /// List this account's running clusters; with --all also the kept ones that have stopped
     #[command(visible_alias = "ls", after_help = examples(LIST_EXAMPLES))]
     List(ListArgs),
+    /// Keep the cluster of URL when it stops, and say how to start it again
+    ///
+    /// URL is any URL pgtmp printed: a cluster's, a clone's or a schema's. From now on, when
+    /// the cluster stops (at its idle timeout, when its --owner-pid process has exited, or by
+    /// `pgtmp stop`), its directory stays, as with a start's -k. Prints on stderr the command
+    /// that starts it again (`pgtmp -d DIR`) and the URL of URL's database once it runs again.
+    /// `pgtmp list --all` shows it after it has stopped; `pgtmp discard` removes it.
+    #[command(after_help = examples(KEEP_EXAMPLES))]
+    Keep(KeepArgs),
+    /// Stop a cluster if it runs and remove its directory, kept or not
+    ///
+    /// Takes the cluster's directory (as `pgtmp list --all` shows it) or a URL pgtmp printed.
+    /// Only a cluster directory pgtmp made and knows as yours (in PGTMP_DIR, or started with -d
+    /// and registered there) is removed; anything else is refused.
+    #[command(after_help = examples(DISCARD_EXAMPLES))]
+    Discard(DiscardArgs),
     /// Check the installation, accounts, state directory and pool; say how to fix what is wrong
     #[command(after_help = examples(DOCTOR_EXAMPLES))]
     Doctor,
@@ -408,6 +436,14 @@ pub struct StartArgs {
     /// Load the -f files even if the schema cache holds their result, and do not cache it
     #[arg(long = "no-cache", env = "PGTMP_NO_CACHE", value_parser = parse_switch)]
     pub no_cache: bool,
+
+    /// Tie the cluster to process PID (e.g. $$, the calling shell, or the test runner's own
+    /// pid): while it runs the cluster never idles out; once it has exited, however it ended,
+    /// the cluster stops as soon as no client is connected (or, with -w N, after N seconds
+    /// without one). PID must be a running process of yours
+    #[arg(long = "owner-pid", env = "PGTMP_OWNER_PID", value_name = "PID",
+          allow_hyphen_values = true, value_parser = parse_pid)]
+    pub owner_pid: Option<i32>,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -425,6 +461,25 @@ pub struct ListArgs {
     /// Print a JSON array instead of a table
     #[arg(long = "json")]
     pub json: bool,
+
+    /// Also list the kept clusters that have stopped: directory, version, when last used,
+    /// size, and the command that starts one again
+    #[arg(short = 'a', long = "all")]
+    pub all: bool,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct KeepArgs {
+    /// A URL pgtmp printed (of the cluster, a clone or a schema; uri, jdbc, dsn or json)
+    #[arg(value_name = "URL")]
+    pub url: String,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct DiscardArgs {
+    /// The cluster's directory, or a URL pgtmp printed for it
+    #[arg(value_name = "DIR|URL")]
+    pub cluster: String,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -523,6 +578,7 @@ pub struct Written {
     pub schema_files: bool,
     pub now: bool,
     pub no_cache: bool,
+    pub owner_pid: bool,
 }
 
 impl Written {
@@ -539,6 +595,7 @@ impl Written {
             schema_files: written("schema_files"),
             now: written("now"),
             no_cache: written("no_cache"),
+            owner_pid: written("owner_pid"),
         }
     }
 }
@@ -591,6 +648,12 @@ impl StartArgs {
             schema_files: [self.schema_files, later.schema_files].concat(),
             now: pick(self.now, written.now, later.now, later_written.now),
             no_cache: written.no_cache || later.no_cache,
+            owner_pid: pick(
+                self.owner_pid,
+                written.owner_pid,
+                later.owner_pid,
+                later_written.owner_pid,
+            ),
         }
     }
 
@@ -599,8 +662,14 @@ impl StartArgs {
         self.tcp || self.port.is_some()
     }
 
+    /// -w, else 60 s; with --owner-pid the timeout counts from the owner's exit, and without
+    /// -w the cluster then stops as soon as no client is connected.
     pub fn idle_timeout(&self) -> u64 {
-        self.timeout.unwrap_or(DEFAULT_TIMEOUT)
+        match (self.timeout, self.owner_pid) {
+            (Some(timeout), _) => timeout,
+            (None, Some(_)) => 0,
+            (None, None) => DEFAULT_TIMEOUT,
+        }
     }
 }
 
@@ -666,6 +735,14 @@ fn parse_timeout(text: &str) -> Result<u64, String> {
             u64::MAX
         )
     })
+}
+
+/// A process id: a positive number.
+fn parse_pid(text: &str) -> Result<i32, String> {
+    match text.trim().parse::<i32>() {
+        Ok(pid) if pid > 0 => Ok(pid),
+        _ => Err("expected the pid of a running process, e.g. --owner-pid $$".into()),
+    }
 }
 
 /// Parses the process arguments; on failure prints help, the version, or a one-line error
@@ -809,6 +886,7 @@ fn resolve_stop(
         (written.schema_files, "-f/--schema-file"),
         (written.now, "--now"),
         (written.no_cache, "--no-cache"),
+        (written.owner_pid, "--owner-pid"),
         (by_hand("bindir"), "--bindir"),
         (by_hand("pg"), "--pg"),
     ];

@@ -20,6 +20,7 @@ impl StartArgs {
             port: self.port,
             timeout: self.idle_timeout(),
             keep: self.keep,
+            owner_pid: self.owner_pid.map(crate::os::process::Pid::from_raw),
             options: self.options.clone(),
             dir: self.dir.clone(),
             schema_files: self.schema_files.clone(),

@@ -1,6 +1,8 @@
-//! `pgtmp list` (`ls`): this account's running clusters, as a table or JSON.
+//! `pgtmp list` (`ls`): this account's running clusters, and with --all its kept clusters that
+//! have stopped, as tables or JSON.
 
 use crate::cli::GlobalArgs;
+use crate::lifecycle::kept;
 use crate::lifecycle::session;
 use crate::os::process::Pid;
 use crate::output::url;
@@ -17,6 +19,8 @@ use std::time::{Duration, SystemTime};
 /// One running cluster as listed.
 #[derive(Debug, Serialize)]
 struct Entry {
+    /// Always true: told apart from [`Stopped`] in the JSON of --all.
+    running: bool,
     /// A URL for `psql` and `pgtmp stop`. TCP clusters are shown without their password,
     /// which pgtmp does not keep.
     url: String,
@@ -36,15 +40,44 @@ struct Entry {
     size_bytes: u64,
     timeout: u64,
     keep: bool,
+    /// `--owner-pid`: the process the cluster follows.
+    owner_pid: Option<Pid>,
+}
+
+/// One element of the JSON array, with its fields in their order.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Listed<'a> {
+    Running(&'a Entry),
+    Stopped(&'a Stopped),
+}
+
+/// A kept cluster that has stopped, as `list --all` shows it.
+#[derive(Debug, Serialize)]
+struct Stopped {
+    /// Always false.
+    running: bool,
+    dir: PathBuf,
+    /// The URL of `test` once `reopen` has started it again.
+    url: String,
+    /// The major version the data directory was made by.
+    version: Option<String>,
+    /// Seconds since its server last wrote to its log (at the latest, when it stopped).
+    last_used_seconds: Option<u64>,
+    size_bytes: u64,
+    keep: bool,
+    /// The command that starts it again.
+    reopen: String,
 }
 
 /// Only reads: nothing is created, and root needs no account switch to read. Root reads a
 /// directory the server account owns, so everything is read with bounds, and whatever is
 /// not as pgtmp makes it is skipped with a warning (see clusters.rs).
-pub fn run(json: bool, global: &GlobalArgs) -> Result<()> {
+pub fn run(json: bool, all: bool, global: &GlobalArgs) -> Result<()> {
     // Root's clusters lie in one state directory per server account: all of them are read.
     let (invoker, covered) = session::covered(global.run_as())?;
     let mut entries: Vec<Entry> = Vec::new();
+    let mut stopped: Vec<Stopped> = Vec::new();
     for (_, path) in &covered {
         let state = match clusters::open_state_dir(path) {
             Ok(state) => state,
@@ -61,14 +94,47 @@ pub fn run(json: bool, global: &GlobalArgs) -> Result<()> {
                 .iter()
                 .filter_map(|cluster| entry(cluster, invoker.uid.as_raw())),
         );
+        if all && let Some(state) = &state {
+            stopped.extend(
+                kept::stopped(state)
+                    .iter()
+                    .map(|cluster| stopped_entry(cluster, &invoker.name)),
+            );
+        }
     }
     entries.sort_by_key(|e| std::cmp::Reverse(e.age_seconds));
+    stopped.sort_by_key(|e| e.last_used_seconds);
     let text = if json {
-        serde_json::to_string_pretty(&entries).context("cannot render JSON")? + "\n"
+        let listed: Vec<Listed> = entries
+            .iter()
+            .map(Listed::Running)
+            .chain(stopped.iter().map(Listed::Stopped))
+            .collect();
+        serde_json::to_string_pretty(&listed).context("cannot render JSON")? + "\n"
     } else {
-        table(&entries)
+        match (table(&entries), stopped_table(&stopped)) {
+            (running, kept) if running.is_empty() || kept.is_empty() => running + &kept,
+            (running, kept) => format!("{running}\n{kept}"),
+        }
     };
     crate::output::stdout::print(&text)
+}
+
+/// A kept cluster that has stopped; `user` is the role its URL names (the invoker's).
+fn stopped_entry(cluster: &ClusterDir, user: &str) -> Stopped {
+    let last_used = cluster
+        .last_used()
+        .and_then(|t| SystemTime::now().duration_since(t).ok());
+    Stopped {
+        running: false,
+        dir: cluster.path.clone(),
+        url: url::socket_url(user, &cluster.path),
+        version: cluster.data_version().map(|v| v.to_string()),
+        last_used_seconds: last_used.map(|d| d.as_secs()),
+        size_bytes: disk_usage(&cluster.path),
+        keep: true,
+        reopen: kept::reopen_command(&cluster.path, false),
+    }
 }
 
 /// A running cluster of `owner`'s, or None for anything else: being prepared, waiting to be
@@ -130,7 +196,9 @@ fn entry(cluster: &ClusterDir, owner: u32) -> Option<Entry> {
         connections: activity.map(|a| a.clients),
         size_bytes: disk_usage(dir),
         timeout: state.timeout,
-        keep: state.keep,
+        keep: state.keep || instance.is_kept(),
+        owner_pid: state.owner.map(|(pid, _)| pid),
+        running: true,
     })
 }
 
@@ -171,7 +239,32 @@ fn table(entries: &[Entry]) -> String {
             size(e.size_bytes),
         ]);
     }
-    let widths: Vec<usize> = (0..7)
+    aligned(&rows)
+}
+
+/// The table of kept clusters that have stopped.
+fn stopped_table(entries: &[Stopped]) -> String {
+    if entries.is_empty() {
+        return String::new();
+    }
+    let mut rows =
+        vec![["KEPT, STOPPED", "VERSION", "LAST USED", "SIZE", "REOPEN"].map(String::from)];
+    for e in entries {
+        rows.push([
+            e.dir.display().to_string(),
+            e.version.clone().unwrap_or_else(|| "-".to_string()),
+            e.last_used_seconds
+                .map_or_else(|| "-".to_string(), |s| format!("{} ago", duration(s))),
+            size(e.size_bytes),
+            e.reopen.clone(),
+        ]);
+    }
+    aligned(&rows)
+}
+
+/// Rows as columns two spaces apart, each as wide as its widest cell.
+fn aligned<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();

@@ -2,9 +2,11 @@
 //! and prints the result; they share code only through those layers, never with each other.
 
 mod clone;
+mod discard;
 mod doctor;
 mod gc;
 mod initdb;
+mod keep;
 mod list;
 mod run;
 mod schema;
@@ -24,7 +26,9 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Stop(args)) => stop::run(args, &global),
         Some(Command::Initdb(args)) => initdb::run(args.dir.or(cli.start.dir), &global),
         Some(Command::Run(args)) => run::run(args, &global),
-        Some(Command::List(args)) => list::run(args.json, &global),
+        Some(Command::List(args)) => list::run(args.json, args.all, &global),
+        Some(Command::Keep(args)) => keep::run(args, &global),
+        Some(Command::Discard(args)) => discard::run(args, &global),
         Some(Command::Doctor) => doctor::run(&global),
         Some(Command::Clone(args)) => clone::run(args, &global),
         Some(Command::Schema(args)) => schema::run(args, &global),

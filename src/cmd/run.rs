@@ -15,6 +15,7 @@
 
 use crate::cli::{GlobalArgs, RunArgs};
 use crate::lifecycle::lifeline::{self, Holder};
+use crate::lifecycle::owner::Owner;
 use crate::lifecycle::start::{self, StartRequest};
 use crate::os::detach::{self, Forked};
 use crate::os::process::{self, Pid};
@@ -75,12 +76,13 @@ fn redirects(name: &str, value: &OsStr) -> bool {
 }
 
 pub fn run(mut args: RunArgs, global: &GlobalArgs) -> Result<()> {
-    // The format only shapes the line that says where a kept (-k) cluster is. Without -k
-    // nothing is printed: a written -F is a mistake, PGTMP_FORMAT (meant for starts) is ignored.
-    if !args.start.keep {
+    // The format only shapes the line that says where a cluster that outlives CMD (-k,
+    // --owner-pid) is. Without either nothing is printed: a written -F is a mistake,
+    // PGTMP_FORMAT (meant for starts) is ignored.
+    if !args.start.keep && args.start.owner_pid.is_none() {
         if args.start.format_written {
             return Err(exit::usage(
-                "pgtmp run prints no URL: -F only shapes the line -k prints about the kept cluster; drop -F, or add -k",
+                "pgtmp run prints no URL: -F only shapes the line -k (or --owner-pid) prints about the cluster left running; drop -F, or add -k",
             ));
         }
         args.start.format = None;
@@ -180,6 +182,12 @@ fn wait_passing_on(pid: Pid, held: &Held) -> Result<(u8, Option<i32>)> {
 
 /// One cluster, CMD against it, the cluster stopped: `pgtmp run` with one installation.
 fn run_once(request: &StartRequest, program: &OsString, arguments: &[OsString]) -> Result<()> {
+    // Checked here too (the start checks it again), to know the owner after CMD.
+    let uid = nix::unistd::getuid().as_raw();
+    let owner = request
+        .owner_pid
+        .map(|pid| Owner::check(pid, uid))
+        .transpose()?;
     let held = Held::new(&CAUGHT)?;
     let Started {
         cluster,
@@ -190,7 +198,7 @@ fn run_once(request: &StartRequest, program: &OsString, arguments: &[OsString]) 
     let keep = cluster.keep;
     let format = request.format;
     if let Some(signal) = interrupted {
-        finish(&cluster, holder, false, format)?;
+        finish(&cluster, holder, false, None, format)?;
         return Err(Passed(128 + signal as u8).into());
     }
 
@@ -205,7 +213,7 @@ fn run_once(request: &StartRequest, program: &OsString, arguments: &[OsString]) 
     let status = match cmd.spawn() {
         Ok(mut child) => wait_forwarding(&mut child, &signals)?,
         Err(err) => {
-            finish(&cluster, holder, false, format)?;
+            finish(&cluster, holder, false, None, format)?;
             let code = if err.kind() == ErrorKind::NotFound {
                 127
             } else {
@@ -218,7 +226,7 @@ fn run_once(request: &StartRequest, program: &OsString, arguments: &[OsString]) 
             return Err(Passed(code).into());
         }
     };
-    finish(&cluster, holder, keep, format)?;
+    finish(&cluster, holder, keep, owner.as_ref(), format)?;
     match status_code(status) {
         0 => Ok(()),
         code => Err(Passed(code).into()),
@@ -395,14 +403,30 @@ fn in_my_group(pid: Pid) -> bool {
     nix::unistd::getpgid(Some(pid.nix())).is_ok_and(|group| group == nix::unistd::getpgrp())
 }
 
-/// Stops the cluster and waits until its directory is gone, or with `keep` lets it run on
-/// and says where it is, in `format` where that fits on the line (not `env`).
-fn finish(cluster: &Cluster, holder: Holder, keep: bool, format: Format) -> Result<()> {
-    if keep {
+/// Stops the cluster and waits until its directory is gone, or with `keep` (or an `owner` that
+/// still runs) lets it run on and says where it is, in `format` where that fits on the line
+/// (not `env`).
+fn finish(
+    cluster: &Cluster,
+    holder: Holder,
+    keep: bool,
+    owner: Option<&Owner>,
+    format: Format,
+) -> Result<()> {
+    let owner = owner.filter(|owner| owner.runs());
+    if keep || owner.is_some() {
         holder.release();
-        let until = match cluster.timeout {
-            0 => "it runs until `pgtmp stop`".to_string(),
-            seconds => format!("it stops after {seconds} s without a client"),
+        let until = match (owner, cluster.timeout) {
+            (Some(owner), 0) => format!(
+                "it stops once process {} has exited and no client is connected",
+                owner.pid
+            ),
+            (Some(owner), seconds) => format!(
+                "it stops once process {} has exited and no client has been connected for {seconds} s",
+                owner.pid
+            ),
+            (None, 0) => "it runs until `pgtmp stop`".to_string(),
+            (None, seconds) => format!("it stops after {seconds} s without a client"),
         };
         let shown = match format {
             Format::Env => cluster.url.clone(),
@@ -414,8 +438,13 @@ fn finish(cluster: &Cluster, holder: Holder, keep: bool, format: Format) -> Resu
                 .ok()
             }),
         };
+        let (what, kept) = if keep {
+            ("kept the cluster", "; its directory is kept when it stops")
+        } else {
+            ("the cluster runs on", "")
+        };
         eprintln!(
-            "pgtmp: kept the cluster: {shown} (directory {}; {until}; its directory is kept when it stops)",
+            "pgtmp: {what}: {shown} (directory {}; {until}{kept})",
             cluster.socket_dir.display()
         );
         return Ok(());

@@ -2,6 +2,8 @@
 //! of it (see prestart.rs for the whole protocol): shared by both sides, so that neither needs
 //! the other's module.
 
+use crate::lifecycle::owner::Owner;
+use crate::os::process::Pid;
 use crate::state::instance::Instance;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -21,13 +23,15 @@ pub fn is_waiting(instance: &Instance) -> bool {
 /// The version of the claim file's format. A claim only passes between a start and a
 /// watchdog of the same pool, and a pool is never shared with another format (the pool's
 /// `ENTRY_FORMAT` changed with this one), so no other version is ever read.
-const CLAIM_VERSION: u32 = 1;
+const CLAIM_VERSION: u32 = 2;
 
 /// What a start asks of the server it claims.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claim {
     pub timeout: u64,
     pub keep: bool,
+    /// `--owner-pid`: the process whose life the cluster follows.
+    pub owner: Option<Owner>,
 }
 
 /// The claim file as written: JSON, with the format's version.
@@ -36,6 +40,8 @@ struct ClaimFile {
     version: u32,
     timeout: u64,
     keep: bool,
+    owner_pid: Option<Pid>,
+    owner_start: Option<u64>,
 }
 
 impl Claim {
@@ -44,6 +50,8 @@ impl Claim {
             version: CLAIM_VERSION,
             timeout: self.timeout,
             keep: self.keep,
+            owner_pid: self.owner.map(|o| o.pid),
+            owner_start: self.owner.map(|o| o.start),
         };
         serde_json::to_string(&file).context("cannot render the claim")
     }
@@ -53,6 +61,10 @@ impl Claim {
         (file.version == CLAIM_VERSION).then_some(Claim {
             timeout: file.timeout,
             keep: file.keep,
+            owner: match (file.owner_pid, file.owner_start) {
+                (Some(pid), Some(start)) => Some(Owner { pid, start }),
+                _ => None,
+            },
         })
     }
 
@@ -130,16 +142,25 @@ mod tests {
         let claim = Claim {
             timeout: 7,
             keep: true,
+            owner: Some(Owner {
+                pid: Pid::from_raw(42),
+                start: 1234,
+            }),
         };
         let text = claim.render().unwrap();
         assert_eq!(Claim::parse(&text), Some(claim));
+        let without = Claim {
+            owner: None,
+            ..claim
+        };
+        assert_eq!(Claim::parse(&without.render().unwrap()), Some(without));
         assert_eq!(
-            Claim::parse(&text.replace("\"version\":1", "\"version\":2")),
+            Claim::parse(&text.replace("\"version\":2", "\"version\":1")),
             None
         );
         assert_eq!(Claim::parse("timeout=7\nkeep=1\n"), None);
         assert_eq!(
-            Claim::parse("{\"version\":1,\"timeout\":-1,\"keep\":true}"),
+            Claim::parse("{\"version\":2,\"timeout\":-1,\"keep\":true}"),
             None
         );
     }

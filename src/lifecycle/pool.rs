@@ -42,9 +42,10 @@ pub const DEFAULT_SIZE: usize = 8;
 pub const MAX_SIZE: usize = 64;
 /// Bumped whenever what a prepared entry contains changes, so old entries are not reused (4:
 /// a TLS key and certificate, without which a TCP start serves no TLS), or the files by which
-/// a start claims a pre-started server of the pool (3: JSON claims), so that a start never
+/// a start claims a pre-started server of the pool (3: JSON claims; 5: claims name the
+/// `--owner-pid` process, which a watchdog of format 4 would not see), so that a start never
 /// claims a server whose watchdog reads another format.
-const ENTRY_FORMAT: &str = "4";
+const ENTRY_FORMAT: &str = "5";
 
 const READY: &str = "ready.";
 /// A ready entry `pgtmp initdb` printed: the next start takes it (see [`Pool::prepare_next`]).

@@ -198,6 +198,7 @@ fn start_one(pool: &Pool, owner: &Owner, tcp: bool, settings: &Settings) -> Resu
         password: if tcp { Some(secret::password()?) } else { None },
         timeout: settings.ttl,
         keep: false,
+        owner: None,
         options: Vec::new(),
         on_failure: OnFailure::Remove,
         create_test: false,
@@ -236,6 +237,7 @@ mod tests {
         let claim = Claim {
             timeout: 3,
             keep: false,
+            owner: None,
         };
         claim.write(&instance).unwrap();
         assert_eq!(waiting.take_claim(&instance), Some(claim));

@@ -5,6 +5,7 @@
 use crate::lifecycle::cache::{self, Cache};
 use crate::lifecycle::claim::Claim;
 use crate::lifecycle::directory;
+use crate::lifecycle::owner::Owner;
 use crate::lifecycle::pool::{self, Pool, Taken};
 use crate::lifecycle::prestart;
 use crate::lifecycle::session::Session;
@@ -12,6 +13,7 @@ use crate::lifecycle::sweep;
 use crate::lifecycle::watchdog::{self, OnFailure, Plan};
 use crate::os::account::RunAs;
 use crate::os::detach::{self, Forked};
+use crate::os::process::Pid;
 use crate::os::secret;
 use crate::os::testpause;
 use crate::output::exit;
@@ -57,9 +59,12 @@ pub struct StartRequest {
     /// -t, or implied by -p.
     pub tcp: bool,
     pub port: Option<u16>,
-    /// Seconds without a client before the cluster stops; 0: never.
+    /// Seconds without a client before the cluster stops; 0: never. With an owner: counted
+    /// from the owner's exit, and 0 stops it as soon as no client is connected.
     pub timeout: u64,
     pub keep: bool,
+    /// `--owner-pid`: the process whose life the cluster follows, not yet checked.
+    pub owner_pid: Option<Pid>,
     /// The -o strings, not yet split into arguments.
     pub options: Vec<String>,
     pub dir: Option<PathBuf>,
@@ -166,6 +171,7 @@ struct Checked<'a> {
     port: u16,
     password: Option<String>,
     name: String,
+    owner: Option<Owner>,
 }
 
 /// Where the start's directory came from.
@@ -266,6 +272,12 @@ pub fn launch(args: &StartRequest, lifeline: Option<OwnedFd>) -> Result<Launched
 /// the password and the directory's name are chosen.
 fn check(args: &StartRequest) -> Result<Checked<'_>> {
     format::check(args.format, args.tcp)?;
+    // The invoker's real uid: root's session switch comes later.
+    let uid = nix::unistd::getuid().as_raw();
+    let owner = args
+        .owner_pid
+        .map(|pid| Owner::check(pid, uid))
+        .transpose()?;
     cluster::ensure_open_files()?;
     let options = cluster::split_options(&args.options)?;
     let install = discover::choose(&args.install)?;
@@ -301,6 +313,7 @@ fn check(args: &StartRequest) -> Result<Checked<'_>> {
         port,
         password: if tcp { Some(secret::password()?) } else { None },
         name: pool::new_name()?,
+        owner,
     })
 }
 
@@ -389,7 +402,7 @@ fn acquire(
         && req.data.is_none()
         && !lifeline
         && let Some(claimed) =
-            prestart::claim(&pool, &session.state, req.tcp, req.port, claim_of(req.args))?
+            prestart::claim(&pool, &session.state, req.tcp, req.port, claim_of(req))?
     {
         return Ok(Acquired::Running(claimed, pool));
     }
@@ -412,10 +425,11 @@ fn lock_made(
 }
 
 /// What a start asks of a pre-started server it claims.
-fn claim_of(args: &StartRequest) -> Claim {
+fn claim_of(req: &Checked) -> Claim {
     Claim {
-        timeout: args.timeout,
-        keep: args.keep,
+        timeout: req.args.timeout,
+        keep: req.args.keep,
+        owner: req.owner,
     }
 }
 
@@ -428,7 +442,7 @@ fn claimed_server(
     pool: Pool,
 ) -> Result<Launched> {
     trace::phase("claim-running");
-    let claim = claim_of(req.args);
+    let claim = claim_of(&req);
     if claim.keep {
         claimed.instance.mark_kept()?;
     }
@@ -488,6 +502,7 @@ fn plan(
         timeout: req.args.timeout,
         // A directory once started with -k stays kept, whether or not -k is given again.
         keep: req.args.keep || (on_failure == OnFailure::Leave && instance.is_kept()),
+        owner: req.owner,
         options: req.options.clone(),
         on_failure,
         create_test: taken == Some(Taken::Initialized),

@@ -10,6 +10,7 @@
 //!   memory of a killed one is released, and a directory started with -k is kept;
 //! - registrations of clusters outside PGTMP_DIR (`-d`) whose watchdog is gone, after stopping
 //!   their server the same way; nothing outside PGTMP_DIR is ever removed;
+//! - records of kept clusters outside PGTMP_DIR whose directory is gone or no longer kept;
 //! - incomplete pool entries (`pool/<key>/new.*`) while no refiller holds that pool's lock.
 //!
 //! Before a directory that may hold a data directory is removed, the shared memory that killed
@@ -21,7 +22,7 @@ use crate::server::cluster;
 use crate::server::shm;
 use crate::state::instance::{Instance, NAME_ALPHABET, State};
 use crate::state::ownership::{self, DirLock};
-use crate::state::statedir::{self, INSTANCE_NAME_LEN, REGISTERED, StateDir};
+use crate::state::statedir::{self, INSTANCE_NAME_LEN, KEPT, REGISTERED, StateDir};
 use anyhow::{Result, bail};
 use nix::fcntl::{Flock, FlockArg};
 use nix::unistd::geteuid;
@@ -79,6 +80,7 @@ pub fn sweep(state: &StateDir, dry_run: bool, wait: bool, cache_age: Duration) -
         }
     }
     sweep_registrations(&registrations, dry_run, &mut actions);
+    sweep_kept_records(state, dry_run, &mut actions);
     sweep_prepared(state, cache_age, dry_run, &mut actions);
     Ok(actions)
 }
@@ -151,6 +153,33 @@ fn sweep_registrations(registrations: &[Registration], dry_run: bool, actions: &
         actions.push(Action::Removed(format!(
             "stale registration {}",
             registration.display()
+        )));
+    }
+}
+
+/// Removes the records of kept clusters outside PGTMP_DIR (see statedir::KEPT) that name
+/// nothing kept any more: the directory was removed by hand, or is no longer a kept pgtmp
+/// cluster. The directories themselves are never touched.
+fn sweep_kept_records(state: &StateDir, dry_run: bool, actions: &mut Actions) {
+    let me = nix::unistd::geteuid().as_raw();
+    for entry in fs::read_dir(&state.path).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let own_file = fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.uid() == me);
+        if !own_file || !entry.file_name().to_string_lossy().starts_with(KEPT) {
+            continue;
+        }
+        let kept = statedir::registered_dir(&path)
+            .map(Instance::new)
+            .is_ok_and(|instance| instance.is_cluster() && instance.is_kept());
+        if kept {
+            continue;
+        }
+        if !dry_run {
+            let _ = fs::remove_file(&path);
+        }
+        actions.push(Action::Removed(format!(
+            "stale record of a kept cluster {}",
+            path.display()
         )));
     }
 }

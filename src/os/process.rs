@@ -140,6 +140,20 @@ impl Pidfd {
         self.pid
     }
 
+    /// True once the process of this handle has exited (a zombie included), looked at without
+    /// waiting. A pidfd becomes readable then, and stays so; without one, the pid is asked,
+    /// which a process that took the pid over since would answer for.
+    pub fn has_exited(&self) -> bool {
+        let Some(fd) = &self.fd else {
+            return !alive(self.pid);
+        };
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        // EINTR: not known yet; the caller looks again.
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+    }
+
     /// Sends `sig` to the process of this handle; one that has exited meanwhile is fine (and
     /// no other process that got its pid is reached).
     pub fn signal(&self, sig: Signal) -> Result<()> {

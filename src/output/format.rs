@@ -205,6 +205,20 @@ pub fn env_value(value: &str) -> String {
     format!("'{}'", value.replace('\'', r"'\''"))
 }
 
+/// A word of a shell command line to copy and paste: bare when it holds only characters no
+/// shell treats specially, otherwise single-quoted as in [`env_value`].
+pub fn shell_word(value: &str) -> String {
+    let bare = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-:@+,%=".contains(c));
+    if bare {
+        value.to_string()
+    } else {
+        env_value(value)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,13 +1,13 @@
 //! An account's cluster directories, found and opened without trusting what is in them: the
 //! instance directories directly in PGTMP_DIR and the `-d` directories registered there
-//! (`elsewhere.*`), each opened as a [`Dir`] handle (never through a symlink) and read only
+//! (`elsewhere.*` while they run, `kept.*` for kept ones), each opened as a [`Dir`] handle (never through a symlink) and read only
 //! with bounded reads of regular files of the directory's owner, so that nothing planted
 //! there (a FIFO, a device, a symlink, a huge file) can make pgtmp hang, read without end or
 //! act on another directory.
 
 use crate::state::instance::{self, Instance, STATE, State};
 use crate::state::safefs::{self, Dir};
-use crate::state::statedir::{INSTANCE_NAME_LEN, REGISTERED};
+use crate::state::statedir::{INSTANCE_NAME_LEN, KEPT, REGISTERED};
 use anyhow::{Context, Result, bail};
 use nix::unistd::Uid;
 use std::ffi::OsStr;
@@ -35,6 +35,14 @@ impl ClusterDir {
 
     pub fn data(&self) -> Result<Dir> {
         self.dir.open_dir("data")
+    }
+
+    /// When the cluster was last used: when its server last wrote to its log (at the latest,
+    /// when it stopped).
+    pub fn last_used(&self) -> Option<std::time::SystemTime> {
+        let st = self.dir.stat_at("postgres.log").ok()??;
+        let secs = u64::try_from(st.st_mtime).ok()?;
+        std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs))
     }
 
     /// The major version the data directory was made by, read with bounds.
@@ -137,6 +145,8 @@ pub fn all(state: &Dir) -> Vec<ClusterDir> {
             continue;
         };
         match opened {
+            // A kept cluster that runs is both registered and recorded as kept.
+            Ok(Some(cluster)) if found.iter().any(|c: &ClusterDir| c.path == cluster.path) => {}
             Ok(Some(cluster)) => found.push(cluster),
             Ok(None) => {}
             Err(err) => warn_skipping(&path, &err),
@@ -145,8 +155,10 @@ pub fn all(state: &Dir) -> Vec<ClusterDir> {
     found
 }
 
+/// A registration of a running cluster outside PGTMP_DIR, or the record of a kept one.
 fn is_registration(name: &OsStr) -> bool {
-    name.as_encoded_bytes().starts_with(REGISTERED.as_bytes())
+    let name = name.as_encoded_bytes();
+    name.starts_with(REGISTERED.as_bytes()) || name.starts_with(KEPT.as_bytes())
 }
 
 /// The instance directory `name` in `state`, if it is a directory (a symlink or a file with
@@ -390,6 +402,12 @@ mod tests {
         private_dir(&elsewhere);
         fs::write(
             state_path.join("elsewhere.good"),
+            format!("{}\n", elsewhere.display()),
+        )
+        .unwrap();
+        // Recorded as kept too: still found once.
+        fs::write(
+            state_path.join("kept.1.2"),
             format!("{}\n", elsewhere.display()),
         )
         .unwrap();

@@ -68,6 +68,8 @@ pub struct State {
     pub postmaster_start: Option<u64>,
     /// The server's shared memory, to release should it be killed.
     pub segments: Segments,
+    /// `--owner-pid`: the process the cluster follows, and its start time.
+    pub owner: Option<(Pid, u64)>,
 }
 
 impl Instance {
@@ -343,6 +345,11 @@ struct StateFile {
     postmaster_start: Option<u64>,
     shm_sysv_id: Option<i32>,
     shm_posix: Vec<String>,
+    /// Added within version 1: absent in the records of a pgtmp without `--owner-pid`.
+    #[serde(default)]
+    owner_pid: Option<Pid>,
+    #[serde(default)]
+    owner_start: Option<u64>,
 }
 
 impl State {
@@ -361,6 +368,8 @@ impl State {
             postmaster_start: self.postmaster_start,
             shm_sysv_id: self.segments.sysv_id,
             shm_posix: self.segments.posix.clone(),
+            owner_pid: self.owner.map(|(pid, _)| pid),
+            owner_start: self.owner.map(|(_, start)| start),
         };
         let mut text = serde_json::to_string(&file).context("cannot render the state")?;
         text.push('\n');
@@ -412,6 +421,7 @@ impl State {
                     .filter(|n| segments::is_postgres_segment(n))
                     .collect(),
             },
+            owner: file.owner_pid.zip(file.owner_start),
         })
     }
 
@@ -448,6 +458,7 @@ impl State {
                 get("shm_sysv_id").unwrap_or(""),
                 get("shm_posix").unwrap_or(""),
             ),
+            owner: None,
         })
     }
 }
@@ -479,6 +490,7 @@ impl State {
                 sysv_id: Some(7),
                 posix: vec!["PostgreSQL.99".into()],
             },
+            owner: None,
         }
     }
 }

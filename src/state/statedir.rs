@@ -490,6 +490,31 @@ pub fn unmake(path: &Path, top: &Path) {
 /// Prefix of the files registering clusters that live outside PGTMP_DIR.
 pub const REGISTERED: &str = "elsewhere.";
 
+/// Prefix of the files recording kept clusters that live outside PGTMP_DIR (`-d`), so that
+/// `pgtmp list --all` and `pgtmp discard` still find them once they have stopped (a
+/// registration lasts only while its cluster runs). One per directory, named by its device and
+/// inode, holding its path, like a registration.
+pub const KEPT: &str = "kept.";
+
+/// Records in the state directory `state` that the kept cluster directory `dir`, outside it,
+/// exists (see [`KEPT`]); recording it again changes nothing.
+pub fn record_kept(state: &Path, dir: &Path) -> Result<()> {
+    let st = Dir::open(dir)?.stat()?;
+    let name = format!("{KEPT}{:x}.{:x}", st.st_dev, st.st_ino);
+    Dir::open(state)?.write_atomic(name, format!("{}\n", dir.display()).as_bytes())
+}
+
+/// Removes the record of the kept cluster directory `dir` from `state`, if there is one.
+pub fn forget_kept(state: &Path, dir: &Path) -> Result<()> {
+    let st = Dir::open(dir)?.stat()?;
+    let name = format!("{KEPT}{:x}.{:x}", st.st_dev, st.st_ino);
+    let state = Dir::open(state)?;
+    if state.stat_at(&name)?.is_some() {
+        state.remove_file(&name)?;
+    }
+    Ok(())
+}
+
 /// The cluster directory a registration file names, read with bounds (see [`Dir::read_small`]).
 pub fn registered_dir(registration: &Path) -> Result<PathBuf> {
     let (Some(parent), Some(name)) = (registration.parent(), registration.file_name()) else {

@@ -18,6 +18,7 @@ mod callers;
 mod clients;
 mod concurrency;
 mod faults;
+mod follow;
 mod format;
 mod generated;
 mod layers;

@@ -15,6 +15,7 @@ use report::{Outcome, Report};
 use supervise::be_the_watchdog;
 
 use crate::lifecycle::claim::Waiting;
+use crate::lifecycle::owner::Owner;
 use crate::os::detach::{self, Forked};
 use crate::os::process::Pid;
 use crate::output::trace;
@@ -54,6 +55,9 @@ pub struct Plan {
     pub password: Option<String>,
     pub timeout: u64,
     pub keep: bool,
+    /// `--owner-pid`: while it runs the cluster never idles out; once it has exited, the
+    /// cluster stops after `timeout` seconds without a client (0: as soon as none is connected).
+    pub owner: Option<Owner>,
     pub options: Vec<String>,
     pub on_failure: OnFailure,
     /// The directory has no database `test` yet (made by initdb just now): create it before

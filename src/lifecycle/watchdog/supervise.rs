@@ -206,11 +206,15 @@ impl Watchdog {
             watchdog_start: crate::os::procfs::start_time(watchdog_pid),
             postmaster_start: crate::os::procfs::start_time(postmaster_pid),
             segments: self.segments.clone(),
+            owner: self.plan.owner.map(|o| (o.pid, o.start)),
         })?;
         if let Some(registration) = &self.plan.registration {
             let path = format!("{}\n", self.plan.instance.dir.display());
             std::fs::write(registration, path)
                 .with_context(|| format!("cannot write {}", registration.display()))?;
+            if self.plan.keep {
+                record_kept(&self.plan);
+            }
         }
         if let Some(waiting) = &self.plan.waiting {
             waiting.publish(&self.plan.instance, self.plan.password.as_deref())?;
@@ -239,6 +243,7 @@ impl Watchdog {
             was_busy: true,
         };
         let mut lifeline = self.plan.lifeline.take().map(lifeline::Line::new);
+        let mut owner = Owned::Not;
         loop {
             let stop_requested = wait_for_signals(&self.signals, TICK);
             if self.server_is_going() {
@@ -252,9 +257,15 @@ impl Watchdog {
             if stop_requested {
                 break;
             }
+            // Known once the claim (if any) is in: a claim may bring the owner.
+            if let (Owned::Not, Some(process)) = (&owner, self.plan.owner.take()) {
+                owner = Owned::By(process.watch());
+            }
             if let Some(line) = &mut lifeline {
                 match line.pull() {
                     Pull::Held => continue,
+                    // `pgtmp run` is gone, but the owner keeps the cluster.
+                    Pull::Cut if matches!(&owner, Owned::By(w) if !w.gone()) => lifeline = None,
                     Pull::Cut => break,
                     Pull::Released => {
                         lifeline = None;
@@ -262,11 +273,30 @@ impl Watchdog {
                     }
                 }
             }
-            if self.plan.timeout > 0 && self.idle_too_long(&mut watch) {
+            if self.ends_now(&mut owner, &mut watch) {
                 break;
             }
         }
         self.stop()
+    }
+
+    /// The idle rule of a tick: without an owner, no client for the timeout (0: never); while
+    /// the owner runs, never (only the `idle` mark is kept); once it has exited, no client for
+    /// the timeout counted from its exit (0: none connected now).
+    fn ends_now(&mut self, owner: &mut Owned, watch: &mut Watch) -> bool {
+        match owner {
+            Owned::Not => self.plan.timeout > 0 && self.idle_too_long(watch),
+            Owned::By(process) if !process.gone() => {
+                self.idle_too_long(watch);
+                false
+            }
+            Owned::By(_) => {
+                *owner = Owned::Exited;
+                watch.last_busy = Instant::now();
+                self.idle_too_long(watch)
+            }
+            Owned::Exited => self.idle_too_long(watch),
+        }
     }
 
     /// True when the server is ending or has to: it died by itself, someone asked it to stop,
@@ -320,6 +350,7 @@ impl Watchdog {
                     self.accept(Claim {
                         timeout: DEFAULT_TIMEOUT,
                         keep: false,
+                        owner: None,
                     });
                     watch.last_busy = Instant::now();
                 }
@@ -362,10 +393,12 @@ impl Watchdog {
     fn accept(&mut self, claim: Claim) {
         self.plan.timeout = claim.timeout;
         self.plan.keep = claim.keep;
+        self.plan.owner = claim.owner;
         self.plan.waiting = None;
         if let Ok(Some(mut state)) = self.plan.instance.read_state() {
             state.timeout = claim.timeout;
             state.keep = claim.keep;
+            state.owner = claim.owner.map(|o| (o.pid, o.start));
             let _ = self.plan.instance.write_state(&state);
         }
     }
@@ -409,6 +442,7 @@ impl Watchdog {
         // The mark, too: a kept directory stays kept whoever starts it again.
         if self.plan.keep || self.plan.instance.is_kept() {
             self.plan.instance.remove_state();
+            record_kept(&self.plan);
             0
         } else {
             match self.plan.instance.remove() {
@@ -435,6 +469,18 @@ fn end_orphans() {
     }
 }
 
+/// For a kept cluster outside PGTMP_DIR: records it there, so that it is still found once it
+/// has stopped (best effort: it only informs `pgtmp list --all` and `pgtmp discard DIR`).
+fn record_kept(plan: &Plan) {
+    if let Some(state) = plan
+        .registration
+        .as_deref()
+        .and_then(std::path::Path::parent)
+    {
+        let _ = crate::state::statedir::record_kept(state, &plan.instance.dir);
+    }
+}
+
 fn unregister(plan: &Plan) {
     if let Some(registration) = &plan.registration {
         let _ = std::fs::remove_file(registration);
@@ -449,6 +495,13 @@ struct Watch {
     claimed_at: Option<Instant>,
     /// Whether the previous look found a client.
     was_busy: bool,
+}
+
+/// Whether the cluster follows an owner process (`--owner-pid`).
+enum Owned {
+    Not,
+    By(crate::lifecycle::owner::Watch),
+    Exited,
 }
 
 /// What the supervising loop does after a step.
