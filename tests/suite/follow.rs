@@ -17,6 +17,8 @@ both_invokers!(
     keep_a_clone_reopen_and_discard,
     kept_elsewhere_is_listed_and_discarded,
     discard_removes_only_pgtmp_clusters_of_yours,
+    readme_pytest_keeps_a_failing_tests_database,
+    readme_junit_extension_keeps_a_failing_tests_database,
 );
 
 /// The spec: gone within 1 s of the owner's exit (or of its last client's), plus the slack a
@@ -379,4 +381,208 @@ fn chown_to(path: &Path, invoker: &Invoker) {
         )
         .unwrap();
     }
+}
+
+/// The first code block in `lang` after `heading` in README.md, as printed there.
+fn readme_block(heading: &str, lang: &str, containing: &str) -> String {
+    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split_once(heading)
+        .unwrap_or_else(|| panic!("README.md has no {heading}"))
+        .1;
+    section
+        .split(&format!("```{lang}\n"))
+        .skip(1)
+        .filter_map(|block| block.split_once("```").map(|(code, _)| code))
+        .find(|code| code.contains(containing))
+        .unwrap_or_else(|| panic!("no {lang} block with {containing} under {heading}"))
+        .to_string()
+}
+
+/// A directory of the invoker's in the sandbox, for files its programs write.
+fn invokers_dir(sandbox: &Sandbox, name: &str) -> PathBuf {
+    let dir = sandbox.path(name);
+    fs::create_dir(&dir).unwrap();
+    chown_to(&dir, &sandbox.invoker);
+    dir
+}
+
+/// PATH with the pgtmp under test first, as an installed pgtmp would be.
+fn path_with_pgtmp(invoker: &Invoker) -> String {
+    let bin = invoker.bin();
+    format!(
+        "{}:/usr/local/bin:/usr/bin:/bin",
+        bin.parent().unwrap().display()
+    )
+}
+
+/// After a run with one failing test: exactly one kept cluster has stopped (its owner exited),
+/// the URL printed for it reopens it with the failing test's row, and discard removes it.
+fn check_kept_after_owner(sandbox: &Sandbox, output: &str, table: &str) {
+    let reach = output
+        .split("then connect to ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("no kept line in:\n{output}"));
+    let mut stopped = Vec::new();
+    assert!(
+        wait_until(follow_bound() + Duration::from_secs(10), || {
+            stopped = stopped_listed(sandbox);
+            stopped.len() == 1
+        }),
+        "no kept cluster stopped after its owner: {stopped:?}"
+    );
+    let dir = stopped[0]["dir"].as_str().unwrap().to_string();
+    sandbox.start(&["-d", &dir, "-w", UNTIL_STOPPED]);
+    assert_eq!(
+        sandbox.psql(reach.trim(), &format!("select x from {table}")),
+        "7",
+        "the failing test's database"
+    );
+    assert!(sandbox.run(&["discard", &dir]).success());
+    assert!(!Path::new(&dir).exists());
+    sandbox.assert_nothing_left("the kept cluster after discard");
+}
+
+/// README's pytest conftest.py, as printed: a passing and a failing test, each with a clone;
+/// the report shows where the failing test's database was kept, the cluster is gone with
+/// pytest, and the kept directory reopens with the failing test's data.
+fn readme_pytest_keeps_a_failing_tests_database(invoker: &Invoker) {
+    let python = "/usr/bin/python3";
+    let ok = invoker
+        .command(python)
+        .args(["-c", "import psycopg2, pytest"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        return missing(
+            "pytest and psycopg2",
+            "Debian: apt-get install python3-pytest python3-psycopg2",
+        );
+    }
+    let sandbox = Sandbox::new(invoker);
+    let dir = invokers_dir(&sandbox, "suite");
+    fs::write(
+        dir.join("conftest.py"),
+        readme_block("### pytest", "python", "conftest.py"),
+    )
+    .unwrap();
+    let tests = "import psycopg2\n\n
+def test_passes(db_url):
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute('create table item (x int)')\n\n
+def test_fails(db_url):
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute('create table item (x int); insert into item values (7)')
+    assert False, 'fails on purpose'
+";
+    fs::write(dir.join("test_items.py"), tests).unwrap();
+    let mut cmd = sandbox.tool(python);
+    cmd.args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .arg(&dir)
+        .env("PATH", path_with_pgtmp(invoker));
+    let out = run(&mut cmd, PGTMP_LIMIT);
+    assert!(
+        out.code() == Some(1) && out.stdout.contains("1 failed, 1 passed"),
+        "README's pytest example:\n{out}"
+    );
+    assert!(
+        out.stdout.contains("pgtmp: kept"),
+        "no kept line in the report:\n{out}"
+    );
+    check_kept_after_owner(&sandbox, &out.stdout, "item");
+}
+
+/// README's JUnit 5 extension, as printed, with a passing and a failing test: the failing
+/// test's database is kept (the line on stderr), the cluster goes with the JVM.
+fn readme_junit_extension_keeps_a_failing_tests_database(invoker: &Invoker) {
+    let java = Path::new("/usr/share/java");
+    let jars = [
+        "junit-jupiter-api.jar",
+        "apiguardian-api.jar",
+        "junit-platform-console-standalone.jar",
+        "postgresql.jar",
+    ];
+    if let Some(jar) = jars.iter().find(|jar| !java.join(jar).is_file()) {
+        return missing(
+            jar,
+            "Debian: apt-get install junit5 libpostgresql-jdbc-java",
+        );
+    }
+    let sandbox = Sandbox::new(invoker);
+    let dir = invokers_dir(&sandbox, "java");
+    fs::write(
+        dir.join("Pgtmp.java"),
+        readme_block("### JUnit and JDBC", "java", "class Pgtmp"),
+    )
+    .unwrap();
+    let tests = r#"
+import java.sql.*;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.extension.ExtendWith;
+
+@ExtendWith(Pgtmp.class)
+class ItemsTest {
+    @Test
+    void passes(String url) throws Exception {
+        try (Connection c = DriverManager.getConnection(url)) {
+            c.createStatement().execute("create table item (x int)");
+        }
+    }
+
+    @Test
+    void fails(String url) throws Exception {
+        try (Connection c = DriverManager.getConnection(url)) {
+            c.createStatement().execute("create table item (x int); insert into item values (7)");
+        }
+        throw new AssertionError("fails on purpose");
+    }
+}
+"#;
+    fs::write(dir.join("ItemsTest.java"), tests).unwrap();
+    let classpath = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| java.join(n).display().to_string())
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    let mut javac = sandbox.tool("javac");
+    javac
+        .args([
+            "-d",
+            "classes",
+            "-cp",
+            &classpath(&jars[..2]),
+            "Pgtmp.java",
+            "ItemsTest.java",
+        ])
+        .current_dir(&dir);
+    let out = run(&mut javac, PGTMP_LIMIT);
+    assert!(
+        out.success(),
+        "README's JUnit extension does not compile:\n{out}"
+    );
+    let mut junit = sandbox.tool("java");
+    junit
+        .arg("-jar")
+        .arg(java.join(jars[2]))
+        .args([
+            "--disable-banner",
+            "--details=summary",
+            "--select-class",
+            "ItemsTest",
+        ])
+        .arg("-cp")
+        .arg(format!("classes:{}", java.join(jars[3]).display()))
+        .env("PATH", path_with_pgtmp(invoker))
+        .current_dir(&dir);
+    let out = run(&mut junit, PGTMP_LIMIT);
+    assert!(
+        out.code() == Some(1)
+            && out.stdout.contains("1 tests successful")
+            && out.stdout.contains("1 tests failed"),
+        "README's JUnit extension:\n{out}"
+    );
+    check_kept_after_owner(&sandbox, &out.stderr, "item");
 }
