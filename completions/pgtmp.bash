@@ -43,6 +43,9 @@ _pgtmp() {
             pgtmp,ls)
                 cmd="pgtmp__subcmd__list"
                 ;;
+            pgtmp,now)
+                cmd="pgtmp__subcmd__now"
+                ;;
             pgtmp,run)
                 cmd="pgtmp__subcmd__run"
                 ;;
@@ -82,6 +85,9 @@ _pgtmp() {
             pgtmp__subcmd__help,list)
                 cmd="pgtmp__subcmd__help__subcmd__list"
                 ;;
+            pgtmp__subcmd__help,now)
+                cmd="pgtmp__subcmd__help__subcmd__now"
+                ;;
             pgtmp__subcmd__help,run)
                 cmd="pgtmp__subcmd__help__subcmd__run"
                 ;;
@@ -104,7 +110,7 @@ _pgtmp() {
 
     case "${cmd}" in
         pgtmp)
-            opts="-t -p -w -k -o -d -F -f -h -V --tcp --port --timeout --keep --options --dir --format --schema-file --now --no-cache --owner-pid --bindir --pg --pg-path --run-as --help --version start stop initdb selftest run list ls keep discard doctor clone schema gc help"
+            opts="-t -p -w -k -o -d -F -f -h -V --tcp --port --timeout --keep --options --dir --format --schema-file --now --no-cache --owner-pid --bindir --pg --pg-path --run-as --help --version start stop initdb selftest run list ls keep now discard doctor clone schema gc help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -318,7 +324,7 @@ _pgtmp() {
             return 0
             ;;
         pgtmp__subcmd__help)
-            opts="start stop initdb selftest run list keep discard doctor clone schema gc help"
+            opts="start stop initdb selftest run list keep now discard doctor clone schema gc help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -430,6 +436,20 @@ _pgtmp() {
             return 0
             ;;
         pgtmp__subcmd__help__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pgtmp__subcmd__help__subcmd__now)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -583,6 +603,36 @@ _pgtmp() {
             ;;
         pgtmp__subcmd__list)
             opts="-a -h --json --all --bindir --pg --pg-path --run-as --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --bindir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg-path)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --run-as)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pgtmp__subcmd__now)
+            opts="-h --bindir --pg --pg-path --run-as --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

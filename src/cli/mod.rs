@@ -43,7 +43,8 @@ pgtmp selftest                # start, query, stop: a smoke test for CI
 
 url=$(pgtmp -f schema.sql)    # schema loaded (then cached) before the URL is printed
 db=$(pgtmp clone \"$url\")      # a fresh copy of the loaded state, for one test
-pgtmp --now '2024-01-01 12:00:00+00'   # now() frozen in test and its clones",
+pgtmp --now '2024-01-01 12:00:00+00'   # now() frozen in every database of the cluster
+pgtmp now \"$url\" '+31 days'          # ... and moved a month on, for every session",
     ),
     (
         "Environment",
@@ -210,6 +211,14 @@ pgtmp keep \"$db\"                   # a test failed: keep its cluster when it s
 pgtmp -d DIR                       # later: the kept cluster again, with its data
 pgtmp discard DIR                  # done looking: stop it if it runs, and remove it";
 
+const NOW_EXAMPLES: &str = "\
+url=$(pgtmp --now '2024-01-01 12:00:00+00')
+pgtmp now \"$url\" '+31 days'          # a month later, for every session at once
+pgtmp now \"$url\" '2030-06-01 00:00:00+00'
+pgtmp now \"$url\" clock               # follow the real clock again
+pgtmp now \"$url\"                     # print the cluster's now()
+psql \"$url\" -c \"select pgtmp.set_now('-1 hour')\"   # the same from SQL";
+
 const DISCARD_EXAMPLES: &str = "\
 pgtmp discard \"$url\"               # stop the cluster if it runs, and remove it, kept or not
 pgtmp list --all --json | jq -r '.[] | select(.running | not) | .dir' |
@@ -296,6 +305,16 @@ pub enum Command {
     /// `pgtmp list --all` shows it after it has stopped; `pgtmp discard` removes it.
     #[command(after_help = examples(KEEP_EXAMPLES))]
     Keep(KeepArgs),
+    /// Move the frozen time of the cluster of URL (started with --now), for every session
+    ///
+    /// VALUE is a timestamp (read in the server's time zone unless it names one), `clock`
+    /// (follow the real clock), or `+INTERVAL` / `-INTERVAL` (move the frozen instant, or the
+    /// offset from the clock, by that much, e.g. '+31 days'). Every database and every session
+    /// of the cluster sees the change from its next statement. Prints the new now(); without
+    /// VALUE only prints it. From SQL: `select pgtmp.set_now('+31 days')`. A value the server
+    /// cannot read is an error and changes nothing.
+    #[command(after_help = examples(NOW_EXAMPLES))]
+    Now(NowArgs),
     /// Stop a cluster if it runs and remove its directory, kept or not
     ///
     /// Takes the cluster's directory (as `pgtmp list --all` shows it) or a URL pgtmp printed.
@@ -428,8 +447,8 @@ pub struct StartArgs {
     #[arg(short = 'f', long = "schema-file", value_name = "FILE")]
     pub schema_files: Vec<PathBuf>,
 
-    /// Make now() in `test` and its clones return this timestamp, or follow the clock with
-    /// `--now clock`
+    /// Make now() return this timestamp in every database and session of the cluster, or follow
+    /// the clock with `--now clock`; `pgtmp now URL VALUE` moves it later
     #[arg(long = "now", env = "PGTMP_NOW", value_name = "TIMESTAMP")]
     pub now: Option<String>,
 
@@ -473,6 +492,17 @@ pub struct KeepArgs {
     /// A URL pgtmp printed (of the cluster, a clone or a schema; uri, jdbc, dsn or json)
     #[arg(value_name = "URL")]
     pub url: String,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct NowArgs {
+    /// A URL pgtmp printed for the cluster (or a clone or schema of it)
+    #[arg(value_name = "URL")]
+    pub url: String,
+
+    /// A timestamp, `clock`, `+INTERVAL` or `-INTERVAL`; without it, print the cluster's now()
+    #[arg(value_name = "VALUE", allow_hyphen_values = true)]
+    pub value: Option<String>,
 }
 
 #[derive(Args, Debug, Clone, Default)]

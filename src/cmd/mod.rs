@@ -8,6 +8,7 @@ mod gc;
 mod initdb;
 mod keep;
 mod list;
+mod now;
 mod run;
 mod schema;
 mod selftest;
@@ -29,6 +30,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::List(args)) => list::run(args.json, args.all, &global),
         Some(Command::Keep(args)) => keep::run(args, &global),
         Some(Command::Discard(args)) => discard::run(args, &global),
+        Some(Command::Now(args)) => now::run(args, &global),
         Some(Command::Doctor) => doctor::run(&global),
         Some(Command::Clone(args)) => clone::run(args, &global),
         Some(Command::Schema(args)) => schema::run(args, &global),

@@ -37,7 +37,7 @@ pub const MAX_READY: usize = 2;
 
 /// Bumped whenever what an entry contains changes, so old entries are never used (2: a TLS
 /// key and certificate; older entries age out like unused ones).
-const ENTRY_FORMAT: &str = "pgtmp-cache-2";
+const ENTRY_FORMAT: &str = "pgtmp-cache-3";
 const READY: &str = "ready.";
 const BUILDING: &str = "new.";
 const BUILD: &str = "build.";

@@ -20,12 +20,7 @@ use std::time::Duration;
 /// The database holding the loaded state; clients never connect to it (connections are not
 /// allowed), so copying it always works, even while clients use `test`.
 pub const TEMPLATE: &str = "pgtmp_template";
-/// Schema of the shadowing now() function.
-pub const NOW_SCHEMA: &str = "pgtmp";
-/// The search_path of databases with `--now`: the schema of the shadowing now() comes before
-/// pg_catalog (which is only searched first when it is not named), and after `"$user"` and
-/// `public`, so that objects created without a schema still go to `public`.
-pub const NOW_SEARCH_PATH: &str = "\"$user\", public, pgtmp, pg_catalog";
+pub use crate::testdata::clock::NOW_SEARCH_PATH;
 
 /// What `--now` asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -319,48 +314,20 @@ pub fn connect(server: &Server, database: &str) -> Result<postgres::Client> {
     })
 }
 
-/// Creates schema `pgtmp` with now() in `test` and puts it on `test`'s search_path.
+/// Installs frozen time in the whole cluster (see clock.rs), and puts schema `pgtmp` on
+/// `test`'s own search_path too, so that the files loaded next see it at once.
 fn install_now(server: &Server, now: &Now) -> Result<()> {
-    let mut client = connect(server, crate::output::url::DATABASE)?;
-    let body = match now {
-        Now::Clock => "SELECT pg_catalog.clock_timestamp()".to_string(),
-        Now::Fixed(text) => {
-            // The server parses the timestamp (in its time zone when none is given) and prints
-            // it back in ISO form with its offset, which reads back as the same instant.
-            client
-                .batch_execute("SET DateStyle = 'ISO, MDY'")
-                .context("cannot set DateStyle")?;
-            let row = client
-                .query_one("SELECT $1::text::timestamptz::text", &[text])
-                .map_err(|err| {
-                    let reason = err
-                        .as_db_error()
-                        .map_or_else(|| err.to_string(), |db| db.message().to_string());
-                    exit::usage(format!(
-                        "--now '{text}': {reason}; give a timestamp such as \
-                         '2024-01-01 12:00:00+00', or 'clock'"
-                    ))
-                })?;
-            let instant: String = row.get(0);
-            format!("SELECT '{instant}'::pg_catalog.timestamptz")
-        }
+    let value = match now {
+        Now::Clock => "clock",
+        Now::Fixed(text) => text,
     };
-    let volatility = match now {
-        Now::Clock => "VOLATILE",
-        Now::Fixed(_) => "STABLE",
-    };
-    let sql = format!(
-        "CREATE SCHEMA {NOW_SCHEMA};
-         GRANT USAGE ON SCHEMA {NOW_SCHEMA} TO PUBLIC;
-         CREATE FUNCTION {NOW_SCHEMA}.now() RETURNS pg_catalog.timestamptz
-             LANGUAGE sql {volatility} PARALLEL SAFE AS $pgtmp${body}$pgtmp$;
-         COMMENT ON FUNCTION {NOW_SCHEMA}.now() IS 'pgtmp --now: shadows pg_catalog.now()';
-         ALTER DATABASE {} SET search_path = {NOW_SEARCH_PATH};",
-        quote_ident(crate::output::url::DATABASE)
-    );
-    client
-        .batch_execute(&sql)
-        .context("cannot install the --now function")
+    crate::testdata::clock::install(|database| connect(server, database), value)?;
+    connect(server, crate::output::url::DATABASE)?
+        .batch_execute(&format!(
+            "ALTER DATABASE {} SET search_path = {NOW_SEARCH_PATH}",
+            quote_ident(crate::output::url::DATABASE)
+        ))
+        .context("cannot set the search_path of test for --now")
 }
 
 /// Copies `test` into the template clones are made from; connections to it are refused.

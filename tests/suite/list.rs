@@ -168,10 +168,9 @@ fn stop_all_stops_everything(invoker: &Invoker) {
         .instance_dirs()
         .into_iter()
         .filter(|d| {
-            !d.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("elsewhere.")
+            // Registrations, and the record of the kept -d cluster (for `list --all`).
+            let name = d.file_name().unwrap().to_string_lossy().into_owned();
+            !name.starts_with("elsewhere.") && !name.starts_with("kept.")
         })
         .collect();
     assert!(left.is_empty(), "{left:?}");

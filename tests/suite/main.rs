@@ -16,6 +16,7 @@ mod bad_input;
 mod bounded_input;
 mod callers;
 mod clients;
+mod clock;
 mod concurrency;
 mod faults;
 mod follow;
