@@ -6,7 +6,7 @@ use crate::cli::{DiscardArgs, GlobalArgs};
 use crate::lifecycle::kept;
 use crate::lifecycle::session::{Session, Target};
 use crate::state::clusters;
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use std::path::Path;
 
 pub fn run(args: DiscardArgs, global: &GlobalArgs) -> Result<()> {
@@ -21,6 +21,15 @@ pub fn run(args: DiscardArgs, global: &GlobalArgs) -> Result<()> {
             .with_context(|| format!("cannot resolve {text}"))?;
         let session = Session::establish_for(global.run_as(), &Target::Dir(&dir))?;
         let cluster = clusters::own(&session.state.path, &dir)?;
+        if cluster.path != dir {
+            // Reached under another name: a symlink or a moved directory on the way, which
+            // someone else may have put there. Nothing is removed by a name pgtmp did not give.
+            bail!(
+                "{} leads to the cluster known as {}, through a symlink or a moved directory;                  name it as pgtmp knows it (`pgtmp list --all`)",
+                dir.display(),
+                cluster.path.display()
+            );
+        }
         (session, cluster)
     };
     kept::discard(&session, &cluster)

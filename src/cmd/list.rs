@@ -133,7 +133,10 @@ fn stopped_entry(cluster: &ClusterDir, user: &str) -> Stopped {
         last_used_seconds: last_used.map(|d| d.as_secs()),
         size_bytes: disk_usage(&cluster.path),
         keep: true,
-        reopen: kept::reopen_command(&cluster.path, false),
+        reopen: kept::reopen_command(
+            &cluster.path,
+            crate::state::instance::kept_with_tcp_in(&cluster.dir),
+        ),
     }
 }
 

@@ -8,7 +8,7 @@ use crate::lifecycle::stopping;
 use crate::output::format::shell_word;
 use crate::state::clusters::{self, ClusterDir};
 use crate::state::safefs::Dir;
-use crate::state::{ownership, statedir};
+use crate::state::{instance, ownership, statedir};
 use anyhow::{Result, bail};
 use std::path::{Path, PathBuf};
 
@@ -21,8 +21,15 @@ pub struct Marked {
 /// Marks the running cluster `cluster` (one of the invoker's) kept: when it stops, its
 /// directory stays. Marking a kept one again changes nothing.
 pub fn keep(session: &Session, cluster: &ClusterDir) -> Result<Marked> {
+    if cluster.is_cluster() && cluster.instance().is_kept() && cluster.read_state()?.is_none() {
+        bail!(
+            "the cluster in {dir} has stopped and is kept already; start it again with `{}`",
+            reopen_command(&cluster.path, instance::kept_with_tcp_in(&cluster.dir)),
+            dir = cluster.path.display()
+        );
+    }
     let state = stopping::running_state(session, cluster)?;
-    cluster.instance().mark_kept()?;
+    cluster.instance().mark_kept_as(state.tcp)?;
     if cluster.path.parent() != Some(session.state.path.as_path()) {
         // Outside PGTMP_DIR: recorded there, so that it is still found once it has stopped.
         statedir::record_kept(&session.state.path, &cluster.path)?;

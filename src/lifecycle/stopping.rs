@@ -46,7 +46,7 @@ pub fn running_state(session: &Session, cluster: &ClusterDir) -> Result<State> {
     };
     if state.owner_uid != session.invoker.uid.as_raw() {
         bail!(
-            "the cluster in {dir} belongs to another account (uid {}); only its owner can stop it",
+            "the cluster in {dir} belongs to another account (uid {}); only its owner can stop, keep or discard it",
             state.owner_uid
         );
     }
@@ -111,6 +111,7 @@ pub fn stop_now(cluster: &ClusterDir, state: &State, keep: bool) -> Result<()> {
     }
     crate::server::shm::release(&state.segments, state.postmaster_pid);
     if state.keep || instance.is_kept() {
+        instance.mark_kept_as(state.tcp)?;
         instance.remove_state();
         Ok(())
     } else {

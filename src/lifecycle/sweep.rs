@@ -158,8 +158,8 @@ fn sweep_registrations(registrations: &[Registration], dry_run: bool, actions: &
 }
 
 /// Removes the records of kept clusters outside PGTMP_DIR (see statedir::KEPT) that name
-/// nothing kept any more: the directory was removed by hand, or is no longer a kept pgtmp
-/// cluster. The directories themselves are never touched.
+/// nothing kept any more: the directory was removed by hand, is no longer a kept pgtmp
+/// cluster, or its path now leads to another directory. The directories themselves are never touched.
 fn sweep_kept_records(state: &StateDir, dry_run: bool, actions: &mut Actions) {
     let me = nix::unistd::geteuid().as_raw();
     for entry in fs::read_dir(&state.path).into_iter().flatten().flatten() {
@@ -168,9 +168,14 @@ fn sweep_kept_records(state: &StateDir, dry_run: bool, actions: &mut Actions) {
         if !own_file || !entry.file_name().to_string_lossy().starts_with(KEPT) {
             continue;
         }
-        let kept = statedir::registered_dir(&path)
-            .map(Instance::new)
-            .is_ok_and(|instance| instance.is_cluster() && instance.is_kept());
+        let recorded = crate::state::clusters::kept_identity(&entry.file_name());
+        let kept = statedir::registered_dir(&path).is_ok_and(|target| {
+            let instance = Instance::new(&target);
+            let same = crate::state::safefs::Dir::open(&target)
+                .and_then(|dir| dir.stat())
+                .is_ok_and(|st| Some((st.st_dev, st.st_ino)) == recorded);
+            same && instance.is_cluster() && instance.is_kept()
+        });
         if kept {
             continue;
         }

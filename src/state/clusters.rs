@@ -135,10 +135,7 @@ pub fn all(state: &Dir) -> Vec<ClusterDir> {
     for name in names {
         let path = state.child_path(&name);
         let opened = if is_registration(&name) {
-            registered(state, &name).and_then(|target| match target {
-                Some(target) => open_owned(&target, owner),
-                None => Ok(None),
-            })
+            open_registered(state, &name, owner)
         } else if name.len() == INSTANCE_NAME_LEN {
             instance_in(state, &name, owner)
         } else {
@@ -172,6 +169,38 @@ fn instance_in(state: &Dir, name: &OsStr, owner: Uid) -> Result<Option<ClusterDi
         path: state.child_path(name),
         dir,
     }))
+}
+
+/// The directory a registration or kept record `name` names, opened, if it is there. A kept
+/// record names its directory's device and inode too: a directory found at its path that is
+/// another (a directory above it was swapped) is an error, never taken for the one recorded.
+fn open_registered(state: &Dir, name: &OsStr, owner: Uid) -> Result<Option<ClusterDir>> {
+    let Some(target) = registered(state, name)? else {
+        return Ok(None);
+    };
+    let Some(cluster) = open_owned(&target, owner)? else {
+        return Ok(None);
+    };
+    if let Some((dev, ino)) = kept_identity(name) {
+        let st = cluster.dir.stat()?;
+        if (st.st_dev, st.st_ino) != (dev, ino) {
+            bail!(
+                "{} is no longer the directory recorded as kept there (a directory on its path                  was moved or replaced); `pgtmp gc` removes the record",
+                target.display()
+            );
+        }
+    }
+    Ok(Some(cluster))
+}
+
+/// The device and inode a kept record's name (`kept.<dev>.<ino>`, hexadecimal) gives.
+pub fn kept_identity(name: &OsStr) -> Option<(u64, u64)> {
+    let rest = name.to_str()?.strip_prefix(KEPT)?;
+    let (dev, ino) = rest.split_once('.')?;
+    Some((
+        u64::from_str_radix(dev, 16).ok()?,
+        u64::from_str_radix(ino, 16).ok()?,
+    ))
 }
 
 /// The directory a registration names (None while it is being written, empty).
@@ -293,8 +322,7 @@ fn known_as(state: &Dir, dir: &Dir, me: Uid) -> Result<Option<PathBuf>> {
             continue;
         }
         // A registration that cannot be read is no proof; the others may still be.
-        if let Ok(Some(target)) = registered(state, &name)
-            && let Ok(Some(cluster)) = open_owned(&target, me)
+        if let Ok(Some(cluster)) = open_registered(state, &name, me)
             && same(&cluster.dir)
         {
             return Ok(Some(cluster.path));
@@ -405,7 +433,9 @@ mod tests {
             format!("{}\n", elsewhere.display()),
         )
         .unwrap();
-        // Recorded as kept too: still found once.
+        // Recorded as kept too: still found once. A record whose name is not the directory's
+        // device and inode (a directory on the path was swapped) finds nothing.
+        crate::state::statedir::record_kept(&state_path, &elsewhere).unwrap();
         fs::write(
             state_path.join("kept.1.2"),
             format!("{}\n", elsewhere.display()),

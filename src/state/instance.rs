@@ -103,6 +103,17 @@ impl Instance {
         )
     }
 
+    /// Records that this directory is kept and whether its cluster ran with -t, so that the
+    /// command that reopens it (`pgtmp list --all`) can say -t.
+    pub fn mark_kept_as(&self, tcp: bool) -> Result<()> {
+        let text: &[u8] = if tcp {
+            b"kept when its cluster stops; last started with -t\n"
+        } else {
+            b"kept when its cluster stops\n"
+        };
+        self.open()?.write_atomic(KEEP, text)
+    }
+
     /// True when the directory was started with -k.
     pub fn is_kept(&self) -> bool {
         self.open()
@@ -293,6 +304,15 @@ pub fn is_cluster_in(dir: &Dir) -> bool {
         && dir
             .open_dir_if_exists("data")
             .is_ok_and(|data| data.is_some_and(|d| d.has_file("PG_VERSION")))
+}
+
+/// True when the kept directory `dir` (opened) last ran with -t (see
+/// [`Instance::mark_kept_as`]); read with bounds.
+pub fn kept_with_tcp_in(dir: &Dir) -> bool {
+    dir.read_text(KEEP)
+        .ok()
+        .flatten()
+        .is_some_and(|text| text.contains("with -t"))
 }
 
 /// The major version the data directory in the opened instance directory `dir` was made by.

@@ -28,6 +28,10 @@ const DATABASES: &[&str] = &["template1", "postgres", crate::output::url::DATABA
 const STATE: &str = "(SELECT description FROM pg_catalog.pg_shdescription \
                      WHERE objoid = 1664 AND classoid = 1213)";
 
+/// How an instant is written into the state: in UTC, with the era (`0500-06-01 BC`), in a form
+/// that reads back the same under any DateStyle.
+const INSTANT: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00\" BC'";
+
 /// The functions of schema `pgtmp`, made or replaced.
 fn functions_sql() -> String {
     format!(
@@ -61,11 +65,16 @@ fn functions_sql() -> String {
                          + v::pg_catalog.interval)::text;
                  ELSE
                      next := 'fixed ' || pg_catalog.to_char((pgtmp.now() + v::pg_catalog.interval)
-                         AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US') || '+00';
+                         AT TIME ZONE 'UTC', {INSTANT});
                  END IF;
              ELSE
                  next := 'fixed ' || pg_catalog.to_char(v::pg_catalog.timestamptz
-                     AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US') || '+00';
+                     AT TIME ZONE 'UTC', {INSTANT});
+             END IF;
+             IF next IS NULL THEN
+                 -- NULL, or an instant without a form (infinity): nothing to freeze at.
+                 RAISE EXCEPTION 'not a finite timestamp or interval: %', pg_catalog.quote_nullable(value)
+                     USING ERRCODE = 'invalid_datetime_format';
              END IF;
              EXECUTE pg_catalog.format('COMMENT ON TABLESPACE pg_global IS %L', next);
              RETURN pgtmp.now();

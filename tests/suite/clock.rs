@@ -92,13 +92,22 @@ fn frozen_time_reaches_every_database_and_moves(invoker: &Invoker) {
 fn bad_values_change_nothing(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
     let url = sandbox.start(&["-w", UNTIL_STOPPED, "--now", FROZEN]);
-    for bad in ["not a time", "+3 fortnights", "-", "2024-13-45"] {
+    for bad in ["not a time", "+3 fortnights", "-", "2024-13-45", "infinity"] {
         let out = sandbox.run(&["now", &url, bad]);
         let line = check_failed(&out, 2);
         assert!(line.contains(&format!("'{bad}'")), "{out}");
     }
+    let out = sandbox.try_psql(&url, "select pgtmp.set_now(NULL)");
+    assert!(!out.success(), "{out}");
     assert_eq!(
         sandbox.psql(&url, "select now() = '2024-01-01 12:00:00+00'"),
+        "t"
+    );
+    // Before year 1 too: the era is kept.
+    let out = sandbox.run(&["now", &url, "0500-06-01 00:00:00+00 BC"]);
+    assert!(out.success() && out.stdout.ends_with("BC"), "{out}");
+    assert_eq!(
+        sandbox.psql(&url, "select now() < '0001-01-01 00:00:00+00'"),
         "t"
     );
     let plain = sandbox.start(&["-w", UNTIL_STOPPED]);

@@ -17,6 +17,7 @@ both_invokers!(
     keep_a_clone_reopen_and_discard,
     kept_elsewhere_is_listed_and_discarded,
     discard_removes_only_pgtmp_clusters_of_yours,
+    swapped_parent_redirects_nothing,
     readme_pytest_keeps_a_failing_tests_database,
     readme_junit_extension_keeps_a_failing_tests_database,
 );
@@ -310,6 +311,13 @@ fn kept_elsewhere_is_listed_and_discarded(invoker: &Invoker) {
     let stopped = stopped_listed(&sandbox);
     assert_eq!(stopped.len(), 1, "{stopped:?}");
     assert_eq!(stopped[0]["dir"], dir.to_str().unwrap());
+    assert_eq!(
+        stopped[0]["reopen"],
+        reopen.as_str(),
+        "list --all says -t too"
+    );
+    let out = sandbox.run(&["keep", dir.to_str().unwrap()]);
+    check_failed(&out, 2);
     let out = sandbox.run(&["discard", dir.to_str().unwrap()]);
     assert!(out.success(), "{out}");
     assert!(!dir.exists());
@@ -585,4 +593,74 @@ class ItemsTest {
         "README's JUnit extension:\n{out}"
     );
     check_kept_after_owner(&sandbox, &out.stderr, "item");
+}
+
+/// Another account owns the parent of a kept `-d` cluster and swaps it for a symlink to the
+/// parent of another kept cluster of the invoker's: the record of the first no longer finds
+/// anything (its directory's identity is recorded), `discard` by the swapped path removes
+/// nothing, and gc drops the stale record.
+fn swapped_parent_redirects_nothing(invoker: &Invoker) {
+    let Some(attacker) = Invoker::attacker() else {
+        return cannot_run_here("no second ordinary account to attack with (not root)");
+    };
+    let sandbox = Sandbox::new(invoker);
+    let theirs = sandbox.path("att");
+    let out = run(
+        attacker.command("mkdir").args(["-m", "777"]).arg(&theirs),
+        PSQL_LIMIT,
+    );
+    assert!(out.success(), "{out}");
+    let mine = invokers_dir(&sandbox, "mine");
+    if invoker.is_root() {
+        // Root's clusters belong to its server account, which makes them in here.
+        let (_, uid) = invoker.server_account();
+        std::os::unix::fs::chown(&mine, Some(uid), None).unwrap();
+    }
+    let first = theirs.join("c");
+    let second = mine.join("c");
+    for dir in [&first, &second] {
+        let url = sandbox.start(&["-k", "-w", UNTIL_STOPPED, "-d", dir.to_str().unwrap()]);
+        assert!(sandbox.run(&["stop", &url]).success());
+    }
+    let moved = sandbox.path("att.old");
+    let script = "mv \"$1\" \"$2\" && ln -s \"$3\" \"$1\"";
+    let out = run(
+        attacker
+            .command("sh")
+            .args(["-c", script, "sh"])
+            .args([&theirs, &moved, &mine]),
+        PSQL_LIMIT,
+    );
+    assert!(out.success(), "{out}");
+    let out = sandbox.run(&["discard", first.to_str().unwrap()]);
+    check_failed(&out, 1);
+    assert!(
+        second.join("data").is_dir(),
+        "discard followed the swapped parent"
+    );
+    assert!(moved.join("c/data").is_dir());
+    let dirs: Vec<String> = stopped_listed(&sandbox)
+        .iter()
+        .map(|e| e["dir"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        dirs,
+        [second.to_str().unwrap()],
+        "one directory, by its own name"
+    );
+    let out = sandbox.run(&["gc"]);
+    assert!(
+        out.stdout.contains("stale record of a kept cluster"),
+        "{out}"
+    );
+    assert!(
+        sandbox
+            .run(&["discard", second.to_str().unwrap()])
+            .success()
+    );
+    assert!(!second.exists());
+    assert!(
+        moved.join("c/data").is_dir(),
+        "the moved cluster is the attacker's to keep"
+    );
 }

@@ -441,6 +441,7 @@ impl Watchdog {
         }
         // The mark, too: a kept directory stays kept whoever starts it again.
         if self.plan.keep || self.plan.instance.is_kept() {
+            let _ = self.plan.instance.mark_kept_as(self.plan.tcp);
             self.plan.instance.remove_state();
             record_kept(&self.plan);
             0
