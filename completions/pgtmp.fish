@@ -34,7 +34,7 @@ jdbc\t'jdbc:postgresql:// URL; needs -t (JDBC cannot use Unix sockets)'
 env\t'`export PG...=...` lines for `eval "$(pgtmp --format env)"` or a dotenv file (with -t also PGPASSWORD and JDBC_DATABASE_URL)'
 json\t'one JSON object with every detail'"
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -s f -l schema-file -d 'Load this SQL file into `test` with psql before printing the URL; repeat for more files, loaded in order' -r -F
-complete -c pgtmp -n "__fish_pgtmp_needs_command" -l now -d 'Make now() return this timestamp in every database and session of the cluster, or follow the clock with `--now clock`; `pgtmp now URL VALUE` moves it later' -r
+complete -c pgtmp -n "__fish_pgtmp_needs_command" -l now -d 'Make now() return this timestamp in every database and session of the cluster, follow the clock with `--now clock`, or the clock shifted with e.g. `--now \'-1 day\'`; `pgtmp now URL VALUE` moves it later' -r
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -l owner-pid -d 'Tie the cluster to process PID (e.g. $$, the calling shell, or the test runner\'s own pid): while it runs the cluster never idles out; once it has exited, however it ended, the cluster stops as soon as no client is connected (or, with -w N, after N seconds without one). PID must be a running process of yours' -r
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
 complete -c pgtmp -n "__fish_pgtmp_needs_command" -l pg -d 'PostgreSQL major version to use, among the installations found (`pgtmp doctor` lists them); `pgtmp run` also takes several, e.g. 15,16,17, or `all`, and runs CMD once per major, each against a cluster of its own' -r
@@ -70,7 +70,7 @@ jdbc\t'jdbc:postgresql:// URL; needs -t (JDBC cannot use Unix sockets)'
 env\t'`export PG...=...` lines for `eval "$(pgtmp --format env)"` or a dotenv file (with -t also PGPASSWORD and JDBC_DATABASE_URL)'
 json\t'one JSON object with every detail'"
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -s f -l schema-file -d 'Load this SQL file into `test` with psql before printing the URL; repeat for more files, loaded in order' -r -F
-complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -l now -d 'Make now() return this timestamp in every database and session of the cluster, or follow the clock with `--now clock`; `pgtmp now URL VALUE` moves it later' -r
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -l now -d 'Make now() return this timestamp in every database and session of the cluster, follow the clock with `--now clock`, or the clock shifted with e.g. `--now \'-1 day\'`; `pgtmp now URL VALUE` moves it later' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -l owner-pid -d 'Tie the cluster to process PID (e.g. $$, the calling shell, or the test runner\'s own pid): while it runs the cluster never idles out; once it has exited, however it ended, the cluster stops as soon as no client is connected (or, with -w N, after N seconds without one). PID must be a running process of yours' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand start" -l pg -d 'PostgreSQL major version to use, among the installations found (`pgtmp doctor` lists them); `pgtmp run` also takes several, e.g. 15,16,17, or `all`, and runs CMD once per major, each against a cluster of its own' -r
@@ -110,7 +110,7 @@ jdbc\t'jdbc:postgresql:// URL; needs -t (JDBC cannot use Unix sockets)'
 env\t'`export PG...=...` lines for `eval "$(pgtmp --format env)"` or a dotenv file (with -t also PGPASSWORD and JDBC_DATABASE_URL)'
 json\t'one JSON object with every detail'"
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -s f -l schema-file -d 'Load this SQL file into `test` with psql before printing the URL; repeat for more files, loaded in order' -r -F
-complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -l now -d 'Make now() return this timestamp in every database and session of the cluster, or follow the clock with `--now clock`; `pgtmp now URL VALUE` moves it later' -r
+complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -l now -d 'Make now() return this timestamp in every database and session of the cluster, follow the clock with `--now clock`, or the clock shifted with e.g. `--now \'-1 day\'`; `pgtmp now URL VALUE` moves it later' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -l owner-pid -d 'Tie the cluster to process PID (e.g. $$, the calling shell, or the test runner\'s own pid): while it runs the cluster never idles out; once it has exited, however it ended, the cluster stops as soon as no client is connected (or, with -w N, after N seconds without one). PID must be a running process of yours' -r
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -l bindir -d 'Directory holding initdb and postgres; skips the search for an installation' -r -F
 complete -c pgtmp -n "__fish_pgtmp_using_subcommand run" -l pg -d 'PostgreSQL major version to use, among the installations found (`pgtmp doctor` lists them); `pgtmp run` also takes several, e.g. 15,16,17, or `all`, and runs CMD once per major, each against a cluster of its own' -r

@@ -447,9 +447,15 @@ pub struct StartArgs {
     #[arg(short = 'f', long = "schema-file", value_name = "FILE")]
     pub schema_files: Vec<PathBuf>,
 
-    /// Make now() return this timestamp in every database and session of the cluster, or follow
-    /// the clock with `--now clock`; `pgtmp now URL VALUE` moves it later
-    #[arg(long = "now", env = "PGTMP_NOW", value_name = "TIMESTAMP")]
+    /// Make now() return this timestamp in every database and session of the cluster, follow
+    /// the clock with `--now clock`, or the clock shifted with e.g. `--now '-1 day'`; `pgtmp now
+    /// URL VALUE` moves it later
+    #[arg(
+        long = "now",
+        env = "PGTMP_NOW",
+        value_name = "TIMESTAMP",
+        allow_hyphen_values = true
+    )]
     pub now: Option<String>,
 
     /// Load the -f files even if the schema cache holds their result, and do not cache it

@@ -285,6 +285,13 @@ fn check(args: &StartRequest) -> Result<Checked<'_>> {
     let found = dir.as_deref().map(directory::inspect).transpose()?;
     // -f files are read now, as the invoking account.
     let data = TestData::read(&args.schema_files, args.now.as_deref(), &install)?;
+    if data.as_ref().is_some_and(|d| d.now.is_some())
+        && options.iter().any(|o| o.contains("search_path"))
+    {
+        return Err(exit::usage(
+            "-o sets search_path, which would hide the frozen now() of --now (schema pgtmp must              come before pg_catalog); drop it from -o, and set it in the session or the -f files              if you need to, keeping pgtmp before pg_catalog",
+        ));
+    }
     if data.is_some() && matches!(found, Some(Found::Cluster | Found::PgTmp(_))) {
         return Err(exit::usage(
             "-f and --now prepare a new cluster, but -d names an existing one; give an empty or missing directory",

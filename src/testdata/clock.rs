@@ -60,9 +60,10 @@ fn functions_sql() -> String {
              IF v = 'clock' THEN
                  next := 'clock PT0S';
              ELSIF v LIKE '+%' OR v LIKE '-%' THEN
-                 IF s LIKE 'clock %' THEN
-                     next := 'clock ' || (pg_catalog.substr(s, 7)::pg_catalog.interval
-                         + v::pg_catalog.interval)::text;
+                 -- Without a state yet (--now '-1 day' at the start): the clock, shifted.
+                 IF s IS NULL OR s LIKE 'clock %' THEN
+                     next := 'clock ' || (coalesce(pg_catalog.substr(s, 7),
+                         'PT0S')::pg_catalog.interval + v::pg_catalog.interval)::text;
                  ELSE
                      next := 'fixed ' || pg_catalog.to_char((pgtmp.now() + v::pg_catalog.interval)
                          AT TIME ZONE 'UTC', {INSTANT});
@@ -138,8 +139,10 @@ pub fn set(client: &mut Client, value: &str, what: &str) -> Result<String> {
             Some(db) if db.code().code().starts_with("22") => {
                 exit::usage(format!("{what} '{value}': {}; {FORMS}", db.message()))
             }
+            // No schema pgtmp, or no set_now in it: a cluster without --now.
             Some(db)
-                if db.code() == &postgres::error::SqlState::UNDEFINED_FUNCTION
+                if (db.code() == &postgres::error::SqlState::UNDEFINED_FUNCTION
+                    && db.message().contains("set_now"))
                     || db.code() == &postgres::error::SqlState::INVALID_SCHEMA_NAME =>
             {
                 exit::usage(format!(

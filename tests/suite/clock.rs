@@ -110,6 +110,19 @@ fn bad_values_change_nothing(invoker: &Invoker) {
         sandbox.psql(&url, "select now() < '0001-01-01 00:00:00+00'"),
         "t"
     );
+    // A search_path in -o would hide the frozen now(): refused, with nothing left.
+    let out = sandbox.run(&["--now", FROZEN, "-o", "-c search_path=public"]);
+    let line = check_failed(&out, 2);
+    assert!(line.contains("search_path"), "{out}");
+    // A relative --now at the start: the clock, shifted.
+    let behind = sandbox.start(&["-w", UNTIL_STOPPED, "--now", "-1 day"]);
+    assert_eq!(
+        sandbox.psql(
+            &behind,
+            "select clock_timestamp() - now() between interval '23 hours' and interval '25 hours'"
+        ),
+        "t"
+    );
     let plain = sandbox.start(&["-w", UNTIL_STOPPED]);
     for args in [
         &["now", plain.as_str(), "+1 day"][..],
