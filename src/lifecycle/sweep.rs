@@ -11,6 +11,7 @@
 //! - registrations of clusters outside PGTMP_DIR (`-d`) whose watchdog is gone, after stopping
 //!   their server the same way; nothing outside PGTMP_DIR is ever removed;
 //! - records of kept clusters outside PGTMP_DIR whose directory is gone or no longer kept;
+//! - directories a watchdog killed while removing them left under their hidden name (`.gone.*`);
 //! - incomplete pool entries (`pool/<key>/new.*`) while no refiller holds that pool's lock.
 //!
 //! Before a directory that may hold a data directory is removed, the shared memory that killed
@@ -20,6 +21,7 @@
 use crate::os::process;
 use crate::server::cluster;
 use crate::server::shm;
+use crate::state::instance::GONE;
 use crate::state::instance::{Instance, NAME_ALPHABET, State};
 use crate::state::ownership::{self, DirLock};
 use crate::state::statedir::{self, INSTANCE_NAME_LEN, KEPT, REGISTERED, StateDir};
@@ -81,6 +83,7 @@ pub fn sweep(state: &StateDir, dry_run: bool, wait: bool, cache_age: Duration) -
     }
     sweep_registrations(&registrations, dry_run, &mut actions);
     sweep_kept_records(state, dry_run, &mut actions);
+    sweep_gone(state, dry_run, &mut actions);
     sweep_prepared(state, cache_age, dry_run, &mut actions);
     Ok(actions)
 }
@@ -184,6 +187,34 @@ fn sweep_kept_records(state: &StateDir, dry_run: bool, actions: &mut Actions) {
         }
         actions.push(Action::Removed(format!(
             "stale record of a kept cluster {}",
+            path.display()
+        )));
+    }
+}
+
+/// Removes what a watchdog killed while deleting a directory left under its hidden name
+/// (`.gone.<name>`, see Instance::remove_at_once): this account's own directories of that name
+/// in PGTMP_DIR that no process holds the lock of and none works in.
+fn sweep_gone(state: &StateDir, dry_run: bool, actions: &mut Actions) {
+    let me = nix::unistd::geteuid().as_raw();
+    for entry in fs::read_dir(&state.path).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let own_dir = fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.uid() == me);
+        if !own_dir || !name.strip_prefix(GONE).is_some_and(is_instance_name) {
+            continue;
+        }
+        let Ok(Some(_lock)) = ownership::try_lock(&path) else {
+            continue;
+        };
+        if ownership::processes_inside(&path) {
+            continue;
+        }
+        if !dry_run && crate::state::safefs::remove_tree_at(&path).is_err() {
+            continue;
+        }
+        actions.push(Action::Removed(format!(
+            "what a removal cut short left: {}",
             path.display()
         )));
     }
@@ -485,6 +516,23 @@ mod tests {
 
     /// The default cache age, as a start or gc passes it.
     const WEEK: Duration = Duration::from_secs(DEFAULT_CACHE_DAYS * 86_400);
+
+    #[test]
+    fn a_removal_cut_short_is_finished() {
+        let (root, state) = state_dir();
+        let gone = root.path().join(".gone.abcd1234");
+        fs::create_dir_all(gone.join("data/base")).unwrap();
+        fs::write(gone.join("data/base/1"), "x").unwrap();
+        let other = root.path().join(".gone.not-an-instance");
+        fs::create_dir(&other).unwrap();
+        let mut actions = Actions::new();
+        sweep_gone(&state, true, &mut actions);
+        assert!(gone.exists() && actions.len() == 1, "{actions:?}");
+        wait_for_copies_to_close(root.path());
+        let mut actions = Actions::new();
+        sweep_gone(&state, false, &mut actions);
+        assert!(!gone.exists() && other.exists(), "{actions:?}");
+    }
 
     fn state_dir() -> (tempfile::TempDir, StateDir) {
         let root = tempfile::tempdir().unwrap();

@@ -12,6 +12,8 @@
 //!   pgtmp.keep      the cluster was started with -k: a sweep never removes this directory
 //! ```
 //!
+//! A directory being removed may go by `.gone.<name>` beside it meanwhile.
+//!
 //! While a pgtmp process looks after the directory it holds a flock on it (see ownership.rs).
 
 use crate::os::process::Pid;
@@ -27,6 +29,8 @@ const PREPARING: &str = "PGTMP.preparing";
 pub const STATE: &str = "pgtmp.state";
 const IDLE: &str = "idle";
 const KEEP: &str = "pgtmp.keep";
+/// Prefix of the hidden name a directory being removed goes by (see [`Instance::remove_at_once`]).
+pub const GONE: &str = ".gone.";
 
 /// Letters of instance and pool entry names: short, so socket paths stay short.
 pub const NAME_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
@@ -288,6 +292,20 @@ impl Instance {
     /// path) is removed, never followed, and nothing outside it is touched.
     pub fn remove(&self) -> Result<()> {
         safefs::remove_tree_at(&self.dir)
+    }
+
+    /// Deletes the whole directory, gone from its path at once: it is first renamed to a hidden
+    /// name beside it (`.gone.<name>`, in the same parent), then deleted under that name, which
+    /// takes a while for a data directory of thousands of files. What a process killed
+    /// meanwhile leaves, the sweep removes. If the rename fails, the tree is deleted in place.
+    pub fn remove_at_once(&self) -> Result<()> {
+        let (parent, name) = split(&self.dir)?;
+        let hidden = format!("{GONE}{}", name.to_string_lossy());
+        let parent = Dir::open(parent)?;
+        match parent.rename(name, &hidden) {
+            Ok(()) => parent.remove_tree(&hidden),
+            Err(_) => self.remove(),
+        }
     }
 
     /// Deletes everything inside the directory but the directory itself (for a `-d DIR` that

@@ -51,33 +51,43 @@ fn functions_sql() -> String {
          CREATE OR REPLACE FUNCTION pgtmp.statement_timestamp() RETURNS pg_catalog.timestamptz
              LANGUAGE sql STABLE PARALLEL SAFE AS $f$ SELECT pgtmp.now() $f$;
          CREATE OR REPLACE FUNCTION pgtmp.set_now(value text) RETURNS pg_catalog.timestamptz
-             LANGUAGE plpgsql VOLATILE SET IntervalStyle = 'iso_8601' AS $f$
+             LANGUAGE plpgsql VOLATILE
+             SET IntervalStyle = 'iso_8601' SET search_path = pg_catalog, pg_temp AS $f$
          DECLARE
-             v text := pg_catalog.btrim(value);
-             s text := {STATE};
+             v text := btrim(value);
+             s text;
+             delta interval;
              next text;
          BEGIN
+             -- One change at a time for the whole cluster: two moves at once both count.
+             LOCK TABLE pg_shdescription IN SHARE ROW EXCLUSIVE MODE;
+             s := {STATE};
              IF v = 'clock' THEN
                  next := 'clock PT0S';
              ELSIF v LIKE '+%' OR v LIKE '-%' THEN
+                 -- The sign applies to the whole interval: '-1 day 2 hours' is 26 hours back.
+                 delta := substr(v, 2)::interval;
+                 IF v LIKE '-%' THEN
+                     delta := -delta;
+                 END IF;
+                 IF NOT isfinite(delta) THEN
+                     next := NULL;
                  -- Without a state yet (--now '-1 day' at the start): the clock, shifted.
-                 IF s IS NULL OR s LIKE 'clock %' THEN
-                     next := 'clock ' || (coalesce(pg_catalog.substr(s, 7),
-                         'PT0S')::pg_catalog.interval + v::pg_catalog.interval)::text;
+                 ELSIF s IS NULL OR s LIKE 'clock %' THEN
+                     next := 'clock ' || (coalesce(substr(s, 7), 'PT0S')::interval + delta)::text;
                  ELSE
-                     next := 'fixed ' || pg_catalog.to_char((pgtmp.now() + v::pg_catalog.interval)
-                         AT TIME ZONE 'UTC', {INSTANT});
+                     next := 'fixed ' || to_char((pgtmp.now() + delta) AT TIME ZONE 'UTC',
+                         {INSTANT});
                  END IF;
              ELSE
-                 next := 'fixed ' || pg_catalog.to_char(v::pg_catalog.timestamptz
-                     AT TIME ZONE 'UTC', {INSTANT});
+                 next := 'fixed ' || to_char(v::timestamptz AT TIME ZONE 'UTC', {INSTANT});
              END IF;
              IF next IS NULL THEN
                  -- NULL, or an instant without a form (infinity): nothing to freeze at.
-                 RAISE EXCEPTION 'not a finite timestamp or interval: %', pg_catalog.quote_nullable(value)
+                 RAISE EXCEPTION 'not a finite timestamp or interval: %', quote_nullable(value)
                      USING ERRCODE = 'invalid_datetime_format';
              END IF;
-             EXECUTE pg_catalog.format('COMMENT ON TABLESPACE pg_global IS %L', next);
+             EXECUTE format('COMMENT ON TABLESPACE pg_global IS %L', next);
              RETURN pgtmp.now();
          END $f$;
          COMMENT ON FUNCTION pgtmp.set_now(text) IS
@@ -131,7 +141,7 @@ fn await_search_path(connect: &impl Fn(&str) -> Result<Client>) -> Result<()> {
 /// error naming it (`what`: `--now` or `pgtmp now`), and changes nothing.
 pub fn set(client: &mut Client, value: &str, what: &str) -> Result<String> {
     client
-        .batch_execute("SET DateStyle = 'ISO, MDY'")
+        .batch_execute("SET DateStyle = 'ISO'")
         .context("cannot set DateStyle")?;
     let row = client
         .query_one("SELECT pgtmp.set_now($1)::text", &[&value])
@@ -158,7 +168,7 @@ pub fn set(client: &mut Client, value: &str, what: &str) -> Result<String> {
 /// The cluster's now() as frozen (or as the clock says without `--now`).
 pub fn read(client: &mut Client) -> Result<String> {
     client
-        .batch_execute("SET DateStyle = 'ISO, MDY'")
+        .batch_execute("SET DateStyle = 'ISO'")
         .context("cannot set DateStyle")?;
     let row = client
         .query_one(

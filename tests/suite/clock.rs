@@ -70,6 +70,11 @@ fn frozen_time_reaches_every_database_and_moves(invoker: &Invoker) {
         printed.stdout.starts_with("2024-01-31 12:00:00"),
         "{printed}"
     );
+    // The sign is the whole interval's: 26 hours back, not 22.
+    let out = sandbox.run(&["now", &url, "-1 day 2 hours"]);
+    assert!(out.stdout.starts_with("2024-01-30 10:00:00"), "{out}");
+    assert!(sandbox.run(&["now", &url, "+1 day 2 hours"]).success());
+    assert_eq!(session.query_line(now), "2024-01-31 12:00:00+00");
 
     // The clock again, then offset from it.
     assert!(sandbox.run(&["now", &url, "clock"]).success());

@@ -446,10 +446,12 @@ impl Watchdog {
             record_kept(&self.plan);
             0
         } else {
-            match self.plan.instance.remove() {
-                Ok(()) => 0,
-                Err(_) => 1,
-            }
+            // In PGTMP_DIR (no registration): gone from its path at once, deleted after.
+            let removed = match self.plan.registration {
+                None => self.plan.instance.remove_at_once(),
+                Some(_) => self.plan.instance.remove(),
+            };
+            i32::from(removed.is_err())
         }
     }
 }
