@@ -20,16 +20,8 @@ pub fn run(args: CloneArgs, global: &GlobalArgs) -> Result<()> {
         dburl::jdbc(&cluster_url)?;
     }
     let session = Session::establish_for(global.run_as(), &Target::Url(&cluster_url))?;
-    let (instance, state) = crate::state::clusters::running(
-        &session.state.path,
-        session.invoker.uid.as_raw(),
-        &cluster_url,
-    )?;
-    let server = Server {
-        socket_dir: &instance.dir,
-        port: state.port,
-        user: &state.user,
-    };
+    let (instance, state) = session.running(&cluster_url)?;
+    let server = Server::of(&instance, &state);
     let mut client = files::connect(&server, "postgres")?;
     if args.drop {
         return stock::drop_clone(&mut client, &dburl::database(&cluster_url)?);

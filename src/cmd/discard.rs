@@ -12,9 +12,8 @@ use std::path::Path;
 pub fn run(args: DiscardArgs, global: &GlobalArgs) -> Result<()> {
     let text = args.cluster;
     let (session, cluster) = if looks_like_url(&text) {
-        let cluster_url = crate::output::url::read(&text)?.uri(None);
-        let session = Session::establish_for(global.run_as(), &Target::Url(&cluster_url))?;
-        let cluster = clusters::find_by_url(&session.state.path, &cluster_url)?;
+        let (session, conn) = Session::establish_for_url(global.run_as(), &text)?;
+        let cluster = clusters::find_by_url(&session.state.path, &conn.uri(None))?;
         (session, cluster)
     } else {
         let dir = std::path::absolute(Path::new(&text))

@@ -3,15 +3,13 @@
 
 use crate::cli::{GlobalArgs, KeepArgs};
 use crate::lifecycle::kept;
-use crate::lifecycle::session::{Session, Target};
+use crate::lifecycle::session::Session;
 use crate::output::url;
 use anyhow::Result;
 
 pub fn run(args: KeepArgs, global: &GlobalArgs) -> Result<()> {
-    let conn = url::read(&args.url)?;
-    let cluster_url = conn.uri(None);
-    let session = Session::establish_for(global.run_as(), &Target::Url(&cluster_url))?;
-    let cluster = crate::state::clusters::find_by_url(&session.state.path, &cluster_url)?;
+    let (session, conn) = Session::establish_for_url(global.run_as(), &args.url)?;
+    let cluster = crate::state::clusters::find_by_url(&session.state.path, &conn.uri(None))?;
     let marked = kept::keep(&session, &cluster)?;
     // The database on the socket, which the reopened cluster serves at the same address
     // whether or not it is started with -t again.

@@ -19,15 +19,9 @@ pub fn run(args: SchemaArgs, global: &GlobalArgs) -> Result<()> {
         dburl::jdbc(&url)?;
     }
     let session = Session::establish_for(global.run_as(), &Target::Url(&url))?;
-    let (instance, state) =
-        crate::state::clusters::running(&session.state.path, session.invoker.uid.as_raw(), &url)?;
+    let (instance, state) = session.running(&url)?;
     let database = dburl::database(&url)?;
-    let server = Server {
-        socket_dir: &instance.dir,
-        port: state.port,
-        user: &state.user,
-    };
-    let mut client = files::connect(&server, &database)?;
+    let mut client = files::connect(&Server::of(&instance, &state), &database)?;
     let schema = format!("s_{}", secret::random_string(NAME_ALPHABET, 8)?);
     client
         .batch_execute(&format!("CREATE SCHEMA {}", quote_ident(&schema)))

@@ -8,6 +8,7 @@ use crate::os::account::{self, Account, RunAs};
 use crate::os::detach::{self, Forked};
 use crate::output::url;
 use crate::state::clusters;
+use crate::state::instance::{Instance, State};
 use crate::state::safefs::Dir;
 use crate::state::statedir::{self, StateDir};
 use anyhow::{Context, Result, anyhow, bail};
@@ -76,6 +77,19 @@ impl Session {
         };
         let (server, _) = covered.swap_remove(index);
         Session::establish_as(invoker, server, None)
+    }
+
+    /// [`Session::establish_for`] the cluster of a URL in any form pgtmp prints it; also returns
+    /// the URL as read (`uri(None)` of it is the cluster's URL).
+    pub fn establish_for_url(run_as: RunAs, text: &str) -> Result<(Session, url::Conn)> {
+        let conn = url::read(text)?;
+        let session = Session::establish_for(run_as, &Target::Url(&conn.uri(None)))?;
+        Ok((session, conn))
+    }
+
+    /// The running cluster of the invoker's that `cluster_url` names: its directory and state.
+    pub fn running(&self, cluster_url: &str) -> Result<(Instance, State)> {
+        clusters::running(&self.state.path, self.invoker.uid.as_raw(), cluster_url)
     }
 
     /// Runs `work` in the session of every server account [`covered`] names: in this process

@@ -164,14 +164,8 @@ fn sweep_registrations(registrations: &[Registration], dry_run: bool, actions: &
 /// nothing kept any more: the directory was removed by hand, is no longer a kept pgtmp
 /// cluster, or its path now leads to another directory. The directories themselves are never touched.
 fn sweep_kept_records(state: &StateDir, dry_run: bool, actions: &mut Actions) {
-    let me = nix::unistd::geteuid().as_raw();
-    for entry in fs::read_dir(&state.path).into_iter().flatten().flatten() {
-        let path = entry.path();
-        let own_file = fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.uid() == me);
-        if !own_file || !entry.file_name().to_string_lossy().starts_with(KEPT) {
-            continue;
-        }
-        let recorded = crate::state::clusters::kept_identity(&entry.file_name());
+    for (name, path) in own_entries(state, KEPT, fs::Metadata::is_file) {
+        let recorded = crate::state::clusters::kept_identity(name.as_ref());
         let kept = statedir::registered_dir(&path).is_ok_and(|target| {
             let instance = Instance::new(&target);
             let same = crate::state::safefs::Dir::open(&target)
@@ -192,16 +186,33 @@ fn sweep_kept_records(state: &StateDir, dry_run: bool, actions: &mut Actions) {
     }
 }
 
+/// The entries of PGTMP_DIR named `prefix...` that are this account's own and of the kind
+/// `is_kind` tells (looked at without following a symlink): their names and paths.
+fn own_entries(
+    state: &StateDir,
+    prefix: &str,
+    is_kind: fn(&fs::Metadata) -> bool,
+) -> Vec<(String, PathBuf)> {
+    let me = nix::unistd::geteuid().as_raw();
+    fs::read_dir(&state.path)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let path = entry.path();
+            let meta = fs::symlink_metadata(&path).ok()?;
+            (name.starts_with(prefix) && is_kind(&meta) && meta.uid() == me).then_some((name, path))
+        })
+        .collect()
+}
+
 /// Removes what a watchdog killed while deleting a directory left under its hidden name
 /// (`.gone.<name>`, see Instance::remove_at_once): this account's own directories of that name
 /// in PGTMP_DIR that no process holds the lock of and none works in.
 fn sweep_gone(state: &StateDir, dry_run: bool, actions: &mut Actions) {
-    let me = nix::unistd::geteuid().as_raw();
-    for entry in fs::read_dir(&state.path).into_iter().flatten().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let path = entry.path();
-        let own_dir = fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.uid() == me);
-        if !own_dir || !name.strip_prefix(GONE).is_some_and(is_instance_name) {
+    for (name, path) in own_entries(state, GONE, fs::Metadata::is_dir) {
+        if !name.strip_prefix(GONE).is_some_and(is_instance_name) {
             continue;
         }
         let Ok(Some(_lock)) = ownership::try_lock(&path) else {

@@ -10,6 +10,7 @@ use crate::os::process;
 use crate::output::exit;
 use crate::server::discover::Installation;
 use crate::server::initdb::quote_ident;
+use crate::state::instance::{Instance, State};
 use anyhow::{Context, Result, bail};
 use std::fs;
 use std::io::{Seek, Write};
@@ -108,6 +109,17 @@ pub struct Server<'a> {
     pub socket_dir: &'a Path,
     pub port: u16,
     pub user: &'a str,
+}
+
+impl<'a> Server<'a> {
+    /// The server of the running cluster in `instance`, as its watchdog recorded it in `state`.
+    pub fn of(instance: &'a Instance, state: &'a State) -> Server<'a> {
+        Server {
+            socket_dir: &instance.dir,
+            port: state.port,
+            user: &state.user,
+        }
+    }
 }
 
 impl TestData {

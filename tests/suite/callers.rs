@@ -8,7 +8,6 @@
 //! installs them, and in CI (CI=true) a missing one fails instead of skipping.
 
 use crate::common::*;
-use std::process::Stdio;
 
 both_invokers!(
     ruby_percent_x,
@@ -17,17 +16,6 @@ both_invokers!(
     a_terminal_gets_a_newline,
     guide_pytest_fixture_runs_from_anywhere,
 );
-
-/// Whether `program ARGS` runs and exits 0 as the invoker (a probe for a driver).
-fn works(invoker: &Invoker, program: &str, args: &[&str]) -> bool {
-    invoker
-        .command(program)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
 
 /// Runs a caller as the invoker with pgtmp's environment (`$PGTMP` is the binary) and checks
 /// that each URL it obtained connected: one `USER test` line per URL (a clone, `test_...`,

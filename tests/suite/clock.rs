@@ -147,12 +147,7 @@ fn bad_values_change_nothing(invoker: &Invoker) {
 /// and migrates it; a migration's `DEFAULT now()` and raw `select now()` see the frozen time.
 fn django_test_runner_sees_frozen_time(invoker: &Invoker) {
     let python = "/usr/bin/python3";
-    let ok = invoker
-        .command(python)
-        .args(["-c", "import django, psycopg2"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
+    if !works(invoker, python, &["-c", "import django, psycopg2"]) {
         return missing(
             "Django and psycopg2",
             "Debian: apt-get install python3-django python3-psycopg2",

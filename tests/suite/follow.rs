@@ -457,12 +457,7 @@ fn check_kept_after_owner(sandbox: &Sandbox, output: &str, table: &str) {
 /// pytest, and the kept directory reopens with the failing test's data.
 fn readme_pytest_keeps_a_failing_tests_database(invoker: &Invoker) {
     let python = "/usr/bin/python3";
-    let ok = invoker
-        .command(python)
-        .args(["-c", "import psycopg2, pytest"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
+    if !works(invoker, python, &["-c", "import psycopg2, pytest"]) {
         return missing(
             "pytest and psycopg2",
             "Debian: apt-get install python3-pytest python3-psycopg2",

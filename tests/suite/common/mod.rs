@@ -77,6 +77,17 @@ pub fn cannot_run_here(reason: &str) {
     skip(reason);
 }
 
+/// Whether `program ARGS` runs and exits 0 as the invoker (a probe for a driver).
+pub fn works(invoker: &Invoker, program: &str, args: &[&str]) -> bool {
+    invoker
+        .command(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// A program the test needs is missing: skips outside CI; fails in CI, where .ci/run must
 /// have installed it.
 pub fn missing(program: &str, install: &str) {
