@@ -55,6 +55,9 @@ _pgtmp() {
             pgtmp,selftest)
                 cmd="pgtmp__subcmd__selftest"
                 ;;
+            pgtmp,serve)
+                cmd="pgtmp__subcmd__serve"
+                ;;
             pgtmp,start)
                 cmd="pgtmp__subcmd__start"
                 ;;
@@ -97,6 +100,9 @@ _pgtmp() {
             pgtmp__subcmd__help,selftest)
                 cmd="pgtmp__subcmd__help__subcmd__selftest"
                 ;;
+            pgtmp__subcmd__help,serve)
+                cmd="pgtmp__subcmd__help__subcmd__serve"
+                ;;
             pgtmp__subcmd__help,start)
                 cmd="pgtmp__subcmd__help__subcmd__start"
                 ;;
@@ -110,7 +116,7 @@ _pgtmp() {
 
     case "${cmd}" in
         pgtmp)
-            opts="-t -p -w -k -o -d -F -f -h -V --tcp --port --timeout --keep --options --dir --format --schema-file --now --no-cache --owner-pid --bindir --pg --pg-path --run-as --help --version start stop initdb selftest run list ls keep now discard doctor clone schema gc help"
+            opts="-t -p -w -k -o -d -F -f -h -V --tcp --port --timeout --keep --options --dir --format --schema-file --now --no-cache --owner-pid --bindir --pg --pg-path --run-as --help --version start stop initdb selftest serve run list ls keep now discard doctor clone schema gc help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -324,7 +330,7 @@ _pgtmp() {
             return 0
             ;;
         pgtmp__subcmd__help)
-            opts="start stop initdb selftest run list keep now discard doctor clone schema gc help"
+            opts="start stop initdb selftest serve run list keep now discard doctor clone schema gc help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -492,6 +498,20 @@ _pgtmp() {
             return 0
             ;;
         pgtmp__subcmd__help__subcmd__selftest)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pgtmp__subcmd__help__subcmd__serve)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -792,6 +812,60 @@ _pgtmp() {
                 return 0
             fi
             case "${prev}" in
+                --bindir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg-path)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --run-as)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pgtmp__subcmd__serve)
+            opts="-h --listen --server --ttl --pool --max-per-client --token --bindir --pg --pg-path --run-as --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --listen)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ttl)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pool)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-per-client)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --bindir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

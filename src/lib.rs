@@ -5,6 +5,7 @@
 //! ```text
 //! cli        the command line and PGTMP_* settings
 //! cmd        one thin file per subcommand
+//! serve      databases over HTTP (faitout's and IntegreSQL's APIs)
 //! lifecycle  watchdog, pre-started servers, lifeline
 //! server     PostgreSQL programs     state  on-disk state (safefs)     testdata  -f, clones
 //! output     formats, URLs, exit     os     processes, accounts, signals
@@ -17,6 +18,7 @@ mod cmd;
 mod lifecycle;
 mod os;
 mod output;
+mod serve;
 mod server;
 mod state;
 mod testdata;

@@ -238,6 +238,12 @@ const SCHEMA_EXAMPLES: &str = "\
 s=$(pgtmp schema \"$url\")           # URL whose search_path starts with a fresh schema
 pgtmp schema -F jdbc \"$tcp_url\"    # the same as JDBC, with currentSchema";
 
+const SERVE_EXAMPLES: &str = "\
+pgtmp serve                                # http://127.0.0.1:5000/ on its own cluster
+url=$(curl -fsS http://127.0.0.1:5000/new) # a fresh role and database (faitout's API)
+pgtmp serve --listen 0.0.0.0:5000 --token \"$TOKEN\" \\
+    --server postgresql://fleet:PASSWORD@db.internal/fleet   # for a fleet, on a shared server";
+
 const GC_EXAMPLES: &str = "\
 pgtmp gc -n                        # what would be removed
 pgtmp gc                           # remove it; one line per thing removed";
@@ -275,6 +281,23 @@ pub enum Command {
     /// comes last.
     #[command(after_help = examples(SELFTEST_EXAMPLES))]
     Selftest,
+    /// Hand out throwaway databases over HTTP, with faitout's and IntegreSQL's APIs, on its own
+    /// cluster or an existing PostgreSQL server
+    ///
+    /// Runs in the foreground until SIGINT or SIGTERM; prints its base URL on stdout once it
+    /// answers, and one line per request on stderr. `GET /new` hands out a fresh database with
+    /// its own role and password (faitout's API: a URL, or JSON with `Accept:
+    /// application/json`), `GET /clean/DB` drops it; `/api/v1/...` is IntegreSQL's API
+    /// (templates per hash, test databases copied from them in advance); `GET /` is a page on
+    /// how to use it with live figures, `GET /stats` the same as JSON. Every handed-out database
+    /// is dropped with its role after --ttl seconds.
+    ///
+    /// Without --server, serve runs its own cluster on 127.0.0.1, stopped with everything in it
+    /// when serve stops. With --server, it works on that server with an admin role that has
+    /// CREATEDB and CREATEROLE, and keeps its records there (schema pgtmp of the URL's
+    /// database): a restarted serve forgets nothing, several may share the server.
+    #[command(after_help = examples(SERVE_EXAMPLES))]
+    Serve(ServeArgs),
     /// Start a cluster, run CMD with PGHOST, PGPORT, PGUSER, PGDATABASE and DATABASE_URL set,
     /// then stop the cluster and exit with CMD's status
     ///
@@ -498,6 +521,49 @@ pub struct KeepArgs {
     /// A URL pgtmp printed (of the cluster, a clone or a schema; uri, jdbc, dsn or json)
     #[arg(value_name = "URL")]
     pub url: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address and port to answer HTTP on; other than loopback only with --token (and
+    /// --server); port 0 picks a free one
+    #[arg(
+        long,
+        env = "PGTMP_SERVE_LISTEN",
+        value_name = "ADDR:PORT",
+        default_value = "127.0.0.1:5000"
+    )]
+    pub listen: std::net::SocketAddr,
+
+    /// Work on this existing PostgreSQL server, as an admin role with CREATEDB and CREATEROLE
+    /// (postgresql://ADMIN:PASSWORD@HOST:PORT/DATABASE), instead of serve's own cluster
+    #[arg(long, env = "PGTMP_SERVE_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+
+    /// Seconds a handed-out database lives before it is dropped with its role
+    #[arg(long, env = "PGTMP_SERVE_TTL", value_name = "SECONDS", default_value = "1800",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub ttl: u64,
+
+    /// Databases kept ready for /new and per finalized template
+    #[arg(long, env = "PGTMP_SERVE_POOL", value_name = "N", default_value = "4",
+          value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub pool: u64,
+
+    /// Databases from /new one client (IP address) may have out at once
+    #[arg(long = "max-per-client", env = "PGTMP_SERVE_MAX_PER_CLIENT", value_name = "N",
+          default_value = "20", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_per_client: u64,
+
+    /// Require this token of every request (Authorization: Bearer TOKEN, or the path prefix
+    /// /t/TOKEN/); needed to listen beyond loopback
+    #[arg(
+        long,
+        env = "PGTMP_SERVE_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
 }
 
 #[derive(Args, Debug, Clone, Default)]

@@ -1,8 +1,8 @@
 //! Turns a parsed start (its options, the global ones, the PGTMP_* settings) into the
-//! domain's `StartRequest`, the one place where the command line meets the start path.
+//! domain's `StartRequest`, the one place where the command line meets the start path; and `serve`'s settings.
 
 use super::settings::Settings;
-use super::{GlobalArgs, StartArgs};
+use super::{GlobalArgs, ServeArgs, StartArgs};
 use crate::lifecycle::start::StartRequest;
 use crate::output::exit;
 use crate::server::discover::{Choice, Majors};
@@ -83,4 +83,33 @@ fn pg_and_bindir() -> anyhow::Error {
     exit::usage(
         "--pg (PGTMP_PG) picks among the installations found, and --bindir (PGTMP_BINDIR) names one: give only one of them",
     )
+}
+
+impl ServeArgs {
+    /// What serve is asked for; an empty token is refused (it would let anyone in).
+    pub fn settings(&self) -> Result<crate::serve::Settings> {
+        if self.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(crate::output::exit::usage(
+                "--token is empty; give a secret of your own, e.g. --token \"$(openssl rand -hex 16)\"",
+            ));
+        }
+        Ok(crate::serve::Settings {
+            listen: self.listen,
+            server: self.server.clone(),
+            ttl: self.ttl,
+            pool: self.pool as usize,
+            max_per_client: self.max_per_client as usize,
+            token: self.token.clone(),
+        })
+    }
+
+    /// How serve starts its own cluster: as `pgtmp -t` would, with the installation chosen by
+    /// the global options; the start options' PGTMP_* variables do not apply.
+    pub fn own_cluster(&self, global: &GlobalArgs) -> Result<StartRequest> {
+        let start = StartArgs {
+            tcp: true,
+            ..StartArgs::default()
+        };
+        start.request(global)
+    }
 }

@@ -12,6 +12,7 @@ mod now;
 mod run;
 mod schema;
 mod selftest;
+mod serve;
 mod start;
 mod stop;
 
@@ -36,5 +37,6 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Schema(args)) => schema::run(args, &global),
         Some(Command::Gc(args)) => gc::run(&args, &global),
         Some(Command::Selftest) => selftest::run(&global),
+        Some(Command::Serve(args)) => serve::run(args, &global),
     }
 }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["cli"],
     &["cmd"],
+    &["serve"],
     &["lifecycle"],
     &["testdata"],
     &["server"],

@@ -1,0 +1,190 @@
+//! Where serve's databases live: its own cluster, started as `pgtmp -t` starts one and tied to
+//! serve by a lifeline (it stops when serve goes, however it goes), or an existing server
+//! given by `--server URL`, worked on with an admin role that has CREATEDB and CREATEROLE.
+
+use crate::lifecycle::lifeline::{self, Holder};
+use crate::lifecycle::start::{self, StartRequest};
+use crate::lifecycle::watchdog;
+use crate::output::exit;
+use crate::server::initdb::quote_ident;
+use anyhow::{Context, Result};
+use postgres::config::Host;
+use postgres::{Client, Config, NoTls};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// How long a connection to the server may take.
+const CONNECT_LIMIT: Duration = Duration::from_secs(10);
+
+pub struct Backend {
+    /// The admin role's connection to its database.
+    admin: Config,
+    /// The admin database: where schema pgtmp lives.
+    pub admin_db: String,
+    /// Where clients of handed-out databases connect.
+    pub host: String,
+    pub port: u16,
+    /// Set for serve's own cluster.
+    own: Option<Own>,
+    /// What to show of the backend: "own cluster" or the server URL without its password.
+    pub shown: String,
+}
+
+/// serve's own cluster: the lifeline held, and what stopping it needs.
+struct Own {
+    holder: Holder,
+    watchdog_pid: crate::os::process::Pid,
+    dir: String,
+}
+
+impl Backend {
+    /// Starts serve's own cluster. Must be called while the process has one thread: it forks
+    /// the watchdog (and drops root for good, as any start does).
+    pub fn own(request: &StartRequest) -> Result<Backend> {
+        let (holder, line) = lifeline::pair()?;
+        let launched = start::launch(request, Some(line))?;
+        let cluster = launched.cluster.clone();
+        launched.refill_pool();
+        let admin = crate::server::client::config(
+            &cluster.socket_dir,
+            cluster.port,
+            &cluster.user,
+            "postgres",
+            "pgtmp serve",
+        );
+        let backend = Backend {
+            admin,
+            admin_db: "postgres".into(),
+            host: "127.0.0.1".into(),
+            port: cluster.port,
+            own: Some(Own {
+                holder,
+                watchdog_pid: cluster.watchdog_pid,
+                dir: cluster.socket_dir.display().to_string(),
+            }),
+            shown: format!("own cluster in {}", cluster.socket_dir.display()),
+        };
+        if let Err(err) = backend.close_the_rest() {
+            let _ = backend.stop();
+            return Err(err);
+        }
+        Ok(backend)
+    }
+
+    /// In serve's own cluster, the databases that were there before serve (postgres,
+    /// template1, test) are closed to the roles it hands out: they reach their own only.
+    fn close_the_rest(&self) -> Result<()> {
+        let mut client = self.connect(&self.admin_db)?;
+        let names: Vec<String> = client
+            .query("SELECT datname FROM pg_database WHERE datallowconn", &[])
+            .context("cannot list the databases of serve's cluster")?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        for name in names {
+            client
+                .batch_execute(&format!(
+                    "REVOKE ALL ON DATABASE {} FROM PUBLIC",
+                    quote_ident(&name)
+                ))
+                .with_context(|| format!("cannot revoke CONNECT on {name} from PUBLIC"))?;
+        }
+        Ok(())
+    }
+
+    /// An existing server, by the admin role's URL.
+    pub fn server(url: &str) -> Result<Backend> {
+        let mut admin = Config::from_str(url).map_err(|err| {
+            exit::usage(format!(
+                "--server {}: not a PostgreSQL URL ({err}); give postgresql://ADMIN:PASSWORD@HOST:PORT/DATABASE",
+                hide_password(url)
+            ))
+        })?;
+        let host = match admin.get_hosts().first() {
+            Some(Host::Tcp(name)) => name.clone(),
+            Some(Host::Unix(path)) => path.display().to_string(),
+            None => {
+                return Err(exit::usage(format!(
+                    "--server {}: the URL names no host; give postgresql://ADMIN:PASSWORD@HOST:PORT/DATABASE",
+                    hide_password(url)
+                )));
+            }
+        };
+        let port = admin.get_ports().first().copied().unwrap_or(5432);
+        let admin_db = admin
+            .get_dbname()
+            .or(admin.get_user())
+            .unwrap_or("postgres")
+            .to_string();
+        admin.application_name("pgtmp serve");
+        Ok(Backend {
+            admin,
+            admin_db,
+            host,
+            port,
+            own: None,
+            shown: hide_password(url),
+        })
+    }
+
+    pub fn is_own(&self) -> bool {
+        self.own.is_some()
+    }
+
+    /// A connection of the admin role to `database`.
+    pub fn connect(&self, database: &str) -> Result<Client> {
+        let mut config = self.admin.clone();
+        config.dbname(database).connect_timeout(CONNECT_LIMIT);
+        config
+            .connect(NoTls)
+            .with_context(|| format!("cannot connect to database {database} on {}", self.shown))
+    }
+
+    /// Stops serve's own cluster and waits until it is gone; nothing for an existing server.
+    pub fn stop(self) -> Result<()> {
+        let Some(own) = self.own else {
+            return Ok(());
+        };
+        // The watchdog stops the server and removes the directory, as at its timeout.
+        let stopped = watchdog::stop_watchdog(own.watchdog_pid, &own.dir);
+        drop(own.holder);
+        stopped
+    }
+}
+
+/// `url` with any password replaced by `***`, for messages and the status page.
+pub fn hide_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(at) => rest.split_at(at),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{hosts}{tail}")
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_hidden() {
+        assert_eq!(
+            hide_password("postgresql://fleet:s3cret@db.example:5432/fleet?sslmode=require"),
+            "postgresql://fleet:***@db.example:5432/fleet?sslmode=require"
+        );
+        assert_eq!(
+            hide_password("postgresql://fleet@db/x"),
+            "postgresql://fleet@db/x"
+        );
+        assert_eq!(hide_password("host=db"), "host=db");
+    }
+}

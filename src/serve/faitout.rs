@@ -1,0 +1,112 @@
+//! faitout's API: `GET /new` hands out a fresh role and database (as a URL, or as JSON when
+//! asked for), `GET /clean/<db>` drops one; a client (its IP address) may have at most
+//! `--max-per-client` out at once. The answers, error names included, are faitout's.
+
+use crate::serve::reply::Reply;
+use crate::serve::service::Service;
+use crate::serve::store;
+use anyhow::Result;
+use serde_json::json;
+
+/// faitout's error answer: always JSON.
+fn error(status: u16, name: &str, description: String) -> Reply {
+    Reply::json(
+        status,
+        &json!({ "ERROR": name, "description": description }),
+    )
+}
+
+/// `GET /new`.
+pub fn new(service: &Service, client_id: &str, as_json: bool) -> Result<Reply> {
+    let cap = service.settings.max_per_client as i64;
+    // The count and the take under one lock per client, so that parallel requests of one
+    // client never get past the cap together.
+    let taken = service.db(|client| {
+        let mut tx = client.transaction()?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext($1))",
+            &[&format!("pgtmp serve client {client_id}")],
+        )?;
+        if store::out_for(&mut tx, client_id)? >= cap {
+            return Ok(Err(()));
+        }
+        let record = store::take(&mut tx, None, client_id, service.ttl())?;
+        tx.commit()?;
+        Ok(Ok(record))
+    })?;
+    let record = match taken {
+        Err(()) => {
+            return Ok(error(
+                400,
+                "TooManyConnectionException",
+                format!("{client_id} has already {cap} active connection, please re-try later"),
+            ));
+        }
+        Ok(Some(record)) => {
+            service.ring();
+            record
+        }
+        Ok(None) => service.hand_out(None, client_id)?,
+    };
+    let backend = &service.backend;
+    if as_json {
+        return Ok(Reply::json(
+            200,
+            &json!({
+                "dbname": record.name,
+                "username": record.name,
+                "password": record.password,
+                "port": backend.port,
+                "host": backend.host,
+            }),
+        ));
+    }
+    Ok(Reply::text(
+        200,
+        format!(
+            "postgresql://{user}:{}@{}:{}/{user}",
+            record.password,
+            url_host(&backend.host),
+            backend.port,
+            user = record.name,
+        ),
+    ))
+}
+
+/// A host as a URL writes it: an IPv6 address in brackets.
+pub fn url_host(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+/// `GET /clean/<db>`: only by the client that got it, or with the token.
+pub fn clean(service: &Service, client_id: &str, name: &str, token_given: bool) -> Result<Reply> {
+    let found = service.db(|client| store::find(client, name))?;
+    let found = match found {
+        Some(found) if found.template.is_none() && found.state == "out" => found,
+        _ => {
+            return Ok(error(
+                404,
+                "NoDatabaseException",
+                format!("Database {name} could not be found"),
+            ));
+        }
+    };
+    if found.client.as_deref() != Some(client_id) && !token_given {
+        return Ok(error(
+            403,
+            "WrongOriginException",
+            format!(
+                "{client_id} did not request this database and thus is not allowed to drop it."
+            ),
+        ));
+    }
+    service.db(|client| service.drop_now(client, std::slice::from_ref(&found.record.name)))?;
+    Ok(Reply::text(
+        200,
+        format!("Database {name} has been dropped"),
+    ))
+}
