@@ -64,23 +64,48 @@ impl Backend {
             }),
             shown: format!("own cluster in {}", cluster.socket_dir.display()),
         };
-        if let Err(err) = backend.close_the_rest() {
-            let _ = backend.stop();
-            return Err(err);
-        }
         Ok(backend)
     }
 
-    /// In serve's own cluster, the databases that were there before serve (postgres,
-    /// template1, test) are closed to the roles it hands out: they reach their own only.
-    fn close_the_rest(&self) -> Result<()> {
-        let mut client = self.connect(&self.admin_db)?;
+    /// Creates schema pgtmp if it is missing, and closes to the roles serve hands out the
+    /// databases that were there before: every one in serve's own cluster (postgres,
+    /// template1, test); on a shared server only the admin database, when the admin role
+    /// owns it (else a note says that the roles may connect to it, and read nothing of
+    /// pgtmp's there). On failure serve's own cluster is stopped.
+    pub fn prepare(self) -> Result<Backend> {
+        let prepared = self.connect(&self.admin_db).and_then(|mut client| {
+            crate::serve::store::install(&mut client)?;
+            self.close_to_public(&mut client)
+        });
+        match prepared {
+            Ok(()) => Ok(self),
+            Err(err) => {
+                let _ = self.stop();
+                Err(err)
+            }
+        }
+    }
+
+    fn close_to_public(&self, client: &mut Client) -> Result<()> {
+        let query = if self.is_own() {
+            "SELECT datname FROM pg_database WHERE datallowconn"
+        } else {
+            "SELECT datname FROM pg_database \
+             WHERE datname = current_database() AND datdba = (SELECT oid FROM pg_roles WHERE rolname = current_user)"
+        };
         let names: Vec<String> = client
-            .query("SELECT datname FROM pg_database WHERE datallowconn", &[])
-            .context("cannot list the databases of serve's cluster")?
+            .query(query, &[])
+            .context("cannot list the databases to close")?
             .iter()
             .map(|row| row.get(0))
             .collect();
+        if names.is_empty() {
+            eprintln!(
+                "pgtmp serve: note: the roles serve hands out may connect to database {} (not the admin role's own), though they read nothing of schema pgtmp there; REVOKE CONNECT ON DATABASE {} FROM PUBLIC to close it",
+                self.admin_db,
+                quote_ident(&self.admin_db)
+            );
+        }
         for name in names {
             client
                 .batch_execute(&format!(

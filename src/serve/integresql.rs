@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 /// How long `GET .../tests` waits for a template being built, as IntegreSQL does.
 const WAIT_LIMIT: Duration = Duration::from_secs(60);
 
+/// The least time a client has to finalize a template before it is taken for dead and the
+/// template discarded (else the TTL, when longer): migrations may take minutes.
+const BUILD_LIMIT: f64 = 600.0;
+
 /// The `database` object of IntegreSQL's answers.
 fn database(service: &Service, hash: &str, name: &str, password: &str) -> Value {
     json!({
@@ -48,7 +52,8 @@ pub fn initialize(service: &Service, body: &[u8]) -> Result<Reply> {
         return Ok(Reply::message(400, "hash is longer than 1024 bytes"));
     }
     let password = secret::password()?;
-    let begun = service.db(|c| store::begin_template(c, &hash, &password, service.ttl()))?;
+    let building_for = service.ttl().max(BUILD_LIMIT);
+    let begun = service.db(|c| store::begin_template(c, &hash, &password, building_for))?;
     let Some(id) = begun else {
         return Ok(Reply::message(423, "template is already initialized"));
     };

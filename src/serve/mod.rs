@@ -74,13 +74,7 @@ pub fn run(settings: Settings, own: StartRequest) -> Result<()> {
         // Forks the watchdog: this process still has a single thread.
         None => Backend::own(&own)?,
     };
-    let prepared = backend
-        .connect(&backend.admin_db)
-        .and_then(|mut client| store::install(&mut client));
-    if let Err(err) = prepared {
-        let _ = backend.stop();
-        return Err(err);
-    }
+    let backend = backend.prepare()?;
     let signals = SignalPipe::catch(&[Signal::SIGINT, Signal::SIGTERM])?;
     let http = tiny_http::Server::from_listener(listener, None)
         .map_err(|err| anyhow::anyhow!("cannot serve HTTP on {address}: {err}"))?;

@@ -12,6 +12,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
+/// How long a ready database nobody has taken stays recorded as such without its maker
+/// renewing it (every [`RENEW_EVERY`]): the pool entries of a serve that died expire after it.
+pub const READY_LIFE: Duration = Duration::from_secs(120);
+pub const RENEW_EVERY: Duration = Duration::from_secs(30);
+
 /// What `pgtmp serve` was asked for.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -130,7 +135,7 @@ impl Service {
                 &record,
                 source.as_ref().map(|(id, name)| (*id, name.as_str())),
                 &self.maker,
-                self.ttl(),
+                READY_LIFE.as_secs_f64(),
             );
             if let Err(err) = made {
                 // Recorded, so dropped now or by the expiry later.

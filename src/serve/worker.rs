@@ -4,14 +4,13 @@
 //! whose client never finalized them), whichever serve made it.
 
 use crate::serve::provision;
-use crate::serve::service::Service;
+use crate::serve::service::{READY_LIFE, RENEW_EVERY, Service};
 use crate::serve::store;
 use anyhow::Result;
 use std::time::{Duration, Instant};
 
-/// How often the filler looks without being woken, and renews its pool entries.
+/// How often the filler looks without being woken.
 const FILL_EVERY: Duration = Duration::from_millis(500);
-const RENEW_EVERY: Duration = Duration::from_secs(30);
 /// How often the expiry looks.
 const EXPIRE_EVERY: Duration = Duration::from_millis(250);
 
@@ -30,8 +29,8 @@ pub fn fill(service: &Service) {
             }
         }
         if renewed.elapsed() >= RENEW_EVERY {
-            let ttl = service.ttl().max(RENEW_EVERY.as_secs_f64() * 4.0);
-            let _ = service.db(|c| store::renew(c, &service.maker, ttl));
+            let life = READY_LIFE.as_secs_f64();
+            let _ = service.db(|c| store::renew(c, &service.maker, life));
             renewed = Instant::now();
         }
         service.wait_for_bell(FILL_EVERY);
