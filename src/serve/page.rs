@@ -18,6 +18,7 @@ pub fn stats(service: &Service) -> Result<Reply> {
             "ready": figures.ready,
             "templates": figures.templates,
             "oldest_age_seconds": figures.oldest_age_seconds,
+            "pools": figures.pools,
             "ttl_seconds": service.settings.ttl,
             "pool": service.settings.pool,
             "max_per_client": service.settings.max_per_client,

@@ -409,6 +409,8 @@ pub struct Figures {
     pub ready: i64,
     pub templates: i64,
     pub oldest_age_seconds: Option<f64>,
+    /// Ready test databases per finalized template's hash.
+    pub pools: std::collections::BTreeMap<String, i64>,
 }
 
 pub fn figures(client: &mut impl GenericClient) -> Result<Figures> {
@@ -422,10 +424,22 @@ pub fn figures(client: &mut impl GenericClient) -> Result<Figures> {
             &[],
         )
         .context("cannot read pgtmp.serve_databases")?;
+    let pools = client
+        .query(
+            "SELECT t.hash, count(d.name) FILTER (WHERE d.state = 'ready') \
+             FROM pgtmp.serve_templates t LEFT JOIN pgtmp.serve_databases d ON d.template = t.id \
+             WHERE t.state = 'ready' GROUP BY t.hash",
+            &[],
+        )
+        .context("cannot read pgtmp.serve_databases")?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
     Ok(Figures {
         out: row.get(0),
         ready: row.get(1),
         templates: row.get(2),
         oldest_age_seconds: row.get(3),
+        pools,
     })
 }
