@@ -3,6 +3,8 @@
 mod request;
 pub mod settings;
 
+pub use request::remote_refuses;
+
 use crate::os::account::RunAs;
 use crate::output::format::Format;
 use crate::server::discover::Majors;
@@ -394,6 +396,13 @@ pub struct GlobalArgs {
     /// when pgtmp is not invoked by root
     #[arg(long, global = true, env = "PGTMP_RUN_AS", value_name = "USER")]
     pub run_as: Option<String>,
+
+    /// Get databases from the `pgtmp serve` at this URL instead of a local cluster
+    /// (http://HOST:PORT/, with /t/TOKEN/ when it has a token): `pgtmp` (a blank database, or
+    /// with -f a copy of a template of the files, loaded once for every client), `pgtmp clone
+    /// URL`, `pgtmp stop URL` and `pgtmp run -- CMD`; no PostgreSQL programs are needed
+    #[arg(long, global = true, env = "PGTMP_REMOTE", value_name = "URL")]
+    pub remote: Option<String>,
 
     /// Set when `run_as` came from PGTMP_RUN_AS rather than the command line.
     #[arg(skip)]

@@ -5,6 +5,7 @@ use super::settings::Settings;
 use super::{GlobalArgs, ServeArgs, StartArgs};
 use crate::lifecycle::start::StartRequest;
 use crate::output::exit;
+use crate::output::format::Format;
 use crate::server::discover::{Choice, Majors};
 use anyhow::Result;
 use std::path::PathBuf;
@@ -83,6 +84,55 @@ fn pg_and_bindir() -> anyhow::Error {
     exit::usage(
         "--pg (PGTMP_PG) picks among the installations found, and --bindir (PGTMP_BINDIR) names one: give only one of them",
     )
+}
+
+/// A start against a `pgtmp serve` (--remote): only the format and the -f files apply.
+pub struct RemoteStart {
+    pub format: Format,
+    pub files: Vec<PathBuf>,
+}
+
+impl StartArgs {
+    /// What a start against a `pgtmp serve` asks for; an option that cannot apply to a
+    /// database serve hands out is refused, never ignored.
+    pub fn remote(&self, global: &GlobalArgs) -> Result<RemoteStart> {
+        let refused = [
+            (
+                self.port.is_some(),
+                "-p (serve says where its databases are)",
+            ),
+            (
+                self.timeout.is_some(),
+                "-w (a database of serve's lives for its --ttl)",
+            ),
+            (self.keep, "-k"),
+            (
+                !self.options.is_empty(),
+                "-o (serve's server has its own settings)",
+            ),
+            (self.dir.is_some(), "-d"),
+            (self.now.is_some(), "--now"),
+            (self.no_cache, "--no-cache"),
+            (self.owner_pid.is_some(), "--owner-pid"),
+            (global.pg.is_some(), "--pg (PGTMP_PG)"),
+            (global.bindir.is_some(), "--bindir (PGTMP_BINDIR)"),
+            (global.run_as.is_some(), "--run-as (PGTMP_RUN_AS)"),
+        ];
+        if let Some((_, option)) = refused.iter().find(|(given, _)| *given) {
+            return Err(remote_refuses(option));
+        }
+        Ok(RemoteStart {
+            format: self.format.unwrap_or_default(),
+            files: self.schema_files.clone(),
+        })
+    }
+}
+
+/// The refusal of an option that a database from `pgtmp serve` cannot honour.
+pub fn remote_refuses(option: &str) -> anyhow::Error {
+    exit::usage(format!(
+        "{option} does not apply with --remote (PGTMP_REMOTE), which gets a database from pgtmp serve; drop it, or drop --remote for a local cluster"
+    ))
 }
 
 impl ServeArgs {

@@ -11,6 +11,20 @@ use anyhow::Result;
 
 pub fn run(args: CloneArgs, global: &GlobalArgs) -> Result<()> {
     let jdbc = dburl::jdbc_wanted(args.format.format, "clone")?;
+    if let Some(remote) = &global.remote {
+        let client = crate::serve::remote::Client::new(remote)?;
+        if args.drop {
+            return client.drop(&args.url);
+        }
+        let database = client.clone_of(&args.url)?;
+        let url = if jdbc {
+            database.jdbc()
+        } else {
+            database.url()
+        };
+        let end = crate::output::format::ending(true);
+        return crate::output::stdout::print(&format!("{url}{end}"));
+    }
     // Any form pgtmp prints; a clone's URL is the cluster's URL form without the input's
     // parameters (a schema URL's options name a schema the clone does not have).
     let conn = crate::output::url::read(&args.url)?;

@@ -21,10 +21,21 @@ use anyhow::Result;
 
 pub fn dispatch(cli: Cli) -> Result<()> {
     let global = cli.global;
+    let remote_applies = matches!(
+        cli.command,
+        None | Some(Command::Start(_) | Command::Stop(_) | Command::Clone(_) | Command::Run(_))
+    );
+    if global.remote.is_some() && !remote_applies {
+        return Err(crate::output::exit::usage(
+            "--remote (PGTMP_REMOTE) applies to starts, clone, stop and run only; drop it for this command",
+        ));
+    }
     match cli.command {
         None => start::run(cli.start, &global),
         Some(Command::Start(args)) => start::run(args, &global),
-        Some(Command::Stop(args)) if args.all => stop::all(args.keep, args.wait, &global),
+        Some(Command::Stop(args)) if args.all && global.remote.is_none() => {
+            stop::all(args.keep, args.wait, &global)
+        }
         Some(Command::Stop(args)) => stop::run(args, &global),
         Some(Command::Initdb(args)) => initdb::run(args.dir.or(cli.start.dir), &global),
         Some(Command::Run(args)) => run::run(args, &global),

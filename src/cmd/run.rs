@@ -93,6 +93,9 @@ pub fn run(mut args: RunArgs, global: &GlobalArgs) -> Result<()> {
         .ok_or_else(|| exit::usage("say which command to run: pgtmp run -- CMD [ARGS...]"))?;
     let arguments: Vec<OsString> = words.collect();
     check_runnable(&program)?;
+    if let Some(remote) = &global.remote {
+        return run_remote(&args.start, remote, global, &program, &arguments);
+    }
     if let Some(majors) = global.several_majors()? {
         let installs = discover::of_majors(&global.pg_path(), majors)?;
         // Each major's start names its installation; --pg has done its part.
@@ -227,6 +230,45 @@ fn run_once(request: &StartRequest, program: &OsString, arguments: &[OsString]) 
         }
     };
     finish(&cluster, holder, keep, owner.as_ref(), format)?;
+    match status_code(status) {
+        0 => Ok(()),
+        code => Err(Passed(code).into()),
+    }
+}
+
+/// `pgtmp --remote SERVE run -- CMD`: CMD against a database from that `pgtmp serve`, which
+/// is dropped with its role when CMD exits (else at serve's TTL, should pgtmp be killed).
+fn run_remote(
+    start: &crate::cli::StartArgs,
+    remote: &str,
+    global: &GlobalArgs,
+    program: &OsString,
+    arguments: &[OsString],
+) -> Result<()> {
+    let asked = start.remote(global)?;
+    let client = crate::serve::remote::Client::new(remote)?;
+    let signals = SignalPipe::catch(&CAUGHT)?;
+    let database = if asked.files.is_empty() {
+        client.new_database()?
+    } else {
+        client.with_files(&asked.files)?
+    };
+    let url = database.url();
+    let mut cmd = Command::new(program);
+    cmd.args(arguments);
+    for (name, value) in std::env::vars_os() {
+        if redirects(&name.to_string_lossy(), &value) {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.envs(database.environment());
+    let status = match cmd.spawn() {
+        Ok(mut child) => wait_forwarding(&mut child, &signals),
+        Err(err) => Err(anyhow!(err).context(format!("cannot run {}", program.to_string_lossy()))),
+    };
+    let dropped = client.drop(&url);
+    let status = status?;
+    dropped?;
     match status_code(status) {
         0 => Ok(()),
         code => Err(Passed(code).into()),

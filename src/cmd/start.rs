@@ -9,6 +9,9 @@ use anyhow::{Result, anyhow};
 use std::io::Write;
 
 pub fn run(args: StartArgs, global: &GlobalArgs) -> Result<()> {
+    if let Some(remote) = &global.remote {
+        return from_serve(&args, remote, global);
+    }
     let request = args.request(global)?;
     let format = request.format;
     let launched = start::launch(&request, None)?;
@@ -35,4 +38,18 @@ pub fn run(args: StartArgs, global: &GlobalArgs) -> Result<()> {
     trace::phase("print");
     launched.refill_pool();
     Ok(())
+}
+
+/// `pgtmp --remote URL [-f FILE...]`: a database from that `pgtmp serve`, printed as a local
+/// cluster's URL is.
+fn from_serve(args: &StartArgs, remote: &str, global: &GlobalArgs) -> Result<()> {
+    let asked = args.remote(global)?;
+    let client = crate::serve::remote::Client::new(remote)?;
+    let database = if asked.files.is_empty() {
+        client.new_database()?
+    } else {
+        client.with_files(&asked.files)?
+    };
+    let end = crate::output::format::ending(asked.format.is_one_line());
+    crate::output::stdout::print(&format!("{}{end}", database.render(asked.format)))
 }

@@ -14,6 +14,9 @@ use crate::state::clusters::{self, ClusterDir};
 use anyhow::{Context, Result, bail};
 
 pub fn run(args: StopArgs, global: &GlobalArgs) -> Result<()> {
+    if let Some(remote) = &global.remote {
+        return drop_remote(&args, remote);
+    }
     let cluster = match (args.url, args.dir) {
         (Some(url), _) => {
             let session = Session::establish_for(global.run_as(), &Target::Url(&url))?;
@@ -35,6 +38,26 @@ pub fn run(args: StopArgs, global: &GlobalArgs) -> Result<()> {
     };
     let (session, cluster) = cluster;
     stop(&session, &cluster, args.keep, args.wait)
+}
+
+/// `pgtmp --remote SERVE stop URL`: the database of URL dropped with its role by serve.
+fn drop_remote(args: &StopArgs, remote: &str) -> Result<()> {
+    for (given, option) in [
+        (args.dir.is_some(), "-d"),
+        (args.keep, "-k"),
+        (args.wait.is_some(), "-w"),
+        (args.all, "--all"),
+    ] {
+        if given {
+            return Err(crate::cli::remote_refuses(option));
+        }
+    }
+    let Some(url) = &args.url else {
+        return Err(exit::usage(
+            "say which database to drop: `pgtmp --remote SERVE stop URL`",
+        ));
+    };
+    crate::serve::remote::Client::new(remote)?.drop(url)
 }
 
 /// `pgtmp stop --all`: every running cluster of the invoking account, all at once (for root,

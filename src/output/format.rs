@@ -164,6 +164,102 @@ impl Cluster {
     }
 }
 
+/// A database on a server elsewhere (one `pgtmp serve` handed out): printed in the same
+/// formats as a cluster, with what a remote client can know of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub database: String,
+}
+
+impl Remote {
+    fn url_host(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "postgresql://{}:{}@{}:{}/{}",
+            url::encode(&self.user),
+            url::encode(&self.password),
+            self.url_host(),
+            self.port,
+            url::encode(&self.database)
+        )
+    }
+
+    pub fn jdbc(&self) -> String {
+        format!(
+            "jdbc:postgresql://{}:{}/{}?user={}&password={}",
+            self.url_host(),
+            self.port,
+            url::encode(&self.database),
+            url::encode(&self.user),
+            url::encode(&self.password)
+        )
+    }
+
+    pub fn dsn(&self) -> String {
+        [
+            ("host", self.host.clone()),
+            ("port", self.port.to_string()),
+            ("user", self.user.clone()),
+            ("password", self.password.clone()),
+            ("dbname", self.database.clone()),
+        ]
+        .iter()
+        .map(|(key, value)| format!("{key}={}", dsn_value(value)))
+        .collect::<Vec<_>>()
+        .join(" ")
+    }
+
+    /// The libpq environment variables a client needs, as for a TCP cluster.
+    pub fn environment(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("DATABASE_URL", self.url()),
+            ("PGHOST", self.host.clone()),
+            ("PGPORT", self.port.to_string()),
+            ("PGUSER", self.user.clone()),
+            ("PGDATABASE", self.database.clone()),
+            ("PGPASSWORD", self.password.clone()),
+            ("JDBC_DATABASE_URL", self.jdbc()),
+        ]
+    }
+
+    /// The database in `format`, without a final newline.
+    pub fn render(&self, format: Format) -> String {
+        match format {
+            Format::Uri => self.url(),
+            Format::Dsn => self.dsn(),
+            Format::Jdbc => self.jdbc(),
+            Format::Env => self
+                .environment()
+                .iter()
+                .map(|(key, value)| format!("export {key}={}", env_value(value)))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            Format::Json => serde_json::json!({
+                "url": self.url(),
+                "dsn": self.dsn(),
+                "jdbc": self.jdbc(),
+                "host": self.host,
+                "port": self.port,
+                "user": self.user,
+                "password": self.password,
+                "database": self.database,
+            })
+            .to_string(),
+        }
+    }
+}
+
 /// Refuses a format that cannot describe the cluster about to be started.
 pub fn check(format: Format, tcp: bool) -> anyhow::Result<()> {
     if format == Format::Jdbc && !tcp {

@@ -16,6 +16,26 @@ fn error(status: u16, name: &str, description: String) -> Reply {
     )
 }
 
+/// `GET /clone/<db>` (pgtmp's own, for `pgtmp clone --remote`): another database like `db`,
+/// a fresh copy of its template, or a blank one as `/new` gives.
+pub fn clone(service: &Service, client_id: &str, name: &str) -> Result<Reply> {
+    let found = service.db(|client| store::find(client, name))?;
+    match found {
+        Some(found) if found.state == "out" => match found.template {
+            None => new(service, client_id, true),
+            Some(template) => {
+                let record = service.hand_out(Some(template), client_id)?;
+                Ok(answer(service, &record, true))
+            }
+        },
+        _ => Ok(error(
+            404,
+            "NoDatabaseException",
+            format!("Database {name} could not be found"),
+        )),
+    }
+}
+
 /// `GET /new`.
 pub fn new(service: &Service, client_id: &str, as_json: bool) -> Result<Reply> {
     let cap = service.settings.max_per_client as i64;
@@ -48,9 +68,14 @@ pub fn new(service: &Service, client_id: &str, as_json: bool) -> Result<Reply> {
         }
         Ok(None) => service.hand_out(None, client_id)?,
     };
+    Ok(answer(service, &record, as_json))
+}
+
+/// A handed-out database as faitout gives it: a URL, or JSON.
+fn answer(service: &Service, record: &store::Record, as_json: bool) -> Reply {
     let backend = &service.backend;
     if as_json {
-        return Ok(Reply::json(
+        return Reply::json(
             200,
             &json!({
                 "dbname": record.name,
@@ -59,9 +84,9 @@ pub fn new(service: &Service, client_id: &str, as_json: bool) -> Result<Reply> {
                 "port": backend.port,
                 "host": backend.host,
             }),
-        ));
+        );
     }
-    Ok(Reply::text(
+    Reply::text(
         200,
         format!(
             "postgresql://{user}:{}@{}:{}/{user}",
@@ -70,7 +95,7 @@ pub fn new(service: &Service, client_id: &str, as_json: bool) -> Result<Reply> {
             backend.port,
             user = record.name,
         ),
-    ))
+    )
 }
 
 /// A host as a URL writes it: an IPv6 address in brackets.
@@ -86,7 +111,7 @@ pub fn url_host(host: &str) -> String {
 pub fn clean(service: &Service, client_id: &str, name: &str, token_given: bool) -> Result<Reply> {
     let found = service.db(|client| store::find(client, name))?;
     let found = match found {
-        Some(found) if found.template.is_none() && found.state == "out" => found,
+        Some(found) if found.state == "out" => found,
         _ => {
             return Ok(error(
                 404,

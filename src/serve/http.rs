@@ -178,6 +178,7 @@ fn route(service: &Service, asked: &Asked) -> anyhow::Result<Reply> {
         (Method::Get, []) => page::front(service, &asked.base),
         (Method::Get, ["stats"]) => page::stats(service),
         (Method::Get, ["new"]) => faitout::new(service, id, asked.wants_json),
+        (Method::Get, ["clone", db]) => faitout::clone(service, id, db),
         (Method::Get, ["clean", db]) => {
             faitout::clean(service, id, db, service.settings.token.is_some())
         }

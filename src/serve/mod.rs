@@ -15,6 +15,7 @@ mod http;
 mod integresql;
 mod page;
 mod provision;
+pub mod remote;
 mod reply;
 mod service;
 mod store;

@@ -67,7 +67,7 @@ pub struct TestData {
 /// so that opening a FIFO returns at once (a regular file ignores the flag), checked on the
 /// opened descriptor, and read from that same descriptor, so nothing can be swapped in
 /// between.
-fn read_schema_file(path: &Path) -> Result<Vec<u8>> {
+pub fn read_schema_file(path: &Path) -> Result<Vec<u8>> {
     use std::io::Read;
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let unreadable = |err: std::io::Error| {
