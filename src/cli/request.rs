@@ -18,6 +18,7 @@ impl StartArgs {
         Ok(StartRequest {
             format: self.format.unwrap_or_default(),
             tcp: self.wants_tcp(),
+            listen: None,
             port: self.port,
             timeout: self.idle_timeout(),
             keep: self.keep,
@@ -160,6 +161,10 @@ impl ServeArgs {
             tcp: true,
             ..StartArgs::default()
         };
-        start.request(global)
+        let mut request = start.request(global)?;
+        // Where the API listens, the databases do: beyond loopback only over TLS.
+        let ip = self.listen.ip();
+        request.listen = (!ip.is_loopback()).then_some(ip);
+        Ok(request)
     }
 }

@@ -36,8 +36,9 @@ use std::time::{Duration, SystemTime};
 pub const MAX_READY: usize = 2;
 
 /// Bumped whenever what an entry contains changes, so old entries are never used (2: a TLS
-/// key and certificate; older entries age out like unused ones).
-const ENTRY_FORMAT: &str = "pgtmp-cache-3";
+/// key and certificate; 4: pg_hba.conf asks TLS of clients beyond loopback; older entries age
+/// out like unused ones).
+const ENTRY_FORMAT: &str = "pgtmp-cache-4";
 const READY: &str = "ready.";
 const BUILDING: &str = "new.";
 const BUILD: &str = "build.";
@@ -381,6 +382,7 @@ fn load_in(
         socket_dir,
         port,
         tcp: false,
+        listen: None,
         options,
     };
     let mut server = spec.spawn(log)?;

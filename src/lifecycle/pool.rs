@@ -44,8 +44,9 @@ pub const MAX_SIZE: usize = 64;
 /// a TLS key and certificate, without which a TCP start serves no TLS), or the files by which
 /// a start claims a pre-started server of the pool (3: JSON claims; 5: claims name the
 /// `--owner-pid` process, which a watchdog of format 4 would not see), so that a start never
-/// claims a server whose watchdog reads another format.
-const ENTRY_FORMAT: &str = "5";
+/// claims a server whose watchdog reads another format (6: pg_hba.conf asks TLS of clients
+/// beyond loopback, for `pgtmp serve --listen`).
+const ENTRY_FORMAT: &str = "6";
 
 const READY: &str = "ready.";
 /// A ready entry `pgtmp initdb` printed: the next start takes it (see [`Pool::prepare_next`]).

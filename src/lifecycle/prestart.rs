@@ -193,6 +193,7 @@ fn start_one(pool: &Pool, owner: &Owner, tcp: bool, settings: &Settings) -> Resu
         user: owner.user.to_string(),
         owner_uid: owner.owner_uid,
         tcp,
+        listen: None,
         port,
         port_fixed: false,
         password: if tcp { Some(secret::password()?) } else { None },

@@ -58,6 +58,9 @@ pub struct StartRequest {
     pub format: Format,
     /// -t, or implied by -p.
     pub tcp: bool,
+    /// With `tcp`: the address to listen on instead of 127.0.0.1; only `pgtmp serve` sets it
+    /// (clients beyond loopback must use TLS, see initdb::PG_HBA).
+    pub listen: Option<std::net::IpAddr>,
     pub port: Option<u16>,
     /// Seconds without a client before the cluster stops; 0: never. With an owner: counted
     /// from the owner's exit, and 0 stops it as soon as no client is connected.
@@ -503,6 +506,7 @@ fn plan(
         user: session.user().to_string(),
         owner_uid: session.invoker.uid.as_raw(),
         tcp: req.tcp,
+        listen: req.args.listen,
         port: req.port,
         port_fixed: req.args.port.is_some(),
         password: req.password.clone(),

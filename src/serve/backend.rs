@@ -21,8 +21,9 @@ pub struct Backend {
     admin: Config,
     /// The admin database: where schema pgtmp lives.
     pub admin_db: String,
-    /// Where clients of handed-out databases connect.
-    pub host: String,
+    /// Where clients of handed-out databases connect; None: the host they reached serve by
+    /// (serve's own cluster listening on every address).
+    host: Option<String>,
     pub port: u16,
     /// Set for serve's own cluster.
     own: Option<Own>,
@@ -55,7 +56,11 @@ impl Backend {
         let backend = Backend {
             admin,
             admin_db: "postgres".into(),
-            host: "127.0.0.1".into(),
+            host: match request.listen {
+                None => Some("127.0.0.1".into()),
+                Some(ip) if ip.is_unspecified() => None,
+                Some(ip) => Some(ip.to_string()),
+            },
             port: cluster.port,
             own: Some(Own {
                 holder,
@@ -145,11 +150,31 @@ impl Backend {
         Ok(Backend {
             admin,
             admin_db,
-            host,
+            host: Some(host),
             port,
             own: None,
             shown: hide_password(url),
         })
+    }
+
+    /// Where a client that reached serve at `reached` (its Host header) finds the databases.
+    pub fn host_for(&self, reached: Option<&str>) -> String {
+        if let Some(host) = &self.host {
+            return host.clone();
+        }
+        let reached = reached.unwrap_or("127.0.0.1");
+        let host = match reached.strip_prefix('[') {
+            Some(rest) => rest.split(']').next().unwrap_or(rest),
+            None => reached.rsplit_once(':').map_or(reached, |(host, _)| host),
+        };
+        host.to_string()
+    }
+
+    /// The host shown at start.
+    pub fn host_shown(&self) -> &str {
+        self.host
+            .as_deref()
+            .unwrap_or("(the host clients reach serve by)")
     }
 
     pub fn is_own(&self) -> bool {

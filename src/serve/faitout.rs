@@ -3,7 +3,7 @@
 //! `--max-per-client` out at once. The answers, error names included, are faitout's.
 
 use crate::serve::reply::Reply;
-use crate::serve::service::Service;
+use crate::serve::service::{Caller, Service};
 use crate::serve::store;
 use anyhow::Result;
 use serde_json::json;
@@ -18,14 +18,14 @@ fn error(status: u16, name: &str, description: String) -> Reply {
 
 /// `GET /clone/<db>` (pgtmp's own, for `pgtmp clone --remote`): another database like `db`,
 /// a fresh copy of its template, or a blank one as `/new` gives.
-pub fn clone(service: &Service, client_id: &str, name: &str) -> Result<Reply> {
+pub fn clone(service: &Service, caller: &Caller, name: &str) -> Result<Reply> {
     let found = service.db(|client| store::find(client, name))?;
     match found {
         Some(found) if found.state == "out" => match found.template {
-            None => new(service, client_id, true),
+            None => new(service, caller, true),
             Some(template) => {
-                let record = service.hand_out(Some(template), client_id)?;
-                Ok(answer(service, &record, true))
+                let record = service.hand_out(Some(template), &caller.id)?;
+                Ok(answer(service, caller, &record, true))
             }
         },
         _ => Ok(error(
@@ -37,7 +37,8 @@ pub fn clone(service: &Service, client_id: &str, name: &str) -> Result<Reply> {
 }
 
 /// `GET /new`.
-pub fn new(service: &Service, client_id: &str, as_json: bool) -> Result<Reply> {
+pub fn new(service: &Service, caller: &Caller, as_json: bool) -> Result<Reply> {
+    let client_id = caller.id.as_str();
     let cap = service.settings.max_per_client as i64;
     // The count and the take under one lock per client, so that parallel requests of one
     // client never get past the cap together.
@@ -68,12 +69,12 @@ pub fn new(service: &Service, client_id: &str, as_json: bool) -> Result<Reply> {
         }
         Ok(None) => service.hand_out(None, client_id)?,
     };
-    Ok(answer(service, &record, as_json))
+    Ok(answer(service, caller, &record, as_json))
 }
 
 /// A handed-out database as faitout gives it: a URL, or JSON.
-fn answer(service: &Service, record: &store::Record, as_json: bool) -> Reply {
-    let backend = &service.backend;
+fn answer(service: &Service, caller: &Caller, record: &store::Record, as_json: bool) -> Reply {
+    let port = service.backend.port;
     if as_json {
         return Reply::json(
             200,
@@ -81,8 +82,8 @@ fn answer(service: &Service, record: &store::Record, as_json: bool) -> Reply {
                 "dbname": record.name,
                 "username": record.name,
                 "password": record.password,
-                "port": backend.port,
-                "host": backend.host,
+                "port": port,
+                "host": caller.db_host,
             }),
         );
     }
@@ -91,8 +92,8 @@ fn answer(service: &Service, record: &store::Record, as_json: bool) -> Reply {
         format!(
             "postgresql://{user}:{}@{}:{}/{user}",
             record.password,
-            url_host(&backend.host),
-            backend.port,
+            url_host(&caller.db_host),
+            port,
             user = record.name,
         ),
     )
@@ -108,7 +109,8 @@ pub fn url_host(host: &str) -> String {
 }
 
 /// `GET /clean/<db>`: only by the client that got it, or with the token.
-pub fn clean(service: &Service, client_id: &str, name: &str, token_given: bool) -> Result<Reply> {
+pub fn clean(service: &Service, caller: &Caller, name: &str, token_given: bool) -> Result<Reply> {
+    let client_id = caller.id.as_str();
     let found = service.db(|client| store::find(client, name))?;
     let found = match found {
         Some(found) if found.state == "out" => found,

@@ -3,7 +3,7 @@
 //! line per request on stderr.
 
 use crate::serve::reply::Reply;
-use crate::serve::service::Service;
+use crate::serve::service::{Caller, Service};
 use crate::serve::{faitout, integresql, page};
 use std::io::Read;
 use std::time::{Duration, Instant};
@@ -46,7 +46,10 @@ fn answer(mut request: Request, service: &Service) {
                         method: &method,
                         path,
                         body: &body,
-                        client_id: &client_id,
+                        caller: Caller {
+                            id: client_id.clone(),
+                            db_host: service.backend.host_for(header(&request, "Host")),
+                        },
                         wants_json: wants_json(&request),
                         base: base_url(&request, prefix),
                     };
@@ -78,7 +81,7 @@ struct Asked<'a> {
     /// The path without the token prefix and the query.
     path: &'a str,
     body: &'a [u8],
-    client_id: &'a str,
+    caller: Caller,
     wants_json: bool,
     base: String,
 }
@@ -173,14 +176,14 @@ fn read_body(request: &mut Request) -> Result<Vec<u8>, Reply> {
 
 fn route(service: &Service, asked: &Asked) -> anyhow::Result<Reply> {
     let parts: Vec<&str> = asked.path.split('/').filter(|p| !p.is_empty()).collect();
-    let id = asked.client_id;
+    let caller = &asked.caller;
     match (asked.method, parts.as_slice()) {
         (Method::Get, []) => page::front(service, &asked.base),
         (Method::Get, ["stats"]) => page::stats(service),
-        (Method::Get, ["new"]) => faitout::new(service, id, asked.wants_json),
-        (Method::Get, ["clone", db]) => faitout::clone(service, id, db),
+        (Method::Get, ["new"]) => faitout::new(service, caller, asked.wants_json),
+        (Method::Get, ["clone", db]) => faitout::clone(service, caller, db),
         (Method::Get, ["clean", db]) => {
-            faitout::clean(service, id, db, service.settings.token.is_some())
+            faitout::clean(service, caller, db, service.settings.token.is_some())
         }
         (method, ["api", "v1", rest @ ..]) => integresql_route(service, asked, method, rest),
         _ => Ok(Reply::message(
@@ -197,11 +200,11 @@ fn integresql_route(
     rest: &[&str],
 ) -> anyhow::Result<Reply> {
     match (method, rest) {
-        (Method::Post, ["templates"]) => integresql::initialize(service, asked.body),
+        (Method::Post, ["templates"]) => integresql::initialize(service, &asked.caller, asked.body),
         (Method::Put, ["templates", hash]) => integresql::finalize(service, hash),
         (Method::Delete, ["templates", hash]) => integresql::discard(service, hash),
         (Method::Get, ["templates", hash, "tests"]) => {
-            integresql::get_test(service, hash, asked.client_id)
+            integresql::get_test(service, hash, &asked.caller)
         }
         (Method::Delete, ["templates", hash, "tests", id])
         | (Method::Post, ["templates", hash, "tests", id, "unlock"]) => {

@@ -6,7 +6,7 @@
 use crate::os::secret;
 use crate::serve::provision;
 use crate::serve::reply::Reply;
-use crate::serve::service::Service;
+use crate::serve::service::{Caller, Service};
 use crate::serve::store::{self, TemplateState};
 use anyhow::Result;
 use serde_json::{Value, json};
@@ -20,11 +20,11 @@ const WAIT_LIMIT: Duration = Duration::from_secs(60);
 const BUILD_LIMIT: f64 = 600.0;
 
 /// The `database` object of IntegreSQL's answers.
-fn database(service: &Service, hash: &str, name: &str, password: &str) -> Value {
+fn database(service: &Service, caller: &Caller, hash: &str, name: &str, password: &str) -> Value {
     json!({
         "templateHash": hash,
         "config": {
-            "host": service.backend.host,
+            "host": caller.db_host,
             "port": service.backend.port,
             "username": name,
             "password": password,
@@ -38,7 +38,7 @@ fn template_not_found() -> Reply {
 }
 
 /// `POST /api/v1/templates` with `{"hash": "..."}`.
-pub fn initialize(service: &Service, body: &[u8]) -> Result<Reply> {
+pub fn initialize(service: &Service, caller: &Caller, body: &[u8]) -> Result<Reply> {
     #[derive(serde::Deserialize)]
     struct Payload {
         hash: String,
@@ -66,7 +66,7 @@ pub fn initialize(service: &Service, body: &[u8]) -> Result<Reply> {
     let name = store::template_name(id);
     Ok(Reply::json(
         200,
-        &json!({ "database": database(service, &hash, &name, &password) }),
+        &json!({ "database": database(service, caller, &hash, &name, &password) }),
     ))
 }
 
@@ -98,7 +98,7 @@ pub fn discard(service: &Service, hash: &str) -> Result<Reply> {
 }
 
 /// `GET /api/v1/templates/:hash/tests`: waits while the template is being built.
-pub fn get_test(service: &Service, hash: &str, client_id: &str) -> Result<Reply> {
+pub fn get_test(service: &Service, hash: &str, caller: &Caller) -> Result<Reply> {
     let deadline = Instant::now() + WAIT_LIMIT;
     loop {
         let Some(template) = service.db(|c| store::template(c, hash))? else {
@@ -115,9 +115,9 @@ pub fn get_test(service: &Service, hash: &str, client_id: &str) -> Result<Reply>
                 return Ok(Reply::message(503, "template was not finalized in time"));
             }
             TemplateState::Ready => {
-                let record = service.hand_out(Some(template.id), client_id)?;
+                let record = service.hand_out(Some(template.id), &caller.id)?;
                 let mut answer = json!({
-                    "database": database(service, hash, &record.name, &record.password),
+                    "database": database(service, caller, hash, &record.name, &record.password),
                 });
                 answer["id"] = json!(record.test_id);
                 return Ok(Reply::json(200, &answer));

@@ -48,12 +48,6 @@ fn check(settings: &Settings) -> Result<()> {
             settings.listen
         )));
     }
-    if !ip.is_loopback() && settings.server.is_none() {
-        return Err(exit::usage(format!(
-            "--listen {}: serve's own cluster listens on 127.0.0.1 only, out of reach of other machines; give --server URL (a PostgreSQL server they can reach), or listen on 127.0.0.1",
-            settings.listen
-        )));
-    }
     Ok(())
 }
 
@@ -83,7 +77,9 @@ pub fn run(settings: Settings, own: StartRequest) -> Result<()> {
     let threads = spawn(&service, Arc::new(http))?;
     eprintln!(
         "pgtmp serve: listening on http://{address}/, databases on {}:{} ({})",
-        service.backend.host, service.backend.port, service.backend.shown
+        service.backend.host_shown(),
+        service.backend.port,
+        service.backend.shown
     );
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "http://{address}/")

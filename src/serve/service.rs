@@ -31,6 +31,13 @@ pub struct Settings {
     pub token: Option<String>,
 }
 
+/// Who asks: the client's IP address (faitout's client identity) and the host its databases
+/// are reached by.
+pub struct Caller {
+    pub id: String,
+    pub db_host: String,
+}
+
 pub struct Service {
     pub backend: Backend,
     pub settings: Settings,

@@ -8,6 +8,7 @@ use crate::state::instance::Instance;
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::Signal;
 use std::fs::File;
+use std::net::IpAddr;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -61,6 +62,8 @@ pub struct ServerSpec<'a> {
     /// TCP port with `tcp`; otherwise only the number in the socket file's name.
     pub port: u16,
     pub tcp: bool,
+    /// With `tcp`: the address to listen on instead of 127.0.0.1 (`pgtmp serve --listen`).
+    pub listen: Option<IpAddr>,
     /// Extra postgres arguments from `-o`, already split into words.
     pub options: &'a [String],
 }
@@ -168,10 +171,15 @@ impl ServerSpec<'_> {
             // Quoted: the setting is a comma-separated list, and paths may hold commas.
             format!("unix_socket_directories=\"{socket_dir}\""),
             "-c".to_string(),
-            // Never '*': with -t only loopback, otherwise no TCP listener at all.
+            // Never '*': with -t only loopback (or the one address serve was told to listen
+            // on), otherwise no TCP listener at all.
             format!(
                 "listen_addresses={}",
-                if self.tcp { "127.0.0.1" } else { "" }
+                match (self.tcp, self.listen) {
+                    (true, Some(ip)) => ip.to_string(),
+                    (true, None) => "127.0.0.1".to_string(),
+                    (false, _) => String::new(),
+                }
             ),
             "-c".to_string(),
             format!("cluster_name=pgtmp-{name}"),
@@ -384,6 +392,7 @@ mod tests {
             socket_dir: &instance.dir,
             port: 5432,
             tcp: false,
+            listen: None,
             options: &options,
         };
         let args = spec.args();

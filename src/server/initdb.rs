@@ -13,7 +13,8 @@ use std::os::unix::fs::DirBuilderExt;
 use std::process::Stdio;
 
 /// Authentication: trust on the Unix socket, whose 0700 directory keeps other accounts out;
-/// SCRAM passwords over TCP, which only listens on 127.0.0.1.
+/// SCRAM passwords over TCP, which listens on 127.0.0.1 only, except for `pgtmp serve
+/// --listen` beyond loopback: clients from elsewhere must then also use TLS.
 pub const PG_HBA: &str = "\
 # Written by pgtmp.
 # TYPE  DATABASE     USER  ADDRESS        METHOD
@@ -21,6 +22,8 @@ local   all          all                  trust
 local   replication  all                  trust
 host    all          all   127.0.0.1/32   scram-sha-256
 host    replication  all   127.0.0.1/32   scram-sha-256
+hostssl all          all   0.0.0.0/0      scram-sha-256
+hostssl all          all   ::/0           scram-sha-256
 ";
 
 /// Makes `instance.dir` (existing and empty) a complete cluster directory whose superuser is

@@ -49,6 +49,8 @@ pub struct Plan {
     pub user: String,
     pub owner_uid: u32,
     pub tcp: bool,
+    /// With `tcp`: the address to listen on instead of 127.0.0.1 (`pgtmp serve --listen`).
+    pub listen: Option<std::net::IpAddr>,
     pub port: u16,
     /// True when the user chose the port (-p): then a taken port is an error, not a retry.
     pub port_fixed: bool,

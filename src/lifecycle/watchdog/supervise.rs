@@ -141,6 +141,7 @@ impl Watchdog {
                 socket_dir: &plan.instance.dir,
                 port,
                 tcp: plan.tcp,
+                listen: plan.listen,
                 options: &plan.options,
             };
             let mut server = Starting(Some(spec.spawn(&log)?));
