@@ -403,6 +403,19 @@ mod tests {
             ["-c", "fsync=on", "-c", "work_mem=8MB"]
         );
         let spec = ServerSpec { tcp: true, ..spec };
+        let beyond = ServerSpec {
+            listen: Some("0.0.0.0".parse().unwrap()),
+            ..spec
+        };
+        assert!(
+            beyond
+                .args()
+                .contains(&"listen_addresses=0.0.0.0".to_string())
+        );
+        let spec = ServerSpec {
+            listen: None,
+            ..beyond
+        };
         assert!(
             spec.args()
                 .contains(&"listen_addresses=127.0.0.1".to_string())
@@ -424,6 +437,7 @@ mod tests {
             socket_dir: &instance.dir,
             port: 5432,
             tcp: true,
+            listen: None,
             options: &options,
         };
         let ssl_on = |spec: &ServerSpec| spec.args().iter().position(|a| a == "ssl=on");
