@@ -185,8 +185,13 @@ impl Backend {
     pub fn connect(&self, database: &str) -> Result<Client> {
         let mut config = self.admin.clone();
         config.dbname(database).connect_timeout(CONNECT_LIMIT);
-        config
-            .connect(NoTls)
+        let connected = if self.is_own() {
+            // Its own cluster's socket: no TLS on a Unix socket.
+            config.connect(NoTls)
+        } else {
+            config.connect(crate::server::tlsclient::connector()?)
+        };
+        connected
             .with_context(|| format!("cannot connect to database {database} on {}", self.shown))
     }
 

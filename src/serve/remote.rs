@@ -209,7 +209,7 @@ fn load(target: &Remote, sql: &[(PathBuf, String)]) -> Result<()> {
         .dbname(&target.database)
         .application_name("pgtmp")
         .connect_timeout(Duration::from_secs(10))
-        .connect(postgres::NoTls)
+        .connect(crate::server::tlsclient::connector()?)
         .with_context(|| format!("cannot connect to template {}", target.database))?;
     for (path, text) in sql {
         client.batch_execute(text).map_err(|err| {
