@@ -950,7 +950,7 @@ fn starts_a_cluster(args: &[std::ffi::OsString]) -> bool {
             .get_subcommands()
             .find(|c| c.get_name() == arg || c.get_all_aliases().any(|a| a == arg))
     });
-    named.is_none_or(|c| matches!(c.get_name(), "start" | "run" | "selftest"))
+    named.is_none_or(|c| matches!(c.get_name(), "start" | "run" | "selftest" | "serve"))
 }
 
 /// Folds the options written before `start` (or `run`, or `stop`) into the subcommand's own;

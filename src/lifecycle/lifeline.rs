@@ -24,6 +24,12 @@ pub fn pair() -> Result<(Holder, OwnedFd)> {
 }
 
 impl Holder {
+    /// The write end, to keep out of detached children (see `detach::keep_from_detached`).
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.write.as_fd()
+    }
+
     /// Lets the cluster outlive this process: it then stops at its idle timeout.
     pub fn release(mut self) {
         let _ = self.write.write_all(b"k");

@@ -4,7 +4,8 @@
 use crate::os::process::Pid;
 use anyhow::Result;
 use fork::Fork;
-use std::sync::OnceLock;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::{Mutex, OnceLock};
 
 /// Descriptors above stderr that pgtmp inherited from its caller (a make jobserver pipe, a
 /// script's `exec 9>lock`, ...), noted before pgtmp opens any of its own.
@@ -23,6 +24,19 @@ pub fn note_inherited_fds() {
             .filter(|&fd| unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) } >= 0)
             .collect()
     });
+}
+
+/// Descriptors of pgtmp's own that no detached child may hold (see [`keep_from_detached`]).
+static PRIVATE: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+/// Keeps `fd` out of every detached child forked from now on: `serve`'s listening socket and
+/// the write end of its cluster's lifeline, which a watchdog holding them would keep open
+/// after serve has gone (the port taken, the lifeline never cut). The descriptor must stay
+/// open, unchanged, for the rest of the process.
+pub fn keep_from_detached(fd: BorrowedFd) {
+    if let Ok(mut private) = PRIVATE.lock() {
+        private.push(fd.as_raw_fd());
+    }
 }
 
 pub enum Forked {
@@ -68,6 +82,14 @@ pub fn fork_detached() -> Result<Forked> {
                 // SAFETY: the caller's descriptors are not used by this process: pgtmp never
                 // reads or writes them (`run` hands them to its command, which is not forked
                 // through here).
+                unsafe { nix::libc::close(fd) };
+            }
+            // The lock is free: there is no other thread (see `fork`).
+            let private = PRIVATE.lock().map(|p| p.clone()).unwrap_or_default();
+            for fd in private {
+                // SAFETY: these belong to objects of the parent's (a listener, a pipe end)
+                // that a detached child never touches: it runs its own work and exits with
+                // `std::process::exit`, never dropping them.
                 unsafe { nix::libc::close(fd) };
             }
             Ok(Forked::Child)

@@ -43,6 +43,8 @@ impl Backend {
     /// the watchdog (and drops root for good, as any start does).
     pub fn own(request: &StartRequest) -> Result<Backend> {
         let (holder, line) = lifeline::pair()?;
+        // Held by serve alone: a watchdog holding it too would never see it cut.
+        crate::os::detach::keep_from_detached(holder.fd());
         let launched = start::launch(request, Some(line))?;
         let cluster = launched.cluster.clone();
         launched.refill_pool();

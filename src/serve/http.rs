@@ -94,11 +94,12 @@ fn header<'a>(request: &'a Request, name: &'static str) -> Option<&'a str> {
         .map(|h| h.value.as_str())
 }
 
-/// faitout answers JSON when the client says Accept (or Content-Type) application/json.
+/// faitout answers JSON when the client says Accept (or, with no preference in Accept, as
+/// curl's default `*/*`, Content-Type) application/json.
 fn wants_json(request: &Request) -> bool {
-    match header(request, "Accept") {
-        Some(accept) => accept.trim() == "application/json",
-        None => header(request, "Content-Type").is_some_and(|t| t.trim() == "application/json"),
+    match header(request, "Accept").map(str::trim) {
+        Some(accept) if accept != "*/*" => accept == "application/json",
+        _ => header(request, "Content-Type").is_some_and(|t| t.trim() == "application/json"),
     }
 }
 

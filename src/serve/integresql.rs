@@ -185,6 +185,9 @@ pub fn recreate(service: &Service, hash: &str, id: &str) -> Result<Reply> {
 /// `DELETE /api/v1/admin/templates`: every template and every database made from one.
 pub fn discard_all(service: &Service) -> Result<Reply> {
     let templates = service.db(store::all_templates)?;
+    for (_, hash) in &templates {
+        service.db(|c| store::set_template_state(c, hash, &["building", "ready"], "discarded"))?;
+    }
     for (id, _) in templates {
         service.db(|client| service.drop_template(client, id, false))?;
     }

@@ -64,6 +64,8 @@ pub fn run(settings: Settings, own: StartRequest) -> Result<()> {
     let address = listener
         .local_addr()
         .context("cannot read the address listened on")?;
+    // The port is serve's: the cluster's watchdog must not keep it after serve has gone.
+    crate::os::detach::keep_from_detached(std::os::fd::AsFd::as_fd(&listener));
     let backend = match &settings.server {
         Some(url) => Backend::server(url)?,
         // Forks the watchdog: this process still has a single thread.

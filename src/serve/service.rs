@@ -117,40 +117,53 @@ impl Service {
         self.stopping.load(Ordering::SeqCst)
     }
 
-    /// Makes one ready database of `template` (None: blank).
-    pub fn make_one(&self, template: Option<i32>) -> Result<()> {
-        self.db(|client| {
-            let record = match template {
-                None => Record {
-                    name: provision::blank_name()?,
-                    password: secret::password()?,
-                    test_id: None,
-                },
-                Some(id) => {
-                    let test_id = store::next_test_id(client, id)?;
-                    Record {
-                        name: format!("{}_{test_id}", store::template_name(id)),
-                        password: secret::password()?,
-                        test_id: Some(test_id),
+    /// Makes one ready database of `template` (None: blank); for a template only while it is
+    /// ready (not being discarded: see `store::with_template_lock`), else false.
+    pub fn make_one(&self, template: Option<i32>) -> Result<bool> {
+        match template {
+            None => self.db(|client| self.make_in(client, None)).map(|()| true),
+            Some(id) => self.db(|client| {
+                store::with_template_lock(client, id, false, |client| {
+                    if !store::template_ready(client, id)? {
+                        return Ok(false);
                     }
+                    self.make_in(client, Some(id)).map(|()| true)
+                })
+            }),
+        }
+    }
+
+    fn make_in(&self, client: &mut Client, template: Option<i32>) -> Result<()> {
+        let record = match template {
+            None => Record {
+                name: provision::blank_name()?,
+                password: secret::password()?,
+                test_id: None,
+            },
+            Some(id) => {
+                let test_id = store::next_test_id(client, id)?;
+                Record {
+                    name: format!("{}_{test_id}", store::template_name(id)),
+                    password: secret::password()?,
+                    test_id: Some(test_id),
                 }
-            };
-            let source = template.map(|id| (id, store::template_name(id)));
-            let made = provision::make(
-                &self.backend,
-                client,
-                &record,
-                source.as_ref().map(|(id, name)| (*id, name.as_str())),
-                &self.maker,
-                READY_LIFE.as_secs_f64(),
-            );
-            if let Err(err) = made {
-                // Recorded, so dropped now or by the expiry later.
-                let _ = self.drop_now(client, std::slice::from_ref(&record.name));
-                return Err(err);
             }
-            Ok(())
-        })
+        };
+        let source = template.map(|id| (id, store::template_name(id)));
+        let made = provision::make(
+            &self.backend,
+            client,
+            &record,
+            source.as_ref().map(|(id, name)| (*id, name.as_str())),
+            &self.maker,
+            READY_LIFE.as_secs_f64(),
+        );
+        if let Err(err) = made {
+            // Recorded, so dropped now or by the expiry later.
+            let _ = self.drop_now(client, std::slice::from_ref(&record.name));
+            return Err(err);
+        }
+        Ok(())
     }
 
     /// Hands a database of `template` (None: blank) to `client_id`: a ready one, or one made
@@ -161,7 +174,9 @@ impl Service {
                 self.ring();
                 return Ok(record);
             }
-            self.make_one(template)?;
+            if !self.make_one(template)? {
+                anyhow::bail!("the template was discarded meanwhile");
+            }
         }
         anyhow::bail!("every database made for this request was taken by another; try again")
     }
@@ -178,13 +193,16 @@ impl Service {
 
     /// Drops template `id` with every database made from it; forgets it unless `tombstone`
     /// (then it stays, discarded, so that its hash answers 410).
+    /// The template must already be marked discarded, so that no copy of it is begun anew.
     pub fn drop_template(&self, client: &mut Client, id: i32, tombstone: bool) -> Result<()> {
-        let names = store::names_of_template(client, id)?;
-        self.drop_now(client, &names)?;
-        provision::drop_database(client, &store::template_name(id))?;
-        if !tombstone {
-            store::forget_template(client, id)?;
-        }
-        Ok(())
+        store::with_template_lock(client, id, true, |client| {
+            let names = store::names_of_template(client, id)?;
+            self.drop_now(client, &names)?;
+            provision::drop_database(client, &store::template_name(id))?;
+            if !tombstone {
+                store::forget_template(client, id)?;
+            }
+            Ok(())
+        })
     }
 }

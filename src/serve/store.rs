@@ -9,6 +9,8 @@ use postgres::GenericClient;
 /// The advisory lock key under which the schema is created (two serve processes starting at
 /// once would otherwise race on CREATE ... IF NOT EXISTS): "pgtmp" in ASCII.
 const SCHEMA_LOCK: i64 = 0x0070_6774_6d70;
+/// The first key of the templates' advisory locks ("pgtp"), the template's id the second.
+const TEMPLATE_LOCKS: i32 = 0x7067_7470;
 
 /// The schema, created once per admin database; only its owner (the admin role) may read it,
 /// for the passwords it holds.
@@ -148,12 +150,70 @@ pub fn set_template_state(
     Ok(n > 0)
 }
 
-/// Forgets template `id` (its databases are gone).
+/// Forgets template `id` once no database of it is recorded (one another serve is dropping
+/// right now keeps it, discarded, until that is done).
 pub fn forget_template(client: &mut impl GenericClient, id: i32) -> Result<()> {
     client
-        .execute("DELETE FROM pgtmp.serve_templates WHERE id = $1", &[&id])
+        .execute(
+            "DELETE FROM pgtmp.serve_templates WHERE id = $1 \
+             AND NOT EXISTS (SELECT 1 FROM pgtmp.serve_databases WHERE template = $1)",
+            &[&id],
+        )
         .context("cannot update pgtmp.serve_templates")?;
     Ok(())
+}
+
+/// The advisory lock of template `id`, across every serve sharing the server: shared while a
+/// copy of it is made, exclusive while it is dropped, so that no copy is made of a template
+/// being dropped (it would be left behind, unrecorded).
+fn template_lock(client: &mut impl GenericClient, id: i32, exclusive: bool) -> Result<()> {
+    let take = if exclusive {
+        "SELECT pg_advisory_lock($1, $2)"
+    } else {
+        "SELECT pg_advisory_lock_shared($1, $2)"
+    };
+    client
+        .execute(take, &[&TEMPLATE_LOCKS, &id])
+        .context("cannot lock a template")?;
+    Ok(())
+}
+
+fn template_unlock(client: &mut impl GenericClient, id: i32, exclusive: bool) -> Result<()> {
+    let free = if exclusive {
+        "SELECT pg_advisory_unlock($1, $2)"
+    } else {
+        "SELECT pg_advisory_unlock_shared($1, $2)"
+    };
+    client
+        .execute(free, &[&TEMPLATE_LOCKS, &id])
+        .context("cannot unlock a template")?;
+    Ok(())
+}
+
+/// Runs `work` holding template `id`'s lock (see [`template_lock`]).
+pub fn with_template_lock<T>(
+    client: &mut postgres::Client,
+    id: i32,
+    exclusive: bool,
+    work: impl FnOnce(&mut postgres::Client) -> Result<T>,
+) -> Result<T> {
+    template_lock(client, id, exclusive)?;
+    let result = work(client);
+    let freed = template_unlock(client, id, exclusive);
+    let value = result?;
+    freed?;
+    Ok(value)
+}
+
+/// True when template `id` is finalized and not discarded.
+pub fn template_ready(client: &mut impl GenericClient, id: i32) -> Result<bool> {
+    let row = client
+        .query_opt(
+            "SELECT 1 FROM pgtmp.serve_templates WHERE id = $1 AND state = 'ready'",
+            &[&id],
+        )
+        .context("cannot read pgtmp.serve_templates")?;
+    Ok(row.is_some())
 }
 
 /// Templates being built past their time (their client died): id and hash.

@@ -49,8 +49,7 @@ fn fill_once(service: &Service) -> Result<()> {
         for target in targets {
             let stocked = service.db(|c| store::stocked(c, target))?;
             if (stocked as usize) < service.settings.pool {
-                service.make_one(target)?;
-                made = true;
+                made |= service.make_one(target)?;
             }
         }
         if !made {
