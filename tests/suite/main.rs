@@ -30,6 +30,7 @@ mod prestart;
 mod progress;
 mod run;
 mod run_as;
+mod serve;
 mod shm_leaks;
 mod start;
 mod stop;
