@@ -30,6 +30,8 @@ both_invokers!(
     status_page_in_chromium,
     expiry_sigterm_and_sigkill,
     refuses_bad_usage,
+    remote_cli_needs_no_postgres,
+    two_serves_share_one_server,
 );
 
 /// Longest a request may take (a /new may have to create its database first).
@@ -1814,4 +1816,218 @@ fn refuses_bad_usage(invoker: &Invoker) {
         }
         sandbox.assert_nothing_left(&what);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The CLI as a client: --remote
+
+/// `pgtmp` with `--remote` through PGTMP_REMOTE, with no PostgreSQL program on PATH (and
+/// none named by PGTMP_BINDIR).
+fn remote_pgtmp(sandbox: &Sandbox, serve: &Serve, empty_path: &Path) -> Command {
+    let mut cmd = sandbox.pgtmp();
+    cmd.env_remove("PGTMP_BINDIR")
+        .env("PATH", empty_path)
+        .env("PGTMP_REMOTE", serve.api(""));
+    cmd
+}
+
+/// An SQL file only the invoker can read.
+fn invokers_file(sandbox: &Sandbox, name: &str, text: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = sandbox.path(name);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let inv = &sandbox.invoker;
+    std::os::unix::fs::chown(&path, Some(inv.uid), Some(inv.gid)).unwrap();
+    path
+}
+
+/// `--remote`: a start, every format, `-f` files loaded once for every client, clone, stop and
+/// run, all without a PostgreSQL program; options a served database cannot honour, a psql
+/// meta-command in a file and --remote on another command are refused, creating nothing.
+fn remote_cli_needs_no_postgres(invoker: &Invoker) {
+    if !have_curl(invoker) {
+        return;
+    }
+    let sandbox = Sandbox::new(invoker);
+    let serve = Serve::start(&sandbox, &["--pool", "1"]);
+    let empty = sandbox.path("empty-path");
+    std::fs::create_dir(&empty).unwrap();
+    let pgtmp = || remote_pgtmp(&sandbox, &serve, &empty);
+    let ok = |cmd: &mut Command, what: &str| -> String {
+        let out = run(cmd, REQUEST_LIMIT);
+        assert!(out.success(), "{what}:\n{out}");
+        assert!(out.stderr.is_empty(), "{what}: nothing on stderr:\n{out}");
+        out.stdout
+    };
+
+    let url = ok(&mut pgtmp(), "pgtmp --remote");
+    let db = Db::from_url(url.trim());
+    assert!(db.name.starts_with("pgtmp_"), "{url}");
+    check_writable(&sandbox, &db);
+    let json: Value = serde_json::from_str(&ok(pgtmp().args(["-F", "json"]), "-F json")).unwrap();
+    for key in [
+        "url", "dsn", "jdbc", "host", "port", "user", "password", "database",
+    ] {
+        assert!(!json[key].is_null(), "-F json has {key}: {json}");
+    }
+    let jdbc = ok(pgtmp().args(["-F", "jdbc"]), "-F jdbc");
+    assert!(jdbc.starts_with("jdbc:postgresql://127.0.0.1:"), "{jdbc}");
+    let env = ok(pgtmp().args(["-F", "env"]), "-F env");
+    for var in [
+        "DATABASE_URL",
+        "PGHOST",
+        "PGPORT",
+        "PGUSER",
+        "PGPASSWORD",
+        "PGDATABASE",
+    ] {
+        assert!(env.contains(&format!("export {var}=")), "{env}");
+    }
+
+    let schema = invokers_file(
+        &sandbox,
+        "schema.sql",
+        "create table items (v int);\ninsert into items values (41), (1);\n",
+    );
+    let schema = schema.to_str().unwrap();
+    let first = Db::from_url(ok(pgtmp().args(["-f", schema]), "-f").trim());
+    let second = Db::from_url(ok(pgtmp().args(["-f", schema]), "-f again").trim());
+    assert_ne!(first.name, second.name);
+    for db in [&first, &second] {
+        assert_eq!(sandbox.psql(&db.url, "select sum(v) from items"), "42");
+    }
+    let built = serve
+        .log_lines()
+        .iter()
+        .filter(|l| l.method == "POST" && l.path == "/api/v1/templates" && l.status == 200)
+        .count();
+    assert_eq!(built, 1, "the files were loaded once:\n{}", serve.stderr());
+
+    let copy = Db::from_url(ok(pgtmp().args(["clone", &first.url]), "clone").trim());
+    assert_ne!(copy.name, first.name);
+    assert_eq!(sandbox.psql(&copy.url, "select sum(v) from items"), "42");
+    ok(pgtmp().args(["stop", &copy.url]), "stop");
+    assert!(
+        !sandbox.try_psql(&copy.url, "select 1").success(),
+        "{} is dropped",
+        copy.name
+    );
+
+    let mut psql = client("psql");
+    if psql.is_relative() {
+        psql = which_on_path("psql").expect("psql on PATH");
+    }
+    let script = format!(
+        "{} -X -At -c 'select current_user = current_database()' && exit 3",
+        psql.display()
+    );
+    let out = run(
+        pgtmp().args(["run", "--", "/bin/sh", "-c", &script]),
+        REQUEST_LIMIT,
+    );
+    assert_eq!(out.code(), Some(3), "run passes on CMD's status:\n{out}");
+    assert_eq!(
+        out.stdout.trim(),
+        "t",
+        "CMD got PG* for its database:\n{out}"
+    );
+
+    let out_before = serve.stats()["out"].clone();
+    let meta = invokers_file(&sandbox, "meta.sql", "select 1;\n\\i other.sql\n");
+    for (args, named) in [
+        (vec!["-k"], "-k"),
+        (vec!["-w", "5"], "-w"),
+        (vec!["-f", meta.to_str().unwrap()], "line 2"),
+        (vec!["list"], "--remote"),
+        (vec!["stop", "--all"], "--all"),
+    ] {
+        let out = run(pgtmp().args(&args), REQUEST_LIMIT);
+        assert_eq!(out.code(), Some(2), "{args:?} is refused:\n{out}");
+        let lines = out.stderr_lines();
+        assert!(
+            lines.len() == 1 && lines[0].starts_with("pgtmp: error: ") && lines[0].contains(named),
+            "{args:?}: one error line naming {named}:\n{out}"
+        );
+    }
+    let out = run(
+        pgtmp().env("PGTMP_REMOTE", "ftp://127.0.0.1/"),
+        REQUEST_LIMIT,
+    );
+    assert_eq!(out.code(), Some(2), "a remote that is no serve URL:\n{out}");
+    assert_eq!(
+        serve.stats()["out"],
+        out_before,
+        "the refusals handed out nothing"
+    );
+    serve.terminate();
+}
+
+/// Two serve processes on one server: a template begun through one is finalized and copied
+/// through the other, a database one handed out is dropped through the other; stopping one
+/// drops its own pool entries only.
+fn two_serves_share_one_server(invoker: &Invoker) {
+    if !have_curl(invoker) {
+        return;
+    }
+    let sandbox = Sandbox::new(invoker);
+    let server = ExistingServer::start(&sandbox);
+    let url = server.admin_url();
+    let a = Serve::start(&sandbox, &["--server", &url, "--pool", "1"]);
+    let b = Serve::start(&sandbox, &["--server", &url, "--pool", "1"]);
+
+    let begun = a.send("POST", "api/v1/templates", Some(r#"{"hash":"shared"}"#));
+    assert_eq!(begun.status, 200, "initialize through a:\n{begun}");
+    let template = Db::from_config(&begun.json()["database"]["config"]);
+    sandbox.psql(
+        &template.url,
+        "create table t (v int); insert into t values (7)",
+    );
+    let again = b.send("POST", "api/v1/templates", Some(r#"{"hash":"shared"}"#));
+    assert_eq!(again.status, 423, "b knows a's template:\n{again}");
+    let done = b.send("PUT", "api/v1/templates/shared", None);
+    assert_eq!(done.status, 204, "finalize through b:\n{done}");
+    for serve in [&a, &b] {
+        let reply = serve.get("api/v1/templates/shared/tests");
+        assert_eq!(reply.status, 200, "a copy:\n{reply}");
+        let copy = Db::from_config(&reply.json()["database"]["config"]);
+        assert_eq!(sandbox.psql(&copy.url, "select v from t"), "7");
+    }
+    let handed = a.new_db();
+    let dropped = b.get(&format!("clean/{}", handed.name));
+    assert_eq!(dropped.status, 200, "b drops what a handed out:\n{dropped}");
+    assert_eq!(server.exists(&handed.name), (false, false));
+
+    // The pools are the fleet's: a ready database is made by one of them, and stopping a
+    // serve drops the ones it made, nobody else's.
+    let ready_by = || -> Vec<(String, String)> {
+        server
+            .su(
+                ADMIN,
+                &["select maker || ' ' || name from pgtmp.serve_databases \
+                   where state = 'ready' order by 1"],
+            )
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(maker, name)| (maker.to_string(), name.to_string()))
+            .collect()
+    };
+    let of = |serve: &Serve| format!(":{}:", serve.pid());
+    assert!(
+        wait_until(Duration::from_secs(60), || ready_by().len() >= 2),
+        "the blank pool and the template's fill: {:?}",
+        ready_by()
+    );
+    let (a_mark, b_mark) = (of(&a), of(&b));
+    let before = ready_by();
+    a.terminate();
+    let after = ready_by();
+    assert!(
+        after.iter().all(|(maker, _)| !maker.contains(&a_mark)),
+        "a's ready databases went with it: {after:?}"
+    );
+    for entry in before.iter().filter(|(maker, _)| maker.contains(&b_mark)) {
+        assert!(after.contains(entry), "b's {entry:?} stays: {after:?}");
+    }
+    b.terminate();
 }
