@@ -205,28 +205,11 @@ fn run_once(request: &StartRequest, program: &OsString, arguments: &[OsString]) 
         return Err(Passed(128 + signal as u8).into());
     }
 
-    let mut cmd = Command::new(program);
-    cmd.args(arguments);
-    for (name, value) in std::env::vars_os() {
-        if redirects(&name.to_string_lossy(), &value) {
-            cmd.env_remove(name);
-        }
-    }
-    cmd.envs(cluster.environment());
-    let status = match cmd.spawn() {
+    let status = match command_for(program, arguments, cluster.environment()).spawn() {
         Ok(mut child) => wait_forwarding(&mut child, &signals)?,
         Err(err) => {
             finish(&cluster, holder, false, None, format)?;
-            let code = if err.kind() == ErrorKind::NotFound {
-                127
-            } else {
-                126
-            };
-            eprintln!(
-                "pgtmp: error: cannot run {}: {err}",
-                program.to_string_lossy()
-            );
-            return Err(Passed(code).into());
+            return Err(not_started(&err, program));
         }
     };
     finish(&cluster, holder, keep, owner.as_ref(), format)?;
@@ -248,23 +231,14 @@ fn run_remote(
     let asked = start.remote(global)?;
     let client = crate::serve::remote::Client::new(remote)?;
     let signals = SignalPipe::catch(&CAUGHT)?;
-    let database = if asked.files.is_empty() {
-        client.new_database()?
-    } else {
-        client.with_files(&asked.files)?
-    };
+    let database = client.database(&asked.files)?;
     let url = database.url();
-    let mut cmd = Command::new(program);
-    cmd.args(arguments);
-    for (name, value) in std::env::vars_os() {
-        if redirects(&name.to_string_lossy(), &value) {
-            cmd.env_remove(name);
-        }
-    }
-    cmd.envs(database.environment());
-    let status = match cmd.spawn() {
+    let status = match command_for(program, arguments, database.environment()).spawn() {
         Ok(mut child) => wait_forwarding(&mut child, &signals),
-        Err(err) => Err(anyhow!(err).context(format!("cannot run {}", program.to_string_lossy()))),
+        Err(err) => {
+            client.drop(&url)?;
+            return Err(not_started(&err, program));
+        }
     };
     let dropped = client.drop(&url);
     let status = status?;
@@ -273,6 +247,38 @@ fn run_remote(
         0 => Ok(()),
         code => Err(Passed(code).into()),
     }
+}
+
+/// CMD with `environment` for its database, without the caller's libpq variables that would
+/// send its clients elsewhere (see [`redirects`]).
+fn command_for(
+    program: &OsString,
+    arguments: &[OsString],
+    environment: Vec<(&'static str, String)>,
+) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(arguments);
+    for (name, value) in std::env::vars_os() {
+        if redirects(&name.to_string_lossy(), &value) {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.envs(environment);
+    cmd
+}
+
+/// CMD could not be started: said on stderr, and the shell's status (127 not found, else 126).
+fn not_started(err: &std::io::Error, program: &OsString) -> anyhow::Error {
+    let code = if err.kind() == ErrorKind::NotFound {
+        127
+    } else {
+        126
+    };
+    eprintln!(
+        "pgtmp: error: cannot run {}: {err}",
+        program.to_string_lossy()
+    );
+    Passed(code).into()
 }
 
 /// The shell's convention: the exit code, or 128 + N for death by signal N.

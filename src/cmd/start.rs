@@ -45,11 +45,7 @@ pub fn run(args: StartArgs, global: &GlobalArgs) -> Result<()> {
 fn from_serve(args: &StartArgs, remote: &str, global: &GlobalArgs) -> Result<()> {
     let asked = args.remote(global)?;
     let client = crate::serve::remote::Client::new(remote)?;
-    let database = if asked.files.is_empty() {
-        client.new_database()?
-    } else {
-        client.with_files(&asked.files)?
-    };
+    let database = client.database(&asked.files)?;
     let end = crate::output::format::ending(asked.format.is_one_line());
     crate::output::stdout::print(&format!("{}{end}", database.render(asked.format)))
 }

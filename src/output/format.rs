@@ -133,12 +133,7 @@ impl Cluster {
             Format::Dsn => self.dsn(),
             // Refused before the start (see `check`); the URI is the honest fallback.
             Format::Jdbc => self.jdbc().unwrap_or_else(|| self.url.clone()),
-            Format::Env => self
-                .environment()
-                .iter()
-                .map(|(key, value)| format!("export {key}={}", env_value(value)))
-                .collect::<Vec<_>>()
-                .join("\n"),
+            Format::Env => export_lines(&self.environment()),
             Format::Json => {
                 let object = serde_json::json!({
                     "url": self.url,
@@ -162,6 +157,14 @@ impl Cluster {
             }
         }
     }
+}
+
+/// `export NAME=VALUE` lines, for a shell's eval or a dotenv file.
+fn export_lines(vars: &[(&'static str, String)]) -> String {
+    vars.iter()
+        .map(|(key, value)| format!("export {key}={}", env_value(value)))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A database on a server elsewhere (one `pgtmp serve` handed out): printed in the same
@@ -239,12 +242,7 @@ impl Remote {
             Format::Uri => self.url(),
             Format::Dsn => self.dsn(),
             Format::Jdbc => self.jdbc(),
-            Format::Env => self
-                .environment()
-                .iter()
-                .map(|(key, value)| format!("export {key}={}", env_value(value)))
-                .collect::<Vec<_>>()
-                .join("\n"),
+            Format::Env => export_lines(&self.environment()),
             Format::Json => serde_json::json!({
                 "url": self.url(),
                 "dsn": self.dsn(),

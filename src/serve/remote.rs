@@ -94,8 +94,18 @@ impl Client {
         )
     }
 
+    /// A database for a start: with `files`, a copy of their template (see
+    /// [`Client::with_files`]), else a blank one.
+    pub fn database(&self, files: &[PathBuf]) -> Result<Remote> {
+        if files.is_empty() {
+            self.new_database()
+        } else {
+            self.with_files(files)
+        }
+    }
+
     /// A fresh blank database (`GET /new`).
-    pub fn new_database(&self) -> Result<Remote> {
+    fn new_database(&self) -> Result<Remote> {
         let (status, text) = self.send("GET", "new", None)?;
         if status != 200 {
             return Err(self.refused("cannot get a database", status, &text));
@@ -105,7 +115,7 @@ impl Client {
 
     /// A test database with `files` loaded: the template of their hash, built here if no
     /// client has built it yet.
-    pub fn with_files(&self, files: &[PathBuf]) -> Result<Remote> {
+    fn with_files(&self, files: &[PathBuf]) -> Result<Remote> {
         let mut sql = Vec::new();
         let mut hash = Sha256::new();
         hash.update(b"pgtmp remote files 1\0");
@@ -227,34 +237,25 @@ fn load(target: &Remote, sql: &[(PathBuf, String)]) -> Result<()> {
 fn faitout_database(text: &str) -> Result<Remote> {
     let v: Value = serde_json::from_str(text)
         .with_context(|| format!("pgtmp serve answered something else than JSON: {text}"))?;
-    let field = |name: &str| v.get(name).and_then(Value::as_str).map(str::to_string);
-    match (
-        field("host"),
-        v.get("port").and_then(Value::as_u64),
-        field("username"),
-        field("password"),
-        field("dbname"),
-    ) {
-        (Some(host), Some(port), Some(user), Some(password), Some(database)) => Ok(Remote {
-            host,
-            port: u16::try_from(port).context("pgtmp serve answered a port out of range")?,
-            user,
-            password,
-            database,
-        }),
-        _ => bail!("pgtmp serve answered without host, port, username, password or dbname: {text}"),
-    }
+    database_from(&v, "username", "dbname")
 }
 
 /// IntegreSQL's `config` object as a database.
 fn integresql_database(config: &Value) -> Result<Remote> {
-    let field = |name: &str| config.get(name).and_then(Value::as_str).map(str::to_string);
+    database_from(config, "username", "database")
+}
+
+/// A database from an answer's `host`, `port`, `password` and the fields that name its user
+/// and database (faitout and IntegreSQL name the database differently).
+fn database_from(v: &Value, user_key: &str, database_key: &str) -> Result<Remote> {
+    let field = |name: &str| v.get(name).and_then(Value::as_str).map(str::to_string);
+    let port = v.get("port").and_then(Value::as_u64);
     match (
         field("host"),
-        config.get("port").and_then(Value::as_u64),
-        field("username"),
+        port,
+        field(user_key),
         field("password"),
-        field("database"),
+        field(database_key),
     ) {
         (Some(host), Some(port), Some(user), Some(password), Some(database)) => Ok(Remote {
             host,
@@ -263,7 +264,9 @@ fn integresql_database(config: &Value) -> Result<Remote> {
             password,
             database,
         }),
-        _ => bail!("pgtmp serve answered an incomplete database config: {config}"),
+        _ => bail!(
+            "pgtmp serve answered without host, port, {user_key}, password or {database_key}: {v}"
+        ),
     }
 }
 

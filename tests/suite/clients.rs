@@ -347,33 +347,7 @@ fn node_probe() -> Result<PathBuf, (&'static str, &'static str)> {
 }
 
 fn install_node_probe() -> Result<PathBuf, (&'static str, &'static str)> {
-    for program in ["node", "npm"] {
-        let found = Command::new(program)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        if !found.is_ok_and(|s| s.success()) {
-            return Err(("Node.js with npm", "Debian: apt-get install nodejs npm"));
-        }
-    }
-    let dir = shared_dir().join("node-probe");
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut install = Command::new("npm");
-    install
-        .args([
-            "install",
-            "--no-audit",
-            "--no-fund",
-            "--prefer-offline",
-            "--prefix",
-        ])
-        .arg(&dir)
-        .arg("--cache")
-        .arg(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("npm-cache"))
-        .arg(NODE_POSTGRES);
-    let out = run(&mut install, Duration::from_secs(300));
-    assert!(out.success(), "npm install {NODE_POSTGRES} failed:\n{out}");
+    let dir = npm_install("node-probe", &[NODE_POSTGRES])?;
     let probe = dir.join("probe.js");
     std::fs::write(&probe, NODE_PROBE).unwrap();
     Ok(probe)

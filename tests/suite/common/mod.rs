@@ -1399,3 +1399,36 @@ impl Drop for PsqlSession {
         let _ = self.child.wait();
     }
 }
+
+/// `packages` installed with npm into the shared directory's `name`, from npm's cache in the
+/// target directory when it has it; the directory. Err says what is missing.
+pub fn npm_install(name: &str, packages: &[&str]) -> Result<PathBuf, (&'static str, &'static str)> {
+    for program in ["node", "npm"] {
+        let found = Command::new(program)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if !found.is_ok_and(|s| s.success()) {
+            return Err(("Node.js with npm", "Debian: apt-get install nodejs npm"));
+        }
+    }
+    let dir = shared_dir().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut install = Command::new("npm");
+    install
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--prefer-offline",
+            "--prefix",
+        ])
+        .arg(&dir)
+        .arg("--cache")
+        .arg(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("npm-cache"))
+        .args(packages);
+    let out = run(&mut install, Duration::from_secs(300));
+    assert!(out.success(), "npm install {packages:?} failed:\n{out}");
+    Ok(dir)
+}
