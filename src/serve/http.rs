@@ -51,6 +51,9 @@ fn answer(mut request: Request, service: &Service) {
                             db_host: service.backend.host_for(header(&request, "Host")),
                         },
                         wants_json: wants_json(&request),
+                        form: header(&request, "Content-Type").is_some_and(|t| {
+                            t.trim().starts_with("application/x-www-form-urlencoded")
+                        }),
                         base: base_url(&request, prefix),
                     };
                     route(service, &asked).unwrap_or_else(|err| {
@@ -83,6 +86,8 @@ struct Asked<'a> {
     body: &'a [u8],
     caller: Caller,
     wants_json: bool,
+    /// The body is a form (`application/x-www-form-urlencoded`), not JSON.
+    form: bool,
     base: String,
 }
 
@@ -201,7 +206,9 @@ fn integresql_route(
     rest: &[&str],
 ) -> anyhow::Result<Reply> {
     match (method, rest) {
-        (Method::Post, ["templates"]) => integresql::initialize(service, &asked.caller, asked.body),
+        (Method::Post, ["templates"]) => {
+            integresql::initialize(service, &asked.caller, asked.body, asked.form)
+        }
         (Method::Put, ["templates", hash]) => integresql::finalize(service, hash),
         (Method::Delete, ["templates", hash]) => integresql::discard(service, hash),
         (Method::Get, ["templates", hash, "tests"]) => {

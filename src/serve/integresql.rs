@@ -37,16 +37,35 @@ fn template_not_found() -> Reply {
     Reply::message(404, "template not found")
 }
 
-/// `POST /api/v1/templates` with `{"hash": "..."}`.
-pub fn initialize(service: &Service, caller: &Caller, body: &[u8]) -> Result<Reply> {
+/// The hash of `POST /api/v1/templates`: from `{"hash": "..."}`, or from a form body
+/// (`hash=...`), which IntegreSQL takes too and some of its clients send (the Python one).
+fn hash_of(body: &[u8], form: bool) -> Result<String, Reply> {
     #[derive(serde::Deserialize)]
     struct Payload {
         hash: String,
     }
-    let hash = match serde_json::from_slice::<Payload>(body) {
-        Ok(payload) if !payload.hash.is_empty() => payload.hash,
-        Ok(_) => return Ok(Reply::message(400, "hash is required")),
-        Err(err) => return Ok(Reply::message(400, format!("malformed body: {err}"))),
+    let hash = if form {
+        form_urlencoded::parse(body)
+            .find(|(key, _)| key == "hash")
+            .map(|(_, value)| value.into_owned())
+            .unwrap_or_default()
+    } else {
+        match serde_json::from_slice::<Payload>(body) {
+            Ok(payload) => payload.hash,
+            Err(err) => return Err(Reply::message(400, format!("malformed body: {err}"))),
+        }
+    };
+    if hash.is_empty() {
+        return Err(Reply::message(400, "hash is required"));
+    }
+    Ok(hash)
+}
+
+/// `POST /api/v1/templates` with `{"hash": "..."}` (or the form `hash=...`).
+pub fn initialize(service: &Service, caller: &Caller, body: &[u8], form: bool) -> Result<Reply> {
+    let hash = match hash_of(body, form) {
+        Ok(hash) => hash,
+        Err(reply) => return Ok(reply),
     };
     if hash.len() > 1024 {
         return Ok(Reply::message(400, "hash is longer than 1024 bytes"));

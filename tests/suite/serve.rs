@@ -32,6 +32,7 @@ both_invokers!(
     refuses_bad_usage,
     remote_cli_needs_no_postgres,
     two_serves_share_one_server,
+    integresql_python_client,
 );
 
 /// Longest a request may take (a /new may have to create its database first).
@@ -2001,4 +2002,134 @@ fn two_serves_share_one_server(invoker: &Invoker) {
         assert!(after.contains(entry), "b's {entry:?} stays: {after:?}");
     }
     b.terminate();
+}
+
+// ---------------------------------------------------------------------------------------------
+// IntegreSQL's Python client
+
+/// The client, pinned: it sends the hash as a form body, as IntegreSQL takes it too.
+const INTEGRESQL_PYTHON: &str = "integresql-client-python==0.9.2";
+
+/// Two test runs against one serve, each with a client of its own (as two runners are): the
+/// first builds the template from the directory of migrations, the second finds it built
+/// (423); each reads the migrated row from its own copy and gives it back unmodified.
+const INTEGRESQL_PY: &str = r#"
+import sys, psycopg2
+from integresql_client_python import IntegreSQL
+base, migrations = sys.argv[1], sys.argv[2]
+for run in range(2):
+    with IntegreSQL(migrations, base_url=base + "api") as tpl:
+        with tpl.initialize() as dbinfo:
+            if dbinfo:
+                db = psycopg2.connect(str(dbinfo))
+                db.autocommit = True
+                db.cursor().execute(open(migrations + "/001.sql").read())
+                db.close()
+                print("migrated")
+        test = tpl.get_database()
+        with test as info:
+            db = psycopg2.connect(str(info))
+            cur = db.cursor()
+            cur.execute("select name from pilots")
+            print("read", info.name, cur.fetchone()[0])
+            db.close()
+            test.mark_unmodified(info)
+"#;
+
+/// A virtual environment with the client (psycopg2 from the system's packages), made once per
+/// test process in the shared directory; its python. Err says what is missing.
+fn integresql_python() -> Result<PathBuf, (&'static str, &'static str)> {
+    static PYTHON: OnceLock<Result<PathBuf, (&str, &str)>> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let venv = shared_dir().join("serve-integresql-python");
+            let made = run(
+                Command::new("/usr/bin/python3")
+                    .args(["-m", "venv", "--system-site-packages"])
+                    .arg(&venv),
+                Duration::from_secs(120),
+            );
+            if !made.success() {
+                return Err(("python3 -m venv", "Debian: apt-get install python3-venv"));
+            }
+            let pip = run(
+                Command::new(venv.join("bin/pip"))
+                    .args(["install", "-q", "--disable-pip-version-check"])
+                    .arg(INTEGRESQL_PYTHON),
+                Duration::from_secs(300),
+            );
+            assert!(
+                pip.success(),
+                "pip install {INTEGRESQL_PYTHON} failed:\n{pip}"
+            );
+            Ok(venv.join("bin/python"))
+        })
+        .clone()
+}
+
+/// IntegreSQL's Python client, unchanged, against serve.
+fn integresql_python_client(invoker: &Invoker) {
+    let python = match integresql_python() {
+        Ok(python) => python,
+        Err((program, install)) => return missing(program, install),
+    };
+    let sandbox = Sandbox::new(invoker);
+    let serve = Serve::start(&sandbox, &["--pool", "1"]);
+    let migrations = sandbox.path("migrations");
+    std::fs::create_dir(&migrations).unwrap();
+    let sql = "create table pilots (name text); insert into pilots values ('amelia');\n";
+    std::fs::write(migrations.join("001.sql"), sql).unwrap();
+    let script = sandbox.path("integresql.py");
+    std::fs::write(&script, INTEGRESQL_PY).unwrap();
+    for path in [&migrations, &migrations.join("001.sql"), &script] {
+        std::os::unix::fs::chown(path, Some(invoker.uid), Some(invoker.gid)).unwrap();
+    }
+    let out = run(
+        invoker
+            .command(&python)
+            .arg(&script)
+            .arg(&serve.base)
+            .arg(&migrations),
+        REQUEST_LIMIT,
+    );
+    assert!(
+        out.success(),
+        "the Python client against serve:\n{out}\n{}",
+        serve.stderr()
+    );
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "migrated once, read twice:\n{out}");
+    assert_eq!(lines[0], "migrated", "{out}");
+    for line in &lines[1..] {
+        assert!(
+            line.starts_with("read pgtmp_tpl_") && line.ends_with(" amelia"),
+            "{out}"
+        );
+    }
+    let logged = serve.log_lines();
+    let count = |method: &str, prefix: &str, status: u16| {
+        logged
+            .iter()
+            .filter(|l| l.method == method && l.path.starts_with(prefix) && l.status == status)
+            .count()
+    };
+    assert_eq!(
+        count("POST", "/api/v1/templates", 200),
+        1,
+        "{}",
+        serve.stderr()
+    );
+    assert_eq!(
+        count("POST", "/api/v1/templates", 423),
+        1,
+        "{}",
+        serve.stderr()
+    );
+    assert_eq!(
+        count("DELETE", "/api/v1/templates/", 204),
+        2,
+        "{}",
+        serve.stderr()
+    );
+    serve.terminate();
 }
