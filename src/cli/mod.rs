@@ -61,6 +61,11 @@ PGTMP_PRESTART_TIMEOUT  seconds a pre-started server waits for a claim [default:
 PGTMP_TRACE             1 = print how long each phase of a start took, on stderr
 PGTMP_CACHE_DAYS        days a schema cache entry may go unused before gc removes it
                         (its ready copies go after an hour unused) [default: 7]
+PGTMP_DISK_MAX          the most the pools and the schema cache may take together, e.g.
+                        500M or 2G; the sweep evicts the least recently used cache entries
+                        and ready copies beyond it, never a cluster [default: 2G]
+PGTMP_REMOTE            the pgtmp serve that starts, clone, stop and run get databases from
+                        (--remote)
 PGTMP_TCP, PGTMP_PORT, PGTMP_TIMEOUT, PGTMP_KEEP, PGTMP_OPTIONS, PGTMP_FORMAT,
 PGTMP_NOW, PGTMP_NO_CACHE, PGTMP_OWNER_PID, PGTMP_BINDIR, PGTMP_PG, PGTMP_PG_PATH, PGTMP_RUN_AS
                         fallbacks for -t, -p, -w, -k, -o, -F, --now, --no-cache, --owner-pid,

@@ -6,7 +6,7 @@
 //! PGTMP_DIR is the state directory's own business (`state::statedir`); the test-only hooks
 //! (PGTMP_TEST_*) stay beside the code they pause or steer.
 
-use crate::lifecycle::{pool, prestart, sweep};
+use crate::lifecycle::{disk, pool, prestart, sweep};
 use crate::output::exit;
 use anyhow::Result;
 use std::str::FromStr;
@@ -18,8 +18,8 @@ pub struct Settings {
     pub pool_size: usize,
     /// Servers kept waiting and how long each waits (PGTMP_PRESTART, PGTMP_PRESTART_TIMEOUT).
     pub prestart: prestart::Settings,
-    /// How long a schema cache entry may go unused (PGTMP_CACHE_DAYS).
-    pub cache_max_age: Duration,
+    /// What the sweep keeps of the prepared state (PGTMP_CACHE_DAYS, PGTMP_DISK_MAX).
+    pub policy: sweep::Policy,
     /// False when PGTMP_NO_SWEEP is set: no sweep after a start.
     pub background_sweep: bool,
 }
@@ -37,16 +37,16 @@ impl Settings {
         Self::from_lookup(&from_process)
     }
 
-    /// The cache age a sweep after a start applies, or None when no sweep is to follow.
-    pub fn sweep_after(&self) -> Option<Duration> {
-        self.background_sweep.then_some(self.cache_max_age)
+    /// What a sweep after a start applies, or None when no sweep is to follow.
+    pub fn sweep_after(&self) -> Option<sweep::Policy> {
+        self.background_sweep.then_some(self.policy)
     }
 
     fn from_lookup(lookup: Lookup) -> Result<Settings> {
         Ok(Settings {
             prestart: prestart_of(lookup)?,
             pool_size: pool_size_of(lookup)?,
-            cache_max_age: cache_max_age_of(lookup)?,
+            policy: policy_of(lookup)?,
             background_sweep: lookup("PGTMP_NO_SWEEP").is_none(),
         })
     }
@@ -57,9 +57,51 @@ pub fn pool_size() -> Result<usize> {
     pool_size_of(&from_process)
 }
 
-/// PGTMP_CACHE_DAYS, validated, as an age (for `pgtmp gc`).
-pub fn cache_max_age() -> Result<Duration> {
-    cache_max_age_of(&from_process)
+/// PGTMP_CACHE_DAYS and PGTMP_DISK_MAX, validated (for `pgtmp gc`).
+pub fn sweep_policy() -> Result<sweep::Policy> {
+    policy_of(&from_process)
+}
+
+/// PGTMP_DISK_MAX, validated (for `pgtmp list` and `doctor`).
+pub fn disk_max() -> Result<u64> {
+    disk_max_of(&from_process)
+}
+
+fn policy_of(lookup: Lookup) -> Result<sweep::Policy> {
+    Ok(sweep::Policy {
+        cache_age: cache_max_age_of(lookup)?,
+        disk_max: disk_max_of(lookup)?,
+    })
+}
+
+/// PGTMP_DISK_MAX: bytes, or with a suffix K, M, G or T (powers of 1024), e.g. 2G.
+fn disk_max_of(lookup: Lookup) -> Result<u64> {
+    let Some(text) = lookup("PGTMP_DISK_MAX").filter(|t| !t.is_empty()) else {
+        return Ok(disk::DEFAULT_MAX);
+    };
+    let (digits, unit) = match text.char_indices().last() {
+        Some((at, c)) if c.is_ascii_alphabetic() => (&text[..at], c.to_ascii_uppercase()),
+        _ => (text.as_str(), 'B'),
+    };
+    let shift = match unit {
+        'B' => Some(0),
+        'K' => Some(10),
+        'M' => Some(20),
+        'G' => Some(30),
+        'T' => Some(40),
+        _ => None,
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .zip(shift)
+        .and_then(|(n, shift)| n.checked_mul(1u64 << shift))
+        .ok_or_else(|| {
+            exit::usage(format!(
+                "PGTMP_DISK_MAX={text} is not a size such as 500M or 2G; unset it for the default ({})",
+                disk::human(disk::DEFAULT_MAX)
+            ))
+        })
 }
 
 /// True when PGTMP_TRACE is set to something other than empty or 0.
@@ -78,6 +120,7 @@ fn problems_of(lookup: Lookup) -> Vec<String> {
         pool_size_of(lookup).err(),
         prestart_of(lookup).err(),
         cache_max_age_of(lookup).err(),
+        disk_max_of(lookup).err(),
     ]
     .into_iter()
     .flatten()
@@ -176,9 +219,10 @@ mod tests {
             assert_eq!(settings.prestart.count, 0);
             assert_eq!(settings.prestart.ttl, prestart::DEFAULT_TTL);
             assert_eq!(
-                settings.cache_max_age,
+                settings.policy.cache_age,
                 Duration::from_secs(sweep::DEFAULT_CACHE_DAYS * 86_400)
             );
+            assert_eq!(settings.policy.disk_max, disk::DEFAULT_MAX);
             assert!(settings.background_sweep);
             assert!(!trace_of(&lookup));
         }
@@ -191,13 +235,21 @@ mod tests {
             ("PGTMP_PRESTART", "4"),
             ("PGTMP_PRESTART_TIMEOUT", "5"),
             ("PGTMP_CACHE_DAYS", "0"),
+            ("PGTMP_DISK_MAX", "500m"),
             ("PGTMP_NO_SWEEP", ""),
             ("PGTMP_TRACE", "1"),
         ]);
         let settings = Settings::from_lookup(&lookup).unwrap();
         assert_eq!(settings.pool_size, 0);
         assert_eq!((settings.prestart.count, settings.prestart.ttl), (4, 5));
-        assert_eq!(settings.cache_max_age, Duration::ZERO);
+        assert_eq!(settings.policy.cache_age, Duration::ZERO);
+        assert_eq!(settings.policy.disk_max, 500 << 20);
+        for (text, bytes) in [("0", 0), ("4096", 4096), ("2K", 2048), ("1T", 1 << 40)] {
+            assert_eq!(
+                disk_max_of(&with(&[("PGTMP_DISK_MAX", text)])).unwrap(),
+                bytes
+            );
+        }
         assert!(!settings.background_sweep);
         assert!(trace_of(&lookup));
         assert!(!trace_of(&with(&[("PGTMP_TRACE", "0")])));
@@ -225,6 +277,10 @@ mod tests {
         for bad in ["abc", "-1", "1.5", "3651", " 7"] {
             let lookup = with(&[("PGTMP_CACHE_DAYS", bad)]);
             usage_error_naming(cache_max_age_of(&lookup), "PGTMP_CACHE_DAYS");
+        }
+        for bad in ["abc", "-1", "2X", "G", "1.5G", "99999999999T"] {
+            let lookup = with(&[("PGTMP_DISK_MAX", bad)]);
+            usage_error_naming(disk_max_of(&lookup), "PGTMP_DISK_MAX");
         }
     }
 

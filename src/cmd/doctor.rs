@@ -63,6 +63,9 @@ pub fn run(global: &GlobalArgs) -> Result<()> {
     if let (Some(state), Some(install)) = (&state, &install) {
         pools(&mut report, state, install);
     }
+    if let Some(state) = &state {
+        disk(&mut report, state);
+    }
     match which::which("psql") {
         Ok(psql) => report.pass(&format!("client: {} (for the examples)", psql.display())),
         Err(_) => report.warn(
@@ -371,6 +374,24 @@ fn accessible_as(account: &Account, path: &Path, flags: AccessFlags) -> bool {
 }
 
 /// The pools: ready entries and the last refill error of each.
+/// What the prepared state takes against PGTMP_DISK_MAX (an invalid value is reported with
+/// the other variables).
+fn disk(report: &mut Report, state: &statedir::StateDir) {
+    let Ok(max) = crate::cli::settings::disk_max() else {
+        return;
+    };
+    let prepared = crate::lifecycle::disk::measure(state);
+    let line = format!("disk: {}", crate::lifecycle::disk::describe(&prepared, max));
+    if prepared.bytes() > max {
+        report.warn(
+            &format!("{line}: over the budget"),
+            "`pgtmp gc` evicts the least recently used schema cache entries (a start does within a minute); raise PGTMP_DISK_MAX, or lower PGTMP_POOL_SIZE",
+        );
+    } else {
+        report.pass(&line);
+    }
+}
+
 fn pools(report: &mut Report, state: &statedir::StateDir, install: &Installation) {
     // An invalid size is reported with the other variables.
     let Ok(size) = crate::cli::settings::pool_size() else {

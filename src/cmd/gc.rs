@@ -7,19 +7,17 @@ use anyhow::Result;
 
 pub fn run(args: &GcArgs, global: &GlobalArgs) -> Result<()> {
     // Checked before anything is made or removed.
-    let cache_age = crate::cli::settings::cache_max_age()?;
-    Session::in_each(global.run_as(), |session| {
-        sweep_one(session, args, cache_age)
-    })
+    let policy = crate::cli::settings::sweep_policy()?;
+    Session::in_each(global.run_as(), |session| sweep_one(session, args, policy))
 }
 
 /// Sweeps one state directory and prints what was done.
-fn sweep_one(session: &Session, args: &GcArgs, cache_age: std::time::Duration) -> Result<()> {
+fn sweep_one(session: &Session, args: &GcArgs, policy: sweep::Policy) -> Result<()> {
     let step = crate::output::progress::step(&format!(
         "sweeping {} (stopping what dead runs left may take seconds)",
         session.state.path.display()
     ));
-    let actions = sweep::sweep(&session.state, args.dry_run, true, cache_age);
+    let actions = sweep::sweep(&session.state, args.dry_run, true, policy);
     drop(step);
     let actions = actions?;
     let text: String = actions

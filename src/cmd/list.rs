@@ -2,6 +2,7 @@
 //! have stopped, as tables or JSON.
 
 use crate::cli::GlobalArgs;
+use crate::lifecycle::disk;
 use crate::lifecycle::kept;
 use crate::lifecycle::session;
 use crate::os::process::Pid;
@@ -12,8 +13,7 @@ use crate::state::ownership;
 use anyhow::{Context, Result};
 use nix::unistd::Uid;
 use serde::Serialize;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 /// One running cluster as listed.
@@ -78,6 +78,7 @@ pub fn run(json: bool, all: bool, global: &GlobalArgs) -> Result<()> {
     let (invoker, covered) = session::covered(global.run_as())?;
     let mut entries: Vec<Entry> = Vec::new();
     let mut stopped: Vec<Stopped> = Vec::new();
+    let mut prepared = disk::Prepared::default();
     for (_, path) in &covered {
         let state = match clusters::open_state_dir(path) {
             Ok(state) => state,
@@ -94,6 +95,10 @@ pub fn run(json: bool, all: bool, global: &GlobalArgs) -> Result<()> {
                 .iter()
                 .filter_map(|cluster| entry(cluster, invoker.uid.as_raw())),
         );
+        if state.is_some() {
+            let dir = crate::state::statedir::StateDir { path: path.clone() };
+            prepared.add(&disk::measure(&dir));
+        }
         if all && let Some(state) = &state {
             stopped.extend(
                 kept::stopped(state)
@@ -112,12 +117,33 @@ pub fn run(json: bool, all: bool, global: &GlobalArgs) -> Result<()> {
             .collect();
         serde_json::to_string_pretty(&listed).context("cannot render JSON")? + "\n"
     } else {
-        match (table(&entries), stopped_table(&stopped)) {
+        let tables = match (table(&entries), stopped_table(&stopped)) {
             (running, kept) if running.is_empty() || kept.is_empty() => running + &kept,
             (running, kept) => format!("{running}\n{kept}"),
+        };
+        match tables.is_empty() {
+            true => tables,
+            false => tables + &footer(&entries, &stopped, &prepared)?,
         }
     };
     crate::output::stdout::print(&text)
+}
+
+/// The line under the tables: what the clusters listed and the prepared state take on disk.
+fn footer(entries: &[Entry], stopped: &[Stopped], prepared: &disk::Prepared) -> Result<String> {
+    let max = crate::cli::settings::disk_max()?;
+    let running: u64 = entries.iter().map(|e| e.size_bytes).sum();
+    let kept: u64 = stopped.iter().map(|e| e.size_bytes).sum();
+    let kept = match stopped.len() {
+        0 => String::new(),
+        n => format!("kept {} ({n}), ", disk::human(kept)),
+    };
+    Ok(format!(
+        "\ndisk: running {} ({}), {kept}{}\n",
+        disk::human(running),
+        entries.len(),
+        disk::describe(prepared, max)
+    ))
 }
 
 /// A kept cluster that has stopped; `user` is the role its URL names (the invoker's).
@@ -131,7 +157,7 @@ fn stopped_entry(cluster: &ClusterDir, user: &str) -> Stopped {
         url: url::socket_url(user, &cluster.path),
         version: cluster.data_version().map(|v| v.to_string()),
         last_used_seconds: last_used.map(|d| d.as_secs()),
-        size_bytes: disk_usage(&cluster.path),
+        size_bytes: crate::state::usage::disk_usage(&cluster.path),
         keep: true,
         reopen: kept::reopen_command(
             &cluster.path,
@@ -197,31 +223,12 @@ fn entry(cluster: &ClusterDir, owner: u32) -> Option<Entry> {
         age_seconds: since(instance.started_at()),
         idle_seconds,
         connections: activity.map(|a| a.clients),
-        size_bytes: disk_usage(dir),
+        size_bytes: crate::state::usage::disk_usage(dir),
         timeout: state.timeout,
         keep: state.keep || instance.is_kept(),
         owner_pid: state.owner.map(|(pid, _)| pid),
         running: true,
     })
-}
-
-/// Bytes allocated on disk below `dir`, as `du` counts them; symlinks are not followed and
-/// what vanishes meanwhile is skipped.
-fn disk_usage(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        total += meta.blocks() * 512;
-        if meta.is_dir()
-            && let Ok(entries) = std::fs::read_dir(&path)
-        {
-            stack.extend(entries.flatten().map(|e| e.path()));
-        }
-    }
-    total
 }
 
 fn table(entries: &[Entry]) -> String {
@@ -239,7 +246,7 @@ fn table(entries: &[Entry]) -> String {
             or_dash(e.age_seconds.map(duration)),
             or_dash(e.idle_seconds.map(duration)),
             or_dash(e.connections.map(|c| c.to_string())),
-            size(e.size_bytes),
+            disk::human(e.size_bytes),
         ]);
     }
     aligned(&rows)
@@ -258,7 +265,7 @@ fn stopped_table(entries: &[Stopped]) -> String {
             e.version.clone().unwrap_or_else(|| "-".to_string()),
             e.last_used_seconds
                 .map_or_else(|| "-".to_string(), |s| format!("{} ago", duration(s))),
-            size(e.size_bytes),
+            disk::human(e.size_bytes),
             e.reopen.clone(),
         ]);
     }
@@ -294,15 +301,6 @@ fn duration(seconds: u64) -> String {
 }
 
 /// 512K, 38M, 1.2G.
-fn size(bytes: u64) -> String {
-    const K: u64 = 1024;
-    match bytes {
-        b if b < K * K => format!("{}K", b.div_ceil(K)),
-        b if b < K * K * K => format!("{}M", b.div_ceil(K * K)),
-        b => format!("{:.1}G", b as f64 / (K * K * K) as f64),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,8 +311,8 @@ mod tests {
         assert_eq!(duration(185), "3m05s");
         assert_eq!(duration(7620), "2h07m");
         assert_eq!(duration(3 * 86400 + 4 * 3600), "3d04h");
-        assert_eq!(size(4096), "4K");
-        assert_eq!(size(38 * 1024 * 1024), "38M");
-        assert_eq!(size(1288490189), "1.2G");
+        assert_eq!(disk::human(4096), "4K");
+        assert_eq!(disk::human(38 * 1024 * 1024), "38M");
+        assert_eq!(disk::human(1288490189), "1.2G");
     }
 }

@@ -21,6 +21,7 @@ use crate::state::copytree;
 use crate::state::instance::Instance;
 use crate::state::ownership::{self, lock_file};
 use crate::state::statedir::{self, StateDir};
+use crate::state::usage::disk_usage;
 use crate::testdata::files::{Server, TestData};
 use crate::testdata::stock;
 use anyhow::{Context, Result, bail};
@@ -243,6 +244,13 @@ fn age(path: &Path, now: SystemTime) -> Option<Duration> {
 /// PGTMP_CACHE_DAYS): each is some 75 MB, worth keeping only while the schema is in use.
 pub const READY_IDLE: Duration = Duration::from_secs(3600);
 
+/// What one kind of prepared state takes: bytes on disk, and how many of it there are.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    pub bytes: u64,
+    pub count: usize,
+}
+
 /// What a sweep of the cache removed (or, dry, would remove).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Swept {
@@ -309,19 +317,117 @@ pub fn sweep(state_dir: &Path, max_age: Duration, dry_run: bool) -> Result<Swept
                 swept.entries.push(path);
                 continue;
             }
-            let Ok(_lock) = lock_file(
-                &path.with_extension("lock"),
-                FlockArg::LockExclusiveNonblock,
-            ) else {
-                continue;
-            };
-            let trash = root.join(format!("{TRASH}{}", pool::new_name()?));
-            fs::rename(&path, &trash)
-                .with_context(|| format!("cannot move {} away", path.display()))?;
-            crate::state::safefs::remove_tree_at(&trash)?;
-            let _ = fs::remove_file(path.with_extension("lock"));
-            let _ = fs::remove_file(path.with_extension("error"));
-            swept.entries.push(path);
+            if remove_entry(&root, &path)? {
+                swept.entries.push(path);
+            }
+        }
+    }
+    Ok(swept)
+}
+
+/// Removes an entry with its ready copies unless a build holds it; true when it went. It is
+/// renamed away first, so a start never sees half of it.
+fn remove_entry(root: &Path, path: &Path) -> Result<bool> {
+    let Ok(_lock) = lock_file(
+        &path.with_extension("lock"),
+        FlockArg::LockExclusiveNonblock,
+    ) else {
+        return Ok(false);
+    };
+    let trash = root.join(format!("{TRASH}{}", pool::new_name()?));
+    fs::rename(path, &trash).with_context(|| format!("cannot move {} away", path.display()))?;
+    crate::state::safefs::remove_tree_at(&trash)?;
+    let _ = fs::remove_file(path.with_extension("lock"));
+    let _ = fs::remove_file(path.with_extension("error"));
+    Ok(true)
+}
+
+/// One complete entry: its path, when it was last used, what it and its ready copies take.
+struct Measured {
+    path: PathBuf,
+    last_use: SystemTime,
+    bytes: u64,
+    ready_bytes: u64,
+    ready_count: usize,
+}
+
+/// The complete entries under `state_dir`, least recently used first. Only read (and inside
+/// the state directory, which only its account can write): root measures its server
+/// accounts' caches too.
+fn measure_entries(state_dir: &Path) -> Vec<Measured> {
+    let root = root(state_dir);
+    let mut found: Vec<Measured> = fs::read_dir(&root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            ![TRASH, BUILD, BUILDING].iter().any(|p| name.starts_with(p))
+        })
+        .map(|e| {
+            let path = e.path();
+            let copies = pool::entries(&path, READY);
+            let ready_bytes: u64 = copies.iter().map(|c| disk_usage(c)).sum();
+            let used = path.join("used");
+            let last_use = fs::metadata(if used.exists() { &used } else { &path })
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            Measured {
+                bytes: disk_usage(&path).saturating_sub(ready_bytes),
+                ready_bytes,
+                ready_count: copies.len(),
+                last_use,
+                path,
+            }
+        })
+        .collect();
+    found.sort_by_key(|m| m.last_use);
+    found
+}
+
+/// What the schema cache takes: its entries, and their ready copies.
+pub fn measure(state_dir: &Path) -> (Part, Part) {
+    let entries = measure_entries(state_dir);
+    let cache = Part {
+        bytes: entries.iter().map(|m| m.bytes).sum(),
+        count: entries.len(),
+    };
+    let ready = Part {
+        bytes: entries.iter().map(|m| m.ready_bytes).sum(),
+        count: entries.iter().map(|m| m.ready_count).sum(),
+    };
+    (cache, ready)
+}
+
+/// Removes what the cache holds, least recently used first, until it takes at most `budget`
+/// bytes: first ready copies (a start without one copies the entry), then entries (a start
+/// without one loads its files again). With `dry_run` it only says what it would remove.
+pub fn evict_to(state_dir: &Path, budget: u64, dry_run: bool) -> Result<Swept> {
+    let root = root(state_dir);
+    if !ownership::is_own_dir(&root) {
+        return Ok(Swept::default());
+    }
+    let entries = measure_entries(state_dir);
+    let mut total: u64 = entries.iter().map(|m| m.bytes + m.ready_bytes).sum();
+    let mut swept = Swept::default();
+    for entry in entries.iter().filter(|m| m.ready_count > 0) {
+        if total <= budget {
+            return Ok(swept);
+        }
+        let removed = remove_ready_copies(&root, &entry.path, dry_run)?;
+        if removed.len() == entry.ready_count {
+            total = total.saturating_sub(entry.ready_bytes);
+        }
+        swept.ready_copies.extend(removed);
+    }
+    for entry in &entries {
+        if total <= budget {
+            break;
+        }
+        if dry_run || remove_entry(&root, &entry.path)? {
+            total = total.saturating_sub(entry.bytes);
+            swept.entries.push(entry.path.clone());
         }
     }
     Ok(swept)

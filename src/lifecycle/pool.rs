@@ -227,6 +227,22 @@ pub fn remove_vanished(pools: &Path, dry_run: bool) -> Vec<PathBuf> {
     removed
 }
 
+/// What the pools take: bytes on disk (entries, templates, everything being built) and the
+/// number of ready entries.
+/// Only read, so root measures its server accounts' pools too.
+pub fn measure(pools: &Path) -> crate::lifecycle::cache::Part {
+    let count = fs::read_dir(pools)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| entries(&e.path(), READY).len())
+        .sum();
+    crate::lifecycle::cache::Part {
+        bytes: crate::state::usage::disk_usage(pools),
+        count,
+    }
+}
+
 /// Removes a pool, first releasing the shared memory killed initdb runs left for its entries.
 fn remove_pool(dir: &Path) -> bool {
     for entry in fs::read_dir(dir).into_iter().flatten().flatten() {

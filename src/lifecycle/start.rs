@@ -31,7 +31,6 @@ use anyhow::{Context, Result, anyhow, bail};
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// The port number of the socket file when there is no TCP listener: libpq's default, or the
 /// caller's $PGPORT, so that the port-less URL works even with PGPORT exported.
@@ -82,7 +81,7 @@ pub struct StartRequest {
     pub pool_size: usize,
     pub prestart: prestart::Settings,
     /// The cache age the background sweep applies; None: no sweep.
-    pub sweep_after: Option<Duration>,
+    pub sweep_after: Option<sweep::Policy>,
 }
 
 impl StartRequest {
@@ -105,7 +104,7 @@ pub struct Launched {
     /// Where the background sweep looks.
     state: StateDir,
     /// The cache age the background sweep applies; None: no sweep (PGTMP_NO_SWEEP).
-    sweep_after: Option<Duration>,
+    sweep_after: Option<sweep::Policy>,
 }
 
 /// What the background work after a start with test data needs.
@@ -138,8 +137,8 @@ impl Launched {
             };
             prepare_in_background(&server, follow, &self.install);
         }
-        if let Some(cache_age) = self.sweep_after {
-            sweep::in_background(&self.state, cache_age);
+        if let Some(policy) = self.sweep_after {
+            sweep::in_background(&self.state, policy);
         }
         let Some(top_up) = self.top_up else {
             return;

@@ -67,10 +67,18 @@ impl Action {
 /// What a sweep did, in order.
 pub type Actions = Vec<Action>;
 
+/// What a sweep keeps of the prepared state, validated by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// How long a schema cache entry may go unused (PGTMP_CACHE_DAYS).
+    pub cache_age: Duration,
+    /// The most the pools and the schema cache may take together (PGTMP_DISK_MAX).
+    pub disk_max: u64,
+}
+
 /// Sweeps PGTMP_DIR. `wait`: wait for starts that hold PGTMP_DIR (else skip the instance
-/// directories this time). `dry_run`: only say what would be done. `cache_age`: how long a
-/// schema cache entry may go unused (PGTMP_CACHE_DAYS, validated by the caller).
-pub fn sweep(state: &StateDir, dry_run: bool, wait: bool, cache_age: Duration) -> Result<Actions> {
+/// directories this time). `dry_run`: only say what would be done.
+pub fn sweep(state: &StateDir, dry_run: bool, wait: bool, policy: Policy) -> Result<Actions> {
     let mut actions = Actions::new();
     let (orphans, registrations) = lock_idle(state, wait)?;
     for (instance, _lock) in &orphans {
@@ -84,7 +92,7 @@ pub fn sweep(state: &StateDir, dry_run: bool, wait: bool, cache_age: Duration) -
     sweep_registrations(&registrations, dry_run, &mut actions);
     sweep_kept_records(state, dry_run, &mut actions);
     sweep_gone(state, dry_run, &mut actions);
-    sweep_prepared(state, cache_age, dry_run, &mut actions);
+    sweep_prepared(state, policy, dry_run, &mut actions);
     Ok(actions)
 }
 
@@ -233,7 +241,7 @@ fn sweep_gone(state: &StateDir, dry_run: bool, actions: &mut Actions) {
 
 /// What is prepared ahead: incomplete pool entries, pools of vanished installations, unused
 /// schema cache entries and idle ready copies.
-fn sweep_prepared(state: &StateDir, cache_age: Duration, dry_run: bool, actions: &mut Actions) {
+fn sweep_prepared(state: &StateDir, policy: Policy, dry_run: bool, actions: &mut Actions) {
     let pools = state.pools();
     if fs::symlink_metadata(&pools).is_ok() && !ownership::is_own_dir(&pools) {
         actions.push(Action::Skipped(format!(
@@ -249,22 +257,48 @@ fn sweep_prepared(state: &StateDir, cache_age: Duration, dry_run: bool, actions:
             )));
         }
     }
-    match crate::lifecycle::cache::sweep(&state.path, cache_age, dry_run) {
-        Ok(swept) => {
-            for entry in swept.entries {
-                actions.push(Action::Removed(format!(
-                    "unused schema cache entry {}",
-                    entry.display()
-                )));
-            }
-            for copy in swept.ready_copies {
-                actions.push(Action::Removed(format!(
-                    "ready copy {} of a schema cache entry idle for an hour",
-                    copy.display()
-                )));
-            }
-        }
+    match crate::lifecycle::cache::sweep(&state.path, policy.cache_age, dry_run) {
+        Ok(swept) => removed(
+            actions,
+            &swept,
+            "unused schema cache entry {}",
+            "ready copy {} of a schema cache entry idle for an hour",
+        ),
         Err(err) => actions.push(Action::Skipped(format!("the schema cache: {err:#}"))),
+    }
+    keep_within_budget(state, policy.disk_max, dry_run, actions);
+}
+
+/// One action per cache entry and ready copy removed, each said with its template (`{}` is the
+/// path): ready copies first, as they went first.
+fn removed(actions: &mut Actions, swept: &crate::lifecycle::cache::Swept, entry: &str, copy: &str) {
+    for path in &swept.ready_copies {
+        actions.push(Action::Removed(
+            copy.replace("{}", &path.display().to_string()),
+        ));
+    }
+    for path in &swept.entries {
+        actions.push(Action::Removed(
+            entry.replace("{}", &path.display().to_string()),
+        ));
+    }
+}
+
+/// Evicts the least recently used schema cache entries and ready copies while the pools and
+/// the cache take more than `disk_max` together (the pools are bounded by their size).
+fn keep_within_budget(state: &StateDir, disk_max: u64, dry_run: bool, actions: &mut Actions) {
+    let pools = crate::lifecycle::pool::measure(&state.pools()).bytes;
+    let budget = disk_max.saturating_sub(pools);
+    match crate::lifecycle::cache::evict_to(&state.path, budget, dry_run) {
+        Ok(evicted) => removed(
+            actions,
+            &evicted,
+            "least recently used schema cache entry {} (over PGTMP_DISK_MAX)",
+            "ready copy {} (over PGTMP_DISK_MAX)",
+        ),
+        Err(err) => actions.push(Action::Skipped(format!(
+            "keeping the schema cache within PGTMP_DISK_MAX: {err:#}"
+        ))),
     }
 }
 
@@ -510,13 +544,13 @@ pub fn due(state: &StateDir) -> bool {
 
 /// After a start: sweeps in a detached, low-priority process if one is due. Costs the caller
 /// one read of `.swept` (and a fork, at most once a minute).
-pub fn in_background(state: &StateDir, cache_age: Duration) {
+pub fn in_background(state: &StateDir, policy: Policy) {
     if !due(state) {
         return;
     }
     if let Ok(crate::os::detach::Forked::Child) = crate::os::detach::fork_detached() {
         crate::os::detach::lower_priority();
-        let _ = sweep(state, false, false, cache_age);
+        let _ = sweep(state, false, false, policy);
         std::process::exit(0);
     }
 }
@@ -526,7 +560,10 @@ mod tests {
     use super::*;
 
     /// The default cache age, as a start or gc passes it.
-    const WEEK: Duration = Duration::from_secs(DEFAULT_CACHE_DAYS * 86_400);
+    const WEEK: Policy = Policy {
+        cache_age: Duration::from_secs(7 * 86_400),
+        disk_max: u64::MAX,
+    };
 
     #[test]
     fn a_removal_cut_short_is_finished() {

@@ -1,6 +1,6 @@
 //! What pgtmp keeps on disk, and every file-system action on it: the state directory, instance
 //! directories and their state files, locks and the proofs of ownership and identity, and tree
-//! copies, all through the directory handles of `safefs`.
+//! copies, all through the directory handles of `safefs`; and what the trees take on disk.
 
 pub mod clusters;
 pub mod copytree;
@@ -10,3 +10,4 @@ pub mod pg_tmp;
 pub mod safefs;
 pub mod segments;
 pub mod statedir;
+pub mod usage;

@@ -67,11 +67,17 @@ fn list_shows_running_clusters(invoker: &Invoker) {
         "{listed}"
     );
 
-    // The table: a header and one row per cluster; its URLs are what `pgtmp stop` takes.
+    // The table: a header and one row per cluster; its URLs are what `pgtmp stop` takes. A
+    // blank line, and what it all takes on disk.
     let out = sandbox.run(&["ls"]);
     assert!(out.success() && out.stderr.is_empty(), "{out}");
     let lines: Vec<&str> = out.stdout.lines().collect();
-    assert_eq!(lines.len(), 3, "{out}");
+    assert_eq!(lines.len(), 5, "{out}");
+    assert_eq!(lines[3], "", "{out}");
+    assert!(
+        lines[4].starts_with("disk: running ") && lines[4].contains("(2), pool "),
+        "{out}"
+    );
     assert!(
         lines[0].starts_with("URL") && lines[0].contains("CONNS"),
         "{out}"

@@ -18,6 +18,7 @@ mod callers;
 mod clients;
 mod clock;
 mod concurrency;
+mod disk;
 mod faults;
 mod follow;
 mod format;

@@ -1803,17 +1803,6 @@ fn remote_pgtmp(sandbox: &Sandbox, serve: &Serve, empty_path: &Path) -> Command 
     cmd
 }
 
-/// An SQL file only the invoker can read.
-fn invokers_file(sandbox: &Sandbox, name: &str, text: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = sandbox.path(name);
-    std::fs::write(&path, text).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let inv = &sandbox.invoker;
-    std::os::unix::fs::chown(&path, Some(inv.uid), Some(inv.gid)).unwrap();
-    path
-}
-
 /// `--remote`: a start, every format, `-f` files loaded once for every client, clone, stop and
 /// run, all without a PostgreSQL program; options a served database cannot honour, a psql
 /// meta-command in a file and --remote on another command are refused, creating nothing.

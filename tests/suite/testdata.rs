@@ -3,7 +3,7 @@
 use crate::common::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 both_invokers!(
@@ -27,16 +27,6 @@ both_invokers!(
     concurrent_first_starts_build_one_entry,
 );
 
-/// Writes an SQL file only the invoker can read (so root's server account cannot).
-fn sql_file(sandbox: &Sandbox, name: &str, text: &str) -> PathBuf {
-    let path = sandbox.path(name);
-    fs::write(&path, text).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-    let inv = &sandbox.invoker;
-    std::os::unix::fs::chown(&path, Some(inv.uid), Some(inv.gid)).unwrap();
-    path
-}
-
 fn arg(path: &Path) -> &str {
     path.to_str().unwrap()
 }
@@ -52,8 +42,8 @@ const FIXTURES: &str = "insert into items (name) select 'three' from items where
 /// printed; `test` stays the user's, and the template clones come from refuses connections.
 fn schema_files_load_in_order(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let schema = sql_file(&sandbox, "schema.sql", SCHEMA);
-    let fixtures = sql_file(&sandbox, "fixtures.sql", FIXTURES);
+    let schema = invokers_file(&sandbox, "schema.sql", SCHEMA);
+    let fixtures = invokers_file(&sandbox, "fixtures.sql", FIXTURES);
     let url = sandbox.start(&[
         "-w",
         UNTIL_STOPPED,
@@ -99,7 +89,7 @@ fn schema_files_load_in_order(invoker: &Invoker) {
 /// A plain pg_dump file loads.
 fn pg_dump_file_loads(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let schema = sql_file(&sandbox, "schema.sql", SCHEMA);
+    let schema = invokers_file(&sandbox, "schema.sql", SCHEMA);
     let url = sandbox.start(&["-w", UNTIL_STOPPED, "-f", arg(&schema)]);
     let dump = sandbox.path("dump.sql");
     let mut cmd = invoker.command(client("pg_dump"));
@@ -122,7 +112,7 @@ fn pg_dump_file_loads(invoker: &Invoker) {
 /// With -d the files load into a new directory (uncached); an existing cluster is refused.
 fn files_into_a_new_dir_only(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let schema = sql_file(&sandbox, "schema.sql", SCHEMA);
+    let schema = invokers_file(&sandbox, "schema.sql", SCHEMA);
     let dir = sandbox.path("kept");
     let url = sandbox.start(&[
         "-k",
@@ -154,9 +144,9 @@ fn relative_include_is_cached(invoker: &Invoker) {
     fs::create_dir(sandbox.path("db")).unwrap();
     let inv = &sandbox.invoker;
     std::os::unix::fs::chown(sandbox.path("db"), Some(inv.uid), Some(inv.gid)).unwrap();
-    sql_file(&sandbox, "db/main.sql", "\\i part.sql\n");
+    invokers_file(&sandbox, "db/main.sql", "\\i part.sql\n");
     // psql reads included files itself: as the server account when invoked by root.
-    let part = sql_file(&sandbox, "db/part.sql", SCHEMA);
+    let part = invokers_file(&sandbox, "db/part.sql", SCHEMA);
     fs::set_permissions(&part, fs::Permissions::from_mode(0o644)).unwrap();
     let start = || {
         let mut cmd = sandbox.pgtmp();
@@ -176,8 +166,8 @@ fn relative_include_is_cached(invoker: &Invoker) {
 /// nothing left behind (the watchdog stopped the server and removed its directory).
 fn broken_file_leaves_nothing(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let good = sql_file(&sandbox, "good.sql", SCHEMA);
-    let bad = sql_file(
+    let good = invokers_file(&sandbox, "good.sql", SCHEMA);
+    let bad = invokers_file(
         &sandbox,
         "bad.sql",
         "create table a (x int);\n\nselect * from no_such_table;\ncreate table b (x int);\n",
@@ -202,15 +192,15 @@ fn broken_included_file_is_named(invoker: &Invoker) {
         fs::create_dir(sandbox.path(dir)).unwrap();
         std::os::unix::fs::chown(sandbox.path(dir), Some(inv.uid), Some(inv.gid)).unwrap();
     }
-    sql_file(&sandbox, "db/main.sql", "select 1;\n\\ir sub/bad.sql\n");
-    let bad = sql_file(
+    invokers_file(&sandbox, "db/main.sql", "select 1;\n\\ir sub/bad.sql\n");
+    let bad = invokers_file(
         &sandbox,
         "db/sub/bad.sql",
         "select 1;\n\nselect * from nope;\n",
     );
     // psql reads included files itself: as the server account when invoked by root.
     fs::set_permissions(&bad, fs::Permissions::from_mode(0o644)).unwrap();
-    sql_file(&sandbox, "db/rooted.sql", "\\i db/sub/bad.sql\n");
+    invokers_file(&sandbox, "db/rooted.sql", "\\i db/sub/bad.sql\n");
     let run = |file: &str| {
         let mut cmd = sandbox.pgtmp();
         cmd.current_dir(&sandbox.root)
@@ -234,7 +224,7 @@ fn broken_included_file_is_named(invoker: &Invoker) {
 /// With -k a failing file leaves the cluster running for inspection; its URL is on stderr.
 fn broken_file_with_keep_stays(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let bad = sql_file(
+    let bad = invokers_file(
         &sandbox,
         "bad.sql",
         "create table a (x int);\ninsert into a values (1);\nselect 1/0;\n",
@@ -272,7 +262,7 @@ fn unreadable_file_is_refused(invoker: &Invoker) {
 /// CURRENT_TIMESTAMP is not affected. --now clock follows clock_timestamp().
 fn now_fixed_and_clock(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let schema = sql_file(
+    let schema = invokers_file(
         &sandbox,
         "schema.sql",
         "create table events (at timestamptz default now());\n",
@@ -342,7 +332,7 @@ fn invalid_now_leaves_nothing(invoker: &Invoker) {
 /// distinct between concurrent callers, owned by the user, and droppable early.
 fn clone_while_connected(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let schema = sql_file(&sandbox, "schema.sql", SCHEMA);
+    let schema = invokers_file(&sandbox, "schema.sql", SCHEMA);
     let url = sandbox.start(&["-w", UNTIL_STOPPED, "-t", "-f", arg(&schema)]);
     let mut session = sandbox.psql_session(&url);
     assert_eq!(
@@ -592,7 +582,7 @@ fn cache_hit_and_change_miss(invoker: &Invoker) {
     let sandbox = Sandbox::with_pool(invoker, 1);
     // The load's moment identifies it: a copy of a cached load carries the cached moment.
     let text = "create table stamp as select clock_timestamp()::text as t;\n";
-    let file = sql_file(&sandbox, "stamp.sql", text);
+    let file = invokers_file(&sandbox, "stamp.sql", text);
     let stamp = |url: &str| sandbox.psql(url, "select t from stamp");
     let first = stamp(&sandbox.start(&["-w", UNTIL_STOPPED, "-f", arg(&file)]));
     assert!(
@@ -619,7 +609,7 @@ fn cache_hit_and_change_miss(invoker: &Invoker) {
 /// of it, and the next start uses it.
 fn concurrent_first_starts_build_one_entry(invoker: &Invoker) {
     let sandbox = Sandbox::new(invoker);
-    let file = sql_file(
+    let file = invokers_file(
         &sandbox,
         "stamp.sql",
         "create table stamp as select clock_timestamp()::text as t;\n",

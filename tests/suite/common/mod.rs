@@ -1432,3 +1432,14 @@ pub fn npm_install(name: &str, packages: &[&str]) -> Result<PathBuf, (&'static s
     assert!(out.success(), "npm install {packages:?} failed:\n{out}");
     Ok(dir)
 }
+
+/// Writes a file in the sandbox that only its invoker can read (so root's server account
+/// cannot): an SQL file for `-f`, say.
+pub fn invokers_file(sandbox: &Sandbox, name: &str, text: &str) -> PathBuf {
+    let path = sandbox.path(name);
+    fs::write(&path, text).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    let inv = &sandbox.invoker;
+    std::os::unix::fs::chown(&path, Some(inv.uid), Some(inv.gid)).unwrap();
+    path
+}
