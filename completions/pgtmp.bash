@@ -316,7 +316,7 @@ _pgtmp() {
             return 0
             ;;
         pgtmp__subcmd__gc)
-            opts="-n -h --dry-run --bindir --pg --pg-path --run-as --remote --help"
+            opts="-n -h --dry-run --all --bindir --pg --pg-path --run-as --remote --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -679,6 +679,12 @@ pub struct GcArgs {
     /// Only print what would be removed
     #[arg(short = 'n', long = "dry-run")]
     pub dry_run: bool,
+
+    /// Also remove everything prepared that no cluster uses: every pool (its ready entries and
+    /// template) and every schema cache entry with its ready copies; the next start prepares
+    /// anew. Running and kept clusters stay
+    #[arg(long = "all")]
+    pub all: bool,
 }
 
 /// Which start options were written on the command line rather than taken from PGTMP_*.

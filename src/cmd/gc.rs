@@ -7,7 +7,11 @@ use anyhow::Result;
 
 pub fn run(args: &GcArgs, global: &GlobalArgs) -> Result<()> {
     // Checked before anything is made or removed.
-    let policy = crate::cli::settings::sweep_policy()?;
+    let mut policy = crate::cli::settings::sweep_policy()?;
+    if args.all {
+        // Every cache entry and ready copy nobody holds is unused for long enough.
+        policy.cache_age = std::time::Duration::ZERO;
+    }
     Session::in_each(global.run_as(), |session| sweep_one(session, args, policy))
 }
 
@@ -17,7 +21,12 @@ fn sweep_one(session: &Session, args: &GcArgs, policy: sweep::Policy) -> Result<
         "sweeping {} (stopping what dead runs left may take seconds)",
         session.state.path.display()
     ));
-    let actions = sweep::sweep(&session.state, args.dry_run, true, policy);
+    let actions = sweep::sweep(&session.state, args.dry_run, true, policy).map(|mut actions| {
+        if args.all {
+            actions.extend(sweep::remove_pools(&session.state, args.dry_run));
+        }
+        actions
+    });
     drop(step);
     let actions = actions?;
     let text: String = actions

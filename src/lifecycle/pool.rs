@@ -55,6 +55,10 @@ pub const BUILDING: &str = "new.";
 const TEMPLATE: &str = "template";
 pub const TEMPLATE_BUILDING: &str = "template.new.";
 const INSTALL: &str = "install";
+/// The refillers' lock (held exclusively while one builds) and the readers' lock of the
+/// template (held shared by a start copying it), which `remove_all` takes exclusively.
+const LOCK: &str = "lock";
+const TEMPLATE_LOCK: &str = "template.lock";
 
 /// How a directory handed out by [`Pool::take`] was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +189,19 @@ fn build(building: &Path, done: &Path, make: impl FnOnce(&Path) -> Result<()>) -
 /// being refilled, or with pre-started servers waiting, are left for a later pass. Returns the
 /// pools removed (with `dry_run`, those that would be, removing nothing).
 pub fn remove_vanished(pools: &Path, dry_run: bool) -> Vec<PathBuf> {
+    remove_where(pools, dry_run, |current| !current)
+}
+
+/// Removes every pool nobody uses now (`pgtmp gc --all`): not one being refilled, read by a
+/// start copying its template, or holding servers waiting to be claimed. A start then finds
+/// nothing prepared and initializes anew.
+pub fn remove_all(pools: &Path, dry_run: bool) -> Vec<PathBuf> {
+    remove_where(pools, dry_run, |_| true)
+}
+
+/// Removes the pools that `wanted` picks (it is told whether the pool is that of its
+/// installation as it is now), each only while nobody uses it.
+fn remove_where(pools: &Path, dry_run: bool, wanted: impl Fn(bool) -> bool) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     if !ownership::is_own_dir(pools) {
         return removed;
@@ -207,13 +224,19 @@ pub fn remove_vanished(pools: &Path, dry_run: bool) -> Vec<PathBuf> {
             bindir: PathBuf::from(bindir),
         };
         let current = key(&install, user).ok();
-        if current.as_deref() == dir.file_name().and_then(|n| n.to_str()) {
+        if !wanted(current.as_deref() == dir.file_name().and_then(|n| n.to_str())) {
             continue;
         }
-        let Ok(lock) = fs::File::open(dir.join("lock")) else {
+        // A pool without its lock is being created; the template's readers' lock is made
+        // by the first start that copies the template.
+        let Some(_refilling) = fs::File::open(dir.join(LOCK))
+            .ok()
+            .and_then(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).ok())
+        else {
             continue;
         };
-        let Ok(_held) = Flock::lock(lock, FlockArg::LockExclusiveNonblock) else {
+        let Ok(_reading) = lock_file(&dir.join(TEMPLATE_LOCK), FlockArg::LockExclusiveNonblock)
+        else {
             continue;
         };
         let waiting = fs::read_dir(&dir)
@@ -225,6 +248,14 @@ pub fn remove_vanished(pools: &Path, dry_run: bool) -> Vec<PathBuf> {
         }
     }
     removed
+}
+
+/// Removes a pool, first releasing the shared memory killed initdb runs left for its entries.
+fn remove_pool(dir: &Path) -> bool {
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        crate::server::shm::release_left_in(&Instance::new(entry.path()).data());
+    }
+    crate::state::safefs::remove_tree_at(dir).is_ok()
 }
 
 /// What the pools take: bytes on disk (entries, templates, everything being built) and the
@@ -241,14 +272,6 @@ pub fn measure(pools: &Path) -> crate::lifecycle::cache::Part {
         bytes: crate::state::usage::disk_usage(pools),
         count,
     }
-}
-
-/// Removes a pool, first releasing the shared memory killed initdb runs left for its entries.
-fn remove_pool(dir: &Path) -> bool {
-    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
-        crate::server::shm::release_left_in(&Instance::new(entry.path()).data());
-    }
-    crate::state::safefs::remove_tree_at(dir).is_ok()
 }
 
 /// A fresh random name for an instance directory or pool entry.
@@ -310,6 +333,9 @@ impl Pool {
             return Ok((instance, Taken::Claimed));
         }
         let instance = self.make_at(dest, created, |instance| {
+            // Held while the template is read, so that `gc --all` never removes it under
+            // the copy; without one, initdb.
+            let _reading = self.reading_template()?;
             if self.has_template() {
                 copytree::copy_contents(&self.template(), &instance.dir).map(|()| Taken::Copied)
             } else {
@@ -328,6 +354,7 @@ impl Pool {
         if let Some(instance) = self.claim(dest)? {
             return Ok(Some(instance));
         }
+        let _reading = self.reading_template()?;
         if !self.has_template() {
             return Ok(None);
         }
@@ -360,6 +387,11 @@ impl Pool {
         }
     }
 
+    /// The readers' lock of the template (see [`remove_all`]).
+    fn reading_template(&self) -> Result<Flock<fs::File>> {
+        lock_file(&self.dir.join(TEMPLATE_LOCK), FlockArg::LockShared)
+    }
+
     /// Prepares entries until `size` are ready. Refillers take turns on the lock; each counts
     /// again once it holds it, so a claim made while another refiller worked is never missed.
     pub fn refill(&self, install: &Installation, user: &str) -> Result<()> {
@@ -380,7 +412,7 @@ impl Pool {
     /// Takes the lock of the one process that builds entries, and removes what a builder that
     /// died left half made (holding the lock, any entry still being built is such).
     fn lock_for_building(&self) -> Result<Flock<fs::File>> {
-        let lock = lock_file(&self.dir.join("lock"), FlockArg::LockExclusive)?;
+        let lock = lock_file(&self.dir.join(LOCK), FlockArg::LockExclusive)?;
         for stale in self
             .entries(BUILDING)
             .into_iter()

@@ -269,6 +269,31 @@ fn sweep_prepared(state: &StateDir, policy: Policy, dry_run: bool, actions: &mut
     keep_within_budget(state, policy.disk_max, dry_run, actions);
 }
 
+/// Removes every pool nobody uses now (`pgtmp gc --all`), and says what it did.
+pub fn remove_pools(state: &StateDir, dry_run: bool) -> Actions {
+    let pools = state.pools();
+    let removed = crate::lifecycle::pool::remove_all(&pools, dry_run);
+    let mut actions: Actions = removed
+        .iter()
+        .map(|pool| Action::Removed(format!("pool {}", pool.display())))
+        .collect();
+    let left = fs::read_dir(&pools)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| !removed.contains(&e.path()))
+        .map(|e| {
+            Action::Skipped(format!(
+                "{}: in use (being refilled, copied from, or holding pre-started servers); try again",
+                e.path().display()
+            ))
+        });
+    if !dry_run {
+        actions.extend(left);
+    }
+    actions
+}
+
 /// One action per cache entry and ready copy removed, each said with its template (`{}` is the
 /// path): ready copies first, as they went first.
 fn removed(actions: &mut Actions, swept: &crate::lifecycle::cache::Swept, entry: &str, copy: &str) {

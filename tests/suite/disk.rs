@@ -192,10 +192,50 @@ fn budget_evicts_least_recently_used_cache_only(invoker: &Invoker) {
             .is_some_and(|d| listed.contains(d.as_str())),
         "the kept cluster stays: {listed}"
     );
-    assert!(
-        sandbox
-            .start(&["-w", UNTIL_STOPPED, "-f", new])
-            .starts_with("postgresql://"),
+    let reloaded = sandbox.start(&["-w", UNTIL_STOPPED, "-f", new]);
+    assert_eq!(
+        sandbox.psql(&reloaded, "select count(*) from new"),
+        "0",
         "a start without its cache entry loads the files again"
     );
+
+    // gc --all: everything prepared goes, the clusters stay, and a start prepares anew.
+    assert!(!pools(&sandbox).is_empty());
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let out = sandbox.run(&["gc", "--all"]);
+            out.success() && pools(&sandbox).is_empty() && entries(&sandbox).is_empty()
+        }),
+        "gc --all removes the pool and the cache once their background work is done: {:?} {:?}",
+        pools(&sandbox),
+        entries(&sandbox)
+    );
+    for url in [&running, &again, &reloaded] {
+        assert_eq!(
+            sandbox.psql(url, "select 1"),
+            "1",
+            "a running cluster is untouched"
+        );
+    }
+    let listed = sandbox.run(&["list", "--all", "--json"]).stdout;
+    assert!(
+        kept_dir
+            .as_ref()
+            .is_some_and(|d| listed.contains(d.as_str())),
+        "the kept cluster stays: {listed}"
+    );
+    let fresh = sandbox.start(&["-w", UNTIL_STOPPED]);
+    assert_eq!(sandbox.psql(&fresh, "select 1"), "1");
+}
+
+/// The pool directories.
+fn pools(sandbox: &Sandbox) -> Vec<PathBuf> {
+    fs::read_dir(sandbox.pgtmp_dir.join("pool"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default()
 }
