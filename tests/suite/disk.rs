@@ -106,6 +106,15 @@ fn budget_evicts_least_recently_used_cache_only(invoker: &Invoker) {
         .find(|l| l.contains("\"dir\""))
         .map(|l| l.trim().to_string());
     let pool_before = ready_pool_entries(&sandbox);
+    let kept_stays = || {
+        let listed = sandbox.run(&["list", "--all", "--json"]).stdout;
+        assert!(
+            kept_dir
+                .as_ref()
+                .is_some_and(|d| listed.contains(d.as_str())),
+            "the kept cluster stays: {listed}"
+        );
+    };
 
     let listed = sandbox.run(&["list", "--all"]);
     let footer = listed.stdout.lines().last().unwrap_or("").to_string();
@@ -185,13 +194,7 @@ fn budget_evicts_least_recently_used_cache_only(invoker: &Invoker) {
         pool_before,
         "the pool is not evicted:\n{out}"
     );
-    let listed = sandbox.run(&["list", "--all", "--json"]).stdout;
-    assert!(
-        kept_dir
-            .as_ref()
-            .is_some_and(|d| listed.contains(d.as_str())),
-        "the kept cluster stays: {listed}"
-    );
+    kept_stays();
     let reloaded = sandbox.start(&["-w", UNTIL_STOPPED, "-f", new]);
     assert_eq!(
         sandbox.psql(&reloaded, "select count(*) from new"),
@@ -217,13 +220,7 @@ fn budget_evicts_least_recently_used_cache_only(invoker: &Invoker) {
             "a running cluster is untouched"
         );
     }
-    let listed = sandbox.run(&["list", "--all", "--json"]).stdout;
-    assert!(
-        kept_dir
-            .as_ref()
-            .is_some_and(|d| listed.contains(d.as_str())),
-        "the kept cluster stays: {listed}"
-    );
+    kept_stays();
     let fresh = sandbox.start(&["-w", UNTIL_STOPPED]);
     assert_eq!(sandbox.psql(&fresh, "select 1"), "1");
 }
