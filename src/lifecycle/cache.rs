@@ -21,7 +21,7 @@ use crate::state::copytree;
 use crate::state::instance::Instance;
 use crate::state::ownership::{self, lock_file};
 use crate::state::statedir::{self, StateDir};
-use crate::state::usage::disk_usage;
+use crate::state::usage::{Part, disk_usage};
 use crate::testdata::files::{Server, TestData};
 use crate::testdata::stock;
 use anyhow::{Context, Result, bail};
@@ -243,13 +243,6 @@ fn age(path: &Path, now: SystemTime) -> Option<Duration> {
 /// Ready copies of an entry not used for this long are removed (the entry stays until
 /// PGTMP_CACHE_DAYS): each is some 75 MB, worth keeping only while the schema is in use.
 pub const READY_IDLE: Duration = Duration::from_secs(3600);
-
-/// What one kind of prepared state takes: bytes on disk, and how many of it there are.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Part {
-    pub bytes: u64,
-    pub count: usize,
-}
 
 /// What a sweep of the cache removed (or, dry, would remove).
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -3,9 +3,10 @@
 //! sweep keeps by evicting the least recently used cache entries and ready copies; running and
 //! kept clusters are never part of it.
 
-use crate::lifecycle::cache::{self, Part};
+use crate::lifecycle::cache;
 use crate::lifecycle::pool;
 use crate::state::statedir::StateDir;
+use crate::state::usage::Part;
 
 /// The budget when PGTMP_DISK_MAX is unset: a full pool of 8 entries (some 280 MB) and a few
 /// schema cache entries with their ready copies (about 230 MB each).

@@ -261,14 +261,14 @@ fn remove_pool(dir: &Path) -> bool {
 /// What the pools take: bytes on disk (entries, templates, everything being built) and the
 /// number of ready entries.
 /// Only read, so root measures its server accounts' pools too.
-pub fn measure(pools: &Path) -> crate::lifecycle::cache::Part {
+pub fn measure(pools: &Path) -> crate::state::usage::Part {
     let count = fs::read_dir(pools)
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| entries(&e.path(), READY).len())
         .sum();
-    crate::lifecycle::cache::Part {
+    crate::state::usage::Part {
         bytes: crate::state::usage::disk_usage(pools),
         count,
     }

@@ -3,6 +3,13 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+/// What one kind of prepared state takes: bytes on disk, and how many of it there are.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    pub bytes: u64,
+    pub count: usize,
+}
+
 /// Bytes allocated on disk below `dir`, as `du` counts them; symlinks are not followed and
 /// what vanishes meanwhile is skipped.
 pub fn disk_usage(dir: &Path) -> u64 {
