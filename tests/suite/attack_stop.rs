@@ -241,15 +241,7 @@ fn a_planted_copy_of_the_invokers_own_is_refused(invoker: &Invoker) {
 
 /// The account the server runs as for root, as an invoker to run commands as.
 fn server_invoker(root: &Invoker) -> Invoker {
-    let (name, _) = root.server_account();
-    let user = nix::unistd::User::from_name(&name).unwrap().unwrap();
-    Invoker {
-        name: user.name,
-        uid: user.uid.as_raw(),
-        gid: user.gid.as_raw(),
-        home: user.dir,
-        switched: true,
-    }
+    Invoker::of_account(&root.server_account().0)
 }
 
 /// A real cluster whose state file was edited to name another process of the same account,

@@ -1282,18 +1282,7 @@ fn server_runner(invoker: &Invoker) -> Invoker {
     if !invoker.is_root() {
         return invoker.clone();
     }
-    let (name, _) = invoker.server_account();
-    let user = nix::unistd::User::from_name(&name)
-        .ok()
-        .flatten()
-        .expect("the server account exists");
-    Invoker {
-        name: user.name,
-        uid: user.uid.as_raw(),
-        gid: user.gid.as_raw(),
-        home: user.dir,
-        switched: true,
-    }
+    Invoker::of_account(&invoker.server_account().0)
 }
 
 impl ExistingServer {

@@ -162,6 +162,21 @@ impl Invoker {
         }
     }
 
+    /// The existing account `name`, to run as (from root).
+    pub fn of_account(name: &str) -> Invoker {
+        let user = nix::unistd::User::from_name(name)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("the account {name} exists"));
+        Invoker {
+            name: user.name,
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            home: user.dir,
+            switched: true,
+        }
+    }
+
     pub fn is_root(&self) -> bool {
         self.uid == 0
     }
