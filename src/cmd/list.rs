@@ -121,9 +121,10 @@ pub fn run(json: bool, all: bool, global: &GlobalArgs) -> Result<()> {
             (running, kept) if running.is_empty() || kept.is_empty() => running + &kept,
             (running, kept) => format!("{running}\n{kept}"),
         };
-        match tables.is_empty() {
-            true => tables,
-            false => tables + &footer(&entries, &stopped, &prepared)?,
+        if tables.is_empty() {
+            tables
+        } else {
+            tables + &footer(&entries, &stopped, &prepared)?
         }
     };
     crate::output::stdout::print(&text)

@@ -259,8 +259,7 @@ fn remove_pool(dir: &Path) -> bool {
 }
 
 /// What the pools take: bytes on disk (entries, templates, everything being built) and the
-/// number of ready entries.
-/// Only read, so root measures its server accounts' pools too.
+/// number of ready entries. Only read, so root measures its server accounts' pools too.
 pub fn measure(pools: &Path) -> crate::state::usage::Part {
     let count = fs::read_dir(pools)
         .into_iter()

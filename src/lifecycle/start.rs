@@ -80,7 +80,7 @@ pub struct StartRequest {
     /// Ready pool entries kept per installation.
     pub pool_size: usize,
     pub prestart: prestart::Settings,
-    /// The cache age the background sweep applies; None: no sweep.
+    /// What the background sweep applies; None: no sweep.
     pub sweep_after: Option<sweep::Policy>,
 }
 
@@ -103,7 +103,7 @@ pub struct Launched {
     test_data: Option<FollowUp>,
     /// Where the background sweep looks.
     state: StateDir,
-    /// The cache age the background sweep applies; None: no sweep (PGTMP_NO_SWEEP).
+    /// What the background sweep applies; None: no sweep (PGTMP_NO_SWEEP).
     sweep_after: Option<sweep::Policy>,
 }
 

@@ -2,6 +2,7 @@
 //! asked for), `GET /clean/<db>` drops one; a client (its IP address) may have at most
 //! `--max-per-client` out at once. The answers, error names included, are faitout's.
 
+use crate::output::format::Remote;
 use crate::serve::reply::Reply;
 use crate::serve::service::{Caller, Service};
 use crate::serve::store;
@@ -87,29 +88,20 @@ fn answer(service: &Service, caller: &Caller, record: &store::Record, as_json: b
             }),
         );
     }
-    Reply::text(
-        200,
-        format!(
-            "postgresql://{user}:{}@{}:{}/{user}",
-            record.password,
-            url_host(&caller.db_host),
-            port,
-            user = record.name,
-        ),
-    )
+    let database = Remote {
+        host: caller.db_host.clone(),
+        port,
+        user: record.name.clone(),
+        password: record.password.clone(),
+        database: record.name.clone(),
+    };
+    Reply::text(200, database.url())
 }
 
-/// A host as a URL writes it: an IPv6 address in brackets.
-pub fn url_host(host: &str) -> String {
-    if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_string()
-    }
-}
-
-/// `GET /clean/<db>`: only by the client that got it, or with the token.
-pub fn clean(service: &Service, caller: &Caller, name: &str, token_given: bool) -> Result<Reply> {
+/// `GET /clean/<db>`: only by the client that got it, or with the token (a serve that has one
+/// answers only requests that carry it).
+pub fn clean(service: &Service, caller: &Caller, name: &str) -> Result<Reply> {
+    let token_given = service.settings.token.is_some();
     let client_id = caller.id.as_str();
     let found = service.db(|client| store::find(client, name))?;
     let found = match found {

@@ -188,9 +188,7 @@ fn route(service: &Service, asked: &Asked) -> anyhow::Result<Reply> {
         (Method::Get, ["stats"]) => page::stats(service),
         (Method::Get, ["new"]) => faitout::new(service, caller, asked.wants_json),
         (Method::Get, ["clone", db]) => faitout::clone(service, caller, db),
-        (Method::Get, ["clean", db]) => {
-            faitout::clean(service, caller, db, service.settings.token.is_some())
-        }
+        (Method::Get, ["clean", db]) => faitout::clean(service, caller, db),
         (method, ["api", "v1", rest @ ..]) => integresql_route(service, asked, method, rest),
         _ => Ok(Reply::message(
             404,

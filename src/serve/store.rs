@@ -429,7 +429,7 @@ pub fn claim_drops(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// The names of the databases of `template`, or of `maker` not handed out.
+/// The names of the databases of `template`.
 pub fn names_of_template(client: &mut impl GenericClient, template: i32) -> Result<Vec<String>> {
     let rows = client
         .query(
@@ -440,6 +440,7 @@ pub fn names_of_template(client: &mut impl GenericClient, template: i32) -> Resu
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// The names of the databases `maker` made that nobody has been handed.
 pub fn unhanded_of(client: &mut impl GenericClient, maker: &str) -> Result<Vec<String>> {
     let rows = client
         .query(

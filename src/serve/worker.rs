@@ -14,20 +14,26 @@ const FILL_EVERY: Duration = Duration::from_millis(500);
 /// How often the expiry looks.
 const EXPIRE_EVERY: Duration = Duration::from_millis(250);
 
+/// Says on stderr that a round of background work failed, once while it keeps failing (the
+/// server may be away for a while; every round tries again).
+fn report(round: Result<()>, failing: &mut bool, what: &str) {
+    match round {
+        Ok(()) => *failing = false,
+        Err(err) => {
+            if !*failing {
+                eprintln!("pgtmp serve: {what}: {err:#}");
+            }
+            *failing = true;
+        }
+    }
+}
+
 /// The filler's loop, until serve stops.
 pub fn fill(service: &Service) {
     let mut renewed = Instant::now();
     let mut failing = false;
     while !service.stopping() {
-        match fill_once(service) {
-            Ok(()) => failing = false,
-            Err(err) => {
-                if !failing {
-                    eprintln!("pgtmp serve: cannot fill the pool: {err:#}");
-                }
-                failing = true;
-            }
-        }
+        report(fill_once(service), &mut failing, "cannot fill the pool");
         if renewed.elapsed() >= RENEW_EVERY {
             let life = READY_LIFE.as_secs_f64();
             let _ = service.db(|c| store::renew(c, &service.maker, life));
@@ -70,15 +76,11 @@ fn ready_templates(client: &mut postgres::Client) -> Result<Vec<i32>> {
 pub fn expire(service: &Service) {
     let mut failing = false;
     while !service.stopping() {
-        match expire_once(service) {
-            Ok(()) => failing = false,
-            Err(err) => {
-                if !failing {
-                    eprintln!("pgtmp serve: cannot drop expired databases: {err:#}");
-                }
-                failing = true;
-            }
-        }
+        report(
+            expire_once(service),
+            &mut failing,
+            "cannot drop expired databases",
+        );
         std::thread::sleep(EXPIRE_EVERY);
     }
 }

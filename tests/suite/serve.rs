@@ -73,20 +73,7 @@ impl Serve {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // ETXTBSY: as in common::run, the shared binary may be busy for a moment.
-        let tried = Instant::now();
-        let mut child = loop {
-            match cmd.spawn() {
-                Ok(child) => break child,
-                Err(err)
-                    if err.raw_os_error() == Some(nix::libc::ETXTBSY)
-                        && tried.elapsed() < Duration::from_secs(5) =>
-                {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(err) => panic!("cannot start {what}: {err}"),
-            }
-        };
+        let mut child = spawn(&mut cmd, &what);
         let (tx, stdout) = mpsc::channel();
         let out = BufReader::new(child.stdout.take().unwrap());
         std::thread::spawn(move || {

@@ -471,6 +471,25 @@ fn describe(cmd: &Command) -> String {
         .join(" ")
 }
 
+/// Starts `cmd` (`what` names it in a panic). ETXTBSY: the shared binary was being copied
+/// while another test thread forked, and that child holds the write descriptor until its
+/// exec; it goes away within moments, so the start is tried again for up to 5 s.
+pub fn spawn(cmd: &mut Command, what: &str) -> Child {
+    let tried = Instant::now();
+    loop {
+        match cmd.spawn() {
+            Ok(child) => return child,
+            Err(err)
+                if err.raw_os_error() == Some(nix::libc::ETXTBSY)
+                    && tried.elapsed() < Duration::from_secs(5) =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(err) => panic!("cannot run {what}: {err}"),
+        }
+    }
+}
+
 /// Runs a program to completion with stdin from /dev/null, capturing its output. Panics if it
 /// runs longer than `limit`, or if its stdout or stderr are still open after it exited (some
 /// process it left behind holds them).
@@ -480,20 +499,7 @@ pub fn run(cmd: &mut Command, limit: Duration) -> Outcome {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let started = Instant::now();
-    // ETXTBSY: the shared binary was being copied while another test thread forked, and that
-    // child holds the write descriptor until its exec; it goes away within moments.
-    let mut child = loop {
-        match cmd.spawn() {
-            Ok(child) => break child,
-            Err(err)
-                if err.raw_os_error() == Some(nix::libc::ETXTBSY)
-                    && started.elapsed() < Duration::from_secs(5) =>
-            {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(err) => panic!("cannot run {what}: {err}"),
-        }
-    };
+    let mut child = spawn(cmd, &what);
     let (tx, rx) = mpsc::channel::<(usize, Vec<u8>)>();
     let pipes: [Box<dyn Read + Send>; 2] = [
         Box::new(child.stdout.take().unwrap()),
