@@ -52,6 +52,16 @@ pub fn children(parent: Pid) -> Vec<Pid> {
         .collect()
 }
 
+/// The children of a single-threaded process, as the kernel lists them for its main thread
+/// (/proc/PID/task/PID/children): one file read, where [`children`] reads every process's
+/// stat. None when the kernel has no such file (CONFIG_PROC_CHILDREN) or it cannot be read.
+pub fn thread_children(parent: Pid) -> Option<Vec<Pid>> {
+    let text = std::fs::read_to_string(path(parent, &format!("task/{parent}/children"))).ok()?;
+    text.split_whitespace()
+        .map(|pid| pid.parse::<i32>().ok().map(Pid::from_raw))
+        .collect()
+}
+
 /// The value of the `key:` line of a status file (/proc/PID/status, /proc/self/status).
 fn status_line(file: &str, key: &str) -> Option<String> {
     value_of(&std::fs::read_to_string(file).ok()?, key)

@@ -8,6 +8,7 @@
 //! `launch` (here) forks it and waits for its report ([`report`]); [`supervise`] is the
 //! watchdog's own life: start, report, watch, stop.
 
+mod clients;
 mod report;
 mod supervise;
 

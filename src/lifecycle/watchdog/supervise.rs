@@ -2,6 +2,7 @@
 //! report to the waiting pgtmp, watch for clients, signals, claims and the lifeline, then stop
 //! the server and dispose of the directory.
 
+use super::clients::Clients;
 use super::report::{Outcome, Report};
 use super::{DEFAULT_TIMEOUT, Plan, dispose_after_failure};
 use crate::lifecycle::claim::Claim;
@@ -59,7 +60,7 @@ struct Watchdog {
     plan: Plan,
     server: Child,
     port: u16,
-    session: Option<Session>,
+    clients: Clients,
     signals: SignalPipe,
     /// The server's shared memory, recorded once it was ready.
     segments: crate::state::segments::Segments,
@@ -102,8 +103,9 @@ impl Watchdog {
     /// directory is disposed of; after, [`Self::abandon`] also stops the server and withdraws
     /// what the handshake published.
     fn bring_up(plan: Plan, clock: &mut trace::Clock) -> Result<Watchdog> {
-        let running =
-            catch_signals().and_then(|signals| Ok((signals, Self::start_server(&plan, clock)?)));
+        let mut verifier = None;
+        let running = catch_signals()
+            .and_then(|signals| Ok((signals, Self::start_server(&plan, clock, &mut verifier)?)));
         let (signals, (server, port)) = match running {
             Ok(running) => running,
             Err(err) => {
@@ -111,15 +113,16 @@ impl Watchdog {
                 return Err(err);
             }
         };
+        let clients = Clients::new(plan.instance.dir.clone(), port, plan.user.clone());
         let mut watchdog = Watchdog {
             plan,
             server,
             port,
-            session: None,
+            clients,
             signals,
             segments: crate::state::segments::Segments::default(),
         };
-        if let Err(err) = watchdog.handshake() {
+        if let Err(err) = watchdog.handshake(verifier.as_deref()) {
             watchdog.abandon();
             return Err(err);
         }
@@ -130,7 +133,13 @@ impl Watchdog {
     /// Spawns postgres and waits for it, retrying with another port when an automatically
     /// chosen one was taken between choosing and binding. A server that does not become ready
     /// is stopped on the way out ([`Starting`]); the directory is the caller's to dispose of.
-    fn start_server(plan: &Plan, clock: &mut trace::Clock) -> Result<(Child, u16)> {
+    /// The SCRAM verifier of the TCP password is computed into `verifier` while the server
+    /// starts, rather than after.
+    fn start_server(
+        plan: &Plan,
+        clock: &mut trace::Clock,
+        verifier: &mut Option<String>,
+    ) -> Result<(Child, u16)> {
         let mut log = open_log(&plan.instance)?;
         let mut port = plan.port;
         for attempt in 1..=PORT_ATTEMPTS {
@@ -146,6 +155,9 @@ impl Watchdog {
             };
             let mut server = Starting(Some(spec.spawn(&log)?));
             clock.phase("spawn");
+            if verifier.is_none() {
+                *verifier = plan.password.as_deref().map(secret::scram_verifier);
+            }
             crate::os::testpause::point("spawned");
             match cluster::wait_ready(server.child(), &plan.instance, STARTUP_LIMIT)? {
                 Startup::Ready => {
@@ -177,20 +189,20 @@ impl Watchdog {
     /// Creates database `test` if it is missing, sets the TCP password and records the state.
     /// A failure is undone by the caller ([`Self::abandon`]).
     ///
-    /// Without either of the first two, the watchdog's session is left to the first tick of
-    /// [`Watchdog::supervise`]: connecting costs a backend start, which the caller need not
-    /// wait for.
-    fn handshake(&mut self) -> Result<()> {
-        if self.plan.create_test || self.plan.password.is_some() {
+    /// Without either of the first two, no session is opened: connecting costs a backend
+    /// start, which the caller need not wait for. With one, the session serves the first look
+    /// for clients ([`Clients::busy`]), which closes it if there are none.
+    fn handshake(&mut self, verifier: Option<&str>) -> Result<()> {
+        if self.plan.create_test || verifier.is_some() {
             let mut session =
                 Session::connect(&self.plan.instance.dir, self.port, &self.plan.user)?;
             if self.plan.create_test {
                 session.execute(&initdb::create_test_sql(&self.plan.user))?;
             }
-            if let Some(password) = &self.plan.password {
-                session.set_password(&self.plan.user, &secret::scram_verifier(password))?;
+            if let Some(verifier) = verifier {
+                session.set_password(&self.plan.user, verifier)?;
             }
-            self.session = Some(session);
+            self.clients.session = Some(session);
         }
         let watchdog_pid = Pid::this();
         let postmaster_pid = Pid::of(&self.server);
@@ -230,7 +242,7 @@ impl Watchdog {
         if let Some(waiting) = &self.plan.waiting {
             waiting.retract(&self.plan.instance);
         }
-        self.session = None;
+        self.clients.session = None;
         cluster::stop_child(&mut self.server);
         dispose_after_failure(&self.plan);
     }
@@ -364,7 +376,7 @@ impl Watchdog {
     /// that `pgtmp list` shows.
     fn idle_too_long(&mut self, watch: &mut Watch) -> bool {
         let timeout = Duration::from_secs(self.plan.timeout);
-        let busy = self.busy();
+        let busy = self.clients.busy(Pid::of(&self.server));
         if busy != watch.was_busy {
             self.plan.instance.mark_idle(!busy);
             watch.was_busy = busy;
@@ -384,7 +396,7 @@ impl Watchdog {
 
     /// Stops the server now and cleans up; returns the exit code.
     fn stop(&mut self) -> i32 {
-        self.session = None;
+        self.clients.session = None;
         cluster::stop_child(&mut self.server);
         self.release_shared_memory();
         self.finish()
@@ -414,24 +426,6 @@ impl Watchdog {
             shm::wait_detached(id, creator, shm::DETACH_LIMIT);
         }
         shm::release(&self.segments, creator);
-    }
-
-    /// True when a client is connected, or when that cannot be told (never stop a server in
-    /// use because of a failed probe).
-    fn busy(&mut self) -> bool {
-        if self.session.is_none() {
-            // The session was terminated (e.g. pg_terminate_backend by a test): reconnect.
-            self.session =
-                Session::connect(&self.plan.instance.dir, self.port, &self.plan.user).ok();
-        }
-        match self.session.as_mut().map(Session::clients) {
-            Some(Ok(clients)) => clients > 0,
-            Some(Err(_)) => {
-                self.session = None;
-                true
-            }
-            None => true,
-        }
     }
 
     /// Removes the directory, or with -k only the state file; returns the exit code.
