@@ -37,8 +37,8 @@ pub(super) struct Clients {
     user: String,
     /// Open while clients are connected (and from the handshake to the first look).
     pub session: Option<Session>,
-    /// Children the server listed as no client, by pid and start time (a pid alone could be
-    /// reused by a new backend).
+    /// Children known to be no client (by title, or listed so by the server), by pid and
+    /// start time (a pid alone could be reused by a new backend).
     not_clients: Vec<(Pid, u64)>,
 }
 
@@ -92,18 +92,22 @@ impl Clients {
         let Some(children) = procfs::thread_children(postmaster) else {
             return false;
         };
-        let mut now = Vec::with_capacity(children.len());
+        let mut known = Vec::with_capacity(children.len());
         let mut unknown = false;
         for pid in children {
             let Some(start) = procfs::start_time(pid) else {
                 // Gone since the list was read.
                 continue;
             };
-            now.push((pid, start));
-            unknown |= !self.not_clients.contains(&(pid, start)) && !is_server_process(pid);
+            // A title once recognised is remembered: the next look need not read it again.
+            if self.not_clients.contains(&(pid, start)) || is_server_process(pid) {
+                known.push((pid, start));
+            } else {
+                unknown = true;
+            }
         }
-        // Forget the ones that have exited, so that a reused pid is never taken for them.
-        self.not_clients.retain(|known| now.contains(known));
+        // Only the ones still running, so that a reused pid is never taken for one that exited.
+        self.not_clients = known;
         !unknown
     }
 }
