@@ -56,8 +56,11 @@ PGTMP_DIR               where pools and clusters live [default: ${TMPDIR:-/tmp}/
 PGTMP_POOL_SIZE         prepared data directories kept per installation, about 31 MB each
                         (and per cached schema, at most 2) [default: 8]
 PGTMP_PRESTART          servers kept running, waiting to be claimed by a start (per mode:
-                        socket or TCP) [default: 0]
-PGTMP_PRESTART_TIMEOUT  seconds a pre-started server waits for a claim [default: 600]
+                        socket or TCP); unset: one while starts keep coming (a start within
+                        PGTMP_PRESTART_TIMEOUT of the previous one), so that a test suite's
+                        starts take a few ms and nothing runs once it ends; 0: none
+PGTMP_PRESTART_TIMEOUT  seconds a pre-started server waits for a claim [default: 15 when
+                        PGTMP_PRESTART is unset, 600 with a number]
 PGTMP_TRACE             1 = print how long each phase of a start took, on stderr
 PGTMP_CACHE_DAYS        days a schema cache entry may go unused before gc removes it
                         (its ready copies go after an hour unused) [default: 7]

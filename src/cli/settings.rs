@@ -142,20 +142,28 @@ fn pool_size_of(lookup: Lookup) -> Result<usize> {
     })
 }
 
+/// PGTMP_PRESTART unset (or empty): a server pre-started while a series of starts goes on,
+/// waiting [`prestart::SERIES_TTL`] seconds; a number: that many, waiting
+/// [`prestart::DEFAULT_TTL`]; PGTMP_PRESTART_TIMEOUT sets the wait of either.
 fn prestart_of(lookup: Lookup) -> Result<prestart::Settings> {
     let max = prestart::MAX;
-    let count = number(lookup, "PGTMP_PRESTART", 0, |n| n <= max).map_err(|text| {
-        exit::usage(format!(
-            "PGTMP_PRESTART={text} is not a number of servers from 0 to {max}; unset it to pre-start none"
-        ))
-    })?;
-    let default = prestart::DEFAULT_TTL;
+    let (depth, default) = match lookup("PGTMP_PRESTART").as_deref() {
+        None | Some("") => (prestart::Depth::Series, prestart::SERIES_TTL),
+        Some(_) => {
+            let count = number(lookup, "PGTMP_PRESTART", 0, |n| n <= max).map_err(|text| {
+                exit::usage(format!(
+                    "PGTMP_PRESTART={text} is not a number of servers from 0 to {max}; unset it to pre-start one while starts keep coming, or set 0 for none"
+                ))
+            })?;
+            (prestart::Depth::Fixed(count), prestart::DEFAULT_TTL)
+        }
+    };
     let ttl = number(lookup, "PGTMP_PRESTART_TIMEOUT", default, |n| n > 0).map_err(|text| {
         exit::usage(format!(
             "PGTMP_PRESTART_TIMEOUT={text} is not a number of seconds above 0; unset it for the default ({default})"
         ))
     })?;
-    Ok(prestart::Settings { count, ttl })
+    Ok(prestart::Settings { depth, ttl })
 }
 
 fn cache_max_age_of(lookup: Lookup) -> Result<Duration> {
@@ -216,8 +224,8 @@ mod tests {
         ] {
             let settings = Settings::from_lookup(&lookup).unwrap();
             assert_eq!(settings.pool_size, pool::DEFAULT_SIZE);
-            assert_eq!(settings.prestart.count, 0);
-            assert_eq!(settings.prestart.ttl, prestart::DEFAULT_TTL);
+            assert_eq!(settings.prestart.depth, prestart::Depth::Series);
+            assert_eq!(settings.prestart.ttl, prestart::SERIES_TTL);
             assert_eq!(
                 settings.policy.cache_age,
                 Duration::from_secs(sweep::DEFAULT_CACHE_DAYS * 86_400)
@@ -241,7 +249,11 @@ mod tests {
         ]);
         let settings = Settings::from_lookup(&lookup).unwrap();
         assert_eq!(settings.pool_size, 0);
-        assert_eq!((settings.prestart.count, settings.prestart.ttl), (4, 5));
+        assert_eq!(settings.prestart.depth, prestart::Depth::Fixed(4));
+        assert_eq!(settings.prestart.ttl, 5);
+        let off = prestart_of(&with(&[("PGTMP_PRESTART", "0")])).unwrap();
+        assert_eq!(off.depth, prestart::Depth::Fixed(0));
+        assert_eq!(off.ttl, prestart::DEFAULT_TTL);
         assert_eq!(settings.policy.cache_age, Duration::ZERO);
         assert_eq!(settings.policy.disk_max, 500 << 20);
         for (text, bytes) in [("0", 0), ("4096", 4096), ("2K", 2048), ("1T", 1 << 40)] {

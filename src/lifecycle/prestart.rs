@@ -1,9 +1,12 @@
-//! Pre-started servers (PGTMP_PRESTART=N): clusters already running and waiting in the pool,
-//! so that a start only has to claim one; unclaimed ones stop by themselves after a while.
+//! Pre-started servers: clusters already running and waiting in the pool, so that a start
+//! only has to claim one; unclaimed ones stop by themselves after a while. By default one is
+//! pre-started while a series of starts goes on (a start that follows another within the
+//! series window), so that nothing runs once the series ends; PGTMP_PRESTART=N keeps N.
 //!
 //! ```text
 //! PGTMP_DIR/pool/<key>/
 //!   prestart.lock             held by the one process pre-starting servers
+//!   series.<mode>             its change time is the last start that could claim a server
 //!   waiting.<mode>.<name>     PGTMP_DIR/<name> runs unclaimed (mode: socket or tcp)
 //!   claimed.<name>            a start took it; its watchdog reads the claim and removes this
 //! PGTMP_DIR/<name>/
@@ -31,16 +34,32 @@ use nix::sys::signal::Signal;
 use std::fs;
 use std::path::PathBuf;
 
-/// Longest an unclaimed pre-started server runs, unless PGTMP_PRESTART_TIMEOUT says otherwise.
+/// Longest an unclaimed pre-started server runs with PGTMP_PRESTART=N, unless
+/// PGTMP_PRESTART_TIMEOUT says otherwise.
 pub const DEFAULT_TTL: u64 = 600;
+/// Without PGTMP_PRESTART: how long after a start the next one still belongs to the same
+/// series, and so how long the server pre-started for it waits (PGTMP_PRESTART_TIMEOUT
+/// overrides both).
+pub const SERIES_TTL: u64 = 15;
+/// Servers kept waiting while a series goes on.
+const SERIES_DEPTH: usize = 1;
 /// Most pre-started servers per pool and mode.
 pub const MAX: usize = 16;
 
-/// How many servers to keep waiting (0 is off) and the seconds an unclaimed one waits before
-/// it stops: PGTMP_PRESTART and PGTMP_PRESTART_TIMEOUT, validated by the caller.
+/// How many servers to keep waiting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Depth {
+    /// PGTMP_PRESTART unset: [`SERIES_DEPTH`] while starts keep coming, none otherwise.
+    Series,
+    /// PGTMP_PRESTART=N: always N (0 is off).
+    Fixed(usize),
+}
+
+/// How many servers to keep waiting and the seconds an unclaimed one waits before it stops:
+/// PGTMP_PRESTART and PGTMP_PRESTART_TIMEOUT, validated by the caller.
 #[derive(Clone, Copy)]
 pub struct Settings {
-    pub count: usize,
+    pub depth: Depth,
     pub ttl: u64,
 }
 
@@ -139,33 +158,64 @@ pub struct Owner<'a> {
     pub socket_port: u16,
 }
 
-/// Tops up the waiting servers of one mode to `settings.count`, in a detached process that
-/// keeps the caller's priority (the servers it starts are the ones tests will use). Starts
-/// nothing while the pool has no template yet: the first start for an installation is busy
-/// enough.
-pub fn replenish_in_background(pool: &Pool, owner: &Owner, tcp: bool, settings: &Settings) {
-    if settings.count == 0 || waiting_count(pool, tcp) >= settings.count || !pool.has_template() {
+/// After a start of one mode that could have claimed a server (`claimable`: no -d, -p, -o or
+/// test data): tops up the waiting servers of that mode to the depth `settings` asks for, in a
+/// detached process that keeps the caller's priority (the servers it starts are the ones tests
+/// will use). Starts nothing while the pool has no template yet: the first start for an
+/// installation is busy enough.
+pub fn replenish_in_background(
+    pool: &Pool,
+    owner: &Owner,
+    tcp: bool,
+    claimable: bool,
+    settings: &Settings,
+) {
+    let count = match settings.depth {
+        Depth::Fixed(count) => count,
+        Depth::Series if claimable && continues_series(pool, tcp, settings.ttl) => SERIES_DEPTH,
+        Depth::Series => 0,
+    };
+    if count == 0 || waiting_count(pool, tcp) >= count || !pool.has_template() {
         return;
     }
     if let Ok(Forked::Child) = detach::fork_detached() {
-        let _ = replenish(pool, owner, tcp, settings);
+        let _ = replenish(pool, owner, tcp, count, settings.ttl);
         std::process::exit(0);
     }
 }
 
-fn replenish(pool: &Pool, owner: &Owner, tcp: bool, settings: &Settings) -> Result<()> {
+/// Records this start in the pool's series file of its mode; true when the previous one
+/// came less than `window` seconds ago. The file is replaced, never written through, so a
+/// planted link is never followed; one that cannot be read or replaced ends no series but
+/// starts none either.
+fn continues_series(pool: &Pool, tcp: bool, window: u64) -> bool {
+    let name = format!("series.{}", mode(tcp));
+    let Ok(dir) = crate::state::safefs::Dir::open(&pool.dir) else {
+        return false;
+    };
+    let previous = dir.stat_at(&name).ok().flatten().map(|st| st.st_ctime);
+    if dir.write_atomic(&name, b"").is_err() {
+        return false;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    previous.is_some_and(|then| (0..window as i64).contains(&(now - then)))
+}
+
+fn replenish(pool: &Pool, owner: &Owner, tcp: bool, count: usize, ttl: u64) -> Result<()> {
     // Another process already tops up: it counts after this start's claim, too.
     let lock_path = pool.dir.join("prestart.lock");
     let Ok(_lock) = ownership::lock_file(&lock_path, FlockArg::LockExclusiveNonblock) else {
         return Ok(());
     };
-    while waiting_count(pool, tcp) < settings.count {
-        start_one(pool, owner, tcp, settings)?;
+    while waiting_count(pool, tcp) < count {
+        start_one(pool, owner, tcp, ttl)?;
     }
     Ok(())
 }
 
-fn start_one(pool: &Pool, owner: &Owner, tcp: bool, settings: &Settings) -> Result<()> {
+fn start_one(pool: &Pool, owner: &Owner, tcp: bool, ttl: u64) -> Result<()> {
     let name = pool::new_name()?;
     // As for any start: PGTMP_DIR is held shared until the new directory is locked, so that a
     // sweep never takes it for a dead run's leftover (see ownership.rs).
@@ -197,7 +247,7 @@ fn start_one(pool: &Pool, owner: &Owner, tcp: bool, settings: &Settings) -> Resu
         port,
         port_fixed: false,
         password: if tcp { Some(secret::password()?) } else { None },
-        timeout: settings.ttl,
+        timeout: ttl,
         keep: false,
         owner: None,
         options: Vec::new(),

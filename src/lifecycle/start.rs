@@ -122,12 +122,15 @@ struct TopUp {
     pool: Pool,
     session: Session,
     prestart: prestart::Settings,
+    /// The start could have used a pre-started server (see [`claimable`]).
+    claimable: bool,
 }
 
 impl Launched {
     /// After a start: fills the clone stock and the schema cache (with test data); with a
-    /// start from the pool, pre-starts servers if asked to (at the caller's priority) and
-    /// refills the pool (at the lowest). All in detached background processes.
+    /// start from the pool, pre-starts servers (for a series, or PGTMP_PRESTART; at the
+    /// caller's priority) and refills the pool (at the lowest). All in detached background
+    /// processes.
     pub fn refill_pool(self) {
         if let Some(follow) = &self.test_data {
             let server = Server {
@@ -150,7 +153,13 @@ impl Launched {
             state_dir: &top_up.session.state,
             socket_port: socket_port(),
         };
-        prestart::replenish_in_background(&top_up.pool, &owner, self.cluster.tcp, &top_up.prestart);
+        prestart::replenish_in_background(
+            &top_up.pool,
+            &owner,
+            self.cluster.tcp,
+            top_up.claimable,
+            &top_up.prestart,
+        );
         top_up
             .pool
             .refill_in_background(&self.install, top_up.session.user());
@@ -204,6 +213,7 @@ pub fn launch(args: &StartRequest, lifeline: Option<OwnedFd>) -> Result<Launched
     // Held while a directory under PGTMP_DIR exists that this start has not locked yet, so
     // that a sweep never takes it for a dead run's leftover (see ownership.rs).
     let mut gate = None;
+    let claimable = claimable(&req, lifeline.is_some());
     let acquired = acquire(
         &req,
         &session,
@@ -266,6 +276,7 @@ pub fn launch(args: &StartRequest, lifeline: Option<OwnedFd>) -> Result<Launched
             pool,
             session,
             prestart: req.args.prestart,
+            claimable,
         }),
     })
 }
@@ -404,12 +415,7 @@ fn acquire(
     }
     let user = session.user();
     let pool = Pool::open(&session.state, &req.install, user, req.args.pool_size)?;
-    // Only starts with the settings every pre-started server has can use one; `run` needs a
-    // watchdog that holds its lifeline.
-    if req.args.port.is_none()
-        && req.options.is_empty()
-        && req.data.is_none()
-        && !lifeline
+    if claimable(req, lifeline)
         && let Some(claimed) =
             prestart::claim(&pool, &session.state, req.tcp, req.port, claim_of(req))?
     {
@@ -419,6 +425,12 @@ fn acquire(
         lock_made(i, &mut early, gate)
     })?;
     Ok(Acquired::Pool(instance, taken, pool, early))
+}
+
+/// Only starts with the settings every pre-started server has can use one; `run` needs a
+/// watchdog that holds its lifeline.
+fn claimable(req: &Checked, lifeline: bool) -> bool {
+    req.args.port.is_none() && req.options.is_empty() && req.data.is_none() && !lifeline
 }
 
 /// Locks a directory the start has just made under PGTMP_DIR and lets go of the gate: a
@@ -475,6 +487,7 @@ fn claimed_server(
             pool,
             session,
             prestart: req.args.prestart,
+            claimable: true,
         }),
     })
 }

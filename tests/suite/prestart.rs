@@ -1,6 +1,8 @@
-//! Pre-started servers (PGTMP_PRESTART): a start claims one that is already running and gives
-//! it its own -w and -k; TCP ones hand out their password once; unclaimed ones stop by
-//! themselves and leave nothing; bad settings are refused.
+//! Pre-started servers: by default one while a series of starts goes on, and none for a lone
+//! start or starts that could not use one; with PGTMP_PRESTART=N a fixed number. A start
+//! claims one that is already running and gives it its own -w and -k; TCP ones hand out their
+//! password once; unclaimed ones stop by themselves and leave nothing; bad settings are
+//! refused.
 
 use crate::common::*;
 use std::path::PathBuf;
@@ -8,6 +10,8 @@ use std::process::Command;
 use std::time::Duration;
 
 both_invokers!(
+    a_series_of_starts_is_served_by_servers_started_for_it,
+    starts_that_cannot_claim_one_start_no_series,
     a_start_claims_a_waiting_server_with_its_own_timeout,
     a_claimed_server_honours_keep,
     tcp_waiting_servers_hand_out_their_password_once,
@@ -21,6 +25,15 @@ const POOL: usize = 1;
 fn prestart_cmd(sandbox: &Sandbox, count: usize, ttl: u64) -> Command {
     let mut cmd = sandbox.pgtmp();
     cmd.env("PGTMP_PRESTART", count.to_string())
+        .env("PGTMP_PRESTART_TIMEOUT", ttl.to_string());
+    cmd
+}
+
+/// The default: no PGTMP_PRESTART (the sandbox sets 0), servers and the series window of
+/// `ttl` seconds.
+fn series_cmd(sandbox: &Sandbox, ttl: u64) -> Command {
+    let mut cmd = sandbox.pgtmp();
+    cmd.env_remove("PGTMP_PRESTART")
         .env("PGTMP_PRESTART_TIMEOUT", ttl.to_string());
     cmd
 }
@@ -80,6 +93,105 @@ fn claim(sandbox: &Sandbox, args: &[&str]) -> (String, bool) {
     assert!(out.success(), "start failed:\n{out}");
     let claimed = out.stderr.contains("pgtmp: trace: claim-running");
     (out.stdout.trim_end().to_string(), claimed)
+}
+
+fn a_series_of_starts_is_served_by_servers_started_for_it(invoker: &Invoker) {
+    let sandbox = Sandbox::with_pool(invoker, POOL);
+    let ttl = 5;
+    let start = |args: &[&str]| {
+        let out = run(
+            series_cmd(&sandbox, ttl).env("PGTMP_TRACE", "1").args(args),
+            PGTMP_LIMIT,
+        );
+        assert!(out.success(), "start failed:\n{out}");
+        let claimed = out.stderr.contains("pgtmp: trace: claim-running");
+        (out.stdout.trim_end().to_string(), claimed)
+    };
+    // The first start makes the template; a lone start pre-starts nothing.
+    let (first, _) = start(&["-w", UNTIL_STOPPED]);
+    sandbox.wait_for_full_pool(POOL, Duration::from_secs(60));
+    assert!(
+        waiting(&sandbox, "socket").is_empty(),
+        "a lone start pre-started a server"
+    );
+    // The next one, within the window, continues the series: one server waits for a third.
+    let (second, claimed) = start(&["-w", UNTIL_STOPPED]);
+    assert!(!claimed, "nothing was waiting for the second start");
+    let mut names = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            names = waiting(&sandbox, "socket");
+            !names.is_empty()
+        }),
+        "no server was pre-started for the series"
+    );
+    assert_eq!(
+        names.len(),
+        1,
+        "a series keeps one server waiting: {names:?}"
+    );
+    let (third, claimed) = start(&["-w", UNTIL_STOPPED]);
+    assert!(
+        claimed,
+        "the third start of the series did not claim the waiting server"
+    );
+    let dir = parse_socket_url(&third).dir;
+    assert_eq!(dir.file_name().unwrap().to_string_lossy(), names[0]);
+    assert_eq!(sandbox.psql(&third, "select current_database()"), "test");
+    for url in [&first, &second, &third] {
+        assert!(sandbox.run(&["stop", url]).success());
+    }
+    // Once the series ends, the server started after the third start stops by itself.
+    assert!(
+        wait_until(Duration::from_secs(60), || !waiting(&sandbox, "socket")
+            .is_empty()),
+        "the third start pre-started no server"
+    );
+    let replacement = sandbox.pgtmp_dir.join(&waiting(&sandbox, "socket")[0]);
+    assert!(
+        wait_until(Duration::from_secs(ttl) + SLACK * 4, || {
+            waiting(&sandbox, "socket").is_empty() && !replacement.exists()
+        }),
+        "the series' server outlived its {ttl} s: {:?}",
+        sandbox.instance_dirs()
+    );
+    sandbox.assert_no_process(&replacement, "after the series ended");
+}
+
+/// Starts that could not use a pre-started server (-o here), and any start with
+/// PGTMP_PRESTART=0, never pre-start one, however close together they come.
+fn starts_that_cannot_claim_one_start_no_series(invoker: &Invoker) {
+    let sandbox = Sandbox::with_pool(invoker, POOL);
+    let plain = |cmd: &mut Command| check_started(&run(cmd, PGTMP_LIMIT), &sandbox.invoker);
+    let first = plain(series_cmd(&sandbox, 60).args(["-w", UNTIL_STOPPED]));
+    sandbox.run(&["stop", &first]);
+    sandbox.wait_for_full_pool(POOL, Duration::from_secs(60));
+    let options = ["-o", "-c work_mem=8MB", "-w", UNTIL_STOPPED];
+    // Each start finds a full pool, so a pre-start would find an entry to take: it takes it
+    // at once, long before the refill (a copy) that follows it has filled the pool again.
+    let mut urls = Vec::new();
+    for i in 0..4 {
+        urls.push(if i < 2 {
+            plain(series_cmd(&sandbox, 60).args(options))
+        } else {
+            plain(sandbox.pgtmp().args(["-w", UNTIL_STOPPED]))
+        });
+        sandbox.wait_for_full_pool(POOL, Duration::from_secs(60));
+        // Checked after each start: a plain start would claim a server that waits.
+        assert!(
+            waiting(&sandbox, "socket").is_empty(),
+            "start {i} pre-started a server"
+        );
+    }
+    assert_eq!(
+        sandbox.instance_dirs().len(),
+        urls.len(),
+        "more clusters than starts: {:?}",
+        sandbox.instance_dirs()
+    );
+    for url in &urls {
+        sandbox.run(&["stop", url]);
+    }
 }
 
 fn a_start_claims_a_waiting_server_with_its_own_timeout(invoker: &Invoker) {

@@ -230,6 +230,7 @@ impl Watchdog {
             }
         }
         if let Some(waiting) = &self.plan.waiting {
+            Session::warm_up(&self.plan.instance.dir, self.port, &self.plan.user)?;
             waiting.publish(&self.plan.instance, self.plan.password.as_deref())?;
         }
         Ok(())

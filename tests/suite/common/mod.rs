@@ -1017,11 +1017,14 @@ impl Sandbox {
         cmd.env("PGTMP_TEST_SANDBOX", &self.root);
     }
 
-    /// pgtmp's environment for this sandbox: its PGTMP_DIR and pool size.
+    /// pgtmp's environment for this sandbox: its PGTMP_DIR and pool size, and no server
+    /// pre-started for a series of starts (PGTMP_PRESTART=0): most tests start several
+    /// clusters in a row and count what runs; tests/suite/prestart.rs tests the default.
     pub fn pgtmp_env(&self, cmd: &mut Command) {
         self.mark(cmd);
         cmd.env("PGTMP_DIR", &self.pgtmp_dir)
-            .env("PGTMP_POOL_SIZE", self.pool_size.to_string());
+            .env("PGTMP_POOL_SIZE", self.pool_size.to_string())
+            .env("PGTMP_PRESTART", "0");
     }
 
     /// `pgtmp` as the invoker, with this sandbox's PGTMP_DIR and pool size.
