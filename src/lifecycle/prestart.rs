@@ -209,10 +209,14 @@ fn replenish(pool: &Pool, owner: &Owner, tcp: bool, count: usize, ttl: u64) -> R
     let Ok(_lock) = ownership::lock_file(&lock_path, FlockArg::LockExclusiveNonblock) else {
         return Ok(());
     };
-    while waiting_count(pool, tcp) < count {
-        start_one(pool, owner, tcp, ttl)?;
+    let mut started = Ok(());
+    while started.is_ok() && waiting_count(pool, tcp) < count {
+        started = start_one(pool, owner, tcp, ttl);
     }
-    Ok(())
+    // Each server took a pool entry, after the start that asked for it had looked at the
+    // pool: the refill is this process's to ask for.
+    pool.refill_in_background(owner.install, owner.user);
+    started
 }
 
 fn start_one(pool: &Pool, owner: &Owner, tcp: bool, ttl: u64) -> Result<()> {
