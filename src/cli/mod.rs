@@ -61,6 +61,9 @@ PGTMP_PRESTART          servers kept running, waiting to be claimed by a start (
                         starts take a few ms and nothing runs once it ends; 0: none
 PGTMP_PRESTART_TIMEOUT  seconds a pre-started server waits for a claim [default: 15 when
                         PGTMP_PRESTART is unset, 600 with a number]
+PGTMP_NO_SAVED_TEMPLATE set: keep no copy of each installation's template in the cache
+                        directory ($XDG_CACHE_HOME or ~/.cache, then pgtmp/templates) of the
+                        account the server runs as, where it survives a wiped /tmp
 PGTMP_TRACE             1 = print how long each phase of a start took, on stderr
 PGTMP_CACHE_DAYS        days a schema cache entry may go unused before gc removes it
                         (its ready copies go after an hour unused) [default: 7]
@@ -684,8 +687,8 @@ pub struct GcArgs {
     pub dry_run: bool,
 
     /// Also remove everything prepared that no cluster uses: every pool (its ready entries and
-    /// template) and every schema cache entry with its ready copies; the next start prepares
-    /// anew. Running and kept clusters stay
+    /// template), every schema cache entry with its ready copies, and the templates saved in
+    /// the cache directory; the next start prepares anew. Running and kept clusters stay
     #[arg(long = "all")]
     pub all: bool,
 }

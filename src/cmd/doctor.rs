@@ -66,6 +66,9 @@ pub fn run(global: &GlobalArgs) -> Result<()> {
     if let Some(state) = &state {
         disk(&mut report, state);
     }
+    if let Some((_, server)) = &accounts {
+        saved(&mut report, server);
+    }
     match which::which("psql") {
         Ok(psql) => report.pass(&format!("client: {} (for the examples)", psql.display())),
         Err(_) => report.warn(
@@ -389,6 +392,30 @@ fn disk(report: &mut Report, state: &statedir::StateDir) {
         );
     } else {
         report.pass(&line);
+    }
+}
+
+/// Where the templates kept for the first start after a wiped /tmp are, and their size.
+fn saved(report: &mut Report, server: &Account) {
+    use crate::state::saved::Saved;
+    if Saved::turned_off() {
+        report.pass("saved templates: off (PGTMP_NO_SAVED_TEMPLATE)");
+        return;
+    }
+    match Saved::existing_for(server.uid) {
+        Some(saved) => {
+            let part = saved.measure();
+            report.pass(&format!(
+                "saved templates: {} ({}), in {}",
+                part.count,
+                crate::lifecycle::disk::human(part.bytes),
+                saved.path().display()
+            ));
+        }
+        None => report.pass(&format!(
+            "saved templates: none yet for {} (the next template made is saved in its cache directory, if it has a private one)",
+            server.name
+        )),
     }
 }
 

@@ -25,6 +25,7 @@ use crate::server::initdb;
 use crate::state::copytree;
 use crate::state::instance::{Instance, NAME_ALPHABET};
 use crate::state::ownership::{self, lock_file};
+use crate::state::saved::Saved;
 use crate::state::statedir::{INSTANCE_NAME_LEN, StateDir};
 use anyhow::{Context, Result};
 use nix::fcntl::{Flock, FlockArg};
@@ -337,6 +338,8 @@ impl Pool {
             let _reading = self.reading_template()?;
             if self.has_template() {
                 copytree::copy_contents(&self.template(), &instance.dir).map(|()| Taken::Copied)
+            } else if self.restore_saved(&instance.dir) {
+                Ok(Taken::Copied)
             } else {
                 let _step = crate::output::progress::step(
                     "initializing a data directory (nothing prepared yet)",
@@ -454,15 +457,40 @@ impl Pool {
         Ok(next)
     }
 
-    /// Makes the template unless it exists: initdb and database `test`, never started.
+    /// Makes the template unless it exists: a copy of the saved one (see state/saved.rs), or
+    /// initdb and database `test`, never started, which is then saved.
     fn build_template(&self, install: &Installation, user: &str) -> Result<()> {
         if self.has_template() {
             return Ok(());
         }
         let building = self.dir.join(format!("{TEMPLATE_BUILDING}{}", new_name()?));
+        let mut restored = false;
         build(&building, &self.template(), |dir| {
+            restored = self.restore_saved(dir);
+            if restored {
+                return Ok(());
+            }
             initdb::prepare(install, &Instance::new(dir), user)
-        })
+        })?;
+        if !restored && let Some(saved) = Saved::locate() {
+            // Best effort: without it, the first start after a wiped /tmp runs initdb.
+            let install_text = fs::read_to_string(self.dir.join(INSTALL)).unwrap_or_default();
+            let _ = saved.save(self.key(), &self.template(), &install_text);
+        }
+        Ok(())
+    }
+
+    /// This pool's key: its directory's name.
+    fn key(&self) -> &str {
+        self.dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+    }
+
+    /// Copies the saved template into `dir`; false when there is none (or it was damaged).
+    fn restore_saved(&self, dir: &Path) -> bool {
+        Saved::locate().is_some_and(|saved| saved.restore(self.key(), dir))
     }
 
     /// Adds one ready entry, a copy of the template.

@@ -269,7 +269,8 @@ fn sweep_prepared(state: &StateDir, policy: Policy, dry_run: bool, actions: &mut
     keep_within_budget(state, policy.disk_max, dry_run, actions);
 }
 
-/// Removes every pool nobody uses now (`pgtmp gc --all`), and says what it did.
+/// Removes every pool nobody uses now and every saved template (`pgtmp gc --all`), and says
+/// what it did.
 pub fn remove_pools(state: &StateDir, dry_run: bool) -> Actions {
     let pools = state.pools();
     let removed = crate::lifecycle::pool::remove_all(&pools, dry_run);
@@ -277,6 +278,14 @@ pub fn remove_pools(state: &StateDir, dry_run: bool) -> Actions {
         .iter()
         .map(|pool| Action::Removed(format!("pool {}", pool.display())))
         .collect();
+    if let Some(saved) = crate::state::saved::Saved::existing_for(nix::unistd::geteuid()) {
+        actions.extend(
+            saved
+                .remove_all(dry_run)
+                .iter()
+                .map(|path| Action::Removed(format!("saved template {}", path.display()))),
+        );
+    }
     let left = fs::read_dir(&pools)
         .into_iter()
         .flatten()

@@ -8,6 +8,7 @@ pub mod instance;
 pub mod ownership;
 pub mod pg_tmp;
 pub mod safefs;
+pub mod saved;
 pub mod segments;
 pub mod statedir;
 pub mod usage;

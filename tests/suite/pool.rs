@@ -1,6 +1,8 @@
 //! The pool: initdb runs in the foreground only for the very first start; later directories
 //! are copies of a per-installation template, the timing trace says which path a start took,
-//! and pools of installations that are gone get removed.
+//! pools of installations that are gone get removed, and the template saved in the account's
+//! cache directory serves the first start after PGTMP_DIR was wiped (a reboot), unless it was
+//! damaged or is not the account's own.
 
 use crate::common::*;
 use std::fs;
@@ -11,6 +13,8 @@ both_invokers!(
     first_start_runs_initdb_later_ones_copy_the_template,
     trace_names_every_phase_on_stderr_only,
     pools_of_vanished_or_changed_installations_are_removed,
+    a_saved_template_serves_the_first_start_after_a_wipe,
+    a_cache_directory_of_another_account_is_never_used,
 );
 
 /// The one pool directory of the sandbox.
@@ -26,10 +30,12 @@ fn pool_dir(sandbox: &Sandbox) -> PathBuf {
 
 /// Runs a start with PGTMP_TRACE=1; returns the URL and the phase names traced.
 fn traced_start(sandbox: &Sandbox, args: &[&str]) -> (String, Vec<String>) {
-    let out = run(
-        sandbox.pgtmp().env("PGTMP_TRACE", "1").args(args),
-        PGTMP_LIMIT,
-    );
+    traced(sandbox.pgtmp().args(args))
+}
+
+/// Runs `cmd` (a start) with PGTMP_TRACE=1; returns the URL and the phase names traced.
+fn traced(cmd: &mut std::process::Command) -> (String, Vec<String>) {
+    let out = run(cmd.env("PGTMP_TRACE", "1"), PGTMP_LIMIT);
     assert!(out.success(), "traced start failed:\n{out}");
     assert_eq!(out.stdout.lines().count(), 1, "one line on stdout:\n{out}");
     let phases = out
@@ -172,4 +178,169 @@ fn pools_of_vanished_or_changed_installations_are_removed(invoker: &Invoker) {
     for url in [&url, &second] {
         assert_eq!(sandbox.psql(url, "select 1"), "1");
     }
+}
+
+/// A directory in the sandbox owned by `uid`, mode `mode`.
+fn owned_dir(sandbox: &Sandbox, name: &str, uid: u32, mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = sandbox.path(name);
+    fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(uid), None).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
+    dir
+}
+
+/// A start that may save and restore templates in the cache directory `cache` (whose owner
+/// decides whether it is used) and, failing it, in `home`/.cache.
+fn saving(sandbox: &Sandbox, cache: &Path, home: &Path) -> std::process::Command {
+    let mut cmd = sandbox.pgtmp();
+    cmd.env_remove("PGTMP_NO_SAVED_TEMPLATE")
+        .env("XDG_CACHE_HOME", cache)
+        .env("HOME", home);
+    cmd
+}
+
+/// The saved templates' directory's entries (`cache`/pgtmp/templates), once one is complete.
+fn wait_for_saved(cache: &Path) -> PathBuf {
+    let templates = cache.join("pgtmp/templates");
+    let mut found = None;
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            found = fs::read_dir(&templates).ok().and_then(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .find(|p| p.join("manifest").is_file())
+            });
+            found.is_some()
+        }),
+        "no template was saved in {}",
+        templates.display()
+    );
+    found.unwrap()
+}
+
+/// Stops `url` and removes PGTMP_DIR whole, as a reboot wipes /tmp.
+fn wipe(sandbox: &Sandbox, url: &str) {
+    assert!(sandbox.run(&["stop", url]).success());
+    sandbox.wait_for_full_pool(1, Duration::from_secs(60));
+    fs::remove_dir_all(&sandbox.pgtmp_dir).unwrap();
+}
+
+fn a_saved_template_serves_the_first_start_after_a_wipe(invoker: &Invoker) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let sandbox = Sandbox::with_pool(invoker, 1);
+    let (_, server_uid) = invoker.server_account();
+    let cache = owned_dir(&sandbox, "cache", server_uid, 0o755);
+    let home = owned_dir(&sandbox, "home", server_uid, 0o755);
+    let (url, phases) = traced(saving(&sandbox, &cache, &home).args(["-w", UNTIL_STOPPED]));
+    assert!(phases.contains(&"initdb".into()), "{phases:?}");
+    let saved = wait_for_saved(&cache);
+    let templates = saved.parent().unwrap();
+    let meta = fs::metadata(templates).unwrap();
+    assert_eq!(meta.uid(), server_uid, "saved as the server account");
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o700,
+        "others cannot enter"
+    );
+    wipe(&sandbox, &url);
+
+    let (url, phases) = traced(saving(&sandbox, &cache, &home).args(["-w", UNTIL_STOPPED]));
+    assert!(phases.contains(&"copy".into()), "not restored: {phases:?}");
+    assert!(!phases.contains(&"initdb".into()), "{phases:?}");
+    assert_eq!(
+        sandbox.psql(
+            &url,
+            "select pg_get_userbyid(datdba) from pg_database where datname = 'test'"
+        ),
+        invoker.name
+    );
+    assert!(
+        !home.join(".cache").exists(),
+        "a usable XDG_CACHE_HOME comes first"
+    );
+    wipe(&sandbox, &url);
+
+    // One byte changed, the size kept: the copy is refused, initdb runs, and the refill saves
+    // a new template in place of the damaged one.
+    let victim = saved.join("tree/data/global/pg_control");
+    let mut damaged = fs::read(&victim).unwrap();
+    damaged[100] ^= 0xff;
+    fs::write(&victim, &damaged).unwrap();
+    let (url, phases) = traced(saving(&sandbox, &cache, &home).args(["-w", UNTIL_STOPPED]));
+    assert!(
+        phases.contains(&"initdb".into()),
+        "a damaged template was used: {phases:?}"
+    );
+    assert_eq!(sandbox.psql(&url, "select 1"), "1");
+    assert!(sandbox.run(&["stop", &url]).success());
+    let again = wait_for_saved(&cache);
+    sandbox.wait_for_full_pool(1, Duration::from_secs(60));
+    assert_ne!(
+        fs::read(again.join("tree/data/global/pg_control")).unwrap(),
+        damaged,
+        "the damaged template was kept"
+    );
+
+    // gc --all removes it, and leaves the cache directory.
+    let out = run(
+        saving(&sandbox, &cache, &home).args(["gc", "--all"]),
+        PGTMP_LIMIT,
+    );
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("removed saved template"), "{out}");
+    assert!(!again.exists(), "gc --all left the saved template");
+    assert!(templates.is_dir());
+}
+
+/// A cache directory that is not the server account's (here another account's, open to all,
+/// holding a template planted for this very pool) is never read from or written to.
+fn a_cache_directory_of_another_account_is_never_used(invoker: &Invoker) {
+    let Some(attacker) = Invoker::attacker() else {
+        return;
+    };
+    let sandbox = Sandbox::with_pool(invoker, 1);
+    let (_, server_uid) = invoker.server_account();
+    let mine = owned_dir(&sandbox, "mine", server_uid, 0o755);
+    let home = owned_dir(&sandbox, "home", server_uid, 0o755);
+    let (url, _) = traced(saving(&sandbox, &mine, &home).args(["-w", UNTIL_STOPPED]));
+    let saved = wait_for_saved(&mine);
+    wipe(&sandbox, &url);
+    // The attacker's copy of it, under the same key.
+    let theirs = owned_dir(&sandbox, "theirs", attacker.uid, 0o777);
+    let planted = theirs
+        .join("pgtmp/templates")
+        .join(saved.file_name().unwrap());
+    fs::create_dir_all(planted.parent().unwrap()).unwrap();
+    assert!(
+        std::process::Command::new("cp")
+            .args(["-a", saved.to_str().unwrap(), planted.to_str().unwrap()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        std::process::Command::new("chown")
+            .args(["-R", &attacker.uid.to_string(), theirs.to_str().unwrap()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let other_home = owned_dir(&sandbox, "other-home", server_uid, 0o755);
+    let (url, phases) = traced(saving(&sandbox, &theirs, &other_home).args(["-w", UNTIL_STOPPED]));
+    assert!(
+        phases.contains(&"initdb".into()),
+        "the other account's template was used: {phases:?}"
+    );
+    assert!(sandbox.run(&["stop", &url]).success());
+    sandbox.wait_for_full_pool(1, Duration::from_secs(60));
+    // Saved in the account's own home instead, nothing added to the other's.
+    wait_for_saved(&other_home.join(".cache"));
+    let names: Vec<_> = fs::read_dir(theirs.join("pgtmp/templates"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(names, vec![planted.file_name().unwrap().to_os_string()]);
 }

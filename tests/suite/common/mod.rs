@@ -1017,14 +1017,16 @@ impl Sandbox {
         cmd.env("PGTMP_TEST_SANDBOX", &self.root);
     }
 
-    /// pgtmp's environment for this sandbox: its PGTMP_DIR and pool size, and no server
-    /// pre-started for a series of starts (PGTMP_PRESTART=0): most tests start several
-    /// clusters in a row and count what runs; tests/suite/prestart.rs tests the default.
+    /// pgtmp's environment for this sandbox: its PGTMP_DIR and pool size, no server
+    /// pre-started for a series of starts (PGTMP_PRESTART=0: most tests start several
+    /// clusters in a row and count what runs; tests/suite/prestart.rs tests the default), and
+    /// no template saved in the account's home (tests/suite/pool.rs tests that, in sandboxes).
     pub fn pgtmp_env(&self, cmd: &mut Command) {
         self.mark(cmd);
         cmd.env("PGTMP_DIR", &self.pgtmp_dir)
             .env("PGTMP_POOL_SIZE", self.pool_size.to_string())
-            .env("PGTMP_PRESTART", "0");
+            .env("PGTMP_PRESTART", "0")
+            .env("PGTMP_NO_SAVED_TEMPLATE", "1");
     }
 
     /// `pgtmp` as the invoker, with this sandbox's PGTMP_DIR and pool size.
