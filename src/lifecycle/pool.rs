@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 /// scripts/bench: with 2, a burst of 8 starts copies the template six times at once and the
 /// slowest start takes over a second on a 2-core machine; with 8 every start of the burst,
 /// and at least half of 20 back-to-back starts, claims a ready entry. Each entry is about
-/// 35 MB of disk.
+/// 26 MB of disk.
 pub const DEFAULT_SIZE: usize = 8;
 /// The most PGTMP_POOL_SIZE may say.
 pub const MAX_SIZE: usize = 64;

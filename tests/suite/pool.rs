@@ -62,6 +62,13 @@ fn first_start_runs_initdb_later_ones_copy_the_template(invoker: &Invoker) {
         pool.join("template/data/PG_VERSION").is_file(),
         "no template"
     );
+    let maps: Vec<_> = fs::read_dir(pool.join("template/data/base/1"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with("_fsm") || name.ends_with("_vm"))
+        .collect();
+    assert!(maps.is_empty(), "the template keeps space maps: {maps:?}");
 
     // Hold the refill lock, so the second start cannot find a ready entry: it must copy the
     // template in the foreground, not run initdb.
