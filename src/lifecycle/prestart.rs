@@ -41,15 +41,19 @@ pub const DEFAULT_TTL: u64 = 600;
 /// series, and so how long the server pre-started for it waits (PGTMP_PRESTART_TIMEOUT
 /// overrides both).
 pub const SERIES_TTL: u64 = 15;
-/// Servers kept waiting while a series goes on.
+/// Servers kept waiting while a series goes on: one at first, one more each time a start of
+/// the series found none waiting (its starts come faster than one server starts), up to
+/// [`SERIES_MAX`].
 const SERIES_DEPTH: usize = 1;
+const SERIES_MAX: usize = 4;
 /// Most pre-started servers per pool and mode.
 pub const MAX: usize = 16;
 
 /// How many servers to keep waiting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Depth {
-    /// PGTMP_PRESTART unset: [`SERIES_DEPTH`] while starts keep coming, none otherwise.
+    /// PGTMP_PRESTART unset: from [`SERIES_DEPTH`] to [`SERIES_MAX`] while starts keep
+    /// coming, none otherwise.
     Series,
     /// PGTMP_PRESTART=N: always N (0 is off).
     Fixed(usize),
@@ -158,22 +162,32 @@ pub struct Owner<'a> {
     pub socket_port: u16,
 }
 
-/// After a start of one mode that could have claimed a server (`claimable`: no -d, -p, -o or
-/// test data): tops up the waiting servers of that mode to the depth `settings` asks for, in a
-/// detached process that keeps the caller's priority (the servers it starts are the ones tests
-/// will use). Starts nothing while the pool has no template yet: the first start for an
-/// installation is busy enough.
+/// What a start was, for the series of pre-started servers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Served {
+    /// It could not have used a pre-started server (-d, -p, -o, test data, `run`).
+    Unclaimable,
+    /// It could have, and found none waiting.
+    Missed,
+    /// It claimed one.
+    Claimed,
+}
+
+/// After a start of one mode: tops up the waiting servers of that mode to the depth
+/// `settings` asks for, in a detached process that keeps the caller's priority (the servers it
+/// starts are the ones tests will use). Starts nothing while the pool has no template yet: the
+/// first start for an installation is busy enough.
 pub fn replenish_in_background(
     pool: &Pool,
     owner: &Owner,
     tcp: bool,
-    claimable: bool,
+    served: Served,
     settings: &Settings,
 ) {
     let count = match settings.depth {
         Depth::Fixed(count) => count,
-        Depth::Series if claimable && continues_series(pool, tcp, settings.ttl) => SERIES_DEPTH,
-        Depth::Series => 0,
+        Depth::Series if served == Served::Unclaimable => 0,
+        Depth::Series => series_depth(pool, tcp, settings.ttl, served).unwrap_or(0),
     };
     if count == 0 || waiting_count(pool, tcp) >= count || !pool.has_template() {
         return;
@@ -184,23 +198,39 @@ pub fn replenish_in_background(
     }
 }
 
-/// Records this start in the pool's series file of its mode; true when the previous one
-/// came less than `window` seconds ago. The file is replaced, never written through, so a
-/// planted link is never followed; one that cannot be read or replaced ends no series but
-/// starts none either.
-fn continues_series(pool: &Pool, tcp: bool, window: u64) -> bool {
+/// Records this start in the pool's series file of its mode, which holds the series' depth;
+/// the depth to keep when the previous start came less than `window` seconds ago (one more
+/// when this one missed a server pre-started for the series), None when this start is the
+/// first of a series. The file is replaced, never
+/// written through, so a planted link is never followed; one that cannot be read or replaced
+/// ends no series but starts none either.
+fn series_depth(pool: &Pool, tcp: bool, window: u64, served: Served) -> Option<usize> {
     let name = format!("series.{}", mode(tcp));
-    let Ok(dir) = crate::state::safefs::Dir::open(&pool.dir) else {
-        return false;
-    };
+    let dir = crate::state::safefs::Dir::open(&pool.dir).ok()?;
     let previous = dir.stat_at(&name).ok().flatten().map(|st| st.st_ctime);
-    if dir.write_atomic(&name, b"").is_err() {
-        return false;
-    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    previous.is_some_and(|then| (0..window as i64).contains(&(now - then)))
+    let going_on = previous.is_some_and(|then| (0..window as i64).contains(&(now - then)));
+    // 0: the series has not begun (one start so far); the second start begins it at
+    // SERIES_DEPTH, and only later misses count, as nothing could wait for the second.
+    let depth = if going_on {
+        let recorded = dir.read_small(&name, 16).ok().flatten().unwrap_or_default();
+        match String::from_utf8_lossy(&recorded)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+        {
+            0 => SERIES_DEPTH,
+            depth if served == Served::Missed => (depth + 1).min(SERIES_MAX),
+            depth => depth.min(SERIES_MAX),
+        }
+    } else {
+        0
+    };
+    dir.write_atomic(&name, format!("{depth}\n").as_bytes())
+        .ok()?;
+    (depth > 0).then_some(depth)
 }
 
 fn replenish(pool: &Pool, owner: &Owner, tcp: bool, count: usize, ttl: u64) -> Result<()> {
@@ -271,6 +301,30 @@ fn start_one(pool: &Pool, owner: &Owner, tcp: bool, ttl: u64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_series_begins_with_its_second_start_and_grows_with_misses() {
+        let root = tempfile::tempdir().unwrap();
+        let pool = Pool {
+            dir: root.path().to_path_buf(),
+            size: 1,
+        };
+        let depth = |served| series_depth(&pool, false, 15, served);
+        assert_eq!(depth(Served::Missed), None, "a lone start is no series");
+        assert_eq!(depth(Served::Missed), Some(SERIES_DEPTH), "the second begins one");
+        assert_eq!(depth(Served::Claimed), Some(1));
+        assert_eq!(depth(Served::Missed), Some(2), "a miss: one more");
+        assert_eq!(depth(Served::Claimed), Some(2), "a claim keeps the depth");
+        for _ in 0..10 {
+            depth(Served::Missed);
+        }
+        assert_eq!(depth(Served::Missed), Some(SERIES_MAX));
+        assert_eq!(
+            series_depth(&pool, true, 15, Served::Missed),
+            None,
+            "each mode has its own series"
+        );
+    }
 
     #[test]
     fn only_one_of_claim_and_withdraw_wins() {

@@ -122,8 +122,8 @@ struct TopUp {
     pool: Pool,
     session: Session,
     prestart: prestart::Settings,
-    /// The start could have used a pre-started server (see [`claimable`]).
-    claimable: bool,
+    /// Whether the start could have used a pre-started server (see [`claimable`]), and did.
+    served: prestart::Served,
 }
 
 impl Launched {
@@ -157,7 +157,7 @@ impl Launched {
             &top_up.pool,
             &owner,
             self.cluster.tcp,
-            top_up.claimable,
+            top_up.served,
             &top_up.prestart,
         );
         top_up
@@ -276,7 +276,11 @@ pub fn launch(args: &StartRequest, lifeline: Option<OwnedFd>) -> Result<Launched
             pool,
             session,
             prestart: req.args.prestart,
-            claimable,
+            served: if claimable {
+                prestart::Served::Missed
+            } else {
+                prestart::Served::Unclaimable
+            },
         }),
     })
 }
@@ -487,7 +491,7 @@ fn claimed_server(
             pool,
             session,
             prestart: req.args.prestart,
-            claimable: true,
+            served: prestart::Served::Claimed,
         }),
     })
 }
