@@ -40,15 +40,23 @@ pub fn run(args: CloneArgs, global: &GlobalArgs) -> Result<()> {
     if args.drop {
         return stock::drop_clone(&mut client, &dburl::database(&cluster_url)?);
     }
-    let name = stock::claim(&mut client, &state.user)?;
+    let (name, had) = stock::claim(&mut client, &state.user)?;
     drop(client);
     let url = conn.uri(Some(&name));
     let url = if jdbc { dburl::jdbc(&url)? } else { url };
     let end = crate::output::format::ending(true);
     crate::output::stdout::print(&format!("{url}{end}"))?;
+    // Demand outran the stock: deeper from now on, and refilled at the caller's priority
+    // (clones are waited for); otherwise at the lowest.
+    let quiet = had == stock::Had::Claimed;
+    if !quiet {
+        let _ = stock::raise_depth(server.socket_dir);
+    }
     if let Ok(Forked::Child) = detach::fork_detached() {
-        detach::lower_priority();
-        std::process::exit(i32::from(stock::refill(&server).is_err()));
+        if quiet {
+            detach::lower_priority();
+        }
+        std::process::exit(i32::from(stock::refill(&server, quiet).is_err()));
     }
     Ok(())
 }

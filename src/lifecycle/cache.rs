@@ -493,7 +493,9 @@ fn load_in(
     // The clone stock is made here too, so that a cached start has it at once instead of
     // making it while its client starts working.
     let loaded = match cluster::wait_ready(&mut server, entry, STARTUP_LIMIT) {
-        Ok(Startup::Ready) => data.load(&target).and_then(|()| stock::refill(&target)),
+        Ok(Startup::Ready) => data
+            .load(&target)
+            .and_then(|()| stock::refill(&target, true)),
         Ok(_) => Err(anyhow::anyhow!(
             "postgres did not start for the schema cache: {}",
             cluster::failure_lines(

@@ -311,7 +311,11 @@ mod tests {
         };
         let depth = |served| series_depth(&pool, false, 15, served);
         assert_eq!(depth(Served::Missed), None, "a lone start is no series");
-        assert_eq!(depth(Served::Missed), Some(SERIES_DEPTH), "the second begins one");
+        assert_eq!(
+            depth(Served::Missed),
+            Some(SERIES_DEPTH),
+            "the second begins one"
+        );
         assert_eq!(depth(Served::Claimed), Some(1));
         assert_eq!(depth(Served::Missed), Some(2), "a miss: one more");
         assert_eq!(depth(Served::Claimed), Some(2), "a claim keeps the depth");

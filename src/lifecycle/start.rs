@@ -589,7 +589,7 @@ fn abandon(
 fn prepare_in_background(server: &Server, follow: &FollowUp, install: &Installation) {
     if let Ok(Forked::Child) = detach::fork_detached() {
         detach::lower_priority();
-        let mut failed = stock::refill(server).is_err();
+        let mut failed = stock::refill(server, true).is_err();
         if let Some(cache) = &follow.cache {
             if !follow.hit {
                 // Recorded like the pool's refill.error: the next start merely loads again.

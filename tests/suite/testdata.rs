@@ -19,6 +19,7 @@ both_invokers!(
     invalid_now_leaves_nothing,
     clone_while_connected,
     clone_without_files,
+    a_clone_says_why_it_waited_and_the_stock_follows_demand,
     parallel_first_clones_all_succeed,
     schema_url_search_path,
     schema_jdbc_form_sets_current_schema,
@@ -414,6 +415,60 @@ fn clone_without_files(invoker: &Invoker) {
         let line = check_failed(&out, 1);
         assert!(line.contains("another account"), "{line}");
     }
+}
+
+/// The first clone finds no stock: PGTMP_TRACE says so and that it copied; the stock is then
+/// refilled deeper than before (demand outran it), and the next clone only renames one.
+fn a_clone_says_why_it_waited_and_the_stock_follows_demand(invoker: &Invoker) {
+    let sandbox = Sandbox::new(invoker);
+    let url = sandbox.start(&["-w", UNTIL_STOPPED]);
+    let traced_clone = || {
+        let out = run(
+            sandbox
+                .pgtmp()
+                .env("PGTMP_TRACE", "1")
+                .args(["clone", &url]),
+            PGTMP_LIMIT,
+        );
+        assert!(out.success(), "{out}");
+        let phases: Vec<String> = out
+            .stderr_lines()
+            .iter()
+            .filter_map(|l| l.strip_prefix("pgtmp: trace: "))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect();
+        (out.stdout.trim_end().to_string(), phases)
+    };
+    let (first, phases) = traced_clone();
+    assert!(
+        phases.contains(&"stock-empty".into()) && phases.contains(&"copy".into()),
+        "the first clone did not say it waited for a copy: {phases:?}"
+    );
+    assert_eq!(sandbox.psql(&first, "select 1"), "1");
+    let stock = || {
+        sandbox
+            .psql(
+                &url,
+                "select count(*) from pg_database where datname like 'pgtmp\\_stock\\_%'",
+            )
+            .parse::<usize>()
+            .unwrap()
+    };
+    // The default depth is 3; the miss doubled it.
+    assert!(
+        wait_until(Duration::from_secs(60), || stock() >= 6),
+        "the stock did not grow to 6: {}",
+        stock()
+    );
+    let (second, phases) = traced_clone();
+    assert!(phases.contains(&"claim".into()), "{phases:?}");
+    assert!(!phases.contains(&"copy".into()), "{phases:?}");
+    assert_ne!(first, second);
+    assert_eq!(
+        sandbox.psql(&second, "select current_database() like 'test\\_%'"),
+        "t"
+    );
+    sandbox.run(&["stop", &url]);
 }
 
 /// The first clones of a cluster started without files race to create the template they copy:
