@@ -54,7 +54,9 @@ pgtmp now \"$url\" '+31 days'          # ... and moved a month on, for every ses
 PGTMP_DIR               where pools and clusters live [default: ${TMPDIR:-/tmp}/pgtmp-<uid>;
                         for root ${TMPDIR:-/tmp}/pgtmp-root/<server account>]
 PGTMP_POOL_SIZE         prepared data directories kept per installation, about 26 MB each
-                        (and per cached schema, at most 2) [default: 8]
+                        (and per cached schema, at most 2) [default: 8; unset, a burst that
+                        empties the pool doubles it for an hour, up to 32 and half of
+                        PGTMP_DISK_MAX]
 PGTMP_PRESTART          servers kept running, waiting to be claimed by a start (per mode:
                         socket or TCP); unset: one while starts keep coming (a start within
                         PGTMP_PRESTART_TIMEOUT of the previous one), so that a test suite's

@@ -32,6 +32,7 @@ impl StartArgs {
             run_as: global.run_as.clone(),
             run_as_from_env: global.run_as_from_env,
             pool_size: settings.pool_size,
+            pool_max: settings.pool_max,
             prestart: settings.prestart,
             sweep_after: settings.sweep_after(),
         })

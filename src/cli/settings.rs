@@ -16,6 +16,9 @@ use std::time::Duration;
 pub struct Settings {
     /// Ready entries kept per installation (PGTMP_POOL_SIZE).
     pub pool_size: usize,
+    /// The most the pool may grow to after bursts: `pool_size` when PGTMP_POOL_SIZE is set,
+    /// else as much as half of PGTMP_DISK_MAX holds, up to [`pool::GROWN_MAX`].
+    pub pool_max: usize,
     /// Servers kept waiting and how long each waits (PGTMP_PRESTART, PGTMP_PRESTART_TIMEOUT).
     pub prestart: prestart::Settings,
     /// What the sweep keeps of the prepared state (PGTMP_CACHE_DAYS, PGTMP_DISK_MAX).
@@ -46,6 +49,7 @@ impl Settings {
         Ok(Settings {
             prestart: prestart_of(lookup)?,
             pool_size: pool_size_of(lookup)?,
+            pool_max: pool_max_of(lookup)?,
             policy: policy_of(lookup)?,
             background_sweep: lookup("PGTMP_NO_SWEEP").is_none(),
         })
@@ -142,6 +146,15 @@ fn pool_size_of(lookup: Lookup) -> Result<usize> {
     })
 }
 
+fn pool_max_of(lookup: Lookup) -> Result<usize> {
+    let size = pool_size_of(lookup)?;
+    if lookup("PGTMP_POOL_SIZE").is_some_and(|v| !v.is_empty()) {
+        return Ok(size);
+    }
+    let room = disk_max_of(lookup)? / 2 / pool::ENTRY_BYTES;
+    Ok((room as usize).min(pool::GROWN_MAX).max(size))
+}
+
 /// PGTMP_PRESTART unset (or empty): a server pre-started while a series of starts goes on,
 /// waiting [`prestart::SERIES_TTL`] seconds; a number: that many, waiting
 /// [`prestart::DEFAULT_TTL`]; PGTMP_PRESTART_TIMEOUT sets the wait of either.
@@ -224,6 +237,11 @@ mod tests {
         ] {
             let settings = Settings::from_lookup(&lookup).unwrap();
             assert_eq!(settings.pool_size, pool::DEFAULT_SIZE);
+            assert_eq!(
+                settings.pool_max,
+                pool::GROWN_MAX,
+                "2G holds 32 entries twice"
+            );
             assert_eq!(settings.prestart.depth, prestart::Depth::Series);
             assert_eq!(settings.prestart.ttl, prestart::SERIES_TTL);
             assert_eq!(
@@ -249,6 +267,13 @@ mod tests {
         ]);
         let settings = Settings::from_lookup(&lookup).unwrap();
         assert_eq!(settings.pool_size, 0);
+        assert_eq!(settings.pool_max, 0, "a size set is the size");
+        let small = with(&[("PGTMP_DISK_MAX", "100M")]);
+        assert_eq!(
+            pool_max_of(&small).unwrap(),
+            pool::DEFAULT_SIZE,
+            "no room to grow"
+        );
         assert_eq!(settings.prestart.depth, prestart::Depth::Fixed(4));
         assert_eq!(settings.prestart.ttl, 5);
         let off = prestart_of(&with(&[("PGTMP_PRESTART", "0")])).unwrap();

@@ -41,6 +41,14 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_SIZE: usize = 8;
 /// The most PGTMP_POOL_SIZE may say.
 pub const MAX_SIZE: usize = 64;
+/// The most entries a pool of the default size grows to after bursts (see [`Pool::target`]).
+pub const GROWN_MAX: usize = 32;
+/// About what an entry takes on disk, for the room the budget leaves for growth.
+pub const ENTRY_BYTES: u64 = 26 << 20;
+/// How long a burst keeps the pool grown: an hour after the last start that found it empty.
+const GROWN_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
+/// The depth bursts raised the pool to (see [`Pool::target`]).
+const DEPTH: &str = "depth";
 /// Bumped whenever what a prepared entry contains changes, so old entries are not reused (4:
 /// a TLS key and certificate, without which a TCP start serves no TLS), or the files by which
 /// a start claims a pre-started server of the pool (3: JSON claims; 5: claims name the
@@ -76,6 +84,8 @@ pub enum Taken {
 pub struct Pool {
     pub dir: PathBuf,
     pub size: usize,
+    /// The most the pool grows to after bursts; `size`: it never grows.
+    pub max: usize,
 }
 
 /// FNV-1a: a stable hash (std's hasher may change between Rust releases).
@@ -292,7 +302,55 @@ impl Pool {
             fs::write(&install_file, text)
                 .with_context(|| format!("cannot write {}", install_file.display()))?;
         }
-        Ok(Pool { dir, size })
+        Ok(Pool {
+            dir,
+            size,
+            max: size,
+        })
+    }
+
+    /// A pool that may grow to `max` entries after bursts.
+    pub fn growing_to(self, max: usize) -> Pool {
+        Pool {
+            max: max.max(self.size),
+            ..self
+        }
+    }
+
+    /// How many entries to keep ready: `size`, or more after a burst found the pool empty
+    /// within the last hour (each such start doubles the depth recorded in the pool, up to
+    /// `max`), so that the next burst of the same size claims ready entries.
+    pub fn target(&self) -> usize {
+        if self.max <= self.size {
+            return self.size;
+        }
+        let recorded = crate::state::safefs::Dir::open(&self.dir)
+            .ok()
+            .and_then(|dir| {
+                let st = dir.stat_at(DEPTH).ok().flatten()?;
+                let age = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()?
+                    .as_secs()
+                    .checked_sub(st.st_mtime as u64)?;
+                if age > GROWN_FOR.as_secs() {
+                    return None;
+                }
+                let text = dir.read_small(DEPTH, 16).ok().flatten()?;
+                String::from_utf8_lossy(&text).trim().parse::<usize>().ok()
+            });
+        recorded.unwrap_or(self.size).clamp(self.size, self.max)
+    }
+
+    /// After a start that found no ready entry: doubles the depth, up to `max`.
+    fn record_burst(&self) {
+        if self.max <= self.size {
+            return;
+        }
+        let depth = (self.target().max(1) * 2).min(self.max);
+        if let Ok(dir) = crate::state::safefs::Dir::open(&self.dir) {
+            let _ = dir.write_atomic(DEPTH, format!("{depth}\n").as_bytes());
+        }
     }
 
     fn template(&self) -> PathBuf {
@@ -331,6 +389,9 @@ impl Pool {
     ) -> Result<(Instance, Taken)> {
         if let Some(instance) = self.claim(dest)? {
             return Ok((instance, Taken::Claimed));
+        }
+        if self.has_template() {
+            self.record_burst();
         }
         let instance = self.make_at(dest, created, |instance| {
             // Held while the template is read, so that `gc --all` never removes it under
@@ -404,7 +465,8 @@ impl Pool {
         if self.size > 0 {
             self.build_template(install, user)?;
         }
-        while self.ready_count() < self.size {
+        let target = self.target();
+        while self.ready_count() < target {
             self.build_one()?;
         }
         let _ = fs::remove_file(self.dir.join("refill.error"));
@@ -501,7 +563,7 @@ impl Pool {
     /// Starts a detached, low-priority refill unless the pool is already full. A failure is
     /// recorded in `refill.error`: the next start is then merely slower, never broken.
     pub fn refill_in_background(&self, install: &Installation, user: &str) {
-        if self.ready_count() >= self.size {
+        if self.ready_count() >= self.target() {
             return;
         }
         if let Ok(Forked::Child) = detach::fork_detached() {
@@ -535,6 +597,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn bursts_grow_the_pool_up_to_its_max_for_an_hour() {
+        let root = tempfile::tempdir().unwrap();
+        let pool = Pool {
+            dir: root.path().to_path_buf(),
+            size: 8,
+            max: 8,
+        };
+        pool.record_burst();
+        assert_eq!(pool.target(), 8, "a pool that may not grow stays");
+        let pool = pool.growing_to(20);
+        assert_eq!(pool.target(), 8);
+        pool.record_burst();
+        assert_eq!(pool.target(), 16);
+        pool.record_burst();
+        assert_eq!(pool.target(), 20, "never beyond max");
+        let depth = fs::File::options()
+            .write(true)
+            .open(root.path().join(DEPTH))
+            .unwrap();
+        let long_ago = std::time::SystemTime::now() - GROWN_FOR * 2;
+        depth.set_modified(long_ago).unwrap();
+        assert_eq!(
+            pool.target(),
+            8,
+            "an hour after the last burst it is its size again"
+        );
+    }
+
+    #[test]
     fn hash_is_stable() {
         assert_eq!(fnv1a(""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a("a"), 0xaf63_dc4c_8601_ec8c);
@@ -546,6 +637,7 @@ mod tests {
         let pool = Pool {
             dir: root.path().join("pool"),
             size: 4,
+            max: 4,
         };
         let earlier = next_name().unwrap();
         let later = next_name().unwrap();
@@ -566,6 +658,7 @@ mod tests {
         let pool = Pool {
             dir: root.path().join("pool"),
             size: 1,
+            max: 1,
         };
         fs::create_dir_all(pool.dir.join("ready.aaaa")).unwrap();
         fs::create_dir_all(pool.dir.join("new.bbbb")).unwrap();

@@ -308,6 +308,7 @@ mod tests {
         let pool = Pool {
             dir: root.path().to_path_buf(),
             size: 1,
+            max: 1,
         };
         let depth = |served| series_depth(&pool, false, 15, served);
         assert_eq!(depth(Served::Missed), None, "a lone start is no series");

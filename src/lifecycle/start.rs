@@ -77,8 +77,9 @@ pub struct StartRequest {
     pub install: discover::Choice,
     pub run_as: Option<String>,
     pub run_as_from_env: bool,
-    /// Ready pool entries kept per installation.
+    /// Ready pool entries kept per installation, and the most the pool grows to after bursts.
     pub pool_size: usize,
+    pub pool_max: usize,
     pub prestart: prestart::Settings,
     /// What the background sweep applies; None: no sweep.
     pub sweep_after: Option<sweep::Policy>,
@@ -418,7 +419,8 @@ fn acquire(
         }
     }
     let user = session.user();
-    let pool = Pool::open(&session.state, &req.install, user, req.args.pool_size)?;
+    let pool = Pool::open(&session.state, &req.install, user, req.args.pool_size)?
+        .growing_to(req.args.pool_max);
     if claimable(req, lifeline)
         && let Some(claimed) =
             prestart::claim(&pool, &session.state, req.tcp, req.port, claim_of(req))?
