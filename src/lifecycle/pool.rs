@@ -12,6 +12,8 @@
 //!   ready.next.<time>.<name>/  one `pgtmp initdb` designated: claimed before any other,
 //!                           the latest first
 //!   refill.error            why the last refill failed, if it did
+//!   depth                   the depth a burst raised the pool to, for an hour (see
+//!                           `Pool::target`)
 //! ```
 //!
 //! initdb runs in the foreground only on the very first start for an installation; every

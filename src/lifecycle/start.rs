@@ -139,7 +139,10 @@ impl Launched {
                 port: self.cluster.port,
                 user: &self.cluster.user,
             };
-            prepare_in_background(&server, follow, &self.install);
+            let budget = self
+                .sweep_after
+                .map(|policy| (&self.state, policy.disk_max));
+            prepare_in_background(&server, follow, &self.install, budget);
         }
         if let Some(policy) = self.sweep_after {
             sweep::in_background(&self.state, policy);
@@ -587,8 +590,15 @@ fn abandon(
 }
 
 /// Detached and at low priority: fills the clone stock, then builds the schema cache entry
-/// after a miss and keeps copies of it ready for the next start.
-fn prepare_in_background(server: &Server, follow: &FollowUp, install: &Installation) {
+/// after a miss and keeps copies of it ready for the next start; with a `budget` (the state
+/// directory and PGTMP_DISK_MAX, unless PGTMP_NO_SWEEP), evicts what it has no room for once
+/// the cache grew.
+fn prepare_in_background(
+    server: &Server,
+    follow: &FollowUp,
+    install: &Installation,
+    budget: Option<(&StateDir, u64)>,
+) {
     if let Ok(Forked::Child) = detach::fork_detached() {
         detach::lower_priority();
         let mut failed = stock::refill(server, true).is_err();
@@ -607,6 +617,9 @@ fn prepare_in_background(server: &Server, follow: &FollowUp, install: &Installat
                 }
             }
             failed |= cache.refill(follow.ready_copies).is_err();
+            if let Some((state, disk_max)) = budget {
+                sweep::enforce_budget(state, disk_max);
+            }
         }
         std::process::exit(i32::from(failed));
     }

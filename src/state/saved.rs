@@ -122,7 +122,8 @@ impl Saved {
     /// Copies the template saved under `key` into `dst` (an existing directory, holding
     /// nothing of the names copied) and checks the copy against the manifest. False when
     /// none is saved, or when the copy failed or did not match: then what was copied is
-    /// removed from `dst` again, and a saved template that did not match is removed too.
+    /// removed from `dst` again, and so is the saved template (the next template made is
+    /// saved in its place).
     pub fn restore(&self, key: &str, dst: &Path) -> bool {
         let entry = self.dir.join(key);
         match self.try_restore(&entry, dst) {
