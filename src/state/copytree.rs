@@ -24,23 +24,42 @@ const PARALLEL_FROM: usize = 64;
 pub fn copy_contents(src: &Path, dst: &Path) -> Result<()> {
     let mut files = Vec::new();
     make_tree(src, dst, &mut files)?;
+    if files.len() < PARALLEL_FROM {
+        return copy_files(&files);
+    }
+    in_threads(&files, "copying", copy_files).map(|_| ())
+}
+
+/// Runs `work` on parts of `items`, one part per scoped thread, up to [`MAX_THREADS`] (and no
+/// more than there are cores): the results in the order of the parts, or the first error. The
+/// threads are all joined before this returns (so the caller may fork afterwards); `what`
+/// names them in errors ("copying", "hashing").
+pub fn in_threads<T: Sync, R: Send>(
+    items: &[T],
+    what: &str,
+    work: impl Fn(&[T]) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(MAX_THREADS);
-    if threads < 2 || files.len() < PARALLEL_FROM {
-        return copy_files(&files);
+    if threads < 2 || items.len() < 2 {
+        return Ok(vec![work(items)?]);
     }
-    let chunk = files.len().div_ceil(threads);
+    let chunk = items.len().div_ceil(threads);
+    let work = &work;
     std::thread::scope(|scope| {
         // A thread that cannot be made (RLIMIT_NPROC, memory) is an error, not a panic; the
         // threads already made are joined first, when the scope ends.
-        let workers: Vec<_> = files
+        let workers: Vec<_> = items
             .chunks(chunk)
             .map(|part| {
                 std::thread::Builder::new()
-                    .spawn_scoped(scope, move || copy_files(part))
+                    .spawn_scoped(scope, move || work(part))
                     .map_err(|err| {
-                        crate::output::exit::spawn_error(err, "cannot start a copying thread")
+                        crate::output::exit::spawn_error(
+                            err,
+                            format!("cannot start a {what} thread"),
+                        )
                     })
             })
             .collect();
@@ -49,11 +68,10 @@ pub fn copy_contents(src: &Path, dst: &Path) -> Result<()> {
             .map(|worker| {
                 worker?
                     .join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a copying thread panicked")))
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a {what} thread panicked")))
             })
-            .collect::<Result<Vec<()>>>()
-    })?;
-    Ok(())
+            .collect()
+    })
 }
 
 /// Recreates the directories and links of `src` under `dst`; lists the files to copy.

@@ -262,40 +262,15 @@ fn private(path: &Path) -> Result<()> {
 
 /// One line per entry under `root`, sorted by path: `d MODE PATH` for a directory, `f MODE
 /// SIZE SHA256 PATH` for a file. Anything else (a link, a socket) is an error: a template
-/// holds none. The files are hashed by up to four scoped threads, joined before it returns.
+/// holds none. The files are hashed by several threads (see [`copytree::in_threads`]).
 fn manifest(root: &Path) -> Result<String> {
     let mut lines = Vec::new();
     let mut files = Vec::new();
     walk(root, Path::new(""), &mut lines, &mut files)?;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 4);
-    let chunk = files.len().div_ceil(threads).max(1);
-    let hashed = std::thread::scope(|scope| {
-        let workers: Vec<_> = files
-            .chunks(chunk)
-            .map(|part| {
-                std::thread::Builder::new()
-                    .spawn_scoped(scope, move || {
-                        part.iter()
-                            .map(|(path, head, shown)| {
-                                Ok(format!("{head} {} {shown}\n", file_hash(path)?))
-                            })
-                            .collect::<Result<Vec<String>>>()
-                    })
-                    .map_err(|err| {
-                        crate::output::exit::spawn_error(err, "cannot start a hashing thread")
-                    })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|worker| {
-                worker?
-                    .join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a hashing thread panicked")))
-            })
-            .collect::<Result<Vec<Vec<String>>>>()
+    let hashed = copytree::in_threads(&files, "hashing", |part| {
+        part.iter()
+            .map(|(path, head, shown)| Ok(format!("{head} {} {shown}\n", file_hash(path)?)))
+            .collect::<Result<Vec<String>>>()
     })?;
     lines.extend(hashed.into_iter().flatten());
     lines.sort();
