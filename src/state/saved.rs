@@ -83,7 +83,8 @@ impl Saved {
         }
         let dir = cache.join("pgtmp").join("templates");
         if !create {
-            return (ownership::is_own_dir(&dir) && private(&dir).is_ok()).then_some(Saved { dir });
+            // `own`, not is_own_dir: doctor run by root looks at a server account's.
+            return (own(&dir) && private(&dir).is_ok()).then_some(Saved { dir });
         }
         // The cache directory and pgtmp's in it may be open to others (a ~/.cache of 0755 is
         // common); the templates directory, which holds TLS keys, may not.

@@ -251,6 +251,13 @@ fn a_saved_template_serves_the_first_start_after_a_wipe(invoker: &Invoker) {
         0o700,
         "others cannot enter"
     );
+    // doctor (as root: for the server account) says where it is.
+    let out = run(saving(&sandbox, &cache, &home).arg("doctor"), PGTMP_LIMIT);
+    assert!(
+        out.stdout.contains("saved templates: 1 (")
+            && out.stdout.contains(templates.to_str().unwrap()),
+        "{out}"
+    );
     wipe(&sandbox, &url);
 
     let (url, phases) = traced(saving(&sandbox, &cache, &home).args(["-w", UNTIL_STOPPED]));
