@@ -338,8 +338,7 @@ impl Pool {
                 if age > GROWN_FOR.as_secs() {
                     return None;
                 }
-                let text = dir.read_small(DEPTH, 16).ok().flatten()?;
-                String::from_utf8_lossy(&text).trim().parse::<usize>().ok()
+                dir.read_number::<usize>(DEPTH)
             });
         recorded.unwrap_or(self.size).clamp(self.size, self.max)
     }

@@ -6,7 +6,8 @@
 //! ```text
 //! PGTMP_DIR/pool/<key>/
 //!   prestart.lock             held by the one process pre-starting servers
-//!   series.<mode>             its change time is the last start that could claim a server
+//!   series.<mode>             the series' depth (0: not begun); its change time is the last
+//!                             start that could have claimed a server
 //!   waiting.<mode>.<name>     PGTMP_DIR/<name> runs unclaimed (mode: socket or tcp)
 //!   claimed.<name>            a start took it; its watchdog reads the claim and removes this
 //! PGTMP_DIR/<name>/
@@ -215,12 +216,7 @@ fn series_depth(pool: &Pool, tcp: bool, window: u64, served: Served) -> Option<u
     // 0: the series has not begun (one start so far); the second start begins it at
     // SERIES_DEPTH, and only later misses count, as nothing could wait for the second.
     let depth = if going_on {
-        let recorded = dir.read_small(&name, 16).ok().flatten().unwrap_or_default();
-        match String::from_utf8_lossy(&recorded)
-            .trim()
-            .parse()
-            .unwrap_or(0)
-        {
+        match dir.read_number::<usize>(&name).unwrap_or(0) {
             0 => SERIES_DEPTH,
             depth if served == Served::Missed => (depth + 1).min(SERIES_MAX),
             depth => depth.min(SERIES_MAX),

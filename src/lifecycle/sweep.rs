@@ -318,8 +318,6 @@ fn removed(actions: &mut Actions, swept: &crate::lifecycle::cache::Swept, entry:
     }
 }
 
-/// Evicts the least recently used schema cache entries and ready copies while the pools and
-/// the cache take more than `disk_max` together (the pools are bounded by their size).
 /// After a start added to the schema cache: evicts what the budget has no room for now,
 /// rather than at the next sweep (at most one a minute), which a run of starts with different
 /// files would outpace.
@@ -327,6 +325,8 @@ pub fn enforce_budget(state: &StateDir, disk_max: u64) {
     keep_within_budget(state, disk_max, false, &mut Actions::new());
 }
 
+/// Evicts the least recently used schema cache entries and ready copies while the pools and
+/// the cache take more than `disk_max` together (the pools are bounded by their size).
 fn keep_within_budget(state: &StateDir, disk_max: u64, dry_run: bool, actions: &mut Actions) {
     let pools = crate::lifecycle::pool::measure(&state.pools()).bytes;
     let budget = disk_max.saturating_sub(pools);

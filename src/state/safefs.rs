@@ -301,6 +301,13 @@ impl Dir {
         Ok(Some(bytes))
     }
 
+    /// The number the small file `name` holds (pgtmp's own counters: a depth, a count); None
+    /// when it is missing, unreadable, larger than a number or not one.
+    pub fn read_number<T: std::str::FromStr>(&self, name: impl AsRef<Path>) -> Option<T> {
+        let bytes = self.read_small(name, 32).ok().flatten()?;
+        String::from_utf8_lossy(&bytes).trim().parse().ok()
+    }
+
     /// The last `limit` bytes (at most) of the log file `name`, as text; empty when it does
     /// not exist. The same file checks as [`Dir::read_small`].
     pub fn read_tail(&self, name: impl AsRef<Path>, limit: u64) -> Result<String> {

@@ -101,7 +101,8 @@ pub fn claim(client: &mut postgres::Client, user: &str) -> Result<(String, Had)>
     }
     trace::phase("stock-empty");
     let now = ensure_template(client, user)?;
-    create_copy(client, &clone, user, now)?;
+    let strategy = copy_strategy(client)?;
+    create_copy(client, &clone, user, now, strategy)?;
     trace::phase("copy");
     Ok((clone, Had::Copied))
 }
@@ -121,11 +122,8 @@ pub fn raise_depth(dir: &Path) -> Result<()> {
 fn depth(dir: &Path) -> usize {
     crate::state::safefs::Dir::open(dir)
         .ok()
-        .and_then(|dir| dir.read_small(DEPTH_FILE, 16).ok().flatten())
-        .and_then(|text| String::from_utf8_lossy(&text).trim().parse().ok())
-        .map_or(STOCK_SIZE, |depth: usize| {
-            depth.clamp(STOCK_SIZE, MAX_STOCK)
-        })
+        .and_then(|dir| dir.read_number::<usize>(DEPTH_FILE))
+        .map_or(STOCK_SIZE, |depth| depth.clamp(STOCK_SIZE, MAX_STOCK))
 }
 
 /// Creates the template from an empty database when nothing was loaded (no -f or --now).
@@ -168,15 +166,25 @@ fn ensure_template(client: &mut postgres::Client, user: &str) -> Result<bool> {
     Ok(false)
 }
 
-/// Copies the template into `name`, with the template's search_path when `now` (set by
-/// --now; `ensure_template` tells).
-fn create_copy(client: &mut postgres::Client, name: &str, user: &str, now: bool) -> Result<()> {
-    // 15 and later choose how to copy (see the module's comment); older ones only copy files.
-    let strategy = if server_version_num(client)? >= 150_000 {
+/// How CREATE DATABASE is to copy, appended to it: 15 and later choose (see the module's
+/// comment); older ones only copy files.
+fn copy_strategy(client: &mut postgres::Client) -> Result<&'static str> {
+    Ok(if server_version_num(client)? >= 150_000 {
         " STRATEGY FILE_COPY"
     } else {
         ""
-    };
+    })
+}
+
+/// Copies the template into `name` the [`copy_strategy`] way, with the template's
+/// search_path when `now` (set by --now; `ensure_template` tells).
+fn create_copy(
+    client: &mut postgres::Client,
+    name: &str,
+    user: &str,
+    now: bool,
+    strategy: &str,
+) -> Result<()> {
     // One statement per message: CREATE DATABASE refuses to run in the implicit transaction
     // of a multi-statement message.
     client
@@ -224,6 +232,7 @@ pub fn refill(server: &Server, quiet: bool) -> Result<()> {
     }
     let target = depth(server.socket_dir);
     let now = ensure_template(&mut client, server.user)?;
+    let strategy = copy_strategy(&mut client)?;
     loop {
         let row = client
             .query_one(
@@ -237,7 +246,7 @@ pub fn refill(server: &Server, quiet: bool) -> Result<()> {
         }
         let name = new_name()?;
         let building = format!("{NEW}{name}");
-        create_copy(&mut client, &building, server.user, now)?;
+        create_copy(&mut client, &building, server.user, now, strategy)?;
         client
             .batch_execute(&format!(
                 "ALTER DATABASE {} RENAME TO {}",
