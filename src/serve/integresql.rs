@@ -172,15 +172,24 @@ pub fn give_back(service: &Service, hash: &str, id: &str) -> Result<Reply> {
         return Ok(Reply::no_content());
     }
     let name = found.record.name;
-    let in_use: i64 = service.db(|c| {
-        Ok(c.query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
-            &[&name],
-        )?
-        .get(0))
-    })?;
-    if in_use > 0 {
-        return Ok(Reply::message(423, "test database is in use"));
+    // A client that closed its session just before asking leaves a backend that is still
+    // exiting: it is given a moment to go before the database counts as in use.
+    let deadline = std::time::Instant::now() + GIVE_BACK_GRACE;
+    loop {
+        let in_use: i64 = service.db(|c| {
+            Ok(c.query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
+                &[&name],
+            )?
+            .get(0))
+        })?;
+        if in_use == 0 {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(Reply::message(423, "test database is in use"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
     let password = secret::password()?;
     service.db(|client| {
@@ -189,6 +198,9 @@ pub fn give_back(service: &Service, hash: &str, id: &str) -> Result<Reply> {
     })?;
     Ok(Reply::no_content())
 }
+
+/// How long a give-back waits for the sessions of a test database to end.
+const GIVE_BACK_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// `POST .../tests/:id/recreate`: dropped; the pool's filler makes a fresh copy in its place.
 pub fn recreate(service: &Service, hash: &str, id: &str) -> Result<Reply> {

@@ -273,13 +273,16 @@ fn tcp_waiting_servers_hand_out_their_password_once(invoker: &Invoker) {
 
 fn unclaimed_servers_stop_after_their_timeout(invoker: &Invoker) {
     let sandbox = Sandbox::with_pool(invoker, POOL);
-    let names = prepare(&sandbox, 2, 5, &["-w", UNTIL_STOPPED]);
+    // Long enough for the first of the two to still wait when the second, copied from the
+    // template on a loaded machine, joins it.
+    let ttl = 10;
+    let names = prepare(&sandbox, 2, ttl, &["-w", UNTIL_STOPPED]);
     let dirs: Vec<PathBuf> = names.iter().map(|n| sandbox.pgtmp_dir.join(n)).collect();
     assert!(
-        wait_until(Duration::from_secs(5) + SLACK * 4, || {
+        wait_until(Duration::from_secs(ttl) + SLACK * 4, || {
             waiting(&sandbox, "socket").is_empty() && dirs.iter().all(|d| !d.exists())
         }),
-        "unclaimed servers outlived PGTMP_PRESTART_TIMEOUT=5: {:?}",
+        "unclaimed servers outlived PGTMP_PRESTART_TIMEOUT={ttl}: {:?}",
         sandbox.instance_dirs()
     );
     for dir in &dirs {
