@@ -124,18 +124,20 @@ impl Saved {
     /// nothing of the names copied) and checks the copy against the manifest. False when
     /// none is saved, or when the copy failed or did not match: then what was copied is
     /// removed from `dst` again, and so is the saved template (the next template made is
-    /// saved in its place).
+    /// saved in its place), unless the copy failed for want of room where it was going.
     pub fn restore(&self, key: &str, dst: &Path) -> bool {
         let entry = self.dir.join(key);
         match self.try_restore(&entry, dst) {
             Ok(restored) => restored,
-            Err(_) => {
+            Err(err) => {
                 if let Ok(names) = fs::read_dir(entry.join(TREE)) {
                     for name in names.filter_map(|e| e.ok()).map(|e| e.file_name()) {
                         let _ = crate::state::safefs::remove_tree_at(&dst.join(name));
                     }
                 }
-                let _ = crate::state::safefs::remove_tree_at(&entry);
+                if !out_of_room(&err) {
+                    let _ = crate::state::safefs::remove_tree_at(&entry);
+                }
                 false
             }
         }
@@ -247,6 +249,14 @@ fn safe_ancestors(path: &Path, uid: u32) -> bool {
         }
         Err(err) => err.kind() == std::io::ErrorKind::NotFound,
     })
+}
+
+/// True when `err` comes from a full disk or an exhausted quota: nothing wrong with what
+/// was being copied.
+fn out_of_room(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .any(|io| [nix::libc::ENOSPC, nix::libc::EDQUOT].contains(&io.raw_os_error().unwrap_or(0)))
 }
 
 /// Refuses a directory that other accounts may enter.

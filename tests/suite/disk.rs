@@ -73,7 +73,7 @@ fn ready_pool_entries(sandbox: &Sandbox) -> usize {
 /// copy, while the running cluster answers, the kept one stays and the pool keeps its entries.
 /// `list` and `doctor` show it all by kind.
 fn budget_evicts_least_recently_used_cache_only(invoker: &Invoker) {
-    let sandbox = Sandbox::with_pool(invoker, 1);
+    let sandbox = Sandbox::with_pool(invoker, 1).cold();
     let old = invokers_file(&sandbox, "old.sql", "create table old (x int);\n");
     let new = invokers_file(&sandbox, "new.sql", "create table new (x int);\n");
     let old = old.to_str().unwrap();

@@ -475,7 +475,7 @@ fn pgtmp_killed_after_the_server_is_ready(invoker: &Invoker) {
 /// given with `-d`: the half-made directory carries pgtmp's mark, so the sweep removes the first
 /// and the next start with the same `-d` makes the second again from scratch.
 fn pgtmp_killed_while_preparing_a_directory(invoker: &Invoker) {
-    let sandbox = Sandbox::with_pool(invoker, 0);
+    let sandbox = Sandbox::with_pool(invoker, 0).cold();
     let watch = ShmWatch::new(&sandbox);
     let (pgtmp, paused) = start_paused(&sandbox, &["-w", UNTIL_STOPPED], "initialized");
     assert_eq!(paused, pgtmp.pid(), "the wrong process stopped");
@@ -559,7 +559,7 @@ fn nobody_to_hand_the_url_to(invoker: &Invoker) {
 /// half-made `template.new.*` entry is left until its orphaned initdb has finished, then
 /// removed by the sweep; the pool still works.
 fn refill_killed_mid_initdb(invoker: &Invoker) {
-    let sandbox = Sandbox::with_pool(invoker, 1);
+    let sandbox = Sandbox::with_pool(invoker, 1).cold();
     let watch = ShmWatch::new(&sandbox);
     sandbox.start(&["-w", "1"]);
     let mut initdb = None;
@@ -591,39 +591,52 @@ fn refill_killed_mid_initdb(invoker: &Invoker) {
 
 /// SIGTERM, SIGINT, SIGHUP and SIGKILL to the caller's whole process group, at each phase of a
 /// start: never a half-made instance, a server without watchdog or a directory deleted under a
-/// server. Whatever was started ends at its timeout; what was not is swept.
+/// server. Whatever was started ends at its timeout; what was not is swept. The phases run side
+/// by side (each case has a sandbox of its own; most of the time goes to waiting for -w 2).
 fn signals_to_the_callers_group(invoker: &Invoker) {
-    for phase in ["claimed", "locked", "reported"] {
-        for sig in [
-            Signal::SIGTERM,
-            Signal::SIGINT,
-            Signal::SIGHUP,
-            Signal::SIGKILL,
-        ] {
-            let context = format!("{sig} to the group at {phase}");
-            let sandbox = Sandbox::new(invoker);
-            let watch = ShmWatch::new(&sandbox);
-            let mut shell = sandbox.shell_in_new_session("\"$PGTMP\" -w 2; echo exited $?");
-            shell.env("PGTMP_TEST_PAUSE", phase);
-            let shell = Background::spawn(shell);
-            let group = shell.pid();
-            paused_process(&sandbox, group, phase);
-            let group = nix::unistd::Pid::from_raw(group);
-            nix::sys::signal::killpg(group, sig).expect("cannot signal the group");
-            let _ = nix::sys::signal::killpg(group, Signal::SIGCONT);
-            let (_, _, stdout, _) = shell.finish();
-            assert!(
-                !stdout.contains("postgresql://"),
-                "{context}: a URL was printed: {stdout}"
-            );
-            // A started cluster ends at its timeout (-w 2); then sweep what the kill left.
-            for dir in sandbox.instance_dirs() {
-                watch.record(&dir);
+    std::thread::scope(|scope| {
+        let phases: Vec<_> = ["claimed", "locked", "reported"]
+            .into_iter()
+            .map(|phase| scope.spawn(move || signals_to_the_group_at(invoker, phase)))
+            .collect();
+        for phase in phases {
+            if let Err(panic) = phase.join() {
+                std::panic::resume_unwind(panic);
             }
-            settle(&sandbox, CLEANUP_LIMIT, &context);
-            gc(&sandbox);
-            assert_nothing_remains(&sandbox, watch, &context);
         }
+    });
+}
+
+fn signals_to_the_group_at(invoker: &Invoker, phase: &str) {
+    for sig in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGKILL,
+    ] {
+        let context = format!("{sig} to the group at {phase}");
+        let sandbox = Sandbox::new(invoker);
+        let watch = ShmWatch::new(&sandbox);
+        let mut shell = sandbox.shell_in_new_session("\"$PGTMP\" -w 2; echo exited $?");
+        shell.env("PGTMP_TEST_PAUSE", phase);
+        let shell = Background::spawn(shell);
+        let group = shell.pid();
+        paused_process(&sandbox, group, phase);
+        let group = nix::unistd::Pid::from_raw(group);
+        nix::sys::signal::killpg(group, sig).expect("cannot signal the group");
+        let _ = nix::sys::signal::killpg(group, Signal::SIGCONT);
+        let (_, _, stdout, _) = shell.finish();
+        assert!(
+            !stdout.contains("postgresql://"),
+            "{context}: a URL was printed: {stdout}"
+        );
+        // A started cluster ends at its timeout (-w 2); then sweep what the kill left.
+        for dir in sandbox.instance_dirs() {
+            watch.record(&dir);
+        }
+        settle(&sandbox, CLEANUP_LIMIT, &context);
+        gc(&sandbox);
+        assert_nothing_remains(&sandbox, watch, &context);
     }
 }
 
@@ -637,7 +650,7 @@ fn signals_to_the_group_during_initdb(invoker: &Invoker) {
         Signal::SIGHUP,
     ] {
         let context = format!("{sig} to the group during a cold start's initdb");
-        let sandbox = Sandbox::new(invoker);
+        let sandbox = Sandbox::new(invoker).cold();
         let watch = ShmWatch::new(&sandbox);
         let shell = Background::spawn(sandbox.shell_in_new_session("\"$PGTMP\" -w 2"));
         let initdb_runs = wait_until(PGTMP_LIMIT, || {
@@ -944,7 +957,11 @@ fn full_disk(invoker: &Invoker) {
         run(&mut cmd, PGTMP_LIMIT)
     };
     let watch = ShmWatch::new(&sandbox);
-    // 24 MB is less than a data directory needs: initdb runs out of space.
+    let saved = sandbox
+        .saved_templates()
+        .expect("the suite's saved templates");
+    // 24 MB is less than a data directory needs: the copy of the saved template, then
+    // initdb, run out of space.
     let out = pgtmp(&["-w", "2"], "0");
     let message = check_failed(&out, 1);
     assert!(
@@ -953,6 +970,11 @@ fn full_disk(invoker: &Invoker) {
     );
     let left = sandbox.instance_dirs();
     assert!(left.is_empty(), "full disk at initdb left {left:?}");
+    assert_eq!(
+        sandbox.saved_templates(),
+        Some(saved),
+        "a copy that found no room removed the saved template"
+    );
     drop(_mount);
 
     // A disk with room for one prepared entry, then filled: the claimed entry cannot start.

@@ -52,7 +52,7 @@ fn traced(cmd: &mut std::process::Command) -> (String, Vec<String>) {
 }
 
 fn first_start_runs_initdb_later_ones_copy_the_template(invoker: &Invoker) {
-    let sandbox = Sandbox::with_pool(invoker, 1);
+    let sandbox = Sandbox::with_pool(invoker, 1).cold();
     let (url, phases) = traced_start(&sandbox, &["-w", UNTIL_STOPPED]);
     assert!(phases.contains(&"initdb".into()), "{phases:?}");
     assert_eq!(sandbox.psql(&url, "select current_database()"), "test");
@@ -103,7 +103,7 @@ fn first_start_runs_initdb_later_ones_copy_the_template(invoker: &Invoker) {
 }
 
 fn trace_names_every_phase_on_stderr_only(invoker: &Invoker) {
-    let sandbox = Sandbox::new(invoker);
+    let sandbox = Sandbox::new(invoker).cold();
     let (url, phases) = traced_start(&sandbox, &["-t", "-w", UNTIL_STOPPED]);
     for phase in [
         "discover",

@@ -18,7 +18,7 @@ fn on_terminal(sandbox: &Sandbox, args: &str) -> String {
 
 fn progress_on_a_terminal(invoker: &Invoker) {
     // Pool size 0: nothing is prepared, so the start runs initdb in the foreground.
-    let sandbox = Sandbox::new(invoker);
+    let sandbox = Sandbox::new(invoker).cold();
     let shown = on_terminal(&sandbox, &format!("-w {UNTIL_STOPPED}"));
     let line = "pgtmp: initializing a data directory (nothing prepared yet)...";
     let at = shown

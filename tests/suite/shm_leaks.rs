@@ -252,7 +252,7 @@ impl Drop for Decoy {
 /// `pgtmp initdb` with nothing prepared runs initdb in the foreground; killed there with its
 /// initdb, it leaves a half-made directory, which gc removes with its shared memory.
 fn killed_initdb_leaves_no_shared_memory(invoker: &Invoker) {
-    let sandbox = Sandbox::new(invoker);
+    let sandbox = Sandbox::new(invoker).cold();
     let decoy = Decoy::new(&sandbox);
     let mut pgtmp: Child = sandbox
         .pgtmp()
@@ -274,7 +274,7 @@ fn killed_initdb_leaves_no_shared_memory(invoker: &Invoker) {
 /// The background refill killed while its initdb makes the pool's template: gc removes the
 /// `template.new.*` entry with its shared memory.
 fn killed_refill_leaves_no_shared_memory(invoker: &Invoker) {
-    let sandbox = Sandbox::with_pool(invoker, 1);
+    let sandbox = Sandbox::with_pool(invoker, 1).cold();
     let decoy = Decoy::new(&sandbox);
     sandbox.start(&["-w", "1"]);
     let seen = kill_mid_initdb(&sandbox, "/template.new.");

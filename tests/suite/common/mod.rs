@@ -953,6 +953,49 @@ fn sandbox_prefix(pid: u32) -> String {
     format!("pgit{pid:x}-")
 }
 
+/// The suite's saved templates for the account `invoker`'s servers run as: a cache directory
+/// of that account (made on first use, removed when the suite exits) holding the template of
+/// the default installation, saved by one `pgtmp initdb`. A sandbox's first start copies it,
+/// as after a reboot, instead of running initdb (most of a cold start's work, and most of
+/// the suite's when every sandbox paid it). The template's integrity is checked at each copy.
+fn shared_templates(invoker: &Invoker) -> PathBuf {
+    static MADE: std::sync::Mutex<BTreeMap<u32, PathBuf>> = std::sync::Mutex::new(BTreeMap::new());
+    let (_, uid) = invoker.server_account();
+    let mut made = MADE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(cache) = made.get(&uid) {
+        return cache.clone();
+    }
+    let cache = sandbox_base().join(format!("{}saved{uid}", sandbox_prefix(std::process::id())));
+    let _ = fs::remove_dir_all(&cache);
+    fs::create_dir(&cache).expect("cannot make the suite's cache directory");
+    std::os::unix::fs::chown(&cache, Some(uid), None).expect("cannot give the cache away");
+    fs::set_permissions(&cache, fs::Permissions::from_mode(0o700)).unwrap();
+    if made.is_empty() {
+        // SAFETY: atexit only records the function, which runs once at the process's exit
+        // (after the harness's last test) and touches nothing but the file system.
+        unsafe { libc::atexit(remove_shared_templates) };
+    }
+    // Filled with the lock held: the tests starting meanwhile wait rather than run initdb.
+    let filler = Sandbox::made(invoker, 1, Some(cache.clone()));
+    check_started(&filler.run(&["initdb"]), invoker);
+    assert!(
+        fs::read_dir(cache.join("pgtmp/templates")).is_ok_and(|mut d| d.next().is_some()),
+        "pgtmp initdb saved no template in {}",
+        cache.display()
+    );
+    made.insert(uid, cache.clone());
+    cache
+}
+
+extern "C" fn remove_shared_templates() {
+    let prefix = format!("{}saved", sandbox_prefix(std::process::id()));
+    for entry in fs::read_dir(sandbox_base()).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Sandboxes of test processes that are gone (killed before their sandboxes were dropped).
 fn remove_dead_sandboxes(base: &Path) {
     for entry in fs::read_dir(base).into_iter().flatten().flatten() {
@@ -975,6 +1018,9 @@ pub struct Sandbox {
     pub root: PathBuf,
     pub pgtmp_dir: PathBuf,
     pub pool_size: usize,
+    /// XDG_CACHE_HOME of pgtmp's server account: the suite's saved templates (see
+    /// [`shared_templates`]), or None for starts that find nothing saved ([`Sandbox::cold`]).
+    saved: Option<PathBuf>,
 }
 
 impl Sandbox {
@@ -985,6 +1031,18 @@ impl Sandbox {
     }
 
     pub fn with_pool(invoker: &Invoker, pool_size: usize) -> Sandbox {
+        let saved = shared_templates(invoker);
+        Sandbox::made(invoker, pool_size, Some(saved))
+    }
+
+    /// This sandbox as a new machine: no template saved, so its first start (each start,
+    /// without a pool) runs initdb. For the tests of initdb and of the saved templates.
+    pub fn cold(mut self) -> Sandbox {
+        self.saved = None;
+        self
+    }
+
+    fn made(invoker: &Invoker, pool_size: usize, saved: Option<PathBuf>) -> Sandbox {
         require_client();
         let root = tempfile::Builder::new()
             .prefix(&sandbox_prefix(std::process::id()))
@@ -1004,7 +1062,22 @@ impl Sandbox {
             root,
             pgtmp_dir,
             pool_size,
+            saved,
         }
+    }
+
+    /// The saved templates this sandbox's starts copy (the suite's; None when cold).
+    pub fn saved_templates(&self) -> Option<Vec<PathBuf>> {
+        let dir = self.saved.as_ref()?.join("pgtmp/templates");
+        let mut saved: Vec<PathBuf> = fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.join("manifest").is_file())
+            .collect();
+        saved.sort();
+        Some(saved)
     }
 
     /// A path inside the sandbox (not created).
@@ -1020,13 +1093,18 @@ impl Sandbox {
     /// pgtmp's environment for this sandbox: its PGTMP_DIR and pool size, no server
     /// pre-started for a series of starts (PGTMP_PRESTART=0: most tests start several
     /// clusters in a row and count what runs; tests/suite/prestart.rs tests the default), and
-    /// no template saved in the account's home (tests/suite/pool.rs tests that, in sandboxes).
+    /// the suite's saved templates in place of the account's home (a cold sandbox: none).
     pub fn pgtmp_env(&self, cmd: &mut Command) {
         self.mark(cmd);
         cmd.env("PGTMP_DIR", &self.pgtmp_dir)
             .env("PGTMP_POOL_SIZE", self.pool_size.to_string())
-            .env("PGTMP_PRESTART", "0")
-            .env("PGTMP_NO_SAVED_TEMPLATE", "1");
+            .env("PGTMP_PRESTART", "0");
+        match &self.saved {
+            Some(cache) => cmd
+                .env_remove("PGTMP_NO_SAVED_TEMPLATE")
+                .env("XDG_CACHE_HOME", cache),
+            None => cmd.env("PGTMP_NO_SAVED_TEMPLATE", "1"),
+        };
     }
 
     /// `pgtmp` as the invoker, with this sandbox's PGTMP_DIR and pool size.
