@@ -186,7 +186,7 @@ impl Cache {
             .mode(0o700)
             .create(&entry.dir)
             .with_context(|| format!("cannot create {}", entry.dir.display()))?;
-        initdb::prepare(install, &entry, user)?;
+        initdb::prepare_for_copies(install, &entry, user)?;
         let log = OpenOptions::new()
             .create(true)
             .append(true)

@@ -533,7 +533,7 @@ impl Pool {
             if restored {
                 return Ok(());
             }
-            initdb::prepare(install, &Instance::new(dir), user)
+            initdb::prepare_for_copies(install, &Instance::new(dir), user)
         })?;
         if !restored && let Some(saved) = Saved::locate() {
             // Best effort: without it, the first start after a wiped /tmp runs initdb.

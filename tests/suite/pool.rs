@@ -89,6 +89,15 @@ fn first_start_runs_initdb_later_ones_copy_the_template(invoker: &Invoker) {
             invoker.name,
             "test is owned by the invoker"
         );
+        // Copied again and again, so without initdb's statistics of the catalogs.
+        for db in ["test", "postgres", "template1"] {
+            let url = url.replacen("/test?", &format!("/{db}?"), 1);
+            assert_eq!(
+                sandbox.psql(&url, "select count(*) from pg_statistic"),
+                "0",
+                "{db}"
+            );
+        }
     }
     // The copies are independent clusters.
     sandbox.psql(&first, "create table only_first (x int)");
