@@ -35,8 +35,10 @@ pub fn run(args: CloneArgs, global: &GlobalArgs) -> Result<()> {
     }
     let session = Session::establish_for(global.run_as(), &Target::Url(&cluster_url))?;
     let (instance, state) = session.running(&cluster_url)?;
+    crate::output::trace::phase("session");
     let server = Server::of(&instance, &state);
     let mut client = files::connect(&server, "postgres")?;
+    crate::output::trace::phase("connect");
     if args.drop {
         return stock::drop_clone(&mut client, &dburl::database(&cluster_url)?);
     }

@@ -461,8 +461,7 @@ fn a_clone_says_why_it_waited_and_the_stock_follows_demand(invoker: &Invoker) {
         stock()
     );
     let (second, phases) = traced_clone();
-    assert!(phases.contains(&"claim".into()), "{phases:?}");
-    assert!(!phases.contains(&"copy".into()), "{phases:?}");
+    assert_eq!(phases, ["session", "connect", "claim"], "{phases:?}");
     assert_ne!(first, second);
     assert_eq!(
         sandbox.psql(&second, "select current_database() like 'test\\_%'"),
