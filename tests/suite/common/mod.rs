@@ -6,7 +6,9 @@
 //!   [`both_invokers!`] macro makes an `as_self` and an `as_user` test of one scenario.
 //! - [`Sandbox`]: one private temporary directory per test holding its PGTMP_DIR (and any `-d`
 //!   directories). Dropping it stops every cluster and refill still running under it, then
-//!   removes it, so test servers never outlive the test.
+//!   removes it, so test servers never outlive the test. Its starts copy a template the suite
+//!   saved once, as after a reboot, instead of each running initdb ([`Sandbox::cold`]: as on
+//!   a new machine).
 //! - [`run`]: every program is run with a deadline, and its stdout/stderr must be closed when it
 //!   exits (a detached child holding them would hang `url=$(pgtmp)` in a shell).
 //! - Conditions are polled with [`wait_until`] / [`time_until`], never slept for.
