@@ -30,10 +30,7 @@ hostssl all          all   ::/0           scram-sha-256
 /// `user` and which holds a database `test` owned by it.
 pub fn prepare(install: &Installation, instance: &Instance, user: &str) -> Result<()> {
     init_cluster(install, instance, user)?;
-    create_test_database(install, instance, user)?;
-    trim_recycled_wal(install, instance)?;
-    drop_space_maps(instance)?;
-    instance.write_marker()
+    finish_preparing(install, instance, user)
 }
 
 /// As [`prepare`], for a directory that is copied again and again (a pool template, a cache
@@ -41,6 +38,11 @@ pub fn prepare(install: &Installation, instance: &Instance, user: &str) -> Resul
 pub fn prepare_for_copies(install: &Installation, instance: &Instance, user: &str) -> Result<()> {
     init_cluster(install, instance, user)?;
     drop_catalog_statistics(install, instance)?;
+    finish_preparing(install, instance, user)
+}
+
+/// The rest of a preparation after initdb: database `test`, then what nothing reads removed.
+fn finish_preparing(install: &Installation, instance: &Instance, user: &str) -> Result<()> {
     create_test_database(install, instance, user)?;
     trim_recycled_wal(install, instance)?;
     drop_space_maps(instance)?;
