@@ -16,4 +16,5 @@ pub mod session;
 pub mod start;
 pub mod stopping;
 pub mod sweep;
+mod tcp_ready;
 pub mod watchdog;

@@ -20,6 +20,7 @@
 //! later directory is a copy of the template, made in the background if the pool has time and
 //! in the foreground if a burst of starts has emptied it.
 
+use crate::lifecycle::tcp_ready;
 use crate::os::detach::{self, Forked};
 use crate::os::secret;
 use crate::server::discover::Installation;
@@ -468,7 +469,10 @@ impl Pool {
         }
         let target = self.target();
         while self.ready_count() < target {
-            self.build_one()?;
+            self.build_one(install, user)?;
+        }
+        if tcp_ready::wanted(&self.dir) {
+            self.add_passwords(install, user)?;
         }
         let _ = fs::remove_file(self.dir.join("refill.error"));
         Ok(())
@@ -556,9 +560,45 @@ impl Pool {
         Saved::locate().is_some_and(|saved| saved.restore(self.key(), dir))
     }
 
-    /// Adds one ready entry, a copy of the template.
-    fn build_one(&self) -> Result<()> {
-        add_ready_copy(&self.dir, &self.template())
+    /// Adds one ready entry, a copy of the template, with a password prepared while `-t`
+    /// starts come (see tcp_ready.rs).
+    fn build_one(&self, install: &Installation, user: &str) -> Result<()> {
+        let with_password = tcp_ready::wanted(&self.dir);
+        let ready = self.dir.join(format!("{READY}{}", new_name()?));
+        let building = self.dir.join(format!("{BUILDING}{}", new_name()?));
+        build(&building, &ready, |made| {
+            copytree::copy_contents(&self.template(), made)?;
+            if with_password {
+                tcp_ready::prepare(install, &Instance::new(made), user)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Gives the ready entries made before `-t` starts came a password too: each is taken
+    /// out of the pool (renamed to `new.*`, so no start claims it half-prepared), prepared and
+    /// put back. One that fails is removed, as a failed build is.
+    fn add_passwords(&self, install: &Installation, user: &str) -> Result<()> {
+        let without = self
+            .entries(READY)
+            .into_iter()
+            .filter(|entry| designated(entry).is_none() && !tcp_ready::has_password(entry));
+        for entry in without {
+            let building = self.dir.join(format!("{BUILDING}{}", new_name()?));
+            if fs::rename(&entry, &building).is_err() {
+                continue; // claimed meanwhile
+            }
+            let prepared = tcp_ready::prepare(install, &Instance::new(&building), user);
+            let published = prepared.and_then(|()| {
+                fs::rename(&building, &entry)
+                    .with_context(|| format!("cannot publish {}", entry.display()))
+            });
+            if let Err(err) = published {
+                let _ = crate::state::safefs::remove_tree_at(&building);
+                return Err(err);
+            }
+        }
+        Ok(())
     }
 
     /// Starts a detached, low-priority refill unless the pool is already full. A failure is

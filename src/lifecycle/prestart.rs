@@ -22,6 +22,7 @@
 
 use crate::lifecycle::claim::{Claim, PASSWORD_FILE, Waiting};
 use crate::lifecycle::pool::{self, CLAIMED, Pool, WAITING};
+use crate::lifecycle::tcp_ready;
 use crate::lifecycle::watchdog::{self, OnFailure, Plan};
 use crate::os::detach::{self, Forked};
 use crate::os::secret;
@@ -267,6 +268,14 @@ fn start_one(pool: &Pool, owner: &Owner, tcp: bool, ttl: u64) -> Result<()> {
     } else {
         owner.socket_port
     };
+    // A password prepared with the entry saves the server a session before it waits.
+    let prepared = tcp_ready::take(&instance).filter(|_| tcp);
+    let password_set = prepared.is_some();
+    let password = match prepared {
+        Some(password) => Some(password),
+        None if tcp => Some(secret::password()?),
+        None => None,
+    };
     let plan = Plan {
         install: owner.install.clone(),
         instance,
@@ -276,7 +285,8 @@ fn start_one(pool: &Pool, owner: &Owner, tcp: bool, ttl: u64) -> Result<()> {
         listen: None,
         port,
         port_fixed: false,
-        password: if tcp { Some(secret::password()?) } else { None },
+        password,
+        password_set,
         timeout: ttl,
         keep: false,
         owner: None,

@@ -10,6 +10,7 @@ use crate::lifecycle::pool::{self, Pool, Taken};
 use crate::lifecycle::prestart;
 use crate::lifecycle::session::Session;
 use crate::lifecycle::sweep;
+use crate::lifecycle::tcp_ready;
 use crate::lifecycle::watchdog::{self, OnFailure, Plan};
 use crate::os::account::RunAs;
 use crate::os::detach::{self, Forked};
@@ -185,6 +186,8 @@ struct Checked<'a> {
     tcp: bool,
     port: u16,
     password: Option<String>,
+    /// The role has `password` already: it came prepared with the pool entry.
+    password_set: bool,
     name: String,
     owner: Option<Owner>,
 }
@@ -245,6 +248,9 @@ pub fn launch(args: &StartRequest, lifeline: Option<OwnedFd>) -> Result<Launched
         Some(Taken::Copied) => "copy",
         Some(Taken::Initialized) => "initdb",
     });
+    if let Some(pool) = &pool {
+        use_prepared_password(&mut req, &instance, pool);
+    }
     testpause::point("claimed");
     let plan = plan(
         &req, &session, &instance, on_failure, taken, lifeline, early,
@@ -340,6 +346,7 @@ fn check(args: &StartRequest) -> Result<Checked<'_>> {
         tcp,
         port,
         password: if tcp { Some(secret::password()?) } else { None },
+        password_set: false,
         name: pool::new_name()?,
         owner,
     })
@@ -434,6 +441,24 @@ fn acquire(
         lock_made(i, &mut early, gate)
     })?;
     Ok(Acquired::Pool(instance, taken, pool, early))
+}
+
+/// A pool entry's prepared password (see tcp_ready.rs) becomes a `-t` start's, already set
+/// in the role; a `-t` start from an entry without one asks the refills to prepare them.
+fn use_prepared_password(req: &mut Checked, instance: &Instance, pool: &Pool) {
+    // Taken by every start, so that no password lingers in a socket cluster's directory.
+    let prepared = tcp_ready::take(instance);
+    if !req.tcp {
+        return;
+    }
+    match prepared {
+        Some(password) => {
+            req.password = Some(password);
+            req.password_set = true;
+            trace::phase("prepared-password");
+        }
+        None => tcp_ready::record_demand(&pool.dir),
+    }
 }
 
 /// Only starts with the settings every pre-started server has can use one; `run` needs a
@@ -531,6 +556,7 @@ fn plan(
         port: req.port,
         port_fixed: req.args.port.is_some(),
         password: req.password.clone(),
+        password_set: req.password_set,
         timeout: req.args.timeout,
         // A directory once started with -k stays kept, whether or not -k is given again.
         keep: req.args.keep || (on_failure == OnFailure::Leave && instance.is_kept()),

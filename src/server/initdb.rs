@@ -120,6 +120,24 @@ pub fn create_test_database(install: &Installation, instance: &Instance, user: &
     Ok(())
 }
 
+/// Gives `user` the password whose SCRAM verifier is `verifier`, in single-user mode, so that
+/// the directory is ready for a TCP start before one asks (a running server would need a
+/// session of its own, a backend start before the URL can be printed).
+pub fn set_password_offline(
+    install: &Installation,
+    instance: &Instance,
+    user: &str,
+    verifier: &str,
+) -> Result<()> {
+    // The verifier holds only base64 letters, digits, '$', ':', '+', '/' and '=': no quotes.
+    let sql = format!("ALTER ROLE {} PASSWORD '{verifier}'", quote_ident(user));
+    let text = single_user(install, instance, &sql)?;
+    if text.contains("ERROR:") || text.contains("FATAL:") {
+        bail!("cannot set the password: {}", process::tail(&text, 4));
+    }
+    Ok(())
+}
+
 /// Removes what initdb's ANALYZE recorded about the catalogs in each of its databases (`test`,
 /// made later, copies template1): 150 KB of pg_statistic each, 0.6 MB of every copy. Only the
 /// planner reads them, to estimate catalog queries; without them it estimates from the sizes

@@ -226,6 +226,9 @@ fn wait_for_saved(cache: &Path) -> PathBuf {
                 entries
                     .flatten()
                     .map(|e| e.path())
+                    // `new.*`: one still being saved (its manifest is written before the
+                    // rename that completes it).
+                    .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with("new."))
                     .find(|p| p.join("manifest").is_file())
             });
             found.is_some()

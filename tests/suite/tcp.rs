@@ -2,9 +2,15 @@
 //! Unix socket stays trust-authenticated.
 
 use crate::common::*;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
+use std::time::Duration;
 
-both_invokers!(tcp_url_contract, fixed_port_implies_tcp);
+both_invokers!(
+    tcp_url_contract,
+    fixed_port_implies_tcp,
+    tcp_starts_take_a_password_prepared_with_the_pool_entry,
+);
 
 /// The instance directory whose socket file carries `port`.
 fn dir_listening_on(sandbox: &Sandbox, port: u16) -> PathBuf {
@@ -123,4 +129,101 @@ fn fixed_port_implies_tcp(invoker: &Invoker) {
     let dir = dir_listening_on(&sandbox, port);
     let postmaster = postmaster_pid(&dir).expect("no postmaster.pid");
     assert_eq!(tcp_listeners(postmaster), vec![format!("127.0.0.1:{port}")]);
+}
+
+/// Runs a start with PGTMP_TRACE=1; returns its URL and the names of the phases traced.
+fn traced_start(sandbox: &Sandbox, args: &[&str]) -> (String, Vec<String>) {
+    let out = run(
+        sandbox.pgtmp().args(args).env("PGTMP_TRACE", "1"),
+        PGTMP_LIMIT,
+    );
+    assert!(out.success(), "traced start failed:\n{out}");
+    let url = out.stdout.trim_end().to_string();
+    let phases = out
+        .stderr_lines()
+        .iter()
+        .filter_map(|line| line.strip_prefix("pgtmp: trace: "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    (url, phases)
+}
+
+/// Once a `-t` start came, refills give every pool entry a password of its own (0600, never
+/// two alike), entries made before included; the next `-t` start uses it (no session to set
+/// one), it works and is required like any other, and no start leaves it in its directory.
+fn tcp_starts_take_a_password_prepared_with_the_pool_entry(invoker: &Invoker) {
+    let sandbox = Sandbox::with_pool(invoker, 2);
+    let plain = sandbox.start(&["-w", UNTIL_STOPPED]);
+    sandbox.wait_for_full_pool(2, Duration::from_secs(60));
+    assert!(
+        sandbox
+            .pool_entries("ready.")
+            .iter()
+            .all(|e| !e.join("tcp.password").exists()),
+        "no password is prepared before a -t start asks"
+    );
+    let (first, phases) = traced_start(&sandbox, &["-t", "-w", UNTIL_STOPPED]);
+    assert!(
+        !phases.contains(&"prepared-password".to_string()),
+        "{phases:?}"
+    );
+    sandbox.wait_for_full_pool(2, Duration::from_secs(60));
+    let entries = sandbox.pool_entries("ready.");
+    let mut passwords = Vec::new();
+    for entry in &entries {
+        let file = entry.join("tcp.password");
+        let mode = std::fs::metadata(&file)
+            .unwrap_or_else(|e| panic!("{} has no password prepared: {e}", entry.display()))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+        passwords.push(std::fs::read_to_string(&file).unwrap());
+    }
+    let (second, phases) = traced_start(&sandbox, &["-t", "-w", UNTIL_STOPPED]);
+    assert!(
+        phases.contains(&"prepared-password".to_string()),
+        "{phases:?}"
+    );
+    let (a, b) = (parse_tcp_url(&first), parse_tcp_url(&second));
+    assert!(
+        passwords.contains(&b.password),
+        "the URL's is the prepared password"
+    );
+    passwords.push(a.password.clone());
+    passwords.sort();
+    passwords.dedup();
+    assert_eq!(
+        passwords.len(),
+        entries.len() + 1,
+        "every entry has its own password"
+    );
+    assert_eq!(sandbox.psql(&second, "select current_database()"), "test");
+    let wrong = format!(
+        "postgresql://{}:{}@127.0.0.1:{}/test",
+        percent_encode(&b.user),
+        a.password,
+        b.port
+    );
+    let out = run(
+        sandbox
+            .psql_command(&wrong)
+            .env("PGPASSFILE", "/nonexistent")
+            .args(["-w", "-c", "select 1"]),
+        PSQL_LIMIT,
+    );
+    assert!(
+        !out.success() && out.stderr.contains("password"),
+        "another cluster's password:\n{out}"
+    );
+    let socket = sandbox.start(&["-w", UNTIL_STOPPED]);
+    let tcp_dirs = [&a, &b].map(|url| dir_listening_on(&sandbox, url.port));
+    let socket_dirs = [&plain, &socket].map(|url| parse_socket_url(url).dir);
+    for dir in tcp_dirs.iter().chain(&socket_dirs) {
+        assert!(
+            !dir.join("tcp.password").exists(),
+            "a password left in {}",
+            dir.display()
+        );
+    }
 }

@@ -56,6 +56,8 @@ pub struct Plan {
     /// True when the user chose the port (-p): then a taken port is an error, not a retry.
     pub port_fixed: bool,
     pub password: Option<String>,
+    /// The role has `password` already (prepared with the pool entry): nothing to set.
+    pub password_set: bool,
     pub timeout: u64,
     pub keep: bool,
     /// `--owner-pid`: while it runs the cluster never idles out; once it has exited, the

@@ -155,7 +155,7 @@ impl Watchdog {
             };
             let mut server = Starting(Some(spec.spawn(&log)?));
             clock.phase("spawn");
-            if verifier.is_none() {
+            if verifier.is_none() && !plan.password_set {
                 *verifier = plan.password.as_deref().map(secret::scram_verifier);
             }
             crate::os::testpause::point("spawned");
