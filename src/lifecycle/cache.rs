@@ -9,11 +9,13 @@
 //!     lock            held by the one process copying ready entries
 //!     new.<name>/     a copy being made
 //!     ready.<name>/   a complete copy; a start renames it to PGTMP_DIR/<name>
+//!     tcp             a -t start came: copies get their password prepared (tcp_ready.rs)
 //!   build.<name>/     an entry being built; renamed to <key> once complete
 //!   <key>.lock        held by the one process building <key>
 //! ```
 
 use crate::lifecycle::pool;
+use crate::lifecycle::tcp_ready;
 use crate::server::cluster::{self, ServerSpec, Startup};
 use crate::server::discover::Installation;
 use crate::server::initdb;
@@ -211,9 +213,10 @@ impl Cache {
         }
     }
 
-    /// Copies the entry until `size` ready copies wait beside it (at most [`MAX_READY`]). Only one process copies at
-    /// a time; others leave it to that one.
-    pub fn refill(&self, size: usize) -> Result<()> {
+    /// Copies the entry until `size` ready copies wait beside it (at most [`MAX_READY`]), with
+    /// their passwords prepared while `-t` starts come (see tcp_ready.rs). Only one process
+    /// copies at a time; others leave it to that one.
+    pub fn refill(&self, size: usize, install: &Installation, user: &str) -> Result<()> {
         if !self.exists() {
             return Ok(());
         }
@@ -223,8 +226,12 @@ impl Cache {
         for stale in self.children(BUILDING) {
             let _ = crate::state::safefs::remove_tree_at(&stale);
         }
+        let tcp = tcp_ready::wanted(&self.dir).then_some((install, user));
         while self.children(READY).len() < size {
-            pool::add_ready_copy(&self.dir, &self.entry().dir)?;
+            pool::add_ready_copy(&self.dir, &self.entry().dir, tcp)?;
+        }
+        if tcp.is_some() {
+            pool::add_passwords(&self.dir, install, user)?;
         }
         Ok(())
     }

@@ -165,19 +165,59 @@ fn next_name() -> Result<String> {
     Ok(format!("{NEXT}{:020}.{}", since.as_nanos(), new_name()?))
 }
 
-/// Adds a `ready.*` copy of `template` to `dir`, made as `new.*` and published by rename.
-pub fn add_ready_copy(dir: &Path, template: &Path) -> Result<()> {
-    let name = new_name()?;
-    let ready = dir.join(format!("{READY}{name}"));
-    add_copy_as(dir, template, &ready)
+/// Adds a `ready.*` copy of `template` to `dir`, made as `new.*` and published by rename;
+/// with `tcp` (the installation and superuser), its password prepared (see tcp_ready.rs).
+pub fn add_ready_copy(
+    dir: &Path,
+    template: &Path,
+    tcp: Option<(&Installation, &str)>,
+) -> Result<()> {
+    let ready = dir.join(format!("{READY}{}", new_name()?));
+    add_copy_as(dir, template, &ready, tcp)
 }
 
 /// Adds a copy of `template` to `dir` as `ready` (a path in `dir`), made as `new.*` first.
-fn add_copy_as(dir: &Path, template: &Path, ready: &Path) -> Result<()> {
+fn add_copy_as(
+    dir: &Path,
+    template: &Path,
+    ready: &Path,
+    tcp: Option<(&Installation, &str)>,
+) -> Result<()> {
     let building = dir.join(format!("{BUILDING}{}", new_name()?));
     build(&building, ready, |made| {
-        copytree::copy_contents(template, made)
+        copytree::copy_contents(template, made)?;
+        match tcp {
+            Some((install, user)) => tcp_ready::prepare(install, &Instance::new(made), user),
+            None => Ok(()),
+        }
     })
+}
+
+/// Gives the `ready.*` entries in `dir` (a pool, or a schema cache entry's copies) made before
+/// `-t` starts came a password too: each is taken out (renamed to `new.*`, so no start claims
+/// it half-prepared), prepared and put back. One that fails is removed, as a failed build is.
+/// The caller holds the lock of the process that builds in `dir` (which removes `new.*`
+/// directories as a dead builder's).
+pub fn add_passwords(dir: &Path, install: &Installation, user: &str) -> Result<()> {
+    let without = entries(dir, READY)
+        .into_iter()
+        .filter(|entry| designated(entry).is_none() && !tcp_ready::has_password(entry));
+    for entry in without {
+        let building = dir.join(format!("{BUILDING}{}", new_name()?));
+        if fs::rename(&entry, &building).is_err() {
+            continue; // claimed meanwhile
+        }
+        let prepared =
+            tcp_ready::prepare(install, &Instance::new(&building), user).and_then(|()| {
+                fs::rename(&building, &entry)
+                    .with_context(|| format!("cannot publish {}", entry.display()))
+            });
+        if let Err(err) = prepared {
+            let _ = crate::state::safefs::remove_tree_at(&building);
+            return Err(err);
+        }
+    }
+    Ok(())
 }
 
 /// Makes a directory at `building` with `make` and publishes it as `done` by rename, so
@@ -472,7 +512,7 @@ impl Pool {
             self.build_one(install, user)?;
         }
         if tcp_ready::wanted(&self.dir) {
-            self.add_passwords(install, user)?;
+            add_passwords(&self.dir, install, user)?;
         }
         let _ = fs::remove_file(self.dir.join("refill.error"));
         Ok(())
@@ -502,7 +542,7 @@ impl Pool {
         self.build_template(install, user)?;
         let next = self.dir.join(next_name()?);
         if self.ready_count() < self.size.max(1) {
-            add_copy_as(&self.dir, &self.template(), &next)?;
+            add_copy_as(&self.dir, &self.template(), &next, None)?;
             return Ok(next);
         }
         // Full: the entry a start would claim now becomes the designated one. A start may
@@ -520,7 +560,7 @@ impl Pool {
                 }
             }
         }
-        add_copy_as(&self.dir, &self.template(), &next)?;
+        add_copy_as(&self.dir, &self.template(), &next, None)?;
         Ok(next)
     }
 
@@ -563,42 +603,8 @@ impl Pool {
     /// Adds one ready entry, a copy of the template, with a password prepared while `-t`
     /// starts come (see tcp_ready.rs).
     fn build_one(&self, install: &Installation, user: &str) -> Result<()> {
-        let with_password = tcp_ready::wanted(&self.dir);
-        let ready = self.dir.join(format!("{READY}{}", new_name()?));
-        let building = self.dir.join(format!("{BUILDING}{}", new_name()?));
-        build(&building, &ready, |made| {
-            copytree::copy_contents(&self.template(), made)?;
-            if with_password {
-                tcp_ready::prepare(install, &Instance::new(made), user)?;
-            }
-            Ok(())
-        })
-    }
-
-    /// Gives the ready entries made before `-t` starts came a password too: each is taken
-    /// out of the pool (renamed to `new.*`, so no start claims it half-prepared), prepared and
-    /// put back. One that fails is removed, as a failed build is.
-    fn add_passwords(&self, install: &Installation, user: &str) -> Result<()> {
-        let without = self
-            .entries(READY)
-            .into_iter()
-            .filter(|entry| designated(entry).is_none() && !tcp_ready::has_password(entry));
-        for entry in without {
-            let building = self.dir.join(format!("{BUILDING}{}", new_name()?));
-            if fs::rename(&entry, &building).is_err() {
-                continue; // claimed meanwhile
-            }
-            let prepared = tcp_ready::prepare(install, &Instance::new(&building), user);
-            let published = prepared.and_then(|()| {
-                fs::rename(&building, &entry)
-                    .with_context(|| format!("cannot publish {}", entry.display()))
-            });
-            if let Err(err) = published {
-                let _ = crate::state::safefs::remove_tree_at(&building);
-                return Err(err);
-            }
-        }
-        Ok(())
+        let tcp = tcp_ready::wanted(&self.dir).then_some((install, user));
+        add_ready_copy(&self.dir, &self.template(), tcp)
     }
 
     /// Starts a detached, low-priority refill unless the pool is already full. A failure is

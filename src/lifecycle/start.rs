@@ -31,7 +31,7 @@ use crate::testdata::stock;
 use anyhow::{Context, Result, anyhow, bail};
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The port number of the socket file when there is no TCP listener: libpq's default, or the
 /// caller's $PGPORT, so that the port-less URL works even with PGPORT exported.
@@ -248,8 +248,14 @@ pub fn launch(args: &StartRequest, lifeline: Option<OwnedFd>) -> Result<Launched
         Some(Taken::Copied) => "copy",
         Some(Taken::Initialized) => "initdb",
     });
-    if let Some(pool) = &pool {
-        use_prepared_password(&mut req, &instance, pool);
+    // Where the directory was prepared: a pool, or a schema cache entry's copies.
+    let prepared_in = match (&pool, &cache) {
+        (Some(pool), _) => Some(&pool.dir),
+        (None, Some(cache)) if hit => Some(&cache.dir),
+        _ => None,
+    };
+    if let Some(prepared_in) = prepared_in {
+        use_prepared_password(&mut req, &instance, prepared_in);
     }
     testpause::point("claimed");
     let plan = plan(
@@ -443,9 +449,10 @@ fn acquire(
     Ok(Acquired::Pool(instance, taken, pool, early))
 }
 
-/// A pool entry's prepared password (see tcp_ready.rs) becomes a `-t` start's, already set
-/// in the role; a `-t` start from an entry without one asks the refills to prepare them.
-fn use_prepared_password(req: &mut Checked, instance: &Instance, pool: &Pool) {
+/// A prepared entry's password (see tcp_ready.rs) becomes a `-t` start's, already set in the
+/// role; a `-t` start from an entry without one asks the refills of `prepared_in` (a pool or a
+/// schema cache entry) to prepare them.
+fn use_prepared_password(req: &mut Checked, instance: &Instance, prepared_in: &Path) {
     // Taken by every start, so that no password lingers in a socket cluster's directory.
     let prepared = tcp_ready::take(instance);
     if !req.tcp {
@@ -457,7 +464,7 @@ fn use_prepared_password(req: &mut Checked, instance: &Instance, pool: &Pool) {
             req.password_set = true;
             trace::phase("prepared-password");
         }
-        None => tcp_ready::record_demand(&pool.dir),
+        None => tcp_ready::record_demand(prepared_in),
     }
 }
 
@@ -642,7 +649,9 @@ fn prepare_in_background(
                     }
                 }
             }
-            failed |= cache.refill(follow.ready_copies).is_err();
+            failed |= cache
+                .refill(follow.ready_copies, install, server.user)
+                .is_err();
             if let Some((state, disk_max)) = budget {
                 sweep::enforce_budget(state, disk_max);
             }

@@ -1,10 +1,11 @@
-//! Pool entries made ready for TCP: once `-t` starts are seen, refills give each new entry a
-//! password of its own before any start claims it, so that a `-t` start from the pool prints
-//! its URL as soon as the server is up, as a socket start does, instead of first opening a
-//! session to set the password (a backend start, ~10 ms of every `-t` start).
+//! Pool entries (and ready copies of schema cache entries) made ready for TCP: once `-t`
+//! starts are seen, refills give each new one a password of its own before any start claims
+//! it, so that a `-t` start prints its URL as soon as the server is up, as a socket start
+//! does, instead of first opening a session to set the password (a backend start, ~10 ms of
+//! every `-t` start).
 //!
 //! ```text
-//! PGTMP_DIR/pool/<key>/
+//! PGTMP_DIR/pool/<key>/ (or PGTMP_DIR/cache/<key>/, for its ready copies)
 //!   tcp                       a -t start came within the hour (its change time): refills
 //!                             prepare passwords
 //!   ready.<name>/tcp.password the entry's password (0600); the role has its verifier already

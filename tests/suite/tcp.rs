@@ -10,6 +10,7 @@ both_invokers!(
     tcp_url_contract,
     fixed_port_implies_tcp,
     tcp_starts_take_a_password_prepared_with_the_pool_entry,
+    tcp_starts_from_the_schema_cache_take_a_prepared_password,
 );
 
 /// The instance directory whose socket file carries `port`.
@@ -226,4 +227,71 @@ fn tcp_starts_take_a_password_prepared_with_the_pool_entry(invoker: &Invoker) {
             dir.display()
         );
     }
+}
+
+/// The ready copies of the schema cache entries (`cache/<key>/ready.*`), once no copy is being
+/// made (`new.*`).
+fn cache_ready_copies(sandbox: &Sandbox) -> Option<Vec<PathBuf>> {
+    let mut ready = Vec::new();
+    for key in std::fs::read_dir(sandbox.pgtmp_dir.join("cache"))
+        .ok()?
+        .flatten()
+    {
+        for copy in std::fs::read_dir(key.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = copy.file_name().to_string_lossy().into_owned();
+            if name.starts_with("new.") {
+                return None;
+            }
+            if name.starts_with("ready.") {
+                ready.push(copy.path());
+            }
+        }
+    }
+    Some(ready)
+}
+
+/// The same for the ready copies of a schema cache entry: a `-t -f` start from a copy without
+/// a password asks for them, and the next takes one, with the loaded data.
+fn tcp_starts_from_the_schema_cache_take_a_prepared_password(invoker: &Invoker) {
+    let sandbox = Sandbox::with_pool(invoker, 1);
+    let file = invokers_file(&sandbox, "items.sql", "create table items (id int);\n");
+    let file = file.to_str().unwrap();
+    let copies_with = |password: bool| {
+        wait_until(Duration::from_secs(90), || {
+            cache_ready_copies(&sandbox).is_some_and(|ready| {
+                !ready.is_empty()
+                    && ready
+                        .iter()
+                        .all(|c| c.join("tcp.password").exists() == password)
+            })
+        })
+    };
+    sandbox.start(&["-t", "-w", UNTIL_STOPPED, "-f", file]);
+    assert!(
+        copies_with(false),
+        "no ready copy of the cache entry was made"
+    );
+    let (_, phases) = traced_start(&sandbox, &["-t", "-w", UNTIL_STOPPED, "-f", file]);
+    assert!(phases.contains(&"cached".to_string()), "{phases:?}");
+    assert!(
+        !phases.contains(&"prepared-password".to_string()),
+        "{phases:?}"
+    );
+    assert!(copies_with(true), "the ready copies got no password");
+    let (url, phases) = traced_start(&sandbox, &["-t", "-w", UNTIL_STOPPED, "-f", file]);
+    assert!(
+        phases.contains(&"prepared-password".to_string()),
+        "{phases:?}"
+    );
+    assert_eq!(sandbox.psql(&url, "select count(*) from items"), "0");
+    let dir = dir_listening_on(&sandbox, parse_tcp_url(&url).port);
+    assert!(
+        !dir.join("tcp.password").exists(),
+        "a password left in {}",
+        dir.display()
+    );
 }
