@@ -39,9 +39,9 @@ use std::time::{Duration, SystemTime};
 pub const MAX_READY: usize = 2;
 
 /// Bumped whenever what an entry contains changes, so old entries are never used (2: a TLS
-/// key and certificate; 4: pg_hba.conf asks TLS of clients beyond loopback; older entries age
-/// out like unused ones).
-const ENTRY_FORMAT: &str = "pgtmp-cache-4";
+/// key and certificate; 4: pg_hba.conf asks TLS of clients beyond loopback; 5: ready copies
+/// may carry a prepared TCP password; older entries age out like unused ones).
+const ENTRY_FORMAT: &str = "pgtmp-cache-5";
 const READY: &str = "ready.";
 const BUILDING: &str = "new.";
 const BUILD: &str = "build.";
@@ -226,11 +226,11 @@ impl Cache {
         for stale in self.children(BUILDING) {
             let _ = crate::state::safefs::remove_tree_at(&stale);
         }
-        let tcp = tcp_ready::wanted(&self.dir).then_some((install, user));
         while self.children(READY).len() < size {
+            let tcp = tcp_ready::wanted(&self.dir).then_some((install, user));
             pool::add_ready_copy(&self.dir, &self.entry().dir, tcp)?;
         }
-        if tcp.is_some() {
+        if tcp_ready::wanted(&self.dir) {
             pool::add_passwords(&self.dir, install, user)?;
         }
         Ok(())

@@ -57,8 +57,9 @@ const DEPTH: &str = "depth";
 /// a start claims a pre-started server of the pool (3: JSON claims; 5: claims name the
 /// `--owner-pid` process, which a watchdog of format 4 would not see), so that a start never
 /// claims a server whose watchdog reads another format (6: pg_hba.conf asks TLS of clients
-/// beyond loopback, for `pgtmp serve --listen`).
-const ENTRY_FORMAT: &str = "6";
+/// beyond loopback, for `pgtmp serve --listen`; 7: entries may carry a prepared TCP password,
+/// which an older pgtmp would leave in a cluster's directory).
+const ENTRY_FORMAT: &str = "7";
 
 const READY: &str = "ready.";
 /// A ready entry `pgtmp initdb` printed: the next start takes it (see [`Pool::prepare_next`]).

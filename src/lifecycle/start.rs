@@ -450,21 +450,19 @@ fn acquire(
 }
 
 /// A prepared entry's password (see tcp_ready.rs) becomes a `-t` start's, already set in the
-/// role; a `-t` start from an entry without one asks the refills of `prepared_in` (a pool or a
-/// schema cache entry) to prepare them.
+/// role; every `-t` start asks the refills of `prepared_in` (a pool or a schema cache entry)
+/// to go on preparing them.
 fn use_prepared_password(req: &mut Checked, instance: &Instance, prepared_in: &Path) {
     // Taken by every start, so that no password lingers in a socket cluster's directory.
     let prepared = tcp_ready::take(instance);
     if !req.tcp {
         return;
     }
-    match prepared {
-        Some(password) => {
-            req.password = Some(password);
-            req.password_set = true;
-            trace::phase("prepared-password");
-        }
-        None => tcp_ready::record_demand(prepared_in),
+    tcp_ready::record_demand(prepared_in);
+    if let Some(password) = prepared {
+        req.password = Some(password);
+        req.password_set = true;
+        trace::phase("prepared-password");
     }
 }
 
@@ -504,6 +502,9 @@ fn claimed_server(
     pool: Pool,
 ) -> Result<Launched> {
     trace::phase("claim-running");
+    if req.tcp {
+        tcp_ready::record_demand(&pool.dir);
+    }
     let claim = claim_of(&req);
     if claim.keep {
         claimed.instance.mark_kept()?;

@@ -48,8 +48,8 @@ pub fn wanted(pool_dir: &Path) -> bool {
         .is_some_and(|age| age <= WANTED_FOR.as_secs())
 }
 
-/// Marks TCP demand in the pool (called by `-t` starts); best effort: without the mark, the
-/// next `-t` start merely sets its password itself.
+/// Marks TCP demand in the pool (called by every `-t` start from it); best effort: without
+/// the mark, the next `-t` start merely sets its password itself.
 pub fn record_demand(pool_dir: &Path) {
     let Ok(dir) = Dir::open(pool_dir) else {
         return;
@@ -77,8 +77,14 @@ pub fn has_password(entry: &Path) -> bool {
 /// None when there is none (or it is not one pgtmp wrote: the start then sets its own).
 pub fn take(instance: &Instance) -> Option<String> {
     let dir = instance.open().ok()?;
-    let text = dir.read_text(PASSWORD).ok().flatten()?;
-    let _ = dir.remove_file(PASSWORD);
+    if !dir.has_file(PASSWORD) {
+        return None;
+    }
+    let text = dir.read_text(PASSWORD);
+    // Removed whatever the read said; a password that stays in the file is not used (the
+    // start sets one of its own, so the file's is never the live one).
+    let removed = dir.remove_file(PASSWORD).is_ok();
+    let text = text.ok().flatten().filter(|_| removed)?;
     let valid =
         text.len() == secret::PASSWORD_LEN && text.bytes().all(|b| b.is_ascii_alphanumeric());
     valid.then_some(text)

@@ -312,6 +312,10 @@ fn single_user_in(
             "full_page_writes=off",
             "-c",
             "log_min_messages=error",
+            // What the callers look for (ERROR:, FATAL:) stays English whatever the cluster's
+            // settings (a -f file may ALTER SYSTEM SET lc_messages).
+            "-c",
+            "lc_messages=C",
             database,
         ])
         .current_dir(&instance.dir)

@@ -1046,6 +1046,11 @@ fn secrets_stay_secret(invoker: &Invoker) {
     // one with each pool entry, and the second takes one of those.
     let first = sandbox.start(&["-t", "-w", UNTIL_STOPPED]);
     sandbox.wait_for_full_pool(1, Duration::from_secs(60));
+    let entries = sandbox.pool_entries("ready.");
+    assert!(
+        entries.iter().all(|e| e.join("tcp.password").is_file()),
+        "the refill prepared no password: {entries:?}"
+    );
     let url = sandbox.start(&["-t", "-w", UNTIL_STOPPED]);
     let password = parse_tcp_url(&url).password;
     let first_password = parse_tcp_url(&first).password;
@@ -1073,13 +1078,19 @@ fn secrets_stay_secret(invoker: &Invoker) {
     }
     let mut stack = vec![sandbox.pgtmp_dir.clone()];
     while let Some(path) = stack.pop() {
-        // A file the running server removed meanwhile (its statistics' temporary files).
-        let Ok(meta) = fs::symlink_metadata(&path) else {
-            continue;
+        let vanished = |err: &std::io::Error| err.kind() == std::io::ErrorKind::NotFound;
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            // A file the running server removed meanwhile (its statistics' temporary files).
+            Err(err) if vanished(&err) => continue,
+            Err(err) => panic!("cannot look at {}: {err}", path.display()),
         };
         if meta.is_dir() {
-            let entries = fs::read_dir(&path).into_iter().flatten().flatten();
-            stack.extend(entries.map(|e| e.path()));
+            match fs::read_dir(&path) {
+                Ok(entries) => stack.extend(entries.flatten().map(|e| e.path())),
+                Err(err) if vanished(&err) => {}
+                Err(err) => panic!("cannot read {}: {err}", path.display()),
+            }
         } else if meta.is_file() {
             let bytes = fs::read(&path).unwrap_or_default();
             let text = String::from_utf8_lossy(&bytes);

@@ -5,6 +5,7 @@
 //! refused.
 
 use crate::common::*;
+use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -15,6 +16,7 @@ both_invokers!(
     a_start_claims_a_waiting_server_with_its_own_timeout,
     a_claimed_server_honours_keep,
     tcp_waiting_servers_hand_out_their_password_once,
+    pre_started_servers_take_the_prepared_password_of_their_entry,
     unclaimed_servers_stop_after_their_timeout,
     prestart_settings_are_validated,
 );
@@ -269,6 +271,55 @@ fn tcp_waiting_servers_hand_out_their_password_once(invoker: &Invoker) {
     // A socket start never gets a TCP server.
     let (socket_url, claimed) = claim(&sandbox, &["-w", UNTIL_STOPPED]);
     assert!(!claimed && socket_url.contains("host=%2F"), "{socket_url}");
+}
+
+/// Pool entries prepared for TCP (see tcp::) serve pre-started servers too: a waiting TCP
+/// server's password is its entry's, and neither mode leaves the entry's file behind.
+fn pre_started_servers_take_the_prepared_password_of_their_entry(invoker: &Invoker) {
+    let sandbox = Sandbox::with_pool(invoker, 3);
+    let first = sandbox.start(&["-t", "-w", UNTIL_STOPPED]);
+    sandbox.wait_for_full_pool(3, Duration::from_secs(60));
+    let prepared: Vec<String> = sandbox
+        .pool_entries("ready.")
+        .iter()
+        .map(|e| fs::read_to_string(e.join("tcp.password")).expect("no password prepared"))
+        .collect();
+    for (args, mode) in [
+        (&["-t", "-w", UNTIL_STOPPED][..], "tcp"),
+        (&["-w", UNTIL_STOPPED][..], "socket"),
+    ] {
+        // Every entry prepared, so that the server pre-started comes from one.
+        sandbox.wait_for_full_pool(3, Duration::from_secs(60));
+        let url = check_started(
+            &run(prestart_cmd(&sandbox, 1, 600).args(args), PGTMP_LIMIT),
+            &sandbox.invoker,
+        );
+        let mut names = Vec::new();
+        assert!(
+            wait_until(Duration::from_secs(60), || {
+                names = waiting(&sandbox, mode);
+                !names.is_empty()
+            }),
+            "no {mode} server was pre-started"
+        );
+        let dir = sandbox.pgtmp_dir.join(&names[0]);
+        assert!(
+            !dir.join("tcp.password").exists(),
+            "{mode}: {}",
+            dir.display()
+        );
+        if mode == "tcp" {
+            let password = fs::read_to_string(dir.join("password")).unwrap();
+            assert!(
+                prepared.contains(&password),
+                "the waiting server's is not its entry's"
+            );
+        } else {
+            assert!(!dir.join("password").exists(), "{}", dir.display());
+        }
+        sandbox.run(&["stop", &url]);
+    }
+    sandbox.run(&["stop", &first]);
 }
 
 fn unclaimed_servers_stop_after_their_timeout(invoker: &Invoker) {
