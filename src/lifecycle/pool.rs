@@ -370,18 +370,11 @@ impl Pool {
         }
         let recorded = crate::state::safefs::Dir::open(&self.dir)
             .ok()
-            .and_then(|dir| {
-                let st = dir.stat_at(DEPTH).ok().flatten()?;
-                let age = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .ok()?
-                    .as_secs()
-                    .checked_sub(st.st_mtime as u64)?;
-                if age > GROWN_FOR.as_secs() {
-                    return None;
-                }
-                dir.read_number::<usize>(DEPTH)
-            });
+            .filter(|dir| {
+                dir.age_of(DEPTH)
+                    .is_some_and(|age| age <= GROWN_FOR.as_secs())
+            })
+            .and_then(|dir| dir.read_number::<usize>(DEPTH));
         recorded.unwrap_or(self.size).clamp(self.size, self.max)
     }
 

@@ -31,7 +31,7 @@ use crate::testdata::stock;
 use anyhow::{Context, Result, anyhow, bail};
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The port number of the socket file when there is no TCP listener: libpq's default, or the
 /// caller's $PGPORT, so that the port-less URL works even with PGPORT exported.
@@ -248,15 +248,8 @@ pub fn launch(args: &StartRequest, lifeline: Option<OwnedFd>) -> Result<Launched
         Some(Taken::Copied) => "copy",
         Some(Taken::Initialized) => "initdb",
     });
-    // Where the directory was prepared: a pool, or a schema cache entry's copies.
-    let prepared_in = match (&pool, &cache) {
-        (Some(pool), _) => Some(&pool.dir),
-        (None, Some(cache)) if hit => Some(&cache.dir),
-        _ => None,
-    };
-    if let Some(prepared_in) = prepared_in {
-        use_prepared_password(&mut req, &instance, prepared_in);
-    }
+    let cached = cache.as_ref().filter(|_| hit);
+    use_prepared_password(&mut req, &instance, pool.as_ref(), cached);
     testpause::point("claimed");
     let plan = plan(
         &req, &session, &instance, on_failure, taken, lifeline, early,
@@ -450,9 +443,19 @@ fn acquire(
 }
 
 /// A prepared entry's password (see tcp_ready.rs) becomes a `-t` start's, already set in the
-/// role; every `-t` start asks the refills of `prepared_in` (a pool or a schema cache entry)
-/// to go on preparing them.
-fn use_prepared_password(req: &mut Checked, instance: &Instance, prepared_in: &Path) {
+/// role; every `-t` start asks the refills of where its directory was prepared (`pool`, or
+/// the schema cache entry whose copy it is, `cached`) to go on preparing them.
+fn use_prepared_password(
+    req: &mut Checked,
+    instance: &Instance,
+    pool: Option<&Pool>,
+    cached: Option<&Cache>,
+) {
+    let prepared_in = match (pool, cached) {
+        (Some(pool), _) => &pool.dir,
+        (None, Some(cache)) => &cache.dir,
+        (None, None) => return, // -d: nothing prepared it
+    };
     // Taken by every start, so that no password lingers in a socket cluster's directory.
     let prepared = tcp_ready::take(instance);
     if !req.tcp {

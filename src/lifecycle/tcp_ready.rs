@@ -22,7 +22,7 @@ use crate::state::instance::Instance;
 use crate::state::safefs::Dir;
 use anyhow::Result;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// The pool's mark of TCP demand.
 const DEMAND: &str = "tcp";
@@ -33,18 +33,11 @@ const WANTED_FOR: Duration = Duration::from_secs(3600);
 /// A mark younger than this is not renewed: starts in a row write it once.
 const RENEW_AFTER: Duration = Duration::from_secs(300);
 
-/// Seconds since `name` in `dir` last changed; None when it is missing.
-fn age(dir: &Dir, name: &str) -> Option<u64> {
-    let changed = dir.stat_at(name).ok().flatten()?.st_mtime;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
-    Some(now.saturating_sub(u64::try_from(changed).ok()?))
-}
-
 /// True when a `-t` start came to the pool in `pool_dir` within the hour.
 pub fn wanted(pool_dir: &Path) -> bool {
     Dir::open(pool_dir)
         .ok()
-        .and_then(|dir| age(&dir, DEMAND))
+        .and_then(|dir| dir.age_of(DEMAND))
         .is_some_and(|age| age <= WANTED_FOR.as_secs())
 }
 
@@ -54,7 +47,10 @@ pub fn record_demand(pool_dir: &Path) {
     let Ok(dir) = Dir::open(pool_dir) else {
         return;
     };
-    if age(&dir, DEMAND).is_none_or(|age| age > RENEW_AFTER.as_secs()) {
+    if dir
+        .age_of(DEMAND)
+        .is_none_or(|age| age > RENEW_AFTER.as_secs())
+    {
         let _ = dir.write_atomic(DEMAND, b"");
     }
 }

@@ -111,13 +111,13 @@ fn init_cluster(install: &Installation, instance: &Instance, user: &str) -> Resu
 
 /// Creates `test` in single-user mode: no socket, no listener, about 60 ms.
 pub fn create_test_database(install: &Installation, instance: &Instance, user: &str) -> Result<()> {
-    let text = single_user(install, instance, &create_test_sql(user))?;
-    if text.contains("ERROR:") || text.contains("FATAL:") {
-        // A backend that died of a PANIC (a full disk) or a signal leaves its shared memory.
-        shm::release_left_in(&instance.data());
-        bail!("creating database test failed: {}", process::tail(&text, 4));
-    }
-    Ok(())
+    single_user_ok(
+        install,
+        instance,
+        "postgres",
+        &create_test_sql(user),
+        "creating database test failed",
+    )
 }
 
 /// Gives `user` the password whose SCRAM verifier is `verifier`, in single-user mode, so that
@@ -131,11 +131,13 @@ pub fn set_password_offline(
 ) -> Result<()> {
     // The verifier holds only base64 letters, digits, '$', ':', '+', '/' and '=': no quotes.
     let sql = format!("ALTER ROLE {} PASSWORD '{verifier}'", quote_ident(user));
-    let text = single_user(install, instance, &sql)?;
-    if text.contains("ERROR:") || text.contains("FATAL:") {
-        bail!("cannot set the password: {}", process::tail(&text, 4));
-    }
-    Ok(())
+    single_user_ok(
+        install,
+        instance,
+        "postgres",
+        &sql,
+        "cannot set the password",
+    )
 }
 
 /// Removes what initdb's ANALYZE recorded about the catalogs in each of its databases (`test`,
@@ -146,18 +148,13 @@ pub fn set_password_offline(
 fn drop_catalog_statistics(install: &Installation, instance: &Instance) -> Result<()> {
     // Single-user mode may enter template0, which refuses connections.
     for database in ["template1", "template0", "postgres"] {
-        let text = single_user_in(
+        single_user_ok(
             install,
             instance,
             database,
             "DELETE FROM pg_statistic\nVACUUM FULL pg_statistic",
+            &format!("cannot drop the catalog statistics of {database}"),
         )?;
-        if text.contains("ERROR:") || text.contains("FATAL:") {
-            bail!(
-                "cannot drop the catalog statistics of {database}: {}",
-                process::tail(&text, 4)
-            );
-        }
     }
     Ok(())
 }
@@ -292,6 +289,23 @@ pub fn complete_foreign_cluster(
 /// everything postgres printed; fails only if postgres itself failed.
 fn single_user(install: &Installation, instance: &Instance, sql: &str) -> Result<String> {
     single_user_in(install, instance, "postgres", sql)
+}
+
+/// [`single_user_in`], failing with `what` and the end of the output when a statement failed.
+fn single_user_ok(
+    install: &Installation,
+    instance: &Instance,
+    database: &str,
+    sql: &str,
+    what: &str,
+) -> Result<()> {
+    let text = single_user_in(install, instance, database, sql)?;
+    if text.contains("ERROR:") || text.contains("FATAL:") {
+        // A backend that died of a PANIC (a full disk) or a signal leaves its shared memory.
+        shm::release_left_in(&instance.data());
+        bail!("{what}: {}", process::tail(&text, 4));
+    }
+    Ok(())
 }
 
 /// Runs `sql`, one statement per line, in `database` in single-user mode; returns what the

@@ -225,6 +225,17 @@ impl Dir {
         }
     }
 
+    /// Whole seconds since `name` last changed (its mtime); None when it is missing, or
+    /// changed in the future (a clock set back).
+    pub fn age_of(&self, name: impl AsRef<Path>) -> Option<u64> {
+        let changed = u64::try_from(self.stat_at(name).ok().flatten()?.st_mtime).ok()?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs();
+        now.checked_sub(changed)
+    }
+
     /// True when `name` is a regular file (not a symlink to one).
     pub fn has_file(&self, name: impl AsRef<Path>) -> bool {
         self.stat_at(name)

@@ -22,6 +22,21 @@ fn dir_listening_on(sandbox: &Sandbox, port: u16) -> PathBuf {
         .clone()
 }
 
+/// Asserts that psql cannot connect to `url` (over TCP) for want of the right password.
+fn assert_refused(sandbox: &Sandbox, url: &str, why: &str) {
+    let out = run(
+        sandbox
+            .psql_command(url)
+            .env("PGPASSFILE", "/nonexistent")
+            .args(["-w", "-c", "select 1"]),
+        PSQL_LIMIT,
+    );
+    assert!(
+        !out.success() && out.stderr.contains("password"),
+        "{why}: the connection must be refused for want of the password:\n{out}"
+    );
+}
+
 fn url_safe(password: &str) -> bool {
     password
         .chars()
@@ -78,19 +93,7 @@ fn tcp_url_contract(invoker: &Invoker) {
         "the server listens on loopback only"
     );
 
-    let refused = |url: &str, why: &str| {
-        let out = run(
-            sandbox
-                .psql_command(url)
-                .env("PGPASSFILE", "/nonexistent")
-                .args(["-w", "-c", "select 1"]),
-            PSQL_LIMIT,
-        );
-        assert!(
-            !out.success() && out.stderr.contains("password"),
-            "{why}: the connection must be refused for want of the password:\n{out}"
-        );
-    };
+    let refused = |url: &str, why: &str| assert_refused(&sandbox, url, why);
     let user = percent_encode(&a.user);
     refused(
         &format!("postgresql://{user}@127.0.0.1:{}/test", a.port),
@@ -206,17 +209,7 @@ fn tcp_starts_take_a_password_prepared_with_the_pool_entry(invoker: &Invoker) {
         a.password,
         b.port
     );
-    let out = run(
-        sandbox
-            .psql_command(&wrong)
-            .env("PGPASSFILE", "/nonexistent")
-            .args(["-w", "-c", "select 1"]),
-        PSQL_LIMIT,
-    );
-    assert!(
-        !out.success() && out.stderr.contains("password"),
-        "another cluster's password:\n{out}"
-    );
+    assert_refused(&sandbox, &wrong, "another cluster's password");
     let socket = sandbox.start(&["-w", UNTIL_STOPPED]);
     let tcp_dirs = [&a, &b].map(|url| dir_listening_on(&sandbox, url.port));
     let socket_dirs = [&plain, &socket].map(|url| parse_socket_url(url).dir);
